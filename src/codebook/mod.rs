@@ -1,0 +1,375 @@
+//! `KernelCodebook`: the centroids shared by every kernel of one or many layers, and the
+//! mapping between kernels and stored (index, scale) pairs.
+//!
+//! A *kernel* is one `kh×kw` slice `W[o, i]` of an OIHW weight. Fitting a codebook
+//! ([`KernelCodebook::params`]) flattens every kernel of every given tensor (output-major,
+//! input-minor, tensors in the order given), optionally divides it by its scale
+//! ([`ScaleMode`]), runs k-means, and re-orders the centroids by usage, most used first
+//! (paper §1.5). A layer then stores one index per kernel, and a scale when the scale mode
+//! asks for one; [`KernelCodebook::reconstruct`] turns them back into a dense weight.
+
+mod params;
+mod scale;
+mod stats;
+mod symmetry;
+
+use ndarray::{Array2, Array3, Array4, ArrayView2, ArrayView4};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::kmeans::nearest;
+use crate::scalar::Real;
+
+pub use params::{CodebookFit, CodebookParams, ValidCodebookParams};
+pub use scale::ScaleMode;
+pub use stats::{compression_ratio, Usage};
+pub use symmetry::Symmetry;
+
+pub(crate) use scale::l2_scale;
+pub(crate) use stats::bits_for;
+
+/// `K` centroid kernels of size `kh×kw`, a symmetry and a scale mode.
+///
+/// ```
+/// use clustered_conv::{KernelCodebook, ScaleMode};
+/// use ndarray::Array4;
+///
+/// // 16 output × 8 input channels of 3×3 kernels: 128 kernels.
+/// let w = Array4::<f32>::from_shape_fn((16, 8, 3, 3), |(o, i, r, c)| {
+///     ((o * 7 + i * 3 + r * 5 + c) % 11) as f32 - 5.0
+/// });
+/// let fit = KernelCodebook::params(8).seed(1).fit(&[w.view()])?;
+/// let codebook = &fit.codebook;
+/// assert_eq!(codebook.len(), 8);
+/// assert_eq!(codebook.scale_mode(), ScaleMode::L2Norm);
+///
+/// // Every kernel is one index (3 bits) and one scale.
+/// let a = &fit.assignments[0];
+/// assert_eq!(a.indices.dim(), (16, 8));
+/// let approx = codebook.reconstruct(a.indices.view(), a.scales.as_ref().map(|s| s.view()))?;
+/// assert_eq!(approx.dim(), w.dim());
+/// # Ok::<(), clustered_conv::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelCodebook<F> {
+    centroids: Array3<F>,
+    symmetry: Symmetry,
+    scale_mode: ScaleMode,
+}
+
+/// The stored form of one weight tensor: an index per kernel and, with
+/// [`ScaleMode::L2Norm`], a scale per kernel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelAssignment<F> {
+    /// `(Cout, Cin)` indices, each `centroid + K·transform < K·S`.
+    pub indices: Array2<u32>,
+    /// `(Cout, Cin)` scales, or `None` for [`ScaleMode::None`].
+    pub scales: Option<Array2<F>>,
+}
+
+impl<F: Real> KernelAssignment<F> {
+    /// The dense OIHW weight these indices and scales stand for.
+    ///
+    /// # Errors
+    /// As [`KernelCodebook::reconstruct`].
+    pub fn reconstruct(&self, codebook: &KernelCodebook<F>) -> Result<Array4<F>> {
+        codebook.reconstruct(self.indices.view(), self.scales.as_ref().map(|s| s.view()))
+    }
+}
+
+impl<F: Real> KernelCodebook<F> {
+    /// A fitting builder for `k` centroids; see [`CodebookParams`].
+    pub fn params(k: usize) -> CodebookParams {
+        CodebookParams::new(k)
+    }
+
+    /// A codebook from given centroids `(K, kh, kw)`, with [`ScaleMode::L2Norm`]
+    /// (change it with [`KernelCodebook::with_scale_mode`]).
+    ///
+    /// # Errors
+    /// Zero-sized centroids, non-finite values, or a non-square kernel with a symmetry that
+    /// rotates (transforms other than flips need `kh = kw`).
+    pub fn from_centroids(centroids: Array3<F>, symmetry: Symmetry) -> Result<Self> {
+        let (k, kh, kw) = centroids.dim();
+        if k == 0 || kh == 0 || kw == 0 {
+            return Err(Error::ZeroSize {
+                what: "centroids",
+                shape: vec![k, kh, kw],
+            });
+        }
+        if let Some(index) = centroids
+            .outer_iter()
+            .position(|c| c.iter().any(|v| !v.is_finite()))
+        {
+            return Err(Error::NonFinite {
+                what: "centroids",
+                index,
+            });
+        }
+        if symmetry != Symmetry::Identity && kh != kw {
+            return Err(Error::Unsupported {
+                what: "a transform-invariant codebook of non-square kernels",
+                reason: "flips and rotations need kh = kw",
+            });
+        }
+        Ok(Self {
+            centroids: centroids.as_standard_layout().into_owned(),
+            symmetry,
+            scale_mode: ScaleMode::L2Norm,
+        })
+    }
+
+    /// Sets how [`KernelCodebook::assign`] normalises kernels.
+    #[must_use]
+    pub fn with_scale_mode(mut self, scale_mode: ScaleMode) -> Self {
+        self.scale_mode = scale_mode;
+        self
+    }
+
+    /// The centroids `(K, kh, kw)`, most used first when fitted.
+    pub fn centroids(&self) -> &Array3<F> {
+        &self.centroids
+    }
+
+    /// Number of centroids `K`.
+    pub fn len(&self) -> usize {
+        self.centroids.dim().0
+    }
+
+    /// Always `false`: a codebook has at least one centroid.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Kernel size `(kh, kw)`.
+    pub fn kernel_size(&self) -> (usize, usize) {
+        let (_, kh, kw) = self.centroids.dim();
+        (kh, kw)
+    }
+
+    /// The symmetry.
+    pub fn symmetry(&self) -> Symmetry {
+        self.symmetry
+    }
+
+    /// The scale mode.
+    pub fn scale_mode(&self) -> ScaleMode {
+        self.scale_mode
+    }
+
+    /// Number of valid stored indices, `K·S`.
+    pub fn index_limit(&self) -> usize {
+        self.len() * self.symmetry.transforms()
+    }
+
+    /// Bits of a fixed-width stored index, `⌈log2(K·S)⌉`.
+    pub fn index_bits(&self) -> u32 {
+        bits_for(self.index_limit())
+    }
+
+    /// The kernel that stored index `index` decodes to (without scale), row-major.
+    fn decode(&self, index: usize) -> Vec<F> {
+        let k = self.len();
+        let (kh, kw) = self.kernel_size();
+        let centroid = self.centroids.index_axis(ndarray::Axis(0), index % k);
+        let centroid = centroid.as_slice().expect("standard layout");
+        let mut out = vec![F::zero(); kh * kw];
+        symmetry::apply_rect(index / k, kh, kw, centroid, &mut out);
+        out
+    }
+
+    /// Assigns every kernel of an OIHW weight to its nearest centroid (after normalising it
+    /// by the codebook's scale mode).
+    ///
+    /// # Errors
+    /// A kernel size different from the codebook's, zero sizes, non-finite weights, or a
+    /// transform-invariant codebook (assignment over transforms is not implemented yet).
+    pub fn assign(&self, weight: ArrayView4<F>) -> Result<KernelAssignment<F>> {
+        if self.symmetry != Symmetry::Identity {
+            return Err(params::tic_unsupported());
+        }
+        let prepared = prepare_kernels(&[weight], self.kernel_size(), self.scale_mode)?;
+        let (labels, _) = nearest(&prepared.rows.view(), &self.centroid_rows());
+        let identity: Vec<usize> = (0..self.len()).collect();
+        Ok(prepared.assignments(&labels, &identity).remove(0))
+    }
+
+    /// The centroids as a `(K, kh·kw)` matrix.
+    fn centroid_rows(&self) -> ArrayView2<'_, F> {
+        let (k, kh, kw) = self.centroids.dim();
+        self.centroids
+            .view()
+            .into_shape_with_order((k, kh * kw))
+            .expect("standard layout")
+    }
+
+    /// Rebuilds a dense OIHW weight: kernel `(o, i)` = `scale[o, i] · Φ_t(μ_c)` with
+    /// `c = index mod K`, `t = index div K` (no scale factor when `scales` is `None`).
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`] for an index `≥ K·S`; [`Error::ShapeMismatch`] when the
+    /// scales' shape differs from the indices'.
+    pub fn reconstruct(&self, indices: ArrayView2<u32>, scales: Option<ArrayView2<F>>) -> Result<Array4<F>> {
+        self.check_indices(&indices)?;
+        if let Some(s) = &scales {
+            if s.dim() != indices.dim() {
+                return Err(Error::ShapeMismatch {
+                    what: "scales vs indices",
+                    expected: indices.shape().to_vec(),
+                    got: s.shape().to_vec(),
+                });
+            }
+        }
+        let (cout, cin) = indices.dim();
+        let (kh, kw) = self.kernel_size();
+        let decoded: Vec<Vec<F>> = (0..self.index_limit()).map(|i| self.decode(i)).collect();
+        let mut out = Array4::<F>::zeros((cout, cin, kh, kw));
+        out.outer_iter_mut()
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(o, mut out_o)| {
+                for (i, mut kernel) in out_o.outer_iter_mut().enumerate() {
+                    let base = &decoded[indices[[o, i]] as usize];
+                    let s = scales.as_ref().map_or(F::one(), |s| s[[o, i]]);
+                    for (dst, &v) in kernel.iter_mut().zip(base) {
+                        *dst = s * v;
+                    }
+                }
+            });
+        Ok(out)
+    }
+
+    /// Counts how often each centroid and each stored index is used across index matrices.
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`] for an index `≥ K·S`.
+    pub fn usage(&self, indices: &[ArrayView2<u32>]) -> Result<Usage> {
+        let mut per_index = vec![0u64; self.index_limit()];
+        for m in indices {
+            self.check_indices(m)?;
+            for &i in m.iter() {
+                per_index[i as usize] += 1;
+            }
+        }
+        let k = self.len();
+        let mut per_centroid = vec![0u64; k];
+        for (i, &c) in per_index.iter().enumerate() {
+            per_centroid[i % k] += c;
+        }
+        Ok(Usage {
+            per_centroid,
+            per_index,
+        })
+    }
+
+    /// Rejects the first index `≥ K·S`, naming its position.
+    pub(crate) fn check_indices(&self, indices: &ArrayView2<u32>) -> Result<()> {
+        let limit = self.index_limit();
+        for ((o, i), &index) in indices.indexed_iter() {
+            if index as usize >= limit {
+                return Err(Error::IndexOutOfRange {
+                    out_channel: o,
+                    in_channel: i,
+                    index,
+                    limit,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The kernels of one or many tensors, ready to cluster.
+pub(crate) struct PreparedKernels<F> {
+    /// Normalised rows of the kernels that take part in clustering.
+    pub rows: Array2<F>,
+    /// For each row, the global kernel position it came from.
+    pub source: Vec<usize>,
+    /// Scale of every kernel (all kernels, global order), when the mode stores scales.
+    pub scales: Option<Vec<F>>,
+    /// `(Cout, Cin)` of every tensor.
+    pub tensor_dims: Vec<(usize, usize)>,
+}
+
+impl<F: Real> PreparedKernels<F> {
+    /// Builds per-tensor assignments from row labels mapped through `remap`
+    /// (label → stored index); kernels left out of clustering get index 0.
+    pub fn assignments(&self, labels: &[usize], remap: &[usize]) -> Vec<KernelAssignment<F>> {
+        let total: usize = self.tensor_dims.iter().map(|&(o, i)| o * i).sum();
+        let mut flat = vec![0u32; total];
+        for (&pos, &label) in self.source.iter().zip(labels) {
+            flat[pos] = remap[label] as u32;
+        }
+        let mut out = Vec::with_capacity(self.tensor_dims.len());
+        let mut offset = 0;
+        for &(cout, cin) in &self.tensor_dims {
+            let range = offset..offset + cout * cin;
+            let indices = Array2::from_shape_vec((cout, cin), flat[range.clone()].to_vec())
+                .expect("cout·cin indices");
+            let scales = self.scales.as_ref().map(|s| {
+                Array2::from_shape_vec((cout, cin), s[range.clone()].to_vec()).expect("cout·cin scales")
+            });
+            out.push(KernelAssignment { indices, scales });
+            offset += cout * cin;
+        }
+        out
+    }
+}
+
+/// Flattens, validates and (per `mode`) normalises the kernels of `weights`.
+pub(crate) fn prepare_kernels<F: Real>(
+    weights: &[ArrayView4<F>],
+    kernel: (usize, usize),
+    mode: ScaleMode,
+) -> Result<PreparedKernels<F>> {
+    let area = kernel.0 * kernel.1;
+    let mut kernels: Vec<F> = Vec::new();
+    let mut tensor_dims = Vec::with_capacity(weights.len());
+    for (t, w) in weights.iter().enumerate() {
+        let (cout, cin, kh, kw) = w.dim();
+        if (kh, kw) != kernel {
+            return Err(Error::KernelSizeMismatch {
+                tensor: t,
+                expected: kernel,
+                got: (kh, kw),
+            });
+        }
+        if cout == 0 || cin == 0 {
+            return Err(Error::ZeroSize {
+                what: "weight tensor",
+                shape: w.shape().to_vec(),
+            });
+        }
+        kernels.extend(w.iter().copied());
+        tensor_dims.push((cout, cin));
+    }
+    if let Some(bad) = kernels.iter().position(|v| !v.is_finite()) {
+        return Err(Error::NonFinite {
+            what: "weights (row = kernel position across the tensors, in order)",
+            index: bad / area,
+        });
+    }
+    let n = kernels.len() / area;
+    let (rows, source, scales) = match mode {
+        ScaleMode::None => (kernels, (0..n).collect(), None),
+        ScaleMode::L2Norm => {
+            let scales: Vec<F> = kernels.chunks_exact(area).map(l2_scale).collect();
+            let mut rows = Vec::with_capacity(kernels.len());
+            let mut source = Vec::with_capacity(n);
+            for (pos, (kernel, &s)) in kernels.chunks_exact(area).zip(&scales).enumerate() {
+                if s != F::zero() {
+                    rows.extend(kernel.iter().map(|&v| v / s));
+                    source.push(pos);
+                }
+            }
+            (rows, source, Some(scales))
+        }
+    };
+    let rows = Array2::from_shape_vec((source.len(), area), rows).expect("rows of kernel area");
+    Ok(PreparedKernels {
+        rows,
+        source,
+        scales,
+        tensor_dims,
+    })
+}

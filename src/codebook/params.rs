@@ -1,0 +1,226 @@
+//! Fitting a codebook: builder → validated params → `fit`.
+
+use ndarray::{Array3, ArrayView4};
+
+use super::{prepare_kernels, KernelAssignment, KernelCodebook, ScaleMode, Symmetry};
+use crate::error::{Error, Result};
+use crate::kmeans::{Convergence, Init, IterationStats, KMeansParams, Progress, ValidKMeansParams};
+use crate::scalar::Real;
+
+/// Unchecked codebook settings (builder); [`CodebookParams::check`] validates them.
+///
+/// Defaults: seed 0, `n_init` 1, `max_iter` 300, `tol` 1e-4, greedy k-means++,
+/// [`ScaleMode::L2Norm`] (the paper's default), [`Symmetry::Identity`].
+///
+/// ```
+/// use clustered_conv::{KernelCodebook, ScaleMode};
+/// use ndarray::Array4;
+///
+/// let conv1 = Array4::<f32>::from_shape_fn((8, 4, 3, 3), |(o, i, r, c)| (o + 2 * i + r * c) as f32 - 6.0);
+/// let conv2 = Array4::<f32>::from_shape_fn((8, 8, 3, 3), |(o, i, r, c)| (o * i) as f32 - (r + c) as f32);
+/// // One codebook shared by both layers (the paper's network-wide clustering).
+/// let fit = KernelCodebook::params(6)
+///     .seed(7)
+///     .n_init(3)
+///     .scale_mode(ScaleMode::None)
+///     .fit(&[conv1.view(), conv2.view()])?;
+/// assert_eq!(fit.assignments.len(), 2);
+/// assert_eq!(fit.assignments[1].indices.dim(), (8, 8));
+/// assert!(fit.assignments[0].scales.is_none());
+/// # Ok::<(), clustered_conv::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CodebookParams {
+    kmeans: KMeansParams,
+    scale_mode: ScaleMode,
+    symmetry: Symmetry,
+}
+
+/// Validated codebook settings: only [`CodebookParams::check`] makes one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ValidCodebookParams {
+    kmeans: ValidKMeansParams,
+    scale_mode: ScaleMode,
+    symmetry: Symmetry,
+}
+
+/// The outcome of fitting a codebook.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CodebookFit<F> {
+    /// The codebook, centroids sorted by usage (most used first).
+    pub codebook: KernelCodebook<F>,
+    /// The stored form of every input tensor, in the order given.
+    pub assignments: Vec<KernelAssignment<F>>,
+    /// k-means inertia of the clustered (normalised) kernels.
+    pub inertia: f64,
+    /// Lloyd iterations of the best run.
+    pub n_iter: usize,
+    /// Why the best run stopped.
+    pub convergence: Convergence,
+    /// Per-iteration statistics of the best run.
+    pub history: Vec<IterationStats>,
+}
+
+impl CodebookParams {
+    /// Defaults for `k` centroids.
+    pub fn new(k: usize) -> Self {
+        Self {
+            kmeans: KMeansParams::new(k),
+            scale_mode: ScaleMode::L2Norm,
+            symmetry: Symmetry::Identity,
+        }
+    }
+
+    /// Seed of the k-means random number generator.
+    #[must_use]
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.kmeans = self.kmeans.seed(seed);
+        self
+    }
+
+    /// Number of k-means restarts.
+    #[must_use]
+    pub fn n_init(mut self, n_init: usize) -> Self {
+        self.kmeans = self.kmeans.n_init(n_init);
+        self
+    }
+
+    /// Maximum Lloyd iterations per restart.
+    #[must_use]
+    pub fn max_iter(mut self, max_iter: usize) -> Self {
+        self.kmeans = self.kmeans.max_iter(max_iter);
+        self
+    }
+
+    /// Relative k-means tolerance (scikit-learn's definition).
+    #[must_use]
+    pub fn tol(mut self, tol: f64) -> Self {
+        self.kmeans = self.kmeans.tol(tol);
+        self
+    }
+
+    /// k-means seeding method.
+    #[must_use]
+    pub fn init(mut self, init: Init) -> Self {
+        self.kmeans = self.kmeans.init(init);
+        self
+    }
+
+    /// How kernels are normalised before clustering.
+    #[must_use]
+    pub fn scale_mode(mut self, scale_mode: ScaleMode) -> Self {
+        self.scale_mode = scale_mode;
+        self
+    }
+
+    /// Transform invariance of the codebook.
+    #[must_use]
+    pub fn symmetry(mut self, symmetry: Symmetry) -> Self {
+        self.symmetry = symmetry;
+        self
+    }
+
+    /// Validates the settings.
+    ///
+    /// # Errors
+    /// The k-means errors of [`KMeansParams::check`]; [`Error::Unsupported`] for a symmetry
+    /// other than [`Symmetry::Identity`] (transform-invariant fitting is not implemented yet).
+    pub fn check(&self) -> Result<ValidCodebookParams> {
+        if self.symmetry != Symmetry::Identity {
+            return Err(tic_unsupported());
+        }
+        Ok(ValidCodebookParams {
+            kmeans: self.kmeans.check()?,
+            scale_mode: self.scale_mode,
+            symmetry: self.symmetry,
+        })
+    }
+
+    /// Validates, then fits one codebook to all kernels of `weights` (OIHW tensors with the
+    /// same kernel size).
+    ///
+    /// # Errors
+    /// See [`CodebookParams::check`] and [`ValidCodebookParams::fit`].
+    pub fn fit<F: Real>(&self, weights: &[ArrayView4<F>]) -> Result<CodebookFit<F>> {
+        self.check()?.fit(weights)
+    }
+}
+
+impl ValidCodebookParams {
+    /// Fits one codebook to all kernels of `weights`.
+    ///
+    /// # Errors
+    /// An empty list, differing kernel sizes ([`Error::KernelSizeMismatch`]), zero-sized or
+    /// non-finite weights, or fewer clusterable kernels than `k` ([`Error::TooManyClusters`];
+    /// all-zero kernels do not count under [`ScaleMode::L2Norm`]).
+    ///
+    /// # Determinism
+    /// Bit-identical results for the same seed and inputs, whatever the number of threads.
+    pub fn fit<F: Real>(&self, weights: &[ArrayView4<F>]) -> Result<CodebookFit<F>> {
+        self.fit_with_progress(weights, |_| {})
+    }
+
+    /// As [`ValidCodebookParams::fit`], calling `progress` after every Lloyd iteration.
+    ///
+    /// # Errors
+    /// As [`ValidCodebookParams::fit`].
+    pub fn fit_with_progress<F: Real>(
+        &self,
+        weights: &[ArrayView4<F>],
+        progress: impl FnMut(&Progress),
+    ) -> Result<CodebookFit<F>> {
+        let first = weights.first().ok_or(Error::Empty {
+            what: "the list of weight tensors",
+        })?;
+        let (_, _, kh, kw) = first.dim();
+        let prepared = prepare_kernels(weights, (kh, kw), self.scale_mode)?;
+        let km = self
+            .kmeans
+            .fit_with_progress(prepared.rows.view(), progress)?;
+        let k = km.centroids.nrows();
+        let order = usage_order(&km.labels, k);
+        let mut remap = vec![0usize; k];
+        for (new, &old) in order.iter().enumerate() {
+            remap[old] = new;
+        }
+        let mut centroids = Array3::<F>::zeros((k, kh, kw));
+        for (new, &old) in order.iter().enumerate() {
+            let src = km.centroids.row(old);
+            for (dst, &v) in centroids.index_axis_mut(ndarray::Axis(0), new).iter_mut().zip(src) {
+                *dst = v;
+            }
+        }
+        let codebook = KernelCodebook {
+            centroids,
+            symmetry: self.symmetry,
+            scale_mode: self.scale_mode,
+        };
+        Ok(CodebookFit {
+            assignments: prepared.assignments(&km.labels, &remap),
+            codebook,
+            inertia: km.inertia,
+            n_iter: km.n_iter,
+            convergence: km.convergence,
+            history: km.history,
+        })
+    }
+}
+
+/// Cluster ids sorted by member count, descending (ties: lower id first).
+fn usage_order(labels: &[usize], k: usize) -> Vec<usize> {
+    let mut counts = vec![0usize; k];
+    for &l in labels {
+        counts[l] += 1;
+    }
+    let mut order: Vec<usize> = (0..k).collect();
+    order.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
+    order
+}
+
+/// The error for transform-invariant clustering, which a later release adds.
+pub(crate) fn tic_unsupported() -> Error {
+    Error::Unsupported {
+        what: "transform-invariant clustering (symmetries other than Identity)",
+        reason: "this version fits and assigns with Symmetry::Identity only",
+    }
+}

@@ -1,0 +1,62 @@
+//! Per-kernel scales (paper §3.1): `s = sign(w*)·‖w‖₂`, `w*` the centre element.
+
+use crate::scalar::Real;
+
+/// How kernels are normalised before clustering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ScaleMode {
+    /// Raw kernels are clustered and no scales are stored (the paper's "N" variants).
+    None,
+    /// Each kernel `w` is divided by `s = sign(w*)·‖w‖₂` before clustering, where `w*` is the
+    /// centre element (flat index `⌊kh·kw / 2⌋`); the layer stores `s` and reconstructs
+    /// `s·μ`. Clustered kernels thus have unit norm and a non-negative centre.
+    ///
+    /// Rules that avoid any division by zero:
+    /// - a centre of exactly `0` counts as positive (`sign(0) = +1`);
+    /// - an all-zero kernel gets `s = 0`, is left out of clustering, and is stored with
+    ///   index 0, so its reconstruction is exactly zero.
+    #[default]
+    L2Norm,
+}
+
+/// The scale of one flattened kernel under `L2Norm`, or `0` for an all-zero kernel.
+pub(crate) fn l2_scale<F: Real>(kernel: &[F]) -> F {
+    let norm = kernel.iter().fold(F::zero(), |a, &v| a + v * v).sqrt();
+    let centre = kernel[kernel.len() / 2];
+    if centre < F::zero() {
+        -norm
+    } else {
+        norm
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_follows_the_centre() {
+        let k = [0.0f64, 3.0, 0.0, 0.0, -4.0, 0.0, 0.0, 0.0, 0.0];
+        assert_eq!(l2_scale(&k), -5.0);
+        let k = [0.0f64, 3.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0, 0.0];
+        assert_eq!(l2_scale(&k), 5.0);
+    }
+
+    #[test]
+    fn zero_centre_counts_as_positive() {
+        let k = [3.0f64, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -4.0];
+        assert_eq!(l2_scale(&k), 5.0);
+    }
+
+    #[test]
+    fn zero_kernel_has_zero_scale() {
+        assert_eq!(l2_scale(&[0.0f32; 9]), 0.0);
+    }
+
+    #[test]
+    fn even_kernel_uses_flat_index_half() {
+        // 2×2: flat index 2 is the "centre" of the reference code.
+        let k = [1.0f64, 1.0, -1.0, 1.0];
+        assert_eq!(l2_scale(&k), -2.0);
+    }
+}

@@ -1,0 +1,123 @@
+//! The crate's single error type.
+
+use thiserror::Error;
+
+/// Result alias used throughout the crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything a caller can get wrong, with the offending values.
+///
+/// Every variant names what was wrong and what was expected, so a message such as
+/// `stride must be >= 1, got 0 (height)` can be acted on without reading the source.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A geometry parameter (stride, dilation) is out of its valid range.
+    #[error("{what} must be >= 1, got {value} ({axis})")]
+    InvalidGeometry {
+        /// Which parameter (`"stride"`, `"dilation"`).
+        what: &'static str,
+        /// Which axis (`"height"` or `"width"`).
+        axis: &'static str,
+        /// The rejected value.
+        value: usize,
+    },
+    /// A tensor has a zero-sized dimension where data is required.
+    #[error("{what} has a zero-sized dimension: shape {shape:?}")]
+    ZeroSize {
+        /// Which tensor.
+        what: &'static str,
+        /// Its full shape.
+        shape: Vec<usize>,
+    },
+    /// The (dilated) kernel does not fit in the padded input.
+    #[error(
+        "kernel extent {kernel_extent} is larger than the padded input {padded_input} ({axis})"
+    )]
+    KernelTooLarge {
+        /// Which axis (`"height"` or `"width"`).
+        axis: &'static str,
+        /// `dilation·(k − 1) + 1`.
+        kernel_extent: usize,
+        /// `input + padding`.
+        padded_input: usize,
+    },
+    /// Shape arithmetic overflowed `usize`.
+    #[error("shape arithmetic overflowed while computing {what}")]
+    Overflow {
+        /// What was being computed.
+        what: &'static str,
+    },
+    /// Two shapes that must agree do not.
+    #[error("{what}: expected shape {expected:?}, got {got:?}")]
+    ShapeMismatch {
+        /// What was being checked.
+        what: &'static str,
+        /// The expected shape (or the expected leading dimensions).
+        expected: Vec<usize>,
+        /// The shape that was passed.
+        got: Vec<usize>,
+    },
+    /// A NaN or infinite value where finite data is required.
+    #[error("{what} contains a non-finite value at row {index}")]
+    NonFinite {
+        /// Which input.
+        what: &'static str,
+        /// Row (or flat element) index of the first non-finite value.
+        index: usize,
+    },
+    /// More clusters were requested than there are points to cluster.
+    #[error("cannot form k = {k} clusters from {n} points")]
+    TooManyClusters {
+        /// Requested number of clusters.
+        k: usize,
+        /// Number of points available.
+        n: usize,
+    },
+    /// A numeric parameter is outside its valid range.
+    #[error("invalid parameter {name} = {value}: expected {expected}")]
+    InvalidParameter {
+        /// Parameter name.
+        name: &'static str,
+        /// The rejected value (as a float, for display).
+        value: f64,
+        /// The valid range, in words.
+        expected: &'static str,
+    },
+    /// A stored kernel index is not below the number of codebook entries.
+    #[error("index {index} at (out {out_channel}, in {in_channel}) is out of range: the codebook has {limit} entries")]
+    IndexOutOfRange {
+        /// Output channel of the offending kernel.
+        out_channel: usize,
+        /// Input channel of the offending kernel.
+        in_channel: usize,
+        /// The stored index.
+        index: u32,
+        /// Number of valid indices (`K·S`).
+        limit: usize,
+    },
+    /// A weight tensor's kernel size differs from the codebook's.
+    #[error("kernel size mismatch in tensor {tensor}: expected {expected:?}, got {got:?}")]
+    KernelSizeMismatch {
+        /// Position of the tensor in the list passed.
+        tensor: usize,
+        /// Codebook kernel size `(kh, kw)`.
+        expected: (usize, usize),
+        /// The tensor's kernel size.
+        got: (usize, usize),
+    },
+    /// The requested feature is not available yet.
+    #[error("{what} is not supported: {reason}")]
+    Unsupported {
+        /// The feature.
+        what: &'static str,
+        /// Why, and what to use instead.
+        reason: &'static str,
+    },
+    /// An input collection is empty.
+    #[error("{what} is empty")]
+    Empty {
+        /// Which input.
+        what: &'static str,
+    },
+}

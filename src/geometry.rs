@@ -1,0 +1,338 @@
+//! Convolution geometry: stride, padding, dilation and the output-shape arithmetic.
+
+use crate::error::{Error, Result};
+
+/// Zero padding added around the input, in pixels, per side.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Padding {
+    /// Rows added above the input.
+    pub top: usize,
+    /// Rows added below the input.
+    pub bottom: usize,
+    /// Columns added left of the input.
+    pub left: usize,
+    /// Columns added right of the input.
+    pub right: usize,
+}
+
+/// Stride, padding and dilation of a 2-D convolution (cross-correlation, as in PyTorch).
+///
+/// `ConvGeometry::default()` is stride 1, padding 0, dilation 1. The builder methods never
+/// fail; every value is checked when the geometry is used (layer construction or forward),
+/// and a bad one is reported as an [`Error`].
+///
+/// ```
+/// use clustered_conv::ConvGeometry;
+/// let g = ConvGeometry::default().stride(2, 2).padding(1, 1);
+/// // A 3×3 kernel over a 32×32 input with stride 2 and padding 1 gives 16×16.
+/// assert_eq!(g.output_size((32, 32), (3, 3)).unwrap(), (16, 16));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConvGeometry {
+    stride: (usize, usize),
+    padding: Padding,
+    dilation: (usize, usize),
+}
+
+impl Default for ConvGeometry {
+    fn default() -> Self {
+        Self {
+            stride: (1, 1),
+            padding: Padding::default(),
+            dilation: (1, 1),
+        }
+    }
+}
+
+impl ConvGeometry {
+    /// Sets the stride along height and width.
+    #[must_use]
+    pub fn stride(mut self, sh: usize, sw: usize) -> Self {
+        self.stride = (sh, sw);
+        self
+    }
+
+    /// Sets symmetric zero padding: `ph` rows above and below, `pw` columns left and right.
+    #[must_use]
+    pub fn padding(mut self, ph: usize, pw: usize) -> Self {
+        self.padding = Padding {
+            top: ph,
+            bottom: ph,
+            left: pw,
+            right: pw,
+        };
+        self
+    }
+
+    /// Sets zero padding independently for each side (e.g. TensorFlow's `"same"` with an
+    /// even kernel pads one pixel more at the bottom/right).
+    #[must_use]
+    pub fn padding_asymmetric(mut self, padding: Padding) -> Self {
+        self.padding = padding;
+        self
+    }
+
+    /// Sets the dilation along height and width.
+    #[must_use]
+    pub fn dilation(mut self, dh: usize, dw: usize) -> Self {
+        self.dilation = (dh, dw);
+        self
+    }
+
+    /// The stride `(sh, sw)`.
+    pub fn stride_hw(&self) -> (usize, usize) {
+        self.stride
+    }
+
+    /// The padding per side.
+    pub fn padding_sides(&self) -> Padding {
+        self.padding
+    }
+
+    /// The dilation `(dh, dw)`.
+    pub fn dilation_hw(&self) -> (usize, usize) {
+        self.dilation
+    }
+
+    /// Checks stride ≥ 1 and dilation ≥ 1.
+    ///
+    /// # Errors
+    /// [`Error::InvalidGeometry`] naming the parameter, axis and value.
+    pub fn validate(&self) -> Result<()> {
+        let checks = [
+            ("stride", "height", self.stride.0),
+            ("stride", "width", self.stride.1),
+            ("dilation", "height", self.dilation.0),
+            ("dilation", "width", self.dilation.1),
+        ];
+        for (what, axis, value) in checks {
+            if value == 0 {
+                return Err(Error::InvalidGeometry { what, axis, value });
+            }
+        }
+        Ok(())
+    }
+
+    /// Output spatial size for an input of `(h, w)` and a kernel of `(kh, kw)`:
+    /// `⌊(h + pad − dilation·(k − 1) − 1) / stride⌋ + 1` per axis.
+    ///
+    /// # Errors
+    /// Invalid stride/dilation, a zero input or kernel size, a dilated kernel larger than the
+    /// padded input, or arithmetic overflow.
+    pub fn output_size(&self, input: (usize, usize), kernel: (usize, usize)) -> Result<(usize, usize)> {
+        self.validate()?;
+        if input.0 == 0 || input.1 == 0 {
+            return Err(Error::ZeroSize {
+                what: "input spatial size",
+                shape: vec![input.0, input.1],
+            });
+        }
+        if kernel.0 == 0 || kernel.1 == 0 {
+            return Err(Error::ZeroSize {
+                what: "kernel",
+                shape: vec![kernel.0, kernel.1],
+            });
+        }
+        let p = self.padding;
+        let oh = axis_output(
+            "height",
+            input.0,
+            p.top,
+            p.bottom,
+            kernel.0,
+            self.stride.0,
+            self.dilation.0,
+        )?;
+        let ow = axis_output(
+            "width",
+            input.1,
+            p.left,
+            p.right,
+            kernel.1,
+            self.stride.1,
+            self.dilation.1,
+        )?;
+        Ok((oh, ow))
+    }
+
+    /// Resolves every size of one convolution call and checks that they agree.
+    pub(crate) fn resolve(&self, input: [usize; 4], weight: [usize; 4]) -> Result<ConvShape> {
+        let [n, c, h, w] = input;
+        let [cout, cin, kh, kw] = weight;
+        if input.contains(&0) {
+            return Err(Error::ZeroSize {
+                what: "input",
+                shape: input.to_vec(),
+            });
+        }
+        if c != cin {
+            return Err(Error::ShapeMismatch {
+                what: "input channels (dim 1 of the NCHW input) vs the layer's in_channels",
+                expected: vec![cin],
+                got: vec![c],
+            });
+        }
+        let (oh, ow) = self.output_size((h, w), (kh, kw))?;
+        Ok(ConvShape {
+            batch: n,
+            cin,
+            cout,
+            h,
+            w,
+            kh,
+            kw,
+            oh,
+            ow,
+            stride: self.stride,
+            pad_top: self.padding.top,
+            pad_left: self.padding.left,
+            dilation: self.dilation,
+        })
+    }
+}
+
+fn axis_output(
+    axis: &'static str,
+    input: usize,
+    pad_a: usize,
+    pad_b: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<usize> {
+    let overflow = Error::Overflow {
+        what: "the padded input or the dilated kernel extent",
+    };
+    let padded = input
+        .checked_add(pad_a)
+        .and_then(|v| v.checked_add(pad_b))
+        .ok_or_else(|| overflow.clone())?;
+    let extent = dilation
+        .checked_mul(kernel - 1)
+        .and_then(|v| v.checked_add(1))
+        .ok_or(overflow)?;
+    if extent > padded {
+        return Err(Error::KernelTooLarge {
+            axis,
+            kernel_extent: extent,
+            padded_input: padded,
+        });
+    }
+    Ok((padded - extent) / stride + 1)
+}
+
+/// Every size of one convolution call, resolved and validated (crate-internal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvShape {
+    pub batch: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub stride: (usize, usize),
+    pub pad_top: usize,
+    pub pad_left: usize,
+    pub dilation: (usize, usize),
+}
+
+impl ConvShape {
+    /// Output positions per image.
+    pub fn out_positions(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// Rows of the im2col matrix: `cin·kh·kw`.
+    pub fn patch_len(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+
+    /// True when im2col would be the identity (1×1 kernel, stride 1, no padding).
+    pub fn is_pointwise_identity(&self) -> bool {
+        self.kh == 1
+            && self.kw == 1
+            && self.stride == (1, 1)
+            && self.pad_top == 0
+            && self.pad_left == 0
+            && self.oh == self.h
+            && self.ow == self.w
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_size_matches_pytorch_formula() {
+        // PyTorch: floor((H + 2p - d(k-1) - 1)/s) + 1
+        let g = ConvGeometry::default().stride(2, 3).padding(1, 2).dilation(2, 1);
+        // H: (10 + 2 - 2*2 - 1)/2 + 1 = 7/2+1 = 4 ; W: (11 + 4 - 4 - 1)/3 + 1 = 10/3+1 = 4
+        assert_eq!(g.output_size((10, 11), (3, 5)).unwrap(), (4, 4));
+    }
+
+    #[test]
+    fn stride_zero_is_rejected() {
+        let err = ConvGeometry::default().stride(1, 0).validate().unwrap_err();
+        assert_eq!(
+            err,
+            Error::InvalidGeometry {
+                what: "stride",
+                axis: "width",
+                value: 0
+            }
+        );
+    }
+
+    #[test]
+    fn dilation_zero_is_rejected() {
+        let err = ConvGeometry::default().dilation(0, 1).output_size((4, 4), (3, 3));
+        assert!(matches!(err, Err(Error::InvalidGeometry { what: "dilation", .. })));
+    }
+
+    #[test]
+    fn kernel_larger_than_padded_input_is_rejected() {
+        let err = ConvGeometry::default().padding(1, 0).output_size((2, 5), (5, 3)).unwrap_err();
+        assert_eq!(
+            err,
+            Error::KernelTooLarge {
+                axis: "height",
+                kernel_extent: 5,
+                padded_input: 4
+            }
+        );
+    }
+
+    #[test]
+    fn zero_sizes_are_rejected() {
+        let g = ConvGeometry::default();
+        assert!(matches!(g.output_size((0, 4), (1, 1)), Err(Error::ZeroSize { .. })));
+        assert!(matches!(g.output_size((4, 4), (0, 1)), Err(Error::ZeroSize { .. })));
+    }
+
+    #[test]
+    fn huge_dilation_overflows_cleanly() {
+        let g = ConvGeometry::default().dilation(usize::MAX, 1);
+        assert!(matches!(g.output_size((4, 4), (3, 1)), Err(Error::Overflow { .. })));
+    }
+
+    #[test]
+    fn asymmetric_padding() {
+        let g = ConvGeometry::default().padding_asymmetric(Padding {
+            top: 0,
+            bottom: 1,
+            left: 1,
+            right: 0,
+        });
+        assert_eq!(g.output_size((4, 4), (2, 2)).unwrap(), (4, 4));
+    }
+
+    #[test]
+    fn channel_mismatch_is_named() {
+        let err = ConvGeometry::default().resolve([1, 3, 5, 5], [8, 4, 3, 3]).unwrap_err();
+        assert!(matches!(err, Error::ShapeMismatch { expected, got, .. } if expected == vec![4] && got == vec![3]));
+    }
+}

@@ -1,0 +1,378 @@
+//! k-means on the rows of an `(n, d)` matrix: greedy k-means++ seeding, Lloyd iterations,
+//! restarts.
+//!
+//! Semantics follow scikit-learn's `KMeans(algorithm="lloyd")`:
+//! - **Seeding**: greedy k-means++ with `2 + ⌊ln k⌋` local trials per centre (the candidate
+//!   that lowers the potential most wins), or `k` distinct uniformly drawn rows.
+//! - **Stopping**: labels unchanged between two iterations (*strict*), or the squared centre
+//!   shift summed over clusters `≤ tol · mean_j Var(X[:, j])` (*tolerance*), or `max_iter`.
+//!   When not strictly converged, a final assignment makes labels match the centroids.
+//! - **Restarts**: `n_init` runs; the lowest inertia wins (ties: the earliest run), and its
+//!   labels, iteration count and history are returned with it.
+//! - **Empty clusters** are re-seeded with the points farthest from their assigned centroid
+//!   (ties: the lower row index), skipping points that are alone in their cluster; a
+//!   centroid is never NaN. Only data with fewer distinct rows than `k` can end with empty
+//!   (duplicate) clusters.
+//!
+//! # Determinism
+//! Run `r` draws from ChaCha8 seeded with `seed` on stream `r`. All parallel work is split
+//! into fixed-size row chunks whose partial results are combined in chunk order, cluster
+//! means are summed in row order, and ties go to the lowest index: the same seed gives
+//! bit-identical results for any number of rayon threads.
+
+mod init;
+mod lloyd;
+
+use ndarray::{Array2, ArrayView2};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Error, Result};
+use crate::scalar::Real;
+
+pub(crate) use lloyd::nearest;
+
+/// How the initial centroids are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Init {
+    /// Greedy k-means++ (scikit-learn): `2 + ⌊ln k⌋` candidates per step, best one kept.
+    #[default]
+    KMeansPlusPlus,
+    /// `k` distinct rows drawn uniformly (what the paper's reference code does).
+    Random,
+}
+
+/// Why Lloyd's iterations stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Convergence {
+    /// No label changed between two consecutive iterations.
+    Strict,
+    /// The total squared centre shift fell to the tolerance.
+    Tolerance,
+    /// `max_iter` iterations ran.
+    MaxIter,
+}
+
+/// Statistics of one Lloyd iteration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IterationStats {
+    /// 1-based iteration number.
+    pub iteration: usize,
+    /// Sum of squared distances of the points to the centroids they were assigned to in this
+    /// iteration (before the centroids were updated), accumulated in `f64`.
+    pub inertia: f64,
+    /// Points whose label changed in this iteration (all points on the first).
+    pub label_changes: usize,
+    /// Σ over clusters of the squared distance each centroid moved in the update.
+    pub center_shift: f64,
+    /// Empty clusters re-seeded in the update.
+    pub reseeded: usize,
+}
+
+/// What a progress callback receives after every Lloyd iteration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// 0-based restart index.
+    pub run: usize,
+    /// Total number of restarts.
+    pub n_init: usize,
+    /// The iteration limit.
+    pub max_iter: usize,
+    /// This iteration's statistics.
+    pub stats: IterationStats,
+}
+
+/// The outcome of [`KMeansParams::fit`]: the best of `n_init` runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KMeansFit<F> {
+    /// Centroids, `(k, d)`.
+    pub centroids: Array2<F>,
+    /// Label of every row, each `< k`; every label is the nearest centroid.
+    pub labels: Vec<usize>,
+    /// Sum of squared distances of the rows to their centroids (`f64`, exact per point).
+    pub inertia: f64,
+    /// Lloyd iterations run by the best run.
+    pub n_iter: usize,
+    /// Why the best run stopped.
+    pub convergence: Convergence,
+    /// Per-iteration statistics of the best run.
+    pub history: Vec<IterationStats>,
+    /// Index of the best run.
+    pub best_run: usize,
+    /// Final inertia of every run, in run order.
+    pub run_inertias: Vec<f64>,
+}
+
+/// Entry point: `KMeans::params(k)` starts a builder.
+#[derive(Debug, Clone, Copy)]
+pub struct KMeans;
+
+impl KMeans {
+    /// A parameter builder for `k` clusters with the defaults of [`KMeansParams`].
+    pub fn params(k: usize) -> KMeansParams {
+        KMeansParams::new(k)
+    }
+}
+
+/// Unchecked k-means settings (builder). [`KMeansParams::check`] validates them.
+///
+/// Defaults: seed 0, `n_init` 1, `max_iter` 300, `tol` 1e-4, greedy k-means++.
+///
+/// ```
+/// use clustered_conv::KMeans;
+/// use ndarray::array;
+///
+/// let x = array![[0.0f32, 0.0], [0.1, 0.0], [10.0, 10.0], [10.1, 10.0]];
+/// let fit = KMeans::params(2).seed(3).fit(x.view())?;
+/// assert_eq!(fit.labels[0], fit.labels[1]);
+/// assert_ne!(fit.labels[0], fit.labels[2]);
+/// assert!(fit.inertia < 0.02);
+/// # Ok::<(), clustered_conv::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KMeansParams {
+    k: usize,
+    seed: u64,
+    n_init: usize,
+    max_iter: usize,
+    tol: f64,
+    init: Init,
+}
+
+/// Validated k-means settings: only [`KMeansParams::check`] makes one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ValidKMeansParams(KMeansParams);
+
+impl KMeansParams {
+    /// Defaults for `k` clusters.
+    pub fn new(k: usize) -> Self {
+        Self {
+            k,
+            seed: 0,
+            n_init: 1,
+            max_iter: 300,
+            tol: 1e-4,
+            init: Init::KMeansPlusPlus,
+        }
+    }
+
+    /// Seed of the random number generator.
+    #[must_use]
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Number of restarts (≥ 1); the lowest inertia wins.
+    #[must_use]
+    pub fn n_init(mut self, n_init: usize) -> Self {
+        self.n_init = n_init;
+        self
+    }
+
+    /// Maximum Lloyd iterations per run (≥ 1).
+    #[must_use]
+    pub fn max_iter(mut self, max_iter: usize) -> Self {
+        self.max_iter = max_iter;
+        self
+    }
+
+    /// Relative tolerance (≥ 0, finite), scaled by the mean per-feature variance of the data.
+    /// `0` stops only on unchanged labels or `max_iter`.
+    #[must_use]
+    pub fn tol(mut self, tol: f64) -> Self {
+        self.tol = tol;
+        self
+    }
+
+    /// Seeding method.
+    #[must_use]
+    pub fn init(mut self, init: Init) -> Self {
+        self.init = init;
+        self
+    }
+
+    /// Number of clusters.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Validates the settings.
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] for `k = 0`, `n_init = 0`, `max_iter = 0`, or a negative or
+    /// non-finite `tol`.
+    pub fn check(&self) -> Result<ValidKMeansParams> {
+        let positive = |name, v: usize| {
+            if v == 0 {
+                Err(Error::InvalidParameter {
+                    name,
+                    value: 0.0,
+                    expected: "an integer >= 1",
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("k", self.k)?;
+        positive("n_init", self.n_init)?;
+        positive("max_iter", self.max_iter)?;
+        if !(self.tol.is_finite() && self.tol >= 0.0) {
+            return Err(Error::InvalidParameter {
+                name: "tol",
+                value: self.tol,
+                expected: "a finite value >= 0",
+            });
+        }
+        Ok(ValidKMeansParams(*self))
+    }
+
+    /// Validates the settings, then clusters the rows of `data`.
+    ///
+    /// # Errors
+    /// See [`KMeansParams::check`] and [`ValidKMeansParams::fit`].
+    pub fn fit<F: Real>(&self, data: ArrayView2<F>) -> Result<KMeansFit<F>> {
+        self.check()?.fit(data)
+    }
+}
+
+impl ValidKMeansParams {
+    /// The validated settings.
+    pub fn params(&self) -> &KMeansParams {
+        &self.0
+    }
+
+    /// Clusters the rows of `data`.
+    ///
+    /// # Errors
+    /// Empty data or zero columns, a non-finite value ([`Error::NonFinite`] with its row), or
+    /// `k > n` ([`Error::TooManyClusters`]).
+    pub fn fit<F: Real>(&self, data: ArrayView2<F>) -> Result<KMeansFit<F>> {
+        self.fit_with_progress(data, |_| {})
+    }
+
+    /// As [`ValidKMeansParams::fit`], calling `progress` after every Lloyd iteration of every
+    /// run (from the calling thread).
+    ///
+    /// # Errors
+    /// As [`ValidKMeansParams::fit`].
+    pub fn fit_with_progress<F: Real>(
+        &self,
+        data: ArrayView2<F>,
+        mut progress: impl FnMut(&Progress),
+    ) -> Result<KMeansFit<F>> {
+        let p = &self.0;
+        validate_data(&data, p.k)?;
+        let data = data.as_standard_layout();
+        let data = data.view();
+        let tol_abs = p.tol * mean_variance(&data);
+        let mut best: Option<KMeansFit<F>> = None;
+        let mut run_inertias = Vec::with_capacity(p.n_init);
+        for run in 0..p.n_init {
+            let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+            rng.set_stream(run as u64);
+            let seeds = match p.init {
+                Init::KMeansPlusPlus => init::kmeans_plus_plus(&data, p.k, &mut rng),
+                Init::Random => init::random_rows(&data, p.k, &mut rng),
+            };
+            let outcome = lloyd::run(&data, seeds, p.max_iter, tol_abs, |stats| {
+                progress(&Progress {
+                    run,
+                    n_init: p.n_init,
+                    max_iter: p.max_iter,
+                    stats: *stats,
+                })
+            });
+            run_inertias.push(outcome.inertia);
+            // Strictly lower wins, so ties keep the earliest run.
+            if best.as_ref().is_none_or(|b| outcome.inertia < b.inertia) {
+                best = Some(KMeansFit {
+                    centroids: outcome.centroids,
+                    labels: outcome.labels,
+                    inertia: outcome.inertia,
+                    n_iter: outcome.history.len(),
+                    convergence: outcome.convergence,
+                    history: outcome.history,
+                    best_run: run,
+                    run_inertias: Vec::new(),
+                });
+            }
+        }
+        let mut best = best.expect("n_init >= 1 was validated");
+        best.run_inertias = run_inertias;
+        Ok(best)
+    }
+}
+
+/// Rejects empty data, `k > n` and non-finite values (naming the first bad row).
+fn validate_data<F: Real>(data: &ArrayView2<F>, k: usize) -> Result<()> {
+    let (n, d) = data.dim();
+    if n == 0 || d == 0 {
+        return Err(Error::ZeroSize {
+            what: "k-means data",
+            shape: vec![n, d],
+        });
+    }
+    if k > n {
+        return Err(Error::TooManyClusters { k, n });
+    }
+    if let Some(index) = data
+        .outer_iter()
+        .position(|row| row.iter().any(|v| !v.is_finite()))
+    {
+        return Err(Error::NonFinite {
+            what: "k-means data",
+            index,
+        });
+    }
+    Ok(())
+}
+
+/// Mean over features of the population variance (scikit-learn's tolerance scale).
+fn mean_variance<F: Real>(data: &ArrayView2<F>) -> f64 {
+    let (n, d) = data.dim();
+    let mut total = 0.0;
+    for col in data.columns() {
+        let mean = col.iter().map(|v| v.to_f64_exact()).sum::<f64>() / n as f64;
+        total += col
+            .iter()
+            .map(|v| (v.to_f64_exact() - mean).powi(2))
+            .sum::<f64>()
+            / n as f64;
+    }
+    total / d as f64
+}
+
+/// Fixed number of rows per parallel chunk for element-wise passes.
+pub(crate) const CHUNK_ROWS: usize = 4096;
+
+/// Σ over rows of `f(row_index)`, computed in fixed chunks of [`CHUNK_ROWS`] and combined in
+/// chunk order (bit-identical for any thread count).
+pub(crate) fn chunked_sum(n: usize, f: impl Fn(usize) -> f64 + Sync) -> f64 {
+    use rayon::prelude::*;
+    let chunks = n.div_ceil(CHUNK_ROWS);
+    let partials: Vec<f64> = (0..chunks)
+        .into_par_iter()
+        .map(|c| (c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(n)).map(&f).sum())
+        .collect();
+    partials.iter().sum()
+}
+
+/// Squared Euclidean distance in `f64`.
+#[inline]
+pub(crate) fn sq_dist<F: Real>(a: &[F], b: &[F]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            let t = x.to_f64_exact() - y.to_f64_exact();
+            t * t
+        })
+        .sum()
+}
+
+/// Row `i` of a standard-layout matrix as a slice.
+#[inline]
+pub(crate) fn row<'a, F>(data: &'a ArrayView2<'a, F>, i: usize) -> &'a [F] {
+    let d = data.ncols();
+    &data.as_slice().expect("standard layout")[i * d..(i + 1) * d]
+}

@@ -1,0 +1,23 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod codebook;
+mod conv;
+mod error;
+mod geometry;
+mod kmeans;
+mod scalar;
+
+pub use codebook::{
+    compression_ratio, CodebookFit, CodebookParams, KernelAssignment, KernelCodebook, ScaleMode,
+    Symmetry, Usage, ValidCodebookParams,
+};
+pub use conv::{Conv2d, Conv2dGrads};
+pub use error::{Error, Result};
+pub use geometry::{ConvGeometry, Padding};
+pub use kmeans::{
+    Convergence, Init, IterationStats, KMeans, KMeansFit, KMeansParams, Progress,
+    ValidKMeansParams,
+};
+pub use scalar::Real;

@@ -1,0 +1,59 @@
+//! The floating-point element types the crate computes with.
+
+use std::fmt::{Debug, Display};
+use std::iter::Sum;
+use std::ops::{AddAssign, MulAssign, SubAssign};
+
+use ndarray::{LinalgScalar, ScalarOperand};
+use num_traits::{Float, FromPrimitive};
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// A floating-point element type: implemented for `f32` (the tuned path) and `f64`
+/// (used by the gradient checks).
+///
+/// The trait is sealed: the kernels rely on the GEMM back-end, which only exists for these two.
+pub trait Real:
+    Float
+    + FromPrimitive
+    + LinalgScalar
+    + ScalarOperand
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + Sum
+    + Default
+    + Debug
+    + Display
+    + Send
+    + Sync
+    + 'static
+    + sealed::Sealed
+{
+    /// Converts from `f64`, rounding to the nearest representable value.
+    fn from_f64_lossy(v: f64) -> Self;
+    /// Widens to `f64` exactly.
+    fn to_f64_exact(self) -> f64;
+}
+
+impl Real for f32 {
+    fn from_f64_lossy(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f64_exact(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+impl Real for f64 {
+    fn from_f64_lossy(v: f64) -> Self {
+        v
+    }
+    fn to_f64_exact(self) -> f64 {
+        self
+    }
+}
