@@ -77,12 +77,17 @@ impl<F: Real> KernelAssignment<F> {
     }
 }
 
-impl<F: Real> KernelCodebook<F> {
-    /// A fitting builder for `k` centroids; see [`CodebookParams`].
+impl KernelCodebook<f32> {
+    /// A fitting builder for `k` centroids; see [`CodebookParams`]. The builder is not
+    /// generic: its `fit` clusters `f32` or `f64` weights alike. (It is defined on
+    /// `KernelCodebook<f32>` only so that `KernelCodebook::params(k)` needs no type
+    /// annotation.)
     pub fn params(k: usize) -> CodebookParams {
         CodebookParams::new(k)
     }
+}
 
+impl<F: Real> KernelCodebook<F> {
     /// A codebook from given centroids `(K, kh, kw)`, with [`ScaleMode::L2Norm`]
     /// (change it with [`KernelCodebook::with_scale_mode`]).
     ///

@@ -56,7 +56,8 @@ pub(crate) fn run<F: Real>(
         history.push(stats);
         on_iteration(&stats);
         centers = new_centers;
-        if iteration > 1 && label_changes == 0 {
+        // A re-seeded cluster moved a centroid, so unchanged labels do not mean convergence.
+        if iteration > 1 && label_changes == 0 && reseeded == 0 {
             convergence = Convergence::Strict;
             break;
         }

@@ -45,7 +45,7 @@ pub enum Init {
 /// Why Lloyd's iterations stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Convergence {
-    /// No label changed between two consecutive iterations.
+    /// No label changed between two consecutive iterations and no cluster was re-seeded.
     Strict,
     /// The total squared centre shift fell to the tolerance.
     Tolerance,

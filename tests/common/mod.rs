@@ -1,0 +1,65 @@
+//! Shared test helpers: an obviously-correct direct convolution and seeded random data.
+#![allow(dead_code)]
+
+use clustered_conv::{ConvGeometry, Padding};
+use ndarray::{Array1, Array4, ArrayView4};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// A seeded RNG for tests (never OS-seeded).
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// Uniform values in [-1, 1).
+pub fn random4(rng: &mut ChaCha8Rng, shape: (usize, usize, usize, usize)) -> Array4<f64> {
+    Array4::from_shape_simple_fn(shape, || rng.random_range(-1.0..1.0))
+}
+
+/// The direct definition of a 2-D cross-correlation, written for clarity: seven nested
+/// loops, zero padding by bounds checks.
+pub fn naive_conv(
+    x: ArrayView4<f64>,
+    w: ArrayView4<f64>,
+    bias: Option<&Array1<f64>>,
+    g: &ConvGeometry,
+) -> Array4<f64> {
+    let (n, cin, h, wd) = x.dim();
+    let (cout, _, kh, kw) = w.dim();
+    let (sh, sw) = g.stride_hw();
+    let (dh, dw) = g.dilation_hw();
+    let Padding { top, left, .. } = g.padding_sides();
+    let (oh, ow) = g.output_size((h, wd), (kh, kw)).unwrap();
+    let mut y = Array4::<f64>::zeros((n, cout, oh, ow));
+    for b in 0..n {
+        for o in 0..cout {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = bias.map_or(0.0, |b| b[o]);
+                    for i in 0..cin {
+                        for ki in 0..kh {
+                            for kj in 0..kw {
+                                let iy = (oy * sh + ki * dh) as isize - top as isize;
+                                let ix = (ox * sw + kj * dw) as isize - left as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
+                                    acc += w[[o, i, ki, kj]] * x[[b, i, iy as usize, ix as usize]];
+                                }
+                            }
+                        }
+                    }
+                    y[[b, o, oy, ox]] = acc;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Largest |a − b| / (atol + rtol·|b|) over all elements (≤ 1 means within tolerance).
+pub fn worst_violation(a: &Array4<f64>, b: &Array4<f64>, rtol: f64, atol: f64) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter()
+        .zip(b.iter())
+        .map(|(&x, &y)| (x - y).abs() / (atol + rtol * y.abs()))
+        .fold(0.0, f64::max)
+}
