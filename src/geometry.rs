@@ -119,7 +119,11 @@ impl ConvGeometry {
     /// # Errors
     /// Invalid stride/dilation, a zero input or kernel size, a dilated kernel larger than the
     /// padded input, or arithmetic overflow.
-    pub fn output_size(&self, input: (usize, usize), kernel: (usize, usize)) -> Result<(usize, usize)> {
+    pub fn output_size(
+        &self,
+        input: (usize, usize),
+        kernel: (usize, usize),
+    ) -> Result<(usize, usize)> {
         self.validate()?;
         if input.0 == 0 || input.1 == 0 {
             return Err(Error::ZeroSize {
@@ -269,7 +273,10 @@ mod tests {
     #[test]
     fn output_size_matches_pytorch_formula() {
         // PyTorch: floor((H + 2p - d(k-1) - 1)/s) + 1
-        let g = ConvGeometry::default().stride(2, 3).padding(1, 2).dilation(2, 1);
+        let g = ConvGeometry::default()
+            .stride(2, 3)
+            .padding(1, 2)
+            .dilation(2, 1);
         // H: (10 + 2 - 2*2 - 1)/2 + 1 = 7/2+1 = 4 ; W: (11 + 4 - 4 - 1)/3 + 1 = 10/3+1 = 4
         assert_eq!(g.output_size((10, 11), (3, 5)).unwrap(), (4, 4));
     }
@@ -289,13 +296,24 @@ mod tests {
 
     #[test]
     fn dilation_zero_is_rejected() {
-        let err = ConvGeometry::default().dilation(0, 1).output_size((4, 4), (3, 3));
-        assert!(matches!(err, Err(Error::InvalidGeometry { what: "dilation", .. })));
+        let err = ConvGeometry::default()
+            .dilation(0, 1)
+            .output_size((4, 4), (3, 3));
+        assert!(matches!(
+            err,
+            Err(Error::InvalidGeometry {
+                what: "dilation",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn kernel_larger_than_padded_input_is_rejected() {
-        let err = ConvGeometry::default().padding(1, 0).output_size((2, 5), (5, 3)).unwrap_err();
+        let err = ConvGeometry::default()
+            .padding(1, 0)
+            .output_size((2, 5), (5, 3))
+            .unwrap_err();
         assert_eq!(
             err,
             Error::KernelTooLarge {
@@ -309,14 +327,23 @@ mod tests {
     #[test]
     fn zero_sizes_are_rejected() {
         let g = ConvGeometry::default();
-        assert!(matches!(g.output_size((0, 4), (1, 1)), Err(Error::ZeroSize { .. })));
-        assert!(matches!(g.output_size((4, 4), (0, 1)), Err(Error::ZeroSize { .. })));
+        assert!(matches!(
+            g.output_size((0, 4), (1, 1)),
+            Err(Error::ZeroSize { .. })
+        ));
+        assert!(matches!(
+            g.output_size((4, 4), (0, 1)),
+            Err(Error::ZeroSize { .. })
+        ));
     }
 
     #[test]
     fn huge_dilation_overflows_cleanly() {
         let g = ConvGeometry::default().dilation(usize::MAX, 1);
-        assert!(matches!(g.output_size((4, 4), (3, 1)), Err(Error::Overflow { .. })));
+        assert!(matches!(
+            g.output_size((4, 4), (3, 1)),
+            Err(Error::Overflow { .. })
+        ));
     }
 
     #[test]
@@ -332,7 +359,11 @@ mod tests {
 
     #[test]
     fn channel_mismatch_is_named() {
-        let err = ConvGeometry::default().resolve([1, 3, 5, 5], [8, 4, 3, 3]).unwrap_err();
-        assert!(matches!(err, Error::ShapeMismatch { expected, got, .. } if expected == vec![4] && got == vec![3]));
+        let err = ConvGeometry::default()
+            .resolve([1, 3, 5, 5], [8, 4, 3, 3])
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::ShapeMismatch { expected, got, .. } if expected == vec![4] && got == vec![3])
+        );
     }
 }

@@ -17,7 +17,6 @@ pub use conv::{Conv2d, Conv2dGrads};
 pub use error::{Error, Result};
 pub use geometry::{ConvGeometry, Padding};
 pub use kmeans::{
-    Convergence, Init, IterationStats, KMeans, KMeansFit, KMeansParams, Progress,
-    ValidKMeansParams,
+    Convergence, Init, IterationStats, KMeans, KMeansFit, KMeansParams, Progress, ValidKMeansParams,
 };
 pub use scalar::Real;

@@ -65,7 +65,10 @@ fn zero_kernels_get_scale_zero_index_zero_and_stay_zero() {
     }
     let back = a.reconstruct(&fit.codebook).unwrap();
     for (o, i) in [(0, 1), (2, 2), (1, 0)] {
-        assert!(back.slice(ndarray::s![o, i, .., ..]).iter().all(|&v| v == 0.0));
+        assert!(back
+            .slice(ndarray::s![o, i, .., ..])
+            .iter()
+            .all(|&v| v == 0.0));
     }
     assert!(fit.codebook.centroids().iter().all(|v| v.is_finite()));
     // Zero kernels do not count as points: 6 non-zero kernels cannot make 7 clusters.
@@ -96,16 +99,27 @@ fn centroids_are_sorted_by_usage() {
     let mut r = rng(24);
     let w = random4(&mut r, (32, 32, 3, 3));
     let fit = KernelCodebook::params(16).seed(2).fit(&[w.view()]).unwrap();
-    let usage = fit.codebook.usage(&[fit.assignments[0].indices.view()]).unwrap();
+    let usage = fit
+        .codebook
+        .usage(&[fit.assignments[0].indices.view()])
+        .unwrap();
     assert_eq!(usage.total(), 32 * 32);
-    assert!(usage.per_centroid.windows(2).all(|p| p[0] >= p[1]), "{:?}", usage.per_centroid);
+    assert!(
+        usage.per_centroid.windows(2).all(|p| p[0] >= p[1]),
+        "{:?}",
+        usage.per_centroid
+    );
     assert!(usage.per_centroid[15] > 0);
     // Entropy from an independent count.
     let mut counts = [0f64; 16];
     for &i in fit.assignments[0].indices.iter() {
         counts[i as usize] += 1.0;
     }
-    let h: f64 = counts.iter().filter(|&&c| c > 0.0).map(|&c| -(c / 1024.0) * (c / 1024.0).log2()).sum();
+    let h: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0.0)
+        .map(|&c| -(c / 1024.0) * (c / 1024.0).log2())
+        .sum();
     assert!((usage.entropy_bits() - h).abs() < 1e-12);
     assert!(h <= 4.0);
 }
@@ -116,7 +130,10 @@ fn assign_reproduces_the_fitted_assignments() {
     let w1 = random4(&mut r, (16, 8, 3, 3));
     let w2 = random4(&mut r, (8, 16, 3, 3));
     for mode in [ScaleMode::L2Norm, ScaleMode::None] {
-        let fit = KernelCodebook::params(10).scale_mode(mode).fit(&[w1.view(), w2.view()]).unwrap();
+        let fit = KernelCodebook::params(10)
+            .scale_mode(mode)
+            .fit(&[w1.view(), w2.view()])
+            .unwrap();
         assert_eq!(fit.codebook.assign(w1.view()).unwrap(), fit.assignments[0]);
         assert_eq!(fit.codebook.assign(w2.view()).unwrap(), fit.assignments[1]);
     }
@@ -127,13 +144,22 @@ fn network_wide_fit_equals_fit_of_the_concatenated_kernels() {
     let mut r = rng(26);
     let w1 = random4(&mut r, (5, 4, 3, 3));
     let w2 = random4(&mut r, (7, 4, 3, 3));
-    let joint = KernelCodebook::params(6).seed(9).fit(&[w1.view(), w2.view()]).unwrap();
+    let joint = KernelCodebook::params(6)
+        .seed(9)
+        .fit(&[w1.view(), w2.view()])
+        .unwrap();
     let cat = concatenate(Axis(0), &[w1.view(), w2.view()]).unwrap();
-    let single = KernelCodebook::params(6).seed(9).fit(&[cat.view()]).unwrap();
+    let single = KernelCodebook::params(6)
+        .seed(9)
+        .fit(&[cat.view()])
+        .unwrap();
     assert_eq!(joint.codebook, single.codebook);
     let cat_idx = concatenate(
         Axis(0),
-        &[joint.assignments[0].indices.view(), joint.assignments[1].indices.view()],
+        &[
+            joint.assignments[0].indices.view(),
+            joint.assignments[1].indices.view(),
+        ],
     )
     .unwrap();
     assert_eq!(cat_idx, single.assignments[0].indices);
@@ -168,7 +194,13 @@ fn fit_is_bit_identical_on_1_and_2_threads() {
             .num_threads(threads)
             .build()
             .unwrap()
-            .install(|| KernelCodebook::params(32).seed(1).n_init(2).fit(&[w.view()]).unwrap())
+            .install(|| {
+                KernelCodebook::params(32)
+                    .seed(1)
+                    .n_init(2)
+                    .fit(&[w.view()])
+                    .unwrap()
+            })
     };
     assert_eq!(run(1), run(2));
 }
@@ -178,7 +210,10 @@ fn other_kernel_sizes_work() {
     let mut r = rng(29);
     for (kh, kw) in [(5, 5), (1, 3), (2, 2), (7, 7)] {
         let w = random4(&mut r, (6, 4, kh, kw));
-        let fit = KernelCodebook::params(24).scale_mode(ScaleMode::None).fit(&[w.view()]).unwrap();
+        let fit = KernelCodebook::params(24)
+            .scale_mode(ScaleMode::None)
+            .fit(&[w.view()])
+            .unwrap();
         assert_eq!(fit.codebook.kernel_size(), (kh, kw));
         assert_eq!(fit.assignments[0].reconstruct(&fit.codebook).unwrap(), w);
     }
@@ -190,8 +225,14 @@ fn rejects_bad_inputs() {
     let w3 = random4(&mut r, (4, 4, 3, 3));
     let w5 = random4(&mut r, (4, 4, 5, 5));
     assert_eq!(
-        KernelCodebook::params(2).fit(&[w3.view(), w5.view()]).unwrap_err(),
-        Error::KernelSizeMismatch { tensor: 1, expected: (3, 3), got: (5, 5) }
+        KernelCodebook::params(2)
+            .fit(&[w3.view(), w5.view()])
+            .unwrap_err(),
+        Error::KernelSizeMismatch {
+            tensor: 1,
+            expected: (3, 3),
+            got: (5, 5)
+        }
     );
     assert!(matches!(
         KernelCodebook::params(2).fit::<f64>(&[]),
@@ -205,7 +246,9 @@ fn rejects_bad_inputs() {
         Err(Error::NonFinite { index: 9, .. })
     ));
     assert!(matches!(
-        KernelCodebook::params(2).symmetry(Symmetry::Flip).fit(&[w3.view()]),
+        KernelCodebook::params(2)
+            .symmetry(Symmetry::Flip)
+            .fit(&[w3.view()]),
         Err(Error::Unsupported { .. })
     ));
     assert!(matches!(
@@ -213,21 +256,33 @@ fn rejects_bad_inputs() {
         Err(Error::InvalidParameter { name: "k", .. })
     ));
 
-    let cb = KernelCodebook::from_centroids(Array3::<f64>::zeros((4, 3, 3)), Symmetry::Identity).unwrap();
+    let cb = KernelCodebook::from_centroids(Array3::<f64>::zeros((4, 3, 3)), Symmetry::Identity)
+        .unwrap();
     let mut idx = Array2::<u32>::zeros((2, 3));
     idx[[1, 2]] = 4;
     assert_eq!(
         cb.reconstruct(idx.view(), None).unwrap_err(),
-        Error::IndexOutOfRange { out_channel: 1, in_channel: 2, index: 4, limit: 4 }
+        Error::IndexOutOfRange {
+            out_channel: 1,
+            in_channel: 2,
+            index: 4,
+            limit: 4
+        }
     );
-    assert!(matches!(cb.usage(&[idx.view()]), Err(Error::IndexOutOfRange { .. })));
+    assert!(matches!(
+        cb.usage(&[idx.view()]),
+        Err(Error::IndexOutOfRange { .. })
+    ));
     idx[[1, 2]] = 3;
     let scales = Array2::<f64>::ones((3, 2));
     assert!(matches!(
         cb.reconstruct(idx.view(), Some(scales.view())),
         Err(Error::ShapeMismatch { .. })
     ));
-    assert!(matches!(cb.assign(w5.view()), Err(Error::KernelSizeMismatch { .. })));
+    assert!(matches!(
+        cb.assign(w5.view()),
+        Err(Error::KernelSizeMismatch { .. })
+    ));
     let mut nan = Array3::<f64>::zeros((2, 3, 3));
     nan[[1, 0, 0]] = f64::INFINITY;
     assert!(matches!(

@@ -73,7 +73,10 @@ fn forward_f32_tracks_f64() {
             c.g,
         )
         .unwrap();
-        let got = conv32.forward(c.x.mapv(|v| v as f32).view()).unwrap().mapv(f64::from);
+        let got = conv32
+            .forward(c.x.mapv(|v| v as f32).view())
+            .unwrap()
+            .mapv(f64::from);
         let expected = naive_conv(c.x.view(), c.w.view(), c.bias.as_ref(), &c.g);
         assert!(worst_violation(&got, &expected, 1e-5, 1e-5) <= 1.0);
     }
@@ -89,7 +92,8 @@ fn non_contiguous_views_give_the_same_result() {
         // Same data in a width-strided view: interleave with junk columns and take every 2nd.
         let (n, ch, h, w) = c.x.dim();
         let mut wide = Array4::<f64>::from_elem((n, ch, h, 2 * w), f64::NAN);
-        wide.slice_axis_mut(Axis(3), Slice::new(0, None, 2)).assign(&c.x);
+        wide.slice_axis_mut(Axis(3), Slice::new(0, None, 2))
+            .assign(&c.x);
         let strided = wide.slice_axis(Axis(3), Slice::new(0, None, 2));
         assert!(!strided.is_standard_layout());
         assert_eq!(conv.forward(strided).unwrap(), expected);
@@ -138,7 +142,10 @@ fn gradients_match_central_finite_differences() {
         let c = random_case(&mut r);
         let conv = Conv2d::new(c.w.clone(), c.bias.clone(), c.g).unwrap();
         let out_shape = conv.output_shape(dims(&c.x)).unwrap();
-        let go = random4(&mut r, (out_shape[0], out_shape[1], out_shape[2], out_shape[3]));
+        let go = random4(
+            &mut r,
+            (out_shape[0], out_shape[1], out_shape[2], out_shape[3]),
+        );
         let grads = conv.backward(c.x.view(), go.view()).unwrap();
         // Input gradient.
         for (idx, &analytic) in grads.input.indexed_iter() {
@@ -220,8 +227,16 @@ fn results_are_identical_on_1_2_and_7_threads() {
     let conv = Conv2d::new(w, None, ConvGeometry::default().padding(1, 1)).unwrap();
     let go = random4(&mut r, (3, 24, 40, 40)).mapv(|v| v as f32);
     let run = |threads| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| (conv.forward(x.view()).unwrap(), conv.backward(x.view(), go.view()).unwrap()))
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            (
+                conv.forward(x.view()).unwrap(),
+                conv.backward(x.view(), go.view()).unwrap(),
+            )
+        })
     };
     let one = run(1);
     assert_eq!(run(2), one);
@@ -233,19 +248,32 @@ fn rejects_bad_inputs_with_named_values() {
     let w = Array4::<f32>::zeros((4, 3, 3, 3));
     // Bias of the wrong length.
     let err = Conv2d::new(w.clone(), Some(Array1::zeros(5)), ConvGeometry::default()).unwrap_err();
-    assert!(matches!(err, Error::ShapeMismatch { ref expected, ref got, .. } if expected == &vec![4] && got == &vec![5]));
+    assert!(
+        matches!(err, Error::ShapeMismatch { ref expected, ref got, .. } if expected == &vec![4] && got == &vec![5])
+    );
     // Zero-sized weight.
-    let err = Conv2d::new(Array4::<f32>::zeros((0, 3, 3, 3)), None, ConvGeometry::default()).unwrap_err();
+    let err = Conv2d::new(
+        Array4::<f32>::zeros((0, 3, 3, 3)),
+        None,
+        ConvGeometry::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::ZeroSize { .. }));
     // Stride 0.
     let err = Conv2d::new(w.clone(), None, ConvGeometry::default().stride(0, 1)).unwrap_err();
     assert!(matches!(err, Error::InvalidGeometry { what: "stride", .. }));
     let conv = Conv2d::new(w, None, ConvGeometry::default()).unwrap();
     // Channel mismatch.
-    let err = conv.forward(Array4::<f32>::zeros((1, 2, 8, 8)).view()).unwrap_err();
-    assert!(matches!(err, Error::ShapeMismatch { ref expected, ref got, .. } if expected == &vec![3] && got == &vec![2]));
+    let err = conv
+        .forward(Array4::<f32>::zeros((1, 2, 8, 8)).view())
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ShapeMismatch { ref expected, ref got, .. } if expected == &vec![3] && got == &vec![2])
+    );
     // Kernel larger than the input.
-    let err = conv.forward(Array4::<f32>::zeros((1, 3, 2, 8)).view()).unwrap_err();
+    let err = conv
+        .forward(Array4::<f32>::zeros((1, 3, 2, 8)).view())
+        .unwrap_err();
     assert_eq!(
         err,
         Error::KernelTooLarge {
@@ -255,15 +283,26 @@ fn rejects_bad_inputs_with_named_values() {
         }
     );
     // Empty batch.
-    let err = conv.forward(Array4::<f32>::zeros((0, 3, 8, 8)).view()).unwrap_err();
+    let err = conv
+        .forward(Array4::<f32>::zeros((0, 3, 8, 8)).view())
+        .unwrap_err();
     assert!(matches!(err, Error::ZeroSize { .. }));
     // grad_out of the wrong shape.
     let x = Array4::<f32>::zeros((1, 3, 8, 8));
-    let err = conv.backward(x.view(), Array4::<f32>::zeros((1, 4, 8, 8)).view()).unwrap_err();
-    assert!(matches!(err, Error::ShapeMismatch { ref expected, .. } if expected == &vec![1, 4, 6, 6]));
+    let err = conv
+        .backward(x.view(), Array4::<f32>::zeros((1, 4, 8, 8)).view())
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ShapeMismatch { ref expected, .. } if expected == &vec![1, 4, 6, 6])
+    );
     // The message names the values.
     assert_eq!(
-        Error::KernelTooLarge { axis: "height", kernel_extent: 3, padded_input: 2 }.to_string(),
+        Error::KernelTooLarge {
+            axis: "height",
+            kernel_extent: 3,
+            padded_input: 2
+        }
+        .to_string(),
         "kernel extent 3 is larger than the padded input 2 (height)"
     );
 }
@@ -283,7 +322,12 @@ fn adjoint_identities_hold_across_many_tiles_and_groups() {
     let mut r = rng(9);
     let x = random4(&mut r, (9, 3, 150, 150));
     let w = random4(&mut r, (4, 3, 3, 3));
-    let conv = Conv2d::new(w.clone(), None, ConvGeometry::default().padding(1, 1).stride(1, 1)).unwrap();
+    let conv = Conv2d::new(
+        w.clone(),
+        None,
+        ConvGeometry::default().padding(1, 1).stride(1, 1),
+    )
+    .unwrap();
     let y = conv.forward(x.view()).unwrap();
     let go = random4(&mut r, y.dim());
     let grads = conv.backward(x.view(), go.view()).unwrap();

@@ -9,7 +9,13 @@ use rand::Rng;
 use rand_distr::{Distribution, Normal};
 
 /// `sizes[i]` points around centre i (centres on a line, `spacing` apart), std `sigma`.
-fn blobs(sizes: &[usize], dim: usize, spacing: f64, sigma: f64, seed: u64) -> (Array2<f64>, Vec<usize>) {
+fn blobs(
+    sizes: &[usize],
+    dim: usize,
+    spacing: f64,
+    sigma: f64,
+    seed: u64,
+) -> (Array2<f64>, Vec<usize>) {
     let mut r = rng(seed);
     let noise = Normal::new(0.0, sigma).unwrap();
     let n: usize = sizes.iter().sum();
@@ -19,7 +25,11 @@ fn blobs(sizes: &[usize], dim: usize, spacing: f64, sigma: f64, seed: u64) -> (A
     for (b, &size) in sizes.iter().enumerate() {
         for _ in 0..size {
             for j in 0..dim {
-                let centre = if j == b % dim { spacing * (b / dim + 1) as f64 } else { 0.0 };
+                let centre = if j == b % dim {
+                    spacing * (b / dim + 1) as f64
+                } else {
+                    0.0
+                };
                 x[[row, j]] = centre + noise.sample(&mut r);
             }
             truth.push(b);
@@ -33,16 +43,30 @@ fn blobs(sizes: &[usize], dim: usize, spacing: f64, sigma: f64, seed: u64) -> (A
 fn inertia_of(x: &ArrayView2<f64>, c: &Array2<f64>, labels: &[usize]) -> f64 {
     x.outer_iter()
         .zip(labels)
-        .map(|(row, &l)| row.iter().zip(c.row(l)).map(|(a, b)| (a - b).powi(2)).sum::<f64>())
+        .map(|(row, &l)| {
+            row.iter()
+                .zip(c.row(l))
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f64>()
+        })
         .sum()
 }
 
 fn assert_nearest(x: &ArrayView2<f64>, fit: &KMeansFit<f64>) {
     for (i, row) in x.outer_iter().enumerate() {
-        let d = |c: usize| row.iter().zip(fit.centroids.row(c)).map(|(a, b)| (a - b).powi(2)).sum::<f64>();
+        let d = |c: usize| {
+            row.iter()
+                .zip(fit.centroids.row(c))
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f64>()
+        };
         let own = d(fit.labels[i]);
         for c in 0..fit.centroids.nrows() {
-            assert!(own <= d(c) + 1e-9, "row {i}: label {} is not nearest ({c} closer)", fit.labels[i]);
+            assert!(
+                own <= d(c) + 1e-9,
+                "row {i}: label {} is not nearest ({c} closer)",
+                fit.labels[i]
+            );
         }
     }
 }
@@ -73,7 +97,11 @@ fn inertia_never_increases_and_reported_values_are_consistent() {
     let mut r = rng(12);
     let x = Array2::from_shape_simple_fn((3000, 4), || r.random_range(-1.0..1.0));
     for seed in 0..5 {
-        let fit = KMeans::params(25).seed(seed).tol(0.0).fit(x.view()).unwrap();
+        let fit = KMeans::params(25)
+            .seed(seed)
+            .tol(0.0)
+            .fit(x.view())
+            .unwrap();
         for pair in fit.history.windows(2) {
             assert!(
                 pair[1].inertia <= pair[0].inertia * (1.0 + 1e-12),
@@ -82,7 +110,10 @@ fn inertia_never_increases_and_reported_values_are_consistent() {
                 pair[1]
             );
         }
-        assert!(fit.history.len() > 3, "hard data should take several iterations");
+        assert!(
+            fit.history.len() > 3,
+            "hard data should take several iterations"
+        );
         assert_eq!(fit.n_iter, fit.history.len());
         let direct = inertia_of(&x.view(), &fit.centroids, &fit.labels);
         assert!((direct - fit.inertia).abs() <= 1e-9 * direct);
@@ -92,7 +123,8 @@ fn inertia_never_increases_and_reported_values_are_consistent() {
             for c in 0..25 {
                 let members: Vec<usize> = (0..x.nrows()).filter(|&i| fit.labels[i] == c).collect();
                 for j in 0..4 {
-                    let mean = members.iter().map(|&i| x[[i, j]]).sum::<f64>() / members.len() as f64;
+                    let mean =
+                        members.iter().map(|&i| x[[i, j]]).sum::<f64>() / members.len() as f64;
                     assert!((mean - fit.centroids[[c, j]]).abs() < 1e-12);
                 }
             }
@@ -109,7 +141,11 @@ fn duplicate_points_give_no_nan_and_no_empty_cluster() {
     let mut reseeded_somewhere = false;
     for seed in 0..30 {
         for init in [Init::Random, Init::KMeansPlusPlus] {
-            let fit = KMeans::params(10).seed(seed).init(init).fit(x.view()).unwrap();
+            let fit = KMeans::params(10)
+                .seed(seed)
+                .init(init)
+                .fit(x.view())
+                .unwrap();
             assert!(fit.centroids.iter().all(|v| v.is_finite()));
             let mut used = fit.labels.clone();
             used.sort_unstable();
@@ -119,7 +155,10 @@ fn duplicate_points_give_no_nan_and_no_empty_cluster() {
             reseeded_somewhere |= fit.history.iter().any(|h| h.reseeded > 0);
         }
     }
-    assert!(reseeded_somewhere, "the test data never exercised empty-cluster re-seeding");
+    assert!(
+        reseeded_somewhere,
+        "the test data never exercised empty-cluster re-seeding"
+    );
 }
 
 #[test]
@@ -139,7 +178,14 @@ fn greedy_kmeans_plus_plus_beats_random_init_on_average() {
     let (x, _) = blobs(&sizes, 2, 10.0, 1.0, 14);
     let mean_inertia = |init| {
         (0..30)
-            .map(|seed| KMeans::params(40).seed(seed).init(init).fit(x.view()).unwrap().inertia)
+            .map(|seed| {
+                KMeans::params(40)
+                    .seed(seed)
+                    .init(init)
+                    .fit(x.view())
+                    .unwrap()
+                    .inertia
+            })
             .sum::<f64>()
             / 30.0
     };
@@ -155,13 +201,20 @@ fn restarts_keep_the_lowest_inertia_run() {
     let (x, _) = blobs(&sizes, 2, 4.0, 1.0, 15);
     let fit = KMeans::params(20).seed(5).n_init(6).fit(x.view()).unwrap();
     assert_eq!(fit.run_inertias.len(), 6);
-    let best = fit.run_inertias.iter().cloned().fold(f64::INFINITY, f64::min);
+    let best = fit
+        .run_inertias
+        .iter()
+        .cloned()
+        .fold(f64::INFINITY, f64::min);
     assert_eq!(fit.inertia, best);
     assert_eq!(fit.run_inertias[fit.best_run], best);
     // The statistics belong to that run: its final history entry matches its inertia.
     let direct = inertia_of(&x.view(), &fit.centroids, &fit.labels);
     assert!((direct - fit.inertia).abs() <= 1e-9 * direct);
-    assert!(fit.run_inertias.iter().any(|&v| v > best), "restarts should differ on this data");
+    assert!(
+        fit.run_inertias.iter().any(|&v| v > best),
+        "restarts should differ on this data"
+    );
 }
 
 #[test]
@@ -173,7 +226,11 @@ fn huge_tolerance_stops_after_one_iteration() {
     assert_eq!(fit.convergence, Convergence::Tolerance);
     // Labels are re-assigned after a non-strict stop, so they are nearest.
     assert_nearest(&x.view(), &fit);
-    let fit = KMeans::params(8).tol(0.0).max_iter(2).fit(x.view()).unwrap();
+    let fit = KMeans::params(8)
+        .tol(0.0)
+        .max_iter(2)
+        .fit(x.view())
+        .unwrap();
     assert_eq!(fit.n_iter, 2);
     assert_eq!(fit.convergence, Convergence::MaxIter);
 }
@@ -190,10 +247,18 @@ fn progress_reports_every_iteration_of_every_run() {
         .fit_with_progress(x.view(), |p| seen.push((p.run, p.stats)))
         .unwrap();
     for run in 0..3 {
-        let iters: Vec<usize> = seen.iter().filter(|(r, _)| *r == run).map(|(_, s)| s.iteration).collect();
+        let iters: Vec<usize> = seen
+            .iter()
+            .filter(|(r, _)| *r == run)
+            .map(|(_, s)| s.iteration)
+            .collect();
         assert_eq!(iters, (1..=iters.len()).collect::<Vec<_>>());
     }
-    let best: Vec<_> = seen.iter().filter(|(r, _)| *r == fit.best_run).map(|(_, s)| *s).collect();
+    let best: Vec<_> = seen
+        .iter()
+        .filter(|(r, _)| *r == fit.best_run)
+        .map(|(_, s)| *s)
+        .collect();
     assert_eq!(best, fit.history);
 }
 
@@ -202,14 +267,29 @@ fn bit_identical_on_1_2_and_7_threads() {
     let mut r = rng(18);
     let x = Array2::from_shape_simple_fn((20_000, 9), || r.random_range(-1.0f32..1.0));
     let run = |threads| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| KMeans::params(64).seed(3).n_init(2).max_iter(30).fit(x.view()).unwrap())
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            KMeans::params(64)
+                .seed(3)
+                .n_init(2)
+                .max_iter(30)
+                .fit(x.view())
+                .unwrap()
+        })
     };
     let one = run(1);
     assert_eq!(run(2), one);
     assert_eq!(run(7), one);
     // And the seed matters.
-    let other = KMeans::params(64).seed(4).n_init(2).max_iter(30).fit(x.view()).unwrap();
+    let other = KMeans::params(64)
+        .seed(4)
+        .n_init(2)
+        .max_iter(30)
+        .fit(x.view())
+        .unwrap();
     assert_ne!(other.centroids, one.centroids);
 }
 
@@ -225,12 +305,21 @@ fn f32_data_clusters_like_f64() {
 #[test]
 fn rejects_invalid_settings_and_data() {
     let x = Array2::<f64>::zeros((10, 3));
-    let bad = |name| move |e: Error| matches!(e, Error::InvalidParameter { name: n, .. } if n == name);
+    let bad =
+        |name| move |e: Error| matches!(e, Error::InvalidParameter { name: n, .. } if n == name);
     assert!(bad("k")(KMeans::params(0).fit(x.view()).unwrap_err()));
-    assert!(bad("n_init")(KMeans::params(2).n_init(0).fit(x.view()).unwrap_err()));
-    assert!(bad("max_iter")(KMeans::params(2).max_iter(0).fit(x.view()).unwrap_err()));
-    assert!(bad("tol")(KMeans::params(2).tol(-1.0).fit(x.view()).unwrap_err()));
-    assert!(bad("tol")(KMeans::params(2).tol(f64::NAN).fit(x.view()).unwrap_err()));
+    assert!(bad("n_init")(
+        KMeans::params(2).n_init(0).fit(x.view()).unwrap_err()
+    ));
+    assert!(bad("max_iter")(
+        KMeans::params(2).max_iter(0).fit(x.view()).unwrap_err()
+    ));
+    assert!(bad("tol")(
+        KMeans::params(2).tol(-1.0).fit(x.view()).unwrap_err()
+    ));
+    assert!(bad("tol")(
+        KMeans::params(2).tol(f64::NAN).fit(x.view()).unwrap_err()
+    ));
     assert_eq!(
         KMeans::params(11).fit(x.view()).unwrap_err(),
         Error::TooManyClusters { k: 11, n: 10 }
@@ -239,11 +328,17 @@ fn rejects_invalid_settings_and_data() {
     y[[7, 2]] = f64::NAN;
     assert_eq!(
         KMeans::params(2).fit(y.view()).unwrap_err(),
-        Error::NonFinite { what: "k-means data", index: 7 }
+        Error::NonFinite {
+            what: "k-means data",
+            index: 7
+        }
     );
     y[[7, 2]] = 0.0;
     y[[4, 0]] = f64::NEG_INFINITY;
-    assert!(matches!(KMeans::params(2).fit(y.view()), Err(Error::NonFinite { index: 4, .. })));
+    assert!(matches!(
+        KMeans::params(2).fit(y.view()),
+        Err(Error::NonFinite { index: 4, .. })
+    ));
     assert!(matches!(
         KMeans::params(1).fit(Array2::<f32>::zeros((0, 3)).view()),
         Err(Error::ZeroSize { .. })

@@ -214,7 +214,11 @@ impl<F: Real> KernelCodebook<F> {
     /// # Errors
     /// [`Error::IndexOutOfRange`] for an index `≥ K·S`; [`Error::ShapeMismatch`] when the
     /// scales' shape differs from the indices'.
-    pub fn reconstruct(&self, indices: ArrayView2<u32>, scales: Option<ArrayView2<F>>) -> Result<Array4<F>> {
+    pub fn reconstruct(
+        &self,
+        indices: ArrayView2<u32>,
+        scales: Option<ArrayView2<F>>,
+    ) -> Result<Array4<F>> {
         self.check_indices(&indices)?;
         if let Some(s) = &scales {
             if s.dim() != indices.dim() {
@@ -312,7 +316,8 @@ impl<F: Real> PreparedKernels<F> {
             let indices = Array2::from_shape_vec((cout, cin), flat[range.clone()].to_vec())
                 .expect("cout·cin indices");
             let scales = self.scales.as_ref().map(|s| {
-                Array2::from_shape_vec((cout, cin), s[range.clone()].to_vec()).expect("cout·cin scales")
+                Array2::from_shape_vec((cout, cin), s[range.clone()].to_vec())
+                    .expect("cout·cin scales")
             });
             out.push(KernelAssignment { indices, scales });
             offset += cout * cin;

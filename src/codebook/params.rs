@@ -186,7 +186,11 @@ impl ValidCodebookParams {
         let mut centroids = Array3::<F>::zeros((k, kh, kw));
         for (new, &old) in order.iter().enumerate() {
             let src = km.centroids.row(old);
-            for (dst, &v) in centroids.index_axis_mut(ndarray::Axis(0), new).iter_mut().zip(src) {
+            for (dst, &v) in centroids
+                .index_axis_mut(ndarray::Axis(0), new)
+                .iter_mut()
+                .zip(src)
+            {
                 *dst = v;
             }
         }

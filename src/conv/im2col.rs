@@ -85,7 +85,13 @@ fn walk_segments(s: &ConvShape, p0: usize, width: usize, mut visit: impl FnMut(&
 
 /// Fills `col` (row-major, `patch_len × width`) with the patches of positions `[p0, p0+width)`
 /// of one image `img` (contiguous `cin·h·w`).
-pub(crate) fn im2col_tile<F: Real>(img: &[F], s: &ConvShape, p0: usize, width: usize, col: &mut [F]) {
+pub(crate) fn im2col_tile<F: Real>(
+    img: &[F],
+    s: &ConvShape,
+    p0: usize,
+    width: usize,
+    col: &mut [F],
+) {
     debug_assert_eq!(col.len(), s.patch_len() * width);
     let plane = s.h * s.w;
     walk_segments(s, p0, width, |seg| {
@@ -107,7 +113,13 @@ pub(crate) fn im2col_tile<F: Real>(img: &[F], s: &ConvShape, p0: usize, width: u
 
 /// Adds the patch-matrix tile `col` back into the image gradient `img` (the adjoint of
 /// [`im2col_tile`]).
-pub(crate) fn col2im_tile<F: Real>(col: &[F], s: &ConvShape, p0: usize, width: usize, img: &mut [F]) {
+pub(crate) fn col2im_tile<F: Real>(
+    col: &[F],
+    s: &ConvShape,
+    p0: usize,
+    width: usize,
+    img: &mut [F],
+) {
     debug_assert_eq!(col.len(), s.patch_len() * width);
     let plane = s.h * s.w;
     walk_segments(s, p0, width, |seg| {
@@ -143,6 +155,12 @@ pub(crate) fn patch_matrix<'a, F: Real>(
 
 /// `c = alpha·a·b + beta·c` through ndarray's GEMM (matrixmultiply).
 #[inline]
-pub(crate) fn gemm<F: Real>(alpha: F, a: &ArrayView2<F>, b: &ArrayView2<F>, beta: F, c: &mut ArrayViewMut2<F>) {
+pub(crate) fn gemm<F: Real>(
+    alpha: F,
+    a: &ArrayView2<F>,
+    b: &ArrayView2<F>,
+    beta: F,
+    c: &mut ArrayViewMut2<F>,
+) {
     ndarray::linalg::general_mat_mul(alpha, a, b, beta, c);
 }

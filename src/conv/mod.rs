@@ -258,7 +258,11 @@ pub(crate) fn forward_im2col<F: Real>(
 }
 
 /// ∂L/∂x: per image, `W2ᵀ · grad_out` tile by tile, scattered back by col2im.
-pub(crate) fn backward_input<F: Real>(w2: ArrayView2<F>, go: ArrayView4<F>, s: &ConvShape) -> Array4<F> {
+pub(crate) fn backward_input<F: Real>(
+    w2: ArrayView2<F>,
+    go: ArrayView4<F>,
+    s: &ConvShape,
+) -> Array4<F> {
     let positions = s.out_positions();
     let tile = tile_positions::<F>(s);
     let mut gx = Array4::<F>::zeros((s.batch, s.cin, s.h, s.w));
@@ -292,7 +296,11 @@ pub(crate) fn backward_input<F: Real>(w2: ArrayView2<F>, go: ArrayView4<F>, s: &
 
 /// ∂L/∂W as (Cout, Cin·kh·kw): Σ over images and tiles of `grad_out_tile · patchesᵀ`,
 /// accumulated in at most [`MAX_WEIGHT_GRAD_GROUPS`] fixed groups, reduced in group order.
-pub(crate) fn backward_weight<F: Real>(x: ArrayView4<F>, go: ArrayView4<F>, s: &ConvShape) -> Array2<F> {
+pub(crate) fn backward_weight<F: Real>(
+    x: ArrayView4<F>,
+    go: ArrayView4<F>,
+    s: &ConvShape,
+) -> Array2<F> {
     let positions = s.out_positions();
     let tile = tile_positions::<F>(s);
     let tasks: Vec<(usize, usize)> = (0..s.batch)
@@ -313,7 +321,13 @@ pub(crate) fn backward_weight<F: Real>(x: ArrayView4<F>, go: ArrayView4<F>, s: &
                     .into_shape_with_order((s.cout, positions))
                     .expect("standard layout")
                     .slice_axis_move(Axis(1), Slice::from(p0..p0 + width));
-                gemm(F::one(), &go_tile, &patches.t(), F::one(), &mut acc.view_mut());
+                gemm(
+                    F::one(),
+                    &go_tile,
+                    &patches.t(),
+                    F::one(),
+                    &mut acc.view_mut(),
+                );
             }
             acc
         })
@@ -330,7 +344,11 @@ pub(crate) fn backward_bias<F: Real>(go: ArrayView4<F>) -> Array1<F> {
     let cout = go.shape()[1];
     (0..cout)
         .into_par_iter()
-        .map(|o| go.index_axis(Axis(1), o).iter().fold(F::zero(), |a, &v| a + v))
+        .map(|o| {
+            go.index_axis(Axis(1), o)
+                .iter()
+                .fold(F::zero(), |a, &v| a + v)
+        })
         .collect::<Vec<F>>()
         .into()
 }

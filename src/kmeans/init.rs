@@ -12,7 +12,11 @@ use crate::scalar::Real;
 /// the first centre is a uniform row; each next one is the best of `2 + ⌊ln k⌋` candidates
 /// drawn with probability ∝ squared distance to the nearest chosen centre, "best" meaning the
 /// lowest resulting potential (lowest candidate position on ties).
-pub(crate) fn kmeans_plus_plus<F: Real>(data: &ArrayView2<F>, k: usize, rng: &mut ChaCha8Rng) -> Array2<F> {
+pub(crate) fn kmeans_plus_plus<F: Real>(
+    data: &ArrayView2<F>,
+    k: usize,
+    rng: &mut ChaCha8Rng,
+) -> Array2<F> {
     let (n, d) = data.dim();
     let trials = 2 + (k as f64).ln().floor() as usize;
     let mut centers = Array2::<F>::zeros((k, d));
@@ -52,7 +56,11 @@ pub(crate) fn kmeans_plus_plus<F: Real>(data: &ArrayView2<F>, k: usize, rng: &mu
 }
 
 /// `k` distinct rows drawn uniformly.
-pub(crate) fn random_rows<F: Real>(data: &ArrayView2<F>, k: usize, rng: &mut ChaCha8Rng) -> Array2<F> {
+pub(crate) fn random_rows<F: Real>(
+    data: &ArrayView2<F>,
+    k: usize,
+    rng: &mut ChaCha8Rng,
+) -> Array2<F> {
     let picks = rand::seq::index::sample(rng, data.nrows(), k);
     let mut centers = Array2::<F>::zeros((k, data.ncols()));
     for (c, i) in picks.iter().enumerate() {

@@ -83,7 +83,10 @@ pub(crate) fn run<F: Real>(
 }
 
 /// Nearest centroid of every row (lowest index on ties) and the exact squared distance.
-pub(crate) fn nearest<F: Real>(data: &ArrayView2<F>, centers: &ArrayView2<F>) -> (Vec<usize>, Vec<f64>) {
+pub(crate) fn nearest<F: Real>(
+    data: &ArrayView2<F>,
+    centers: &ArrayView2<F>,
+) -> (Vec<usize>, Vec<f64>) {
     let n = data.nrows();
     let mut labels = vec![usize::MAX; n];
     let mut dist = vec![0.0; n];
@@ -116,9 +119,18 @@ fn assign<F: Real>(
         .enumerate()
         .map(|(b, (labels, dist))| {
             let r0 = b * ASSIGN_ROWS;
-            let rows = data.slice_axis(ndarray::Axis(0), ndarray::Slice::from(r0..r0 + labels.len()));
+            let rows = data.slice_axis(
+                ndarray::Axis(0),
+                ndarray::Slice::from(r0..r0 + labels.len()),
+            );
             let mut scores = Array2::<F>::zeros((labels.len(), k));
-            gemm(F::one(), &rows, &centers.t(), F::zero(), &mut scores.view_mut());
+            gemm(
+                F::one(),
+                &rows,
+                &centers.t(),
+                F::zero(),
+                &mut scores.view_mut(),
+            );
             let mut inertia = 0.0;
             let mut changes = 0;
             for (i, score_row) in scores.outer_iter().enumerate() {

@@ -353,7 +353,11 @@ pub(crate) fn chunked_sum(n: usize, f: impl Fn(usize) -> f64 + Sync) -> f64 {
     let chunks = n.div_ceil(CHUNK_ROWS);
     let partials: Vec<f64> = (0..chunks)
         .into_par_iter()
-        .map(|c| (c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(n)).map(&f).sum())
+        .map(|c| {
+            (c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(n))
+                .map(&f)
+                .sum()
+        })
         .collect();
     partials.iter().sum()
 }
