@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod clustered;
 mod codebook;
 mod conv;
 mod error;
@@ -9,6 +10,7 @@ mod geometry;
 mod kmeans;
 mod scalar;
 
+pub use clustered::{ClusteredConv2d, ClusteredGrads, ForwardStrategy, LayerCost, StrategyWork};
 pub use codebook::{
     compression_ratio, CodebookFit, CodebookParams, KernelAssignment, KernelCodebook, ScaleMode,
     Symmetry, Usage, ValidCodebookParams,

@@ -172,15 +172,35 @@ impl<F: Real> KernelCodebook<F> {
         bits_for(self.index_limit())
     }
 
-    /// The kernel that stored index `index` decodes to (without scale), row-major.
-    fn decode(&self, index: usize) -> Vec<F> {
+    /// Every stored index decoded to its kernel `Φ_t(μ_c)` (without scale): a row-major
+    /// `(K·S) × (kh·kw)` table.
+    pub(crate) fn decoded_kernels(&self) -> Vec<F> {
         let k = self.len();
         let (kh, kw) = self.kernel_size();
-        let centroid = self.centroids.index_axis(ndarray::Axis(0), index % k);
-        let centroid = centroid.as_slice().expect("standard layout");
-        let mut out = vec![F::zero(); kh * kw];
-        symmetry::apply_rect(index / k, kh, kw, centroid, &mut out);
+        let area = kh * kw;
+        let flat = self.centroids.as_slice().expect("standard layout");
+        let mut out = vec![F::zero(); self.index_limit() * area];
+        for (index, dst) in out.chunks_exact_mut(area).enumerate() {
+            let centroid = &flat[(index % k) * area..][..area];
+            symmetry::apply_rect(index / k, kh, kw, centroid, dst);
+        }
         out
+    }
+
+    /// Adds the gradient `grad` of a decoded kernel (stored index `index`) to its centroid's
+    /// gradient row in `centroid_grads` (`K × kh·kw`): the transform is undone, `Φ_t⁻¹`.
+    pub(crate) fn add_to_centroid_grad(&self, index: usize, grad: &[F], centroid_grads: &mut [F]) {
+        let k = self.len();
+        let (kh, kw) = self.kernel_size();
+        let area = kh * kw;
+        let mut back = vec![F::zero(); area];
+        symmetry::apply_rect(symmetry::inverse(index / k), kh, kw, grad, &mut back);
+        for (d, v) in centroid_grads[(index % k) * area..][..area]
+            .iter_mut()
+            .zip(back)
+        {
+            *d += v;
+        }
     }
 
     /// Assigns every kernel of an OIHW weight to its nearest centroid (after normalising it
@@ -231,14 +251,15 @@ impl<F: Real> KernelCodebook<F> {
         }
         let (cout, cin) = indices.dim();
         let (kh, kw) = self.kernel_size();
-        let decoded: Vec<Vec<F>> = (0..self.index_limit()).map(|i| self.decode(i)).collect();
+        let area = kh * kw;
+        let decoded = self.decoded_kernels();
         let mut out = Array4::<F>::zeros((cout, cin, kh, kw));
         out.outer_iter_mut()
             .into_par_iter()
             .enumerate()
             .for_each(|(o, mut out_o)| {
                 for (i, mut kernel) in out_o.outer_iter_mut().enumerate() {
-                    let base = &decoded[indices[[o, i]] as usize];
+                    let base = &decoded[indices[[o, i]] as usize * area..][..area];
                     let s = scales.as_ref().map_or(F::one(), |s| s[[o, i]]);
                     for (dst, &v) in kernel.iter_mut().zip(base) {
                         *dst = s * v;

@@ -63,7 +63,6 @@ impl Symmetry {
 }
 
 /// The inverse of transform `t` (I ↔ O, every other transform is an involution).
-#[allow(dead_code)] // the TIC update step (not implemented yet) averages inverse-transformed kernels
 pub(crate) fn inverse(t: usize) -> usize {
     match t {
         4 => 7,

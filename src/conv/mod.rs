@@ -15,7 +15,9 @@
 
 mod im2col;
 
-use ndarray::{Array1, Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView4, Axis, Slice};
+use ndarray::{
+    Array1, Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, Axis, Slice,
+};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -213,7 +215,7 @@ pub(crate) fn check_grad_out<F>(s: &ConvShape, grad_out: &ArrayView4<F>) -> Resu
 }
 
 /// Image `n` of a standard-layout NCHW array as a flat slice.
-fn image<'a, F>(x: &'a ArrayView4<'a, F>, n: usize) -> &'a [F] {
+pub(crate) fn image<'a, F>(x: &'a ArrayView4<'a, F>, n: usize) -> &'a [F] {
     let per_image = x.len() / x.shape()[0];
     &x.as_slice().expect("standard layout")[n * per_image..(n + 1) * per_image]
 }
@@ -230,6 +232,30 @@ pub(crate) fn forward_im2col<F: Real>(
     let positions = s.out_positions();
     let tile = tile_positions::<F>(s);
     let mut out = Array3::<F>::zeros((s.batch, s.cout, positions));
+    output_tiles(&mut out, tile).into_par_iter().for_each_init(
+        Vec::new,
+        |buf, (n, p0, mut out_tile)| {
+            let width = out_tile.ncols();
+            let patches = patch_matrix(image(&x, n), s, p0, width, buf);
+            gemm(F::one(), &w2, &patches, F::zero(), &mut out_tile);
+            if let Some(b) = &bias {
+                for (mut row, &bo) in out_tile.outer_iter_mut().zip(b.iter()) {
+                    row += bo;
+                }
+            }
+        },
+    );
+    out.into_shape_with_order((s.batch, s.cout, s.oh, s.ow))
+        .expect("output has N·Cout·OH·OW elements")
+}
+
+/// Splits an `(N, C, P)` output into disjoint `(C, tile)` views, one task per image and tile
+/// of positions: `(image, first position, view)`.
+pub(crate) fn output_tiles<F>(
+    out: &mut Array3<F>,
+    tile: usize,
+) -> Vec<(usize, usize, ArrayViewMut2<'_, F>)> {
+    let positions = out.shape()[2];
     let mut tasks = Vec::new();
     for (n, mut rest) in out.outer_iter_mut().enumerate() {
         let mut p0 = 0;
@@ -242,19 +268,6 @@ pub(crate) fn forward_im2col<F: Real>(
         }
     }
     tasks
-        .into_par_iter()
-        .for_each_init(Vec::new, |buf, (n, p0, mut out_tile)| {
-            let width = out_tile.ncols();
-            let patches = patch_matrix(image(&x, n), s, p0, width, buf);
-            gemm(F::one(), &w2, &patches, F::zero(), &mut out_tile);
-            if let Some(b) = &bias {
-                for (mut row, &bo) in out_tile.outer_iter_mut().zip(b.iter()) {
-                    row += bo;
-                }
-            }
-        });
-    out.into_shape_with_order((s.batch, s.cout, s.oh, s.ow))
-        .expect("output has N·Cout·OH·OW elements")
 }
 
 /// ∂L/∂x: per image, `W2ᵀ · grad_out` tile by tile, scattered back by col2im.

@@ -1,0 +1,133 @@
+//! The weight-sharing backward pass.
+//!
+//! For input channel `i` and one of its groups `g` (a distinct kernel `K_v` shared by output
+//! channels `o ∈ g` with scales `s_oi`), let `G = Σ_{o∈g} s_oi·∂L/∂y_o`. Then
+//! - `∂L/∂x_i = Σ_g K_v ⋆ᵀ G` (each shared kernel's transposed convolution done once),
+//! - `∂L/∂K_v += corr(x_i, G)`, mapped back to its centroid through `Φ_t⁻¹`,
+//! - `∂L/∂s_oi = ⟨∂L/∂y_o, K_v ⋆ x_i⟩` (when the layer has scales).
+
+use ndarray::{Array2, Array3, Array4, ArrayView4, Axis};
+use rayon::prelude::*;
+
+use super::plan::Plan;
+use super::stencil::{correlate_add, correlate_kernel_grad, correlate_transpose_add};
+use super::ClusteredGrads;
+use crate::codebook::KernelCodebook;
+use crate::conv::backward_bias;
+use crate::geometry::ConvShape;
+use crate::scalar::Real;
+
+/// What one input channel contributes: the kernel gradient of each of its groups and the
+/// scale gradient of each member (in plan order).
+struct ChannelGrads<F> {
+    kernel_grads: Vec<F>,
+    scale_grads: Vec<F>,
+}
+
+pub(crate) fn backward<F: Real>(
+    codebook: &KernelCodebook<F>,
+    plan: &Plan<F>,
+    has_scales: bool,
+    has_bias: bool,
+    x: ArrayView4<F>,
+    grad_out: ArrayView4<F>,
+    s: &ConvShape,
+) -> ClusteredGrads<F> {
+    let x = x.as_standard_layout();
+    let go = grad_out.as_standard_layout();
+    let table = codebook.decoded_kernels();
+    let area = s.kh * s.kw;
+    let groups = &plan.by_input;
+    let mut grad_input = Array4::<F>::zeros((s.batch, s.cin, s.h, s.w));
+    // One task per input channel (its planes across the batch); reductions below run in
+    // channel order, so the result does not depend on the thread count.
+    let per_channel: Vec<ChannelGrads<F>> = grad_input
+        .axis_iter_mut(Axis(1))
+        .into_par_iter()
+        .enumerate()
+        .map(|(i, mut gx_i)| {
+            let range = groups.of_channel(i);
+            let first_member = groups.member_start[range.start];
+            let mut kernel_grads = vec![F::zero(); range.len() * area];
+            let mut scale_grads = vec![F::zero(); groups.member_start[range.end] - first_member];
+            let mut shared = vec![F::zero(); s.out_positions()];
+            let mut response = vec![F::zero(); s.out_positions()];
+            for n in 0..s.batch {
+                let x_ni = x.index_axis(Axis(0), n);
+                let x_ni = x_ni.index_axis(Axis(0), i);
+                let x_ni = x_ni.as_slice().expect("standard layout");
+                let mut gx_ni = gx_i.index_axis_mut(Axis(0), n);
+                let gx_ni = gx_ni.as_slice_mut().expect("fresh array is contiguous");
+                let go_n = go.index_axis(Axis(0), n);
+                let go_o = |o: usize| {
+                    go_n.index_axis(Axis(0), o)
+                        .to_slice()
+                        .expect("standard layout")
+                };
+                for (local, g) in range.clone().enumerate() {
+                    let kernel = &table[groups.group_index[g] as usize * area..][..area];
+                    shared.fill(F::zero());
+                    for (o, scale) in groups.members(g) {
+                        for (d, &v) in shared.iter_mut().zip(go_o(o)) {
+                            *d += scale * v;
+                        }
+                    }
+                    correlate_transpose_add(s, 0..s.oh, &shared, kernel, gx_ni);
+                    correlate_kernel_grad(
+                        s,
+                        0..s.oh,
+                        x_ni,
+                        &shared,
+                        &mut kernel_grads[local * area..][..area],
+                    );
+                    if has_scales {
+                        response.fill(F::zero());
+                        correlate_add(s, 0..s.oh, 0, x_ni, kernel, &mut response);
+                        let members = groups.member_start[g] - first_member
+                            ..groups.member_start[g + 1] - first_member;
+                        for (m, (o, _)) in members.zip(groups.members(g)) {
+                            scale_grads[m] += go_o(o)
+                                .iter()
+                                .zip(&response)
+                                .fold(F::zero(), |a, (&u, &v)| a + u * v);
+                        }
+                    }
+                }
+            }
+            ChannelGrads {
+                kernel_grads,
+                scale_grads,
+            }
+        })
+        .collect();
+
+    let (k, kh, kw) = codebook.centroids().dim();
+    let mut centroids = Array3::<F>::zeros((k, kh, kw));
+    let mut scales = has_scales.then(|| Array2::<F>::zeros((s.cout, s.cin)));
+    {
+        let centroid_flat = centroids.as_slice_mut().expect("fresh array is contiguous");
+        for (i, ch) in per_channel.iter().enumerate() {
+            let range = groups.of_channel(i);
+            let first_member = groups.member_start[range.start];
+            for (local, g) in range.enumerate() {
+                let index = groups.group_index[g] as usize;
+                codebook.add_to_centroid_grad(
+                    index,
+                    &ch.kernel_grads[local * area..][..area],
+                    centroid_flat,
+                );
+                if let Some(sg) = scales.as_mut() {
+                    for (m, (o, _)) in groups.members(g).enumerate() {
+                        sg[[o, i]] = ch.scale_grads[groups.member_start[g] - first_member + m];
+                    }
+                }
+            }
+        }
+    }
+    ClusteredGrads {
+        input: grad_input,
+        centroids,
+        scales,
+        bias: has_bias.then(|| backward_bias(go.view())),
+    }
+}

@@ -1,0 +1,361 @@
+//! `ClusteredConv2d`: a convolution whose kernels are indices into a shared codebook, with
+//! the paper's redundancy-removing forward passes and a weight-sharing backward pass.
+//!
+//! # Forward strategies
+//! Write `l(j, i)` for the stored index of kernel `(j, i)`, `s_ji` for its scale and
+//! `K_v = Φ_t(μ_c)` for the kernel that index `v = c + K·t` decodes to. Then
+//! `y_j = b_j + Σ_i s_ji · (K_{l(j,i)} ⋆ x_i)`, and:
+//!
+//! - [`ForwardStrategy::InputSide`] (*conv-then-add*): for every input channel `i`, convolve
+//!   `x_i` once with each of the `V_i` distinct kernels of column `i` (one small GEMM over a
+//!   tile of output positions), then add each response, scaled, to every output channel that
+//!   uses it. Work: `ΣV_i·kh·kw` MACs and `Cout·Cin` scaled adds per output position.
+//! - [`ForwardStrategy::OutputSide`] (*add-then-conv*): for every output channel `j`, sum the
+//!   scaled input channels that share a kernel, then convolve each of the `U_j` sums once.
+//!   Work: `Cout·Cin` scaled adds per *input* position and `ΣU_j·kh·kw` MACs per output
+//!   position (a group with a single member skips the sum and convolves `x_i` directly).
+//! - [`ForwardStrategy::Dense`]: reconstruct the dense weight and run the dense convolution —
+//!   the oracle the other two are tested against, and the fallback when sharing cannot win.
+//! - [`ForwardStrategy::Auto`]: the cheapest of the three under the cost model of
+//!   [`ClusteredConv2d::cost`] (see [`LayerCost::estimated_seconds`]).
+//!
+//! With a transform-invariant codebook a (centroid, transform) pair counts as one distinct
+//! kernel: two kernels share work only when both their centroid and transform agree.
+//!
+//! # Memory
+//! The plan (built once, in [`ClusteredConv2d::new`]) takes `O(Cout·Cin)`. Per worker,
+//! `InputSide` needs a `Cout × T` accumulator, a `V_i × T` response block and a `kh·kw × T`
+//! patch block, with `T` chosen so the accumulator is at most 128 KiB (at least 64 positions);
+//! `OutputSide` needs one input plane and one output plane. No strategy but `Dense` builds the
+//! dense weight.
+//!
+//! # Determinism
+//! Every output element is computed by one task in a fixed order, and the backward reductions
+//! run in channel order: results are bit-identical for any number of rayon threads.
+
+mod backward;
+mod cost;
+mod forward;
+mod plan;
+mod stencil;
+
+use ndarray::{Array1, Array2, Array3, Array4, ArrayView4};
+
+use crate::codebook::KernelCodebook;
+use crate::conv::{dims4, forward_im2col, Conv2d};
+use crate::error::{Error, Result};
+use crate::geometry::{ConvGeometry, ConvShape};
+use crate::scalar::Real;
+
+pub use cost::{LayerCost, StrategyWork};
+use plan::Plan;
+
+/// How [`ClusteredConv2d::forward_with`] computes its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ForwardStrategy {
+    /// Reconstruct the dense weight, then dense convolution (the oracle).
+    Dense,
+    /// Conv-then-add: each (input channel, distinct kernel) convolution computed once.
+    InputSide,
+    /// Add-then-conv: each (output channel, distinct kernel) convolution computed once.
+    OutputSide,
+    /// The cheapest of the three by the layer's cost model.
+    #[default]
+    Auto,
+}
+
+/// Gradients of a loss with respect to a [`ClusteredConv2d`]'s input and parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusteredGrads<F> {
+    /// ∂L/∂x, same shape as the input.
+    pub input: Array4<F>,
+    /// ∂L/∂μ, `(K, kh, kw)`: for every centroid, the sum over the kernels that use it of
+    /// `s_ji · Φ_t⁻¹(∂L/∂w_ji)`.
+    pub centroids: Array3<F>,
+    /// ∂L/∂s, `(Cout, Cin)`: `⟨∂L/∂w_ji, Φ_t(μ_c)⟩`, when the layer has scales.
+    pub scales: Option<Array2<F>>,
+    /// ∂L/∂b, when the layer has a bias.
+    pub bias: Option<Array1<F>>,
+}
+
+impl<F: Real> ClusteredGrads<F> {
+    /// Adds this layer's centroid gradient into `buffer`, the gradient of a codebook shared by
+    /// several layers (paper §3: gradients of shared weights are summed).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `buffer` is not `(K, kh, kw)` of this gradient.
+    pub fn accumulate_centroids_into(&self, buffer: &mut Array3<F>) -> Result<()> {
+        if buffer.dim() != self.centroids.dim() {
+            return Err(Error::ShapeMismatch {
+                what: "centroid gradient buffer",
+                expected: self.centroids.shape().to_vec(),
+                got: buffer.shape().to_vec(),
+            });
+        }
+        *buffer += &self.centroids;
+        Ok(())
+    }
+}
+
+/// A 2-D convolution whose kernels are stored as codebook indices (and optional scales).
+///
+/// The layer holds no copy of the codebook: every call takes it as an argument, so one
+/// codebook serves many layers.
+///
+/// ```
+/// use clustered_conv::{ClusteredConv2d, Conv2d, ConvGeometry, ForwardStrategy, KernelCodebook};
+/// use ndarray::Array4;
+///
+/// let w = Array4::<f32>::from_shape_fn((16, 8, 3, 3), |(o, i, r, c)| ((o * 5 + i * 3 + r + 2 * c) % 7) as f32 - 3.0);
+/// let dense = Conv2d::new(w.clone(), None, ConvGeometry::default().padding(1, 1))?;
+/// let codebook = KernelCodebook::params(4).seed(1).fit(&[w.view()])?.codebook;
+///
+/// let layer = ClusteredConv2d::from_conv(&dense, &codebook)?;
+/// let x = Array4::<f32>::from_shape_fn((2, 8, 10, 10), |(n, c, h, w)| ((n + c * h + w) % 5) as f32);
+/// let fast = layer.forward_with(&codebook, x.view(), ForwardStrategy::InputSide)?;
+/// let oracle = layer.forward_with(&codebook, x.view(), ForwardStrategy::Dense)?;
+/// assert!(fast.iter().zip(oracle.iter()).all(|(a, b)| (a - b).abs() <= 1e-3 * (1.0 + b.abs())));
+/// # Ok::<(), clustered_conv::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusteredConv2d<F> {
+    indices: Array2<u32>,
+    scales: Option<Array2<F>>,
+    bias: Option<Array1<F>>,
+    geometry: ConvGeometry,
+    max_index: u32,
+    plan: Plan<F>,
+}
+
+impl<F: Real> ClusteredConv2d<F> {
+    /// Creates a layer from `(Cout, Cin)` indices (`centroid + K·transform`), optional
+    /// `(Cout, Cin)` scales, an optional bias of length `Cout` and a geometry, and builds its
+    /// execution plan. Indices are checked against a codebook when one is used.
+    ///
+    /// # Errors
+    /// Zero-sized indices, scales or bias of the wrong shape, non-finite scales (the error's
+    /// `index` is the flat position `o·Cin + i`), or an invalid geometry.
+    pub fn new(
+        indices: Array2<u32>,
+        scales: Option<Array2<F>>,
+        bias: Option<Array1<F>>,
+        geometry: ConvGeometry,
+    ) -> Result<Self> {
+        geometry.validate()?;
+        let (cout, cin) = indices.dim();
+        if cout == 0 || cin == 0 {
+            return Err(Error::ZeroSize {
+                what: "indices",
+                shape: vec![cout, cin],
+            });
+        }
+        if let Some(s) = &scales {
+            if s.dim() != (cout, cin) {
+                return Err(Error::ShapeMismatch {
+                    what: "scales vs indices",
+                    expected: vec![cout, cin],
+                    got: s.shape().to_vec(),
+                });
+            }
+            if let Some(index) = s.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    what: "scales (row = o·Cin + i)",
+                    index,
+                });
+            }
+        }
+        if let Some(b) = &bias {
+            if b.len() != cout {
+                return Err(Error::ShapeMismatch {
+                    what: "bias length vs out_channels",
+                    expected: vec![cout],
+                    got: vec![b.len()],
+                });
+            }
+        }
+        let max_index = indices.iter().copied().max().unwrap_or(0);
+        let plan = Plan::new(&indices, scales.as_ref());
+        Ok(Self {
+            indices,
+            scales,
+            bias,
+            geometry,
+            max_index,
+            plan,
+        })
+    }
+
+    /// Clusters a dense layer: every kernel is assigned to its nearest codebook entry (after
+    /// the codebook's scale normalisation); the bias and geometry are kept.
+    ///
+    /// # Errors
+    /// As [`KernelCodebook::assign`].
+    pub fn from_conv(conv: &Conv2d<F>, codebook: &KernelCodebook<F>) -> Result<Self> {
+        let a = codebook.assign(conv.weight().view())?;
+        Self::new(a.indices, a.scales, conv.bias().cloned(), conv.geometry())
+    }
+
+    /// The equivalent dense layer.
+    ///
+    /// # Errors
+    /// An index out of the codebook's range.
+    pub fn to_conv(&self, codebook: &KernelCodebook<F>) -> Result<Conv2d<F>> {
+        Conv2d::new(
+            self.dense_weight(codebook)?,
+            self.bias.clone(),
+            self.geometry,
+        )
+    }
+
+    /// The dense OIHW weight these indices and scales stand for.
+    fn dense_weight(&self, codebook: &KernelCodebook<F>) -> Result<Array4<F>> {
+        codebook.reconstruct(self.indices.view(), self.scales.as_ref().map(|s| s.view()))
+    }
+
+    /// Stored indices `(Cout, Cin)`.
+    pub fn indices(&self) -> &Array2<u32> {
+        &self.indices
+    }
+
+    /// Scales `(Cout, Cin)`, if any.
+    pub fn scales(&self) -> Option<&Array2<F>> {
+        self.scales.as_ref()
+    }
+
+    /// Bias, if any.
+    pub fn bias(&self) -> Option<&Array1<F>> {
+        self.bias.as_ref()
+    }
+
+    /// Geometry.
+    pub fn geometry(&self) -> ConvGeometry {
+        self.geometry
+    }
+
+    /// Number of output channels.
+    pub fn out_channels(&self) -> usize {
+        self.indices.nrows()
+    }
+
+    /// Number of input channels.
+    pub fn in_channels(&self) -> usize {
+        self.indices.ncols()
+    }
+
+    /// `ΣU_j`: distinct stored indices per output channel, summed over output channels.
+    pub fn sum_distinct_per_output(&self) -> usize {
+        self.plan.by_output.len()
+    }
+
+    /// `ΣV_i`: distinct stored indices per input channel, summed over input channels.
+    pub fn sum_distinct_per_input(&self) -> usize {
+        self.plan.by_input.len()
+    }
+
+    /// Checks the codebook against the layer and resolves the call's shapes.
+    fn resolve(&self, codebook: &KernelCodebook<F>, input: [usize; 4]) -> Result<ConvShape> {
+        if self.max_index as usize >= codebook.index_limit() {
+            codebook.check_indices(&self.indices.view())?;
+        }
+        let (kh, kw) = codebook.kernel_size();
+        self.geometry
+            .resolve(input, [self.out_channels(), self.in_channels(), kh, kw])
+    }
+
+    /// Forward pass with [`ForwardStrategy::Auto`].
+    ///
+    /// # Errors
+    /// As [`ClusteredConv2d::forward_with`].
+    pub fn forward(&self, codebook: &KernelCodebook<F>, x: ArrayView4<F>) -> Result<Array4<F>> {
+        self.forward_with(codebook, x, ForwardStrategy::Auto)
+    }
+
+    /// Forward pass with an explicit strategy. All strategies compute the same function (up to
+    /// floating-point summation order).
+    ///
+    /// # Shapes
+    /// `x`: (N, Cin, H, W) → (N, Cout, OH, OW).
+    ///
+    /// # Errors
+    /// An index beyond the codebook ([`Error::IndexOutOfRange`]), a channel mismatch, zero
+    /// sizes, or a kernel larger than the padded input.
+    pub fn forward_with(
+        &self,
+        codebook: &KernelCodebook<F>,
+        x: ArrayView4<F>,
+        strategy: ForwardStrategy,
+    ) -> Result<Array4<F>> {
+        let s = self.resolve(codebook, dims4(&x))?;
+        let strategy = match strategy {
+            ForwardStrategy::Auto => self.cost_for_shape(&s).cheapest(),
+            other => other,
+        };
+        let bias = self.bias.as_ref().map(|b| b.view());
+        Ok(match strategy {
+            ForwardStrategy::Dense | ForwardStrategy::Auto => {
+                let w = self.dense_weight(codebook)?;
+                let w2 = w
+                    .view()
+                    .into_shape_with_order((s.cout, s.patch_len()))
+                    .expect("reconstructed weight is standard layout");
+                forward_im2col(x, w2, bias, &s)
+            }
+            ForwardStrategy::InputSide => {
+                forward::input_side(x, &self.plan, &codebook.decoded_kernels(), bias, &s)
+            }
+            ForwardStrategy::OutputSide => {
+                forward::output_side(x, &self.plan, &codebook.decoded_kernels(), bias, &s)
+            }
+        })
+    }
+
+    /// Backward pass: gradients with respect to the input, the codebook's centroids, the scales
+    /// and the bias, given the forward input `x` and `grad_out` = ∂L/∂y. Assignments are frozen
+    /// (indices have no gradient). Work is grouped like the forward input side: for every input
+    /// channel and distinct kernel, the scaled output gradients that share it are summed once,
+    /// then used for both the input gradient and the centroid gradient.
+    ///
+    /// # Errors
+    /// As [`ClusteredConv2d::forward_with`], plus a `grad_out` whose shape is not the output
+    /// shape.
+    pub fn backward(
+        &self,
+        codebook: &KernelCodebook<F>,
+        x: ArrayView4<F>,
+        grad_out: ArrayView4<F>,
+    ) -> Result<ClusteredGrads<F>> {
+        let s = self.resolve(codebook, dims4(&x))?;
+        crate::conv::check_grad_out(&s, &grad_out)?;
+        Ok(backward::backward(
+            codebook,
+            &self.plan,
+            self.scales.is_some(),
+            self.bias.is_some(),
+            x,
+            grad_out,
+            &s,
+        ))
+    }
+
+    /// The layer's work for an input of spatial size `(h, w)` (per image): dense MACs, the
+    /// paper's FLOP count, and the real work of each strategy.
+    ///
+    /// # Errors
+    /// As [`ClusteredConv2d::forward_with`] for the shapes.
+    pub fn cost(
+        &self,
+        codebook: &KernelCodebook<F>,
+        input_hw: (usize, usize),
+    ) -> Result<LayerCost> {
+        let s = self.resolve(codebook, [1, self.in_channels(), input_hw.0, input_hw.1])?;
+        Ok(self.cost_for_shape(&s))
+    }
+
+    fn cost_for_shape(&self, s: &ConvShape) -> LayerCost {
+        LayerCost::new(
+            s,
+            self.sum_distinct_per_output(),
+            self.sum_distinct_per_input(),
+        )
+    }
+}

@@ -1,0 +1,503 @@
+//! ClusteredConv2d: every strategy against the dense oracle and the naive convolution,
+//! gradients against finite differences, the plan against brute-force counts.
+
+mod common;
+
+use std::collections::HashSet;
+
+use clustered_conv::{
+    ClusteredConv2d, Conv2d, ConvGeometry, Error, ForwardStrategy, KernelCodebook, Padding,
+    ScaleMode, Symmetry,
+};
+use common::{naive_conv, random4, rng, worst_violation};
+use ndarray::{Array1, Array2, Array3, Array4};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+struct Case {
+    layer: ClusteredConv2d<f64>,
+    codebook: KernelCodebook<f64>,
+    x: Array4<f64>,
+}
+
+fn random_case(r: &mut ChaCha8Rng) -> Case {
+    loop {
+        let n = r.random_range(1..=3);
+        let cin = r.random_range(1..=6);
+        let cout = r.random_range(1..=6);
+        let kh = r.random_range(1..=4);
+        let kw = r.random_range(1..=4);
+        let h = r.random_range(1..=10);
+        let w = r.random_range(1..=10);
+        let g = ConvGeometry::default()
+            .stride(r.random_range(1..=2), r.random_range(1..=3))
+            .dilation(r.random_range(1..=2), r.random_range(1..=2))
+            .padding_asymmetric(Padding {
+                top: r.random_range(0..=2),
+                bottom: r.random_range(0..=2),
+                left: r.random_range(0..=2),
+                right: r.random_range(0..=2),
+            });
+        if g.output_size((h, w), (kh, kw)).is_err() {
+            continue;
+        }
+        // K from 1 to Cin·Cout (every kernel its own centroid).
+        let k = match r.random_range(0..4) {
+            0 => 1,
+            1 => cin * cout,
+            _ => r.random_range(1..=cin * cout),
+        };
+        let centroids = Array3::from_shape_simple_fn((k, kh, kw), || r.random_range(-1.0..1.0));
+        let codebook = KernelCodebook::from_centroids(centroids, Symmetry::Identity).unwrap();
+        let indices = Array2::from_shape_simple_fn((cout, cin), || r.random_range(0..k as u32));
+        let scales = r
+            .random_bool(0.7)
+            .then(|| Array2::from_shape_simple_fn((cout, cin), || r.random_range(-2.0..2.0)));
+        let bias = r
+            .random_bool(0.5)
+            .then(|| Array1::from_shape_simple_fn(cout, || r.random_range(-1.0..1.0)));
+        let layer = ClusteredConv2d::new(indices, scales, bias, g).unwrap();
+        let x = random4(r, (n, cin, h, w));
+        return Case { layer, codebook, x };
+    }
+}
+
+const STRATEGIES: [ForwardStrategy; 3] = [
+    ForwardStrategy::InputSide,
+    ForwardStrategy::OutputSide,
+    ForwardStrategy::Auto,
+];
+
+#[test]
+fn every_strategy_equals_dense_over_600_random_geometries() {
+    let mut r = rng(41);
+    let mut worst = 0.0f64;
+    for case in 0..600 {
+        let c = random_case(&mut r);
+        let dense = c
+            .layer
+            .forward_with(&c.codebook, c.x.view(), ForwardStrategy::Dense)
+            .unwrap();
+        // The dense oracle itself equals the naive convolution of the reconstructed weight.
+        let w = c.layer.to_conv(&c.codebook).unwrap();
+        let naive = naive_conv(c.x.view(), w.weight().view(), w.bias(), &c.layer.geometry());
+        assert!(worst_violation(&dense, &naive, 1e-12, 1e-12) <= 1.0);
+        for strategy in STRATEGIES {
+            let got = c
+                .layer
+                .forward_with(&c.codebook, c.x.view(), strategy)
+                .unwrap();
+            let v = worst_violation(&got, &naive, 1e-12, 1e-12);
+            worst = worst.max(v);
+            assert!(v <= 1.0, "case {case} {strategy:?}: violation {v}");
+        }
+    }
+    eprintln!("worst tolerance use: {worst:.3}");
+}
+
+#[test]
+fn f32_strategies_track_the_f64_oracle() {
+    let mut r = rng(42);
+    let mut worst_rel = 0.0f64;
+    for _ in 0..100 {
+        let c = random_case(&mut r);
+        let oracle = c
+            .layer
+            .forward_with(&c.codebook, c.x.view(), ForwardStrategy::Dense)
+            .unwrap();
+        let cb32 = KernelCodebook::from_centroids(
+            c.codebook.centroids().mapv(|v| v as f32),
+            Symmetry::Identity,
+        )
+        .unwrap();
+        let l32 = ClusteredConv2d::new(
+            c.layer.indices().clone(),
+            c.layer.scales().map(|s| s.mapv(|v| v as f32)),
+            c.layer.bias().map(|b| b.mapv(|v| v as f32)),
+            c.layer.geometry(),
+        )
+        .unwrap();
+        let x32 = c.x.mapv(|v| v as f32);
+        for strategy in STRATEGIES {
+            let got = l32
+                .forward_with(&cb32, x32.view(), strategy)
+                .unwrap()
+                .mapv(f64::from);
+            let v = worst_violation(&got, &oracle, 1e-5, 1e-5);
+            worst_rel = worst_rel.max(v);
+            assert!(v <= 1.0, "{strategy:?}");
+        }
+    }
+    eprintln!("f32 worst tolerance use: {worst_rel:.3}");
+}
+
+#[test]
+fn realistic_layer_from_kmeans_matches_dense() {
+    // A 64→96 layer on a 20×20 input, indices from clustering: several input-side tiles.
+    let mut r = rng(43);
+    let w = random4(&mut r, (96, 64, 3, 3)).mapv(|v| v as f32);
+    let x = random4(&mut r, (2, 64, 20, 20)).mapv(|v| v as f32);
+    let conv = Conv2d::new(
+        w.clone(),
+        Some(Array1::from_elem(96, 0.5)),
+        ConvGeometry::default().padding(1, 1),
+    )
+    .unwrap();
+    for k in [1, 16, 64] {
+        let codebook = KernelCodebook::params(k)
+            .seed(3)
+            .fit(&[w.view()])
+            .unwrap()
+            .codebook;
+        let layer = ClusteredConv2d::from_conv(&conv, &codebook).unwrap();
+        let oracle = layer
+            .forward_with(&codebook, x.view(), ForwardStrategy::Dense)
+            .unwrap()
+            .mapv(f64::from);
+        for strategy in STRATEGIES {
+            let got = layer
+                .forward_with(&codebook, x.view(), strategy)
+                .unwrap()
+                .mapv(f64::from);
+            assert!(
+                worst_violation(&got, &oracle, 1e-4, 1e-4) <= 1.0,
+                "K={k} {strategy:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn plan_counts_match_brute_force() {
+    let mut r = rng(44);
+    for _ in 0..50 {
+        let c = random_case(&mut r);
+        let idx = c.layer.indices();
+        let sum_u: usize = idx
+            .outer_iter()
+            .map(|row| row.iter().collect::<HashSet<_>>().len())
+            .sum();
+        let sum_v: usize = idx
+            .columns()
+            .into_iter()
+            .map(|col| col.iter().collect::<HashSet<_>>().len())
+            .sum();
+        assert_eq!(c.layer.sum_distinct_per_output(), sum_u);
+        assert_eq!(c.layer.sum_distinct_per_input(), sum_v);
+        assert!(sum_u <= idx.nrows() * idx.ncols().min(c.codebook.index_limit()));
+    }
+}
+
+#[test]
+fn paper_flop_count_on_a_hand_case() {
+    // 2 outputs × 3 inputs; rows {0,0,1} and {1,1,1}: U = 2 + 1 = 3; columns {0,1},{0,1},{1}: V = 5.
+    let idx = ndarray::array![[0u32, 0, 1], [1, 1, 1]];
+    let layer = ClusteredConv2d::<f32>::new(
+        idx,
+        None,
+        None,
+        ConvGeometry::default().padding(1, 1).stride(2, 2),
+    )
+    .unwrap();
+    let codebook =
+        KernelCodebook::from_centroids(Array3::<f32>::zeros((2, 3, 3)), Symmetry::Identity)
+            .unwrap();
+    let cost = layer.cost(&codebook, (8, 8)).unwrap();
+    assert_eq!((cost.sum_u, cost.sum_v), (3, 5));
+    // Input resolution 8·8, 9 taps, min(3, 5) = 3.
+    assert_eq!(cost.paper_flops, 64 * 9 * 3);
+    // Output 4×4 with stride 2.
+    assert_eq!(cost.dense_macs, 16 * 2 * 3 * 9);
+    assert_eq!(cost.input_side.conv_macs, 5 * 9 * 16);
+    assert_eq!(cost.input_side.adds, 6 * 16);
+    assert_eq!(cost.output_side.conv_macs, 3 * 9 * 16);
+    assert_eq!(cost.output_side.adds, 6 * 64);
+}
+
+/// L = Σ y ⊙ G.
+fn loss(
+    layer: &ClusteredConv2d<f64>,
+    cb: &KernelCodebook<f64>,
+    x: &Array4<f64>,
+    g: &Array4<f64>,
+) -> f64 {
+    (&layer
+        .forward_with(cb, x.view(), ForwardStrategy::Dense)
+        .unwrap()
+        * g)
+        .sum()
+}
+
+fn close(numeric: f64, analytic: f64) -> bool {
+    (numeric - analytic).abs() <= 1e-6 + 1e-6 * numeric.abs()
+}
+
+#[test]
+fn gradients_match_central_finite_differences() {
+    let mut r = rng(45);
+    let eps = 1e-6;
+    for case in 0..30 {
+        let c = random_case(&mut r);
+        let y = c.layer.forward(&c.codebook, c.x.view()).unwrap();
+        let go = random4(&mut r, y.dim());
+        let grads = c
+            .layer
+            .backward(&c.codebook, c.x.view(), go.view())
+            .unwrap();
+        for (idx, &analytic) in grads.input.indexed_iter() {
+            let idx = [idx.0, idx.1, idx.2, idx.3];
+            let (mut xp, mut xm) = (c.x.clone(), c.x.clone());
+            xp[idx] += eps;
+            xm[idx] -= eps;
+            let numeric = (loss(&c.layer, &c.codebook, &xp, &go)
+                - loss(&c.layer, &c.codebook, &xm, &go))
+                / (2.0 * eps);
+            assert!(
+                close(numeric, analytic),
+                "case {case} dx{idx:?}: {numeric} vs {analytic}"
+            );
+        }
+        for (idx, &analytic) in grads.centroids.indexed_iter() {
+            let bump = |d: f64| {
+                let mut cen = c.codebook.centroids().clone();
+                cen[[idx.0, idx.1, idx.2]] += d;
+                KernelCodebook::from_centroids(cen, Symmetry::Identity).unwrap()
+            };
+            let numeric = (loss(&c.layer, &bump(eps), &c.x, &go)
+                - loss(&c.layer, &bump(-eps), &c.x, &go))
+                / (2.0 * eps);
+            assert!(
+                close(numeric, analytic),
+                "case {case} dμ{idx:?}: {numeric} vs {analytic}"
+            );
+        }
+        match (c.layer.scales(), &grads.scales) {
+            (None, None) => {}
+            (Some(s), Some(gs)) => {
+                for ((o, i), &analytic) in gs.indexed_iter() {
+                    let bump = |d: f64| {
+                        let mut s2 = s.clone();
+                        s2[[o, i]] += d;
+                        ClusteredConv2d::new(
+                            c.layer.indices().clone(),
+                            Some(s2),
+                            c.layer.bias().cloned(),
+                            c.layer.geometry(),
+                        )
+                        .unwrap()
+                    };
+                    let numeric = (loss(&bump(eps), &c.codebook, &c.x, &go)
+                        - loss(&bump(-eps), &c.codebook, &c.x, &go))
+                        / (2.0 * eps);
+                    assert!(
+                        close(numeric, analytic),
+                        "case {case} ds[{o},{i}]: {numeric} vs {analytic}"
+                    );
+                }
+            }
+            _ => panic!("scale gradient present iff the layer has scales"),
+        }
+        match (c.layer.bias(), &grads.bias) {
+            (None, None) => {}
+            (Some(b), Some(gb)) => {
+                for o in 0..b.len() {
+                    let bump = |d: f64| {
+                        let mut b2 = b.clone();
+                        b2[o] += d;
+                        ClusteredConv2d::new(
+                            c.layer.indices().clone(),
+                            c.layer.scales().cloned(),
+                            Some(b2),
+                            c.layer.geometry(),
+                        )
+                        .unwrap()
+                    };
+                    let numeric = (loss(&bump(eps), &c.codebook, &c.x, &go)
+                        - loss(&bump(-eps), &c.codebook, &c.x, &go))
+                        / (2.0 * eps);
+                    assert!(close(numeric, gb[o]));
+                }
+            }
+            _ => panic!("bias gradient present iff the layer has a bias"),
+        }
+    }
+}
+
+#[test]
+fn centroid_gradient_is_the_scaled_sum_of_dense_weight_gradients() {
+    let mut r = rng(46);
+    for _ in 0..30 {
+        let c = random_case(&mut r);
+        let dense = c.layer.to_conv(&c.codebook).unwrap();
+        let y = dense.forward(c.x.view()).unwrap();
+        let go = random4(&mut r, y.dim());
+        let dw = dense.backward(c.x.view(), go.view()).unwrap().weight;
+        let grads = c
+            .layer
+            .backward(&c.codebook, c.x.view(), go.view())
+            .unwrap();
+        let mut expected = Array3::<f64>::zeros(c.codebook.centroids().dim());
+        for ((o, i), &index) in c.layer.indices().indexed_iter() {
+            let s = c.layer.scales().map_or(1.0, |s| s[[o, i]]);
+            let mut dst = expected.index_axis_mut(ndarray::Axis(0), index as usize);
+            dst.scaled_add(s, &dw.slice(ndarray::s![o, i, .., ..]));
+        }
+        for (a, b) in grads.centroids.iter().zip(expected.iter()) {
+            assert!((a - b).abs() <= 1e-10 * (1.0 + b.abs()));
+        }
+        // The input gradient equals the dense layer's.
+        let dx = dense.backward(c.x.view(), go.view()).unwrap().input;
+        assert!(worst_violation(&grads.input, &dx, 1e-10, 1e-10) <= 1.0);
+    }
+}
+
+#[test]
+fn shared_codebook_gradients_accumulate_across_layers() {
+    let mut r = rng(47);
+    let c = random_case(&mut r);
+    let y = c.layer.forward(&c.codebook, c.x.view()).unwrap();
+    let go = random4(&mut r, y.dim());
+    let g = c
+        .layer
+        .backward(&c.codebook, c.x.view(), go.view())
+        .unwrap();
+    let mut buffer = Array3::<f64>::zeros(c.codebook.centroids().dim());
+    g.accumulate_centroids_into(&mut buffer).unwrap();
+    g.accumulate_centroids_into(&mut buffer).unwrap();
+    assert_eq!(buffer, &g.centroids * 2.0);
+    let mut wrong = Array3::<f64>::zeros((1, 1, 1));
+    assert!(matches!(
+        g.accumulate_centroids_into(&mut wrong),
+        Err(Error::ShapeMismatch { .. })
+    ));
+}
+
+#[test]
+fn identical_results_on_1_and_2_threads() {
+    let mut r = rng(48);
+    let w = random4(&mut r, (48, 40, 3, 3)).mapv(|v| v as f32);
+    let x = random4(&mut r, (3, 40, 17, 13)).mapv(|v| v as f32);
+    let conv = Conv2d::new(w.clone(), None, ConvGeometry::default().padding(1, 1)).unwrap();
+    let codebook = KernelCodebook::params(16)
+        .fit(&[w.view()])
+        .unwrap()
+        .codebook;
+    let layer = ClusteredConv2d::from_conv(&conv, &codebook).unwrap();
+    let go = random4(&mut r, (3, 48, 17, 13)).mapv(|v| v as f32);
+    let run = |threads| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                let outs: Vec<_> = [
+                    ForwardStrategy::Dense,
+                    ForwardStrategy::InputSide,
+                    ForwardStrategy::OutputSide,
+                ]
+                .into_iter()
+                .map(|s| layer.forward_with(&codebook, x.view(), s).unwrap())
+                .collect();
+                (
+                    outs,
+                    layer.backward(&codebook, x.view(), go.view()).unwrap(),
+                )
+            })
+    };
+    assert_eq!(run(1), run(2));
+}
+
+#[test]
+fn from_conv_and_to_conv_round_trip() {
+    let mut r = rng(49);
+    let w = random4(&mut r, (6, 5, 3, 3));
+    let conv = Conv2d::new(
+        w.clone(),
+        Some(Array1::ones(6)),
+        ConvGeometry::default().stride(2, 1),
+    )
+    .unwrap();
+    for mode in [ScaleMode::L2Norm, ScaleMode::None] {
+        let fit = KernelCodebook::params(30)
+            .scale_mode(mode)
+            .fit(&[w.view()])
+            .unwrap();
+        let layer = ClusteredConv2d::from_conv(&conv, &fit.codebook).unwrap();
+        assert_eq!(layer.indices(), &fit.assignments[0].indices);
+        assert_eq!(layer.scales().is_some(), mode == ScaleMode::L2Norm);
+        let back = layer.to_conv(&fit.codebook).unwrap();
+        assert_eq!(
+            back.weight(),
+            &fit.assignments[0].reconstruct(&fit.codebook).unwrap()
+        );
+        assert_eq!(back.bias(), conv.bias());
+        assert_eq!(back.geometry(), conv.geometry());
+        // K = number of kernels: the round trip is (nearly) exact.
+        assert!(worst_violation(back.weight(), &w, 1e-12, 1e-12) <= 1.0);
+    }
+}
+
+#[test]
+fn rejects_bad_inputs() {
+    let g = ConvGeometry::default();
+    let idx = Array2::<u32>::from_elem((2, 3), 1);
+    assert!(matches!(
+        ClusteredConv2d::<f32>::new(Array2::zeros((0, 3)), None, None, g),
+        Err(Error::ZeroSize { .. })
+    ));
+    assert!(matches!(
+        ClusteredConv2d::new(idx.clone(), Some(Array2::<f32>::ones((3, 2))), None, g),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    let mut bad = Array2::<f32>::ones((2, 3));
+    bad[[1, 1]] = f32::NAN;
+    assert!(matches!(
+        ClusteredConv2d::new(idx.clone(), Some(bad), None, g),
+        Err(Error::NonFinite { index: 4, .. })
+    ));
+    assert!(matches!(
+        ClusteredConv2d::<f32>::new(idx.clone(), None, Some(Array1::zeros(3)), g),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        ClusteredConv2d::<f32>::new(idx.clone(), None, None, g.dilation(0, 1)),
+        Err(Error::InvalidGeometry { .. })
+    ));
+    let mut idx2 = idx.clone();
+    idx2[[1, 2]] = 5;
+    let layer = ClusteredConv2d::<f32>::new(idx2, None, None, g).unwrap();
+    let cb = KernelCodebook::from_centroids(Array3::<f32>::zeros((4, 3, 3)), Symmetry::Identity)
+        .unwrap();
+    let x = Array4::<f32>::zeros((1, 3, 5, 5));
+    for strategy in [
+        ForwardStrategy::Dense,
+        ForwardStrategy::InputSide,
+        ForwardStrategy::OutputSide,
+        ForwardStrategy::Auto,
+    ] {
+        assert_eq!(
+            layer.forward_with(&cb, x.view(), strategy).unwrap_err(),
+            Error::IndexOutOfRange {
+                out_channel: 1,
+                in_channel: 2,
+                index: 5,
+                limit: 4
+            }
+        );
+    }
+    let layer = ClusteredConv2d::<f32>::new(idx, None, None, g).unwrap();
+    assert!(matches!(
+        layer.forward(&cb, Array4::<f32>::zeros((1, 2, 5, 5)).view()),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        layer.backward(&cb, x.view(), Array4::<f32>::zeros((1, 2, 5, 5)).view()),
+        Err(Error::ShapeMismatch { .. })
+    ));
+}
+
+#[test]
+fn layer_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<ClusteredConv2d<f32>>();
+}
