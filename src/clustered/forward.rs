@@ -1,31 +1,22 @@
 //! The two redundancy-removing forward passes.
 
-use ndarray::{Array3, Array4, ArrayView1, ArrayView2, ArrayView4, Axis};
+use ndarray::{Array3, Array4, ArrayView1, ArrayView4, Axis};
 use rayon::prelude::*;
 
 use super::plan::Plan;
-use super::stencil::correlate_add;
-use crate::conv::{gemm, image, output_tiles, patch_matrix};
+use super::stencil::{correlate_add, extract_patches};
+use crate::conv::{image, output_tiles};
 use crate::geometry::ConvShape;
 use crate::scalar::Real;
 
-/// Accumulator budget of one input-side tile (`Cout × T` values), in bytes.
-const INPUT_SIDE_ACC_BYTES: usize = 128 << 10;
-/// Fewest output positions per input-side tile.
-const INPUT_SIDE_MIN_TILE: usize = 64;
-
-/// Output positions per input-side tile.
-fn input_side_tile<F>(s: &ConvShape) -> usize {
-    (INPUT_SIDE_ACC_BYTES / (s.cout * std::mem::size_of::<F>()).max(1))
-        .max(INPUT_SIDE_MIN_TILE)
-        .min(s.out_positions())
-        .max(1)
-}
-
-/// The shape of one input channel convolved on its own.
-fn single_channel(s: &ConvShape) -> ConvShape {
-    ConvShape { cin: 1, ..*s }
-}
+/// Output positions per input-side tile (whole output rows, at least one): the accumulator
+/// row of one output channel.
+const INPUT_SIDE_TILE: usize = 64;
+/// Budget of the response block of one channel block (`groups × tile` values), in bytes:
+/// small enough to stay in L2 while every output channel gathers from it.
+const INPUT_SIDE_RESPONSE_BYTES: usize = 32 << 10;
+/// Positions accumulated in registers at once by the gather-sum.
+const GATHER_LANES: usize = 32;
 
 /// `dst += scale · src`.
 #[inline]
@@ -35,7 +26,56 @@ fn axpy<F: Real>(scale: F, src: &[F], dst: &mut [F]) {
     }
 }
 
+/// `y += Σ_k scales[k] · rows[groups[k]]`, with `rows` a row-major matrix of rows of
+/// `y.len()` values. Blocks of [`GATHER_LANES`] (then 8) outputs are accumulated in registers
+/// across all terms, so `y` is read and written once per block.
+#[inline]
+fn gather_sum<F: Real>(y: &mut [F], rows: &[F], groups: &[u32], scales: &[F]) {
+    let width = y.len();
+    let mut start = 0;
+    start = gather_lanes::<F, GATHER_LANES>(y, rows, groups, scales, width, start);
+    start = gather_lanes::<F, 8>(y, rows, groups, scales, width, start);
+    for (&g, &s) in groups.iter().zip(scales) {
+        axpy(
+            s,
+            &rows[g as usize * width + start..][..width - start],
+            &mut y[start..],
+        );
+    }
+}
+
+/// The register-blocked part of [`gather_sum`] for blocks of `L` outputs from `start`;
+/// returns where it stopped.
+#[inline(always)]
+fn gather_lanes<F: Real, const L: usize>(
+    y: &mut [F],
+    rows: &[F],
+    groups: &[u32],
+    scales: &[F],
+    width: usize,
+    mut start: usize,
+) -> usize {
+    while start + L <= width {
+        let mut acc: [F; L] = y[start..start + L].try_into().expect("lane block");
+        for (&g, &s) in groups.iter().zip(scales) {
+            let row: &[F; L] = rows[g as usize * width + start..][..L]
+                .try_into()
+                .expect("lane block");
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += s * v;
+            }
+        }
+        y[start..start + L].copy_from_slice(&acc);
+        start += L;
+    }
+    start
+}
+
 /// Conv-then-add. `table` holds every decoded kernel, `(K·S) × (kh·kw)` row-major.
+///
+/// Per band of output rows and per block of input channels: each channel's patch rows are
+/// extracted once and combined into the responses of its distinct kernels, then every output
+/// channel gathers and sums its scaled responses over the block.
 pub(crate) fn input_side<F: Real>(
     x: ArrayView4<F>,
     plan: &Plan<F>,
@@ -52,41 +92,55 @@ pub(crate) fn input_side<F: Real>(
     for (g, &index) in groups.group_index.iter().enumerate() {
         kernels[g * area..][..area].copy_from_slice(&table[index as usize * area..][..area]);
     }
-    let one = single_channel(s);
     let plane = s.h * s.w;
-    let tile = input_side_tile::<F>(s);
+    let tile = INPUT_SIDE_TILE.div_ceil(s.ow).min(s.oh) * s.ow;
+    let taps: Vec<u32> = (0..area as u32).collect();
+    let blocks = plan.input_blocks(INPUT_SIDE_RESPONSE_BYTES / (tile * std::mem::size_of::<F>()));
+    // Per block, the gather table relative to the block's first group.
+    let local_groups: Vec<Vec<u32>> = blocks
+        .iter()
+        .map(|b| {
+            let first = groups.channel_start[b.start] as u32;
+            (0..s.cout)
+                .flat_map(|o| {
+                    plan.gather_group[o * s.cin + b.start..o * s.cin + b.end]
+                        .iter()
+                        .map(move |&g| g - first)
+                })
+                .collect()
+        })
+        .collect();
     let mut out = Array3::<F>::zeros((s.batch, s.cout, s.out_positions()));
     output_tiles(&mut out, tile).into_par_iter().for_each_init(
         || (Vec::new(), Vec::new(), Vec::new()),
-        |(patch_buf, responses, acc), (n, p0, mut out_tile)| {
+        |(patches, responses, acc), (n, p0, mut out_tile)| {
             let width = out_tile.ncols();
+            let rows = p0 / s.ow..(p0 + width) / s.ow;
             acc.clear();
             acc.resize(s.cout * width, F::zero());
+            patches.resize(area * width, F::zero());
             let img = image(&x, n);
-            for i in 0..s.cin {
-                let range = groups.of_channel(i);
-                let count = range.len();
-                if count == 0 {
-                    continue;
-                }
-                let patches = patch_matrix(&img[i * plane..][..plane], &one, p0, width, patch_buf);
-                let k_i = ArrayView2::from_shape(
-                    (count, area),
-                    &kernels[range.start * area..][..count * area],
-                )
-                .expect("count·area kernel values");
+            for (block, local) in blocks.iter().zip(&local_groups) {
+                let first = groups.channel_start[block.start];
+                let count = groups.channel_start[block.end] - first;
+                responses.clear();
                 responses.resize(count * width, F::zero());
-                let mut z = ndarray::ArrayViewMut2::from_shape(
-                    (count, width),
-                    &mut responses[..count * width],
-                )
-                .expect("count·width responses");
-                gemm(F::one(), &k_i, &patches, F::zero(), &mut z);
-                for (local, g) in range.enumerate() {
-                    let z_g = &responses[local * width..][..width];
-                    for (o, scale) in groups.members(g) {
-                        axpy(scale, z_g, &mut acc[o * width..][..width]);
+                for i in block.clone() {
+                    extract_patches(s, rows.clone(), &img[i * plane..][..plane], patches);
+                    for g in groups.of_channel(i) {
+                        let z = &mut responses[(g - first) * width..][..width];
+                        gather_sum(z, patches, &taps, &kernels[g * area..][..area]);
                     }
+                }
+                let bw = block.len();
+                for o in 0..s.cout {
+                    let scales = &plan.gather_scale[o * s.cin + block.start..o * s.cin + block.end];
+                    gather_sum(
+                        &mut acc[o * width..][..width],
+                        responses,
+                        &local[o * bw..][..bw],
+                        scales,
+                    );
                 }
             }
             for (o, mut row) in out_tile.outer_iter_mut().enumerate() {

@@ -84,7 +84,7 @@ impl<F: Real> Groups<F> {
     }
 }
 
-/// Both groupings of one layer.
+/// Both groupings of one layer, and the gather table of the input side.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Plan<F> {
     /// Per input channel `i`: the `V_i` distinct indices of column `i`, each with the output
@@ -93,14 +93,54 @@ pub(crate) struct Plan<F> {
     /// Per output channel `j`: the `U_j` distinct indices of row `j`, each with the input
     /// channels (and scales) that use it.
     pub by_output: Groups<F>,
+    /// `(Cout, Cin)` row-major: the `by_input` group that kernel `(j, i)` belongs to.
+    pub gather_group: Vec<u32>,
+    /// `(Cout, Cin)` row-major: the scale of kernel `(j, i)` (1 without scales).
+    pub gather_scale: Vec<F>,
 }
 
 impl<F: Real> Plan<F> {
     pub fn new(indices: &Array2<u32>, scales: Option<&Array2<F>>) -> Self {
+        let by_input = Groups::by_rows(indices.t(), scales.map(|s| s.t()));
+        let (cout, cin) = indices.dim();
+        let mut gather_group = vec![0u32; cout * cin];
+        for i in 0..cin {
+            for g in by_input.of_channel(i) {
+                for (o, _) in by_input.members(g) {
+                    gather_group[o * cin + i] = g as u32;
+                }
+            }
+        }
+        let gather_scale = match scales {
+            Some(s) => s.iter().copied().collect(),
+            None => vec![F::one(); cout * cin],
+        };
         Plan {
             by_output: Groups::by_rows(indices.view(), scales.map(|s| s.view())),
-            by_input: Groups::by_rows(indices.t(), scales.map(|s| s.t())),
+            by_input,
+            gather_group,
+            gather_scale,
         }
+    }
+
+    /// Splits the input channels into consecutive blocks whose groups number at most
+    /// `max_groups` (at least one channel per block).
+    pub fn input_blocks(&self, max_groups: usize) -> Vec<std::ops::Range<usize>> {
+        let cin = self.by_input.channel_start.len() - 1;
+        let mut blocks = Vec::new();
+        let mut start = 0;
+        while start < cin {
+            let mut end = start + 1;
+            while end < cin
+                && self.by_input.channel_start[end + 1] - self.by_input.channel_start[start]
+                    <= max_groups
+            {
+                end += 1;
+            }
+            blocks.push(start..end);
+            start = end;
+        }
+        blocks
     }
 }
 

@@ -99,6 +99,29 @@ pub(crate) fn correlate_add<F: Real>(
     });
 }
 
+/// The patch rows of output rows `rows`: `patches[tap·T + q] = input pixel read by tap `tap`
+/// at output position `q` of the band (`T = rows.len()·OW`), zero in the padding.
+pub(crate) fn extract_patches<F: Real>(
+    s: &ConvShape,
+    rows: Range<usize>,
+    input: &[F],
+    patches: &mut [F],
+) {
+    let width = rows.len() * s.ow;
+    patches.fill(F::zero());
+    let sw = s.stride.1;
+    for_each_run(s, rows, 0, |run| {
+        let dst = &mut patches[run.tap * width + run.out_start..][..run.len];
+        if sw == 1 {
+            dst.copy_from_slice(&input[run.in_start..run.in_start + run.len]);
+        } else {
+            for (d, &v) in dst.iter_mut().zip(input[run.in_start..].iter().step_by(sw)) {
+                *d = v;
+            }
+        }
+    });
+}
+
 /// The adjoint of [`correlate_add`] in the input: `in_grad += kernel ⋆ᵀ out_grad`.
 pub(crate) fn correlate_transpose_add<F: Real>(
     s: &ConvShape,

@@ -1,0 +1,188 @@
+//! Measures every forward strategy of `ClusteredConv2d` against the dense `Conv2d` on real
+//! VGG-16 (CIFAR) and ResNet-18 3×3 layer shapes, and prints one table of time ratios.
+//!
+//! Indices come from k-means of a weight tensor (random-normal weights, or "skewed" weights
+//! made of Zipf-distributed patterns plus noise, like trained networks' frequency-sorted
+//! usage). Run: `cargo run --release --example strategy_table -- [--batch N] [--k K,K,..]
+//! [--weights normal|skewed] [--threads N] [--reps N] [--only NAME]
+//! [--strategies dense,input,output,auto]`.
+
+use std::time::Instant;
+
+use clustered_conv::{ClusteredConv2d, Conv2d, ConvGeometry, ForwardStrategy, KernelCodebook};
+use ndarray::Array4;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+const SHAPES: [(&str, usize, usize); 8] = [
+    ("vgg 64@32", 64, 32),
+    ("vgg 128@16", 128, 16),
+    ("vgg 256@8", 256, 8),
+    ("vgg 512@4", 512, 4),
+    ("resnet 64@56", 64, 56),
+    ("resnet 128@28", 128, 28),
+    ("resnet 256@14", 256, 14),
+    ("resnet 512@7", 512, 7),
+];
+
+fn weights(kind: &str, c: usize, rng: &mut ChaCha8Rng) -> Array4<f32> {
+    let std = (2.0 / (c as f32 * 9.0)).sqrt();
+    match kind {
+        "normal" => Array4::from_shape_simple_fn((c, c, 3, 3), || {
+            let v: f32 = StandardNormal.sample(rng);
+            v * std
+        }),
+        _ => {
+            // 512 patterns, drawn with probability ∝ 1/(rank+1), random sign and magnitude.
+            let patterns: Vec<[f32; 9]> = (0..512)
+                .map(|_| std::array::from_fn(|_| StandardNormal.sample(rng)))
+                .collect();
+            let harmonic: f64 = (1..=512).map(|r| 1.0 / r as f64).sum();
+            let mut w = Array4::<f32>::zeros((c, c, 3, 3));
+            for o in 0..c {
+                for i in 0..c {
+                    let mut u = rng.random::<f64>() * harmonic;
+                    let mut p = 0;
+                    while p < 511 && u > 1.0 / (p + 1) as f64 {
+                        u -= 1.0 / (p + 1) as f64;
+                        p += 1;
+                    }
+                    let scale = std
+                        * rng.random_range(0.2f32..1.5)
+                        * if rng.random_bool(0.5) { 1.0 } else { -1.0 };
+                    for t in 0..9 {
+                        let noise: f32 = StandardNormal.sample(rng);
+                        w[[o, i, t / 3, t % 3]] = scale * (patterns[p][t] + 0.1 * noise);
+                    }
+                }
+            }
+            w
+        }
+    }
+}
+
+fn median_ms(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[reps / 2]
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str, default: &str| -> String {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+            .unwrap_or_else(|| default.to_string())
+    };
+    let batch: usize = arg("--batch", "8").parse()?;
+    let reps: usize = arg("--reps", "5").parse()?;
+    let kind = arg("--weights", "normal");
+    let ks: Vec<usize> = arg("--k", "16,64,256")
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let threads: usize = arg("--threads", "0").parse()?;
+    let only = arg("--only", "");
+    let which = arg("--strategies", "dense,input,output,auto");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    println!(
+        "batch {batch}, {} rayon threads, weights {kind}, median of {reps}; times in ms, speed-up = dense / strategy",
+        pool.current_num_threads()
+    );
+    println!(
+        "{:<15} {:>4} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>10} {:>9}",
+        "layer",
+        "K",
+        "ΣV/CC",
+        "dense",
+        "input",
+        "output",
+        "auto",
+        "in×",
+        "out×",
+        "auto×",
+        "auto pick",
+        "rel.err"
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for (name, c, hw) in SHAPES {
+        if !only.is_empty() && !name.contains(&only) {
+            continue;
+        }
+        let w = weights(&kind, c, &mut rng);
+        let x = Array4::from_shape_simple_fn((batch, c, hw, hw), || rng.random_range(-1.0f32..1.0));
+        let g = ConvGeometry::default().padding(1, 1);
+        let dense = Conv2d::new(w.clone(), None, g)?;
+        for &k in &ks {
+            let codebook = KernelCodebook::params(k)
+                .seed(1)
+                .max_iter(20)
+                .fit(&[w.view()])?
+                .codebook;
+            let layer = ClusteredConv2d::from_conv(&dense, &codebook)?;
+            let cost = layer.cost(&codebook, (hw, hw))?;
+            let time = |s: Option<ForwardStrategy>| {
+                pool.install(|| {
+                    median_ms(reps, || {
+                        match s {
+                            None => drop(dense.forward(x.view())),
+                            Some(s) => drop(layer.forward_with(&codebook, x.view(), s)),
+                        };
+                    })
+                })
+            };
+            let skip = |name: &str| !which.contains(name);
+            let td = if skip("dense") { f64::NAN } else { time(None) };
+            let ti = if skip("input") {
+                f64::NAN
+            } else {
+                time(Some(ForwardStrategy::InputSide))
+            };
+            let to = if skip("output") {
+                f64::NAN
+            } else {
+                time(Some(ForwardStrategy::OutputSide))
+            };
+            let ta = if skip("auto") {
+                f64::NAN
+            } else {
+                time(Some(ForwardStrategy::Auto))
+            };
+            let oracle = layer.forward_with(&codebook, x.view(), ForwardStrategy::Dense)?;
+            let auto = layer.forward(&codebook, x.view())?;
+            let num: f64 = auto
+                .iter()
+                .zip(oracle.iter())
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum();
+            let den: f64 = oracle.iter().map(|b| f64::from(*b).powi(2)).sum();
+            println!(
+                "{:<15} {:>4} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.2} {:>7.2} {:>7.2} {:>10} {:>9.1e}",
+                name,
+                k,
+                cost.sum_v as f64 / (c * c) as f64,
+                td,
+                ti,
+                to,
+                ta,
+                td / ti,
+                td / to,
+                td / ta,
+                format!("{:?}", cost.cheapest()),
+                (num / den).sqrt()
+            );
+        }
+    }
+    Ok(())
+}
