@@ -9,6 +9,7 @@ mod error;
 mod geometry;
 mod kmeans;
 mod scalar;
+mod simd;
 
 pub use clustered::{ClusteredConv2d, ClusteredGrads, ForwardStrategy, LayerCost, StrategyWork};
 pub use codebook::{

@@ -6,6 +6,7 @@ use std::ops::{AddAssign, MulAssign, SubAssign};
 
 use ndarray::{LinalgScalar, ScalarOperand};
 use num_traits::{Float, FromPrimitive};
+use pulp::Simd;
 
 mod sealed {
     pub trait Sealed {}
@@ -38,6 +39,56 @@ pub trait Real:
     fn from_f64_lossy(v: f64) -> Self;
     /// Widens to `f64` exactly.
     fn to_f64_exact(self) -> f64;
+
+    /// A vector of this type for instruction set `S` (crate-internal kernels).
+    #[doc(hidden)]
+    type Lanes<S: Simd>: Copy;
+    /// All lanes set to `v`.
+    #[doc(hidden)]
+    fn splat<S: Simd>(simd: S, v: Self) -> Self::Lanes<S>;
+    /// `a·b + c`, fused where the instruction set has FMA.
+    #[doc(hidden)]
+    fn mul_add_lanes<S: Simd>(
+        simd: S,
+        a: Self::Lanes<S>,
+        b: Self::Lanes<S>,
+        c: Self::Lanes<S>,
+    ) -> Self::Lanes<S>;
+    /// `a + b`.
+    #[doc(hidden)]
+    fn add_lanes<S: Simd>(simd: S, a: Self::Lanes<S>, b: Self::Lanes<S>) -> Self::Lanes<S>;
+    /// The whole vectors of a slice, and the remaining head-aligned tail.
+    #[doc(hidden)]
+    fn as_lanes<S: Simd>(x: &[Self]) -> (&[Self::Lanes<S>], &[Self]);
+    /// Mutable [`Real::as_lanes`].
+    #[doc(hidden)]
+    fn as_lanes_mut<S: Simd>(x: &mut [Self]) -> (&mut [Self::Lanes<S>], &mut [Self]);
+}
+
+macro_rules! lanes_impl {
+    ($ty:ty, $v:ident, $splat:ident, $madd:ident, $add:ident, $as:ident, $as_mut:ident) => {
+        type Lanes<S: Simd> = S::$v;
+        #[inline(always)]
+        fn splat<S: Simd>(simd: S, v: Self) -> S::$v {
+            simd.$splat(v)
+        }
+        #[inline(always)]
+        fn mul_add_lanes<S: Simd>(simd: S, a: S::$v, b: S::$v, c: S::$v) -> S::$v {
+            simd.$madd(a, b, c)
+        }
+        #[inline(always)]
+        fn add_lanes<S: Simd>(simd: S, a: S::$v, b: S::$v) -> S::$v {
+            simd.$add(a, b)
+        }
+        #[inline(always)]
+        fn as_lanes<S: Simd>(x: &[Self]) -> (&[S::$v], &[Self]) {
+            S::$as(x)
+        }
+        #[inline(always)]
+        fn as_lanes_mut<S: Simd>(x: &mut [Self]) -> (&mut [S::$v], &mut [Self]) {
+            S::$as_mut(x)
+        }
+    };
 }
 
 impl Real for f32 {
@@ -47,6 +98,15 @@ impl Real for f32 {
     fn to_f64_exact(self) -> f64 {
         f64::from(self)
     }
+    lanes_impl!(
+        f32,
+        f32s,
+        splat_f32s,
+        mul_add_e_f32s,
+        add_f32s,
+        as_simd_f32s,
+        as_mut_simd_f32s
+    );
 }
 
 impl Real for f64 {
@@ -56,4 +116,13 @@ impl Real for f64 {
     fn to_f64_exact(self) -> f64 {
         self
     }
+    lanes_impl!(
+        f64,
+        f64s,
+        splat_f64s,
+        mul_add_e_f64s,
+        add_f64s,
+        as_simd_f64s,
+        as_mut_simd_f64s
+    );
 }

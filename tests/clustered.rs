@@ -90,6 +90,13 @@ fn every_strategy_equals_dense_over_600_random_geometries() {
             let v = worst_violation(&got, &naive, 1e-12, 1e-12);
             worst = worst.max(v);
             assert!(v <= 1.0, "case {case} {strategy:?}: violation {v}");
+            // The portable (non-SIMD) kernels compute the same function.
+            let portable = c
+                .layer
+                .forward_with_portable_kernels(&c.codebook, c.x.view(), strategy)
+                .unwrap();
+            let v = worst_violation(&portable, &naive, 1e-12, 1e-12);
+            assert!(v <= 1.0, "case {case} {strategy:?} portable: violation {v}");
         }
     }
     eprintln!("worst tolerance use: {worst:.3}");
@@ -126,6 +133,14 @@ fn f32_strategies_track_the_f64_oracle() {
             let v = worst_violation(&got, &oracle, 1e-5, 1e-5);
             worst_rel = worst_rel.max(v);
             assert!(v <= 1.0, "{strategy:?}");
+            let portable = l32
+                .forward_with_portable_kernels(&cb32, x32.view(), strategy)
+                .unwrap()
+                .mapv(f64::from);
+            assert!(
+                worst_violation(&portable, &oracle, 1e-5, 1e-5) <= 1.0,
+                "{strategy:?} portable"
+            );
         }
     }
     eprintln!("f32 worst tolerance use: {worst_rel:.3}");
@@ -162,6 +177,49 @@ fn realistic_layer_from_kmeans_matches_dense() {
             assert!(
                 worst_violation(&got, &oracle, 1e-4, 1e-4) <= 1.0,
                 "K={k} {strategy:?}"
+            );
+            let portable = layer
+                .forward_with_portable_kernels(&codebook, x.view(), strategy)
+                .unwrap()
+                .mapv(f64::from);
+            assert!(
+                worst_violation(&portable, &oracle, 1e-4, 1e-4) <= 1.0,
+                "K={k} {strategy:?} portable"
+            );
+        }
+    }
+}
+
+#[test]
+fn real_layer_shapes_match_dense() {
+    // Spatial sizes whose tiles need padding to whole vectors (7, 14, 28) and a 4×4 layer.
+    let mut r = rng(50);
+    for (c, hw, batch) in [(32, 7, 3), (24, 14, 2), (16, 28, 1), (40, 4, 5), (8, 56, 1)] {
+        let w = random4(&mut r, (c, c, 3, 3)).mapv(|v| v as f32);
+        let x = random4(&mut r, (batch, c, hw, hw)).mapv(|v| v as f32);
+        let conv = Conv2d::new(w.clone(), None, ConvGeometry::default().padding(1, 1)).unwrap();
+        let codebook = KernelCodebook::params(8).fit(&[w.view()]).unwrap().codebook;
+        let layer = ClusteredConv2d::from_conv(&conv, &codebook).unwrap();
+        let oracle = layer
+            .forward_with(&codebook, x.view(), ForwardStrategy::Dense)
+            .unwrap()
+            .mapv(f64::from);
+        for strategy in STRATEGIES {
+            let got = layer
+                .forward_with(&codebook, x.view(), strategy)
+                .unwrap()
+                .mapv(f64::from);
+            assert!(
+                worst_violation(&got, &oracle, 1e-4, 1e-4) <= 1.0,
+                "{c}@{hw} {strategy:?}"
+            );
+            let portable = layer
+                .forward_with_portable_kernels(&codebook, x.view(), strategy)
+                .unwrap()
+                .mapv(f64::from);
+            assert!(
+                worst_violation(&portable, &oracle, 1e-4, 1e-4) <= 1.0,
+                "{c}@{hw} {strategy:?} portable"
             );
         }
     }

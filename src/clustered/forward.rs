@@ -8,67 +8,31 @@ use super::stencil::{correlate_add, extract_patches};
 use crate::conv::{image, output_tiles};
 use crate::geometry::ConvShape;
 use crate::scalar::Real;
+use crate::simd::{Kernel, Kernels};
+use pulp::Simd;
 
-/// Output positions per input-side tile (whole output rows, at least one): the accumulator
-/// row of one output channel.
-const INPUT_SIDE_TILE: usize = 64;
+/// Most output positions per input-side tile (whole output rows, at least one): the
+/// accumulator row of one output channel.
+const INPUT_SIDE_TILE: usize = 128;
 /// Budget of the response block of one channel block (`groups × tile` values), in bytes:
-/// small enough to stay in L2 while every output channel gathers from it.
-const INPUT_SIDE_RESPONSE_BYTES: usize = 32 << 10;
-/// Positions accumulated in registers at once by the gather-sum.
-const GATHER_LANES: usize = 32;
+/// small enough to stay in cache while every output channel gathers from it.
+const INPUT_SIDE_RESPONSE_BYTES: usize = 256 << 10;
+/// Buffers are padded to a multiple of this many elements: the widest vector of any
+/// instruction set the kernels run with (16 `f32` with AVX-512), so rows split into whole
+/// vectors with no tail.
+const LANES: usize = 16;
 
-/// `dst += scale · src`.
-#[inline]
-fn axpy<F: Real>(scale: F, src: &[F], dst: &mut [F]) {
-    for (d, &v) in dst.iter_mut().zip(src) {
-        *d += scale * v;
-    }
-}
-
-/// `y += Σ_k scales[k] · rows[groups[k]]`, with `rows` a row-major matrix of rows of
-/// `y.len()` values. Blocks of [`GATHER_LANES`] (then 8) outputs are accumulated in registers
-/// across all terms, so `y` is read and written once per block.
-#[inline]
-fn gather_sum<F: Real>(y: &mut [F], rows: &[F], groups: &[u32], scales: &[F]) {
-    let width = y.len();
-    let mut start = 0;
-    start = gather_lanes::<F, GATHER_LANES>(y, rows, groups, scales, width, start);
-    start = gather_lanes::<F, 8>(y, rows, groups, scales, width, start);
-    for (&g, &s) in groups.iter().zip(scales) {
-        axpy(
-            s,
-            &rows[g as usize * width + start..][..width - start],
-            &mut y[start..],
-        );
-    }
-}
-
-/// The register-blocked part of [`gather_sum`] for blocks of `L` outputs from `start`;
-/// returns where it stopped.
-#[inline(always)]
-fn gather_lanes<F: Real, const L: usize>(
-    y: &mut [F],
-    rows: &[F],
-    groups: &[u32],
-    scales: &[F],
-    width: usize,
-    mut start: usize,
-) -> usize {
-    while start + L <= width {
-        let mut acc: [F; L] = y[start..start + L].try_into().expect("lane block");
-        for (&g, &s) in groups.iter().zip(scales) {
-            let row: &[F; L] = rows[g as usize * width + start..][..L]
-                .try_into()
-                .expect("lane block");
-            for (a, &v) in acc.iter_mut().zip(row) {
-                *a += s * v;
-            }
-        }
-        y[start..start + L].copy_from_slice(&acc);
-        start += L;
-    }
-    start
+/// Output rows per input-side tile: the count whose tiles, padded to whole vectors, waste the
+/// least work over the image (ties: more rows), among tiles of at most [`INPUT_SIDE_TILE`]
+/// positions (or one row when a row is longer).
+fn input_side_rows(oh: usize, ow: usize) -> usize {
+    let padded_total = |r: usize| {
+        (oh / r) * (r * ow).next_multiple_of(LANES) + ((oh % r) * ow).next_multiple_of(LANES)
+    };
+    (1..=oh)
+        .filter(|&r| r == 1 || r * ow <= INPUT_SIDE_TILE)
+        .min_by_key(|&r| (padded_total(r), std::cmp::Reverse(r)))
+        .unwrap_or(1)
 }
 
 /// Conv-then-add. `table` holds every decoded kernel, `(K·S) × (kh·kw)` row-major.
@@ -82,20 +46,20 @@ pub(crate) fn input_side<F: Real>(
     table: &[F],
     bias: Option<ArrayView1<F>>,
     s: &ConvShape,
+    kernels: Kernels,
 ) -> Array4<F> {
     let x = x.as_standard_layout();
     let x = x.view();
     let area = s.kh * s.kw;
     let groups = &plan.by_input;
     // The distinct kernels of every input channel, stacked: row g is group g's kernel.
-    let mut kernels = vec![F::zero(); groups.len() * area];
+    let mut stacked = vec![F::zero(); groups.len() * area];
     for (g, &index) in groups.group_index.iter().enumerate() {
-        kernels[g * area..][..area].copy_from_slice(&table[index as usize * area..][..area]);
+        stacked[g * area..][..area].copy_from_slice(&table[index as usize * area..][..area]);
     }
-    let plane = s.h * s.w;
-    let tile = INPUT_SIDE_TILE.div_ceil(s.ow).min(s.oh) * s.ow;
-    let taps: Vec<u32> = (0..area as u32).collect();
-    let blocks = plan.input_blocks(INPUT_SIDE_RESPONSE_BYTES / (tile * std::mem::size_of::<F>()));
+    let tile = input_side_rows(s.oh, s.ow) * s.ow;
+    let stride = tile.next_multiple_of(LANES);
+    let blocks = plan.input_blocks(INPUT_SIDE_RESPONSE_BYTES / (stride * std::mem::size_of::<F>()));
     // Per block, the gather table relative to the block's first group.
     let local_groups: Vec<Vec<u32>> = blocks
         .iter()
@@ -110,42 +74,29 @@ pub(crate) fn input_side<F: Real>(
                 .collect()
         })
         .collect();
+    let layer = InputSideLayer {
+        s,
+        plan,
+        stacked: &stacked,
+        blocks: &blocks,
+        local_groups: &local_groups,
+        stride,
+    };
     let mut out = Array3::<F>::zeros((s.batch, s.cout, s.out_positions()));
     output_tiles(&mut out, tile).into_par_iter().for_each_init(
         || (Vec::new(), Vec::new(), Vec::new()),
         |(patches, responses, acc), (n, p0, mut out_tile)| {
-            let width = out_tile.ncols();
-            let rows = p0 / s.ow..(p0 + width) / s.ow;
-            acc.clear();
-            acc.resize(s.cout * width, F::zero());
-            patches.resize(area * width, F::zero());
-            let img = image(&x, n);
-            for (block, local) in blocks.iter().zip(&local_groups) {
-                let first = groups.channel_start[block.start];
-                let count = groups.channel_start[block.end] - first;
-                responses.clear();
-                responses.resize(count * width, F::zero());
-                for i in block.clone() {
-                    extract_patches(s, rows.clone(), &img[i * plane..][..plane], patches);
-                    for g in groups.of_channel(i) {
-                        let z = &mut responses[(g - first) * width..][..width];
-                        gather_sum(z, patches, &taps, &kernels[g * area..][..area]);
-                    }
-                }
-                let bw = block.len();
-                for o in 0..s.cout {
-                    let scales = &plan.gather_scale[o * s.cin + block.start..o * s.cin + block.end];
-                    gather_sum(
-                        &mut acc[o * width..][..width],
-                        responses,
-                        &local[o * bw..][..bw],
-                        scales,
-                    );
-                }
-            }
+            kernels.dispatch(InputSideTile {
+                layer: &layer,
+                image: image(&x, n),
+                rows: p0 / s.ow..(p0 + out_tile.ncols()) / s.ow,
+                patches,
+                responses,
+                acc,
+            });
             for (o, mut row) in out_tile.outer_iter_mut().enumerate() {
                 let b = bias.as_ref().map_or(F::zero(), |b| b[o]);
-                for (d, &v) in row.iter_mut().zip(&acc[o * width..][..width]) {
+                for (d, &v) in row.iter_mut().zip(&acc[o * stride..]) {
                     *d = v + b;
                 }
             }
@@ -153,6 +104,236 @@ pub(crate) fn input_side<F: Real>(
     );
     out.into_shape_with_order((s.batch, s.cout, s.oh, s.ow))
         .expect("N·Cout·OH·OW outputs")
+}
+
+/// Everything an input-side tile needs from the layer.
+struct InputSideLayer<'a, F> {
+    s: &'a ConvShape,
+    plan: &'a Plan<F>,
+    /// Row g: the kernel of `by_input` group g.
+    stacked: &'a [F],
+    blocks: &'a [std::ops::Range<usize>],
+    /// Per block, `(Cout, block channels)` group ids relative to the block's first group.
+    local_groups: &'a [Vec<u32>],
+    /// Padded tile width (a multiple of [`LANES`]).
+    stride: usize,
+}
+
+/// One band of output rows of one image; leaves the sums (without bias) in `acc`
+/// (`Cout × stride`).
+struct InputSideTile<'a, 'b, F> {
+    layer: &'b InputSideLayer<'a, F>,
+    image: &'b [F],
+    rows: std::ops::Range<usize>,
+    patches: &'b mut Vec<F>,
+    responses: &'b mut Vec<F>,
+    acc: &'b mut Vec<F>,
+}
+
+impl<F: Real> Kernel for InputSideTile<'_, '_, F> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, simd: S) {
+        let InputSideLayer {
+            s,
+            plan,
+            stacked,
+            blocks,
+            local_groups,
+            stride,
+        } = *self.layer;
+        let groups = &plan.by_input;
+        let area = s.kh * s.kw;
+        let plane = s.h * s.w;
+        self.acc.clear();
+        self.acc.resize(s.cout * stride, F::zero());
+        self.patches.resize(area * stride, F::zero());
+        for (block, local) in blocks.iter().zip(local_groups) {
+            let first = groups.channel_start[block.start];
+            let count = groups.channel_start[block.end] - first;
+            self.responses.resize(count * stride, F::zero());
+            for i in block.clone() {
+                extract_patches(
+                    s,
+                    self.rows.clone(),
+                    &self.image[i * plane..][..plane],
+                    stride,
+                    self.patches,
+                );
+                let range = groups.of_channel(i);
+                respond(
+                    simd,
+                    self.patches,
+                    stride,
+                    area,
+                    &stacked[range.start * area..range.end * area],
+                    &mut self.responses
+                        [(range.start - first) * stride..(range.end - first) * stride],
+                );
+            }
+            let bw = block.len();
+            for o in 0..s.cout {
+                let scales = &plan.gather_scale[o * s.cin + block.start..o * s.cin + block.end];
+                gather_sum(
+                    simd,
+                    &mut self.acc[o * stride..][..stride],
+                    self.responses,
+                    stride,
+                    &local[o * bw..][..bw],
+                    scales,
+                );
+            }
+        }
+    }
+}
+
+/// `out[v] = Σ_t kernels[v][t] · patches[t]` for every kernel `v` (rows of `stride` values):
+/// the taps of one kernel are broadcast once and swept over the patch rows.
+#[inline(always)]
+fn respond<F: Real, S: Simd>(
+    simd: S,
+    patches: &[F],
+    stride: usize,
+    area: usize,
+    kernels: &[F],
+    out: &mut [F],
+) {
+    match area {
+        9 => respond_taps::<F, S, 9>(simd, patches, stride, kernels, out),
+        1 => respond_taps::<F, S, 1>(simd, patches, stride, kernels, out),
+        _ => {
+            for (k, z) in kernels.chunks_exact(area).zip(out.chunks_exact_mut(stride)) {
+                let (zv, _) = F::as_lanes_mut::<S>(z);
+                zv.fill(F::splat(simd, F::zero()));
+                for (t, &w) in k.iter().enumerate() {
+                    let wv = F::splat(simd, w);
+                    let (pv, _) = F::as_lanes::<S>(&patches[t * stride..][..stride]);
+                    for (d, &p) in zv.iter_mut().zip(pv) {
+                        *d = F::mul_add_lanes(simd, wv, p, *d);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`respond`] for kernels of `A` taps. Two output vectors are computed at once, each from two
+/// partial sums (even and odd taps), so four independent multiply-add chains are in flight.
+#[inline(always)]
+fn respond_taps<F: Real, S: Simd, const A: usize>(
+    simd: S,
+    patches: &[F],
+    stride: usize,
+    kernels: &[F],
+    out: &mut [F],
+) {
+    let rows: [&[F::Lanes<S>]; A] =
+        std::array::from_fn(|t| F::as_lanes::<S>(&patches[t * stride..][..stride]).0);
+    let zero = F::splat(simd, F::zero());
+    for (k, z) in kernels.chunks_exact(A).zip(out.chunks_exact_mut(stride)) {
+        let taps: [F::Lanes<S>; A] = std::array::from_fn(|t| F::splat(simd, k[t]));
+        let (zv, tail) = F::as_lanes_mut::<S>(z);
+        assert!(tail.is_empty(), "rows are padded to whole vectors");
+        let mut pairs = zv.chunks_exact_mut(2);
+        let mut v = 0;
+        for d in pairs.by_ref() {
+            let mut acc = [[zero; 2]; 2];
+            for t in 0..A {
+                for (u, a) in acc.iter_mut().enumerate() {
+                    a[t % 2] = F::mul_add_lanes(simd, taps[t], rows[t][v + u], a[t % 2]);
+                }
+            }
+            d[0] = F::add_lanes(simd, acc[0][0], acc[0][1]);
+            d[1] = F::add_lanes(simd, acc[1][0], acc[1][1]);
+            v += 2;
+        }
+        for d in pairs.into_remainder() {
+            let mut acc = [zero; 2];
+            for t in 0..A {
+                acc[t % 2] = F::mul_add_lanes(simd, taps[t], rows[t][v], acc[t % 2]);
+            }
+            *d = F::add_lanes(simd, acc[0], acc[1]);
+        }
+    }
+}
+
+/// `y += Σ_k scales[k] · rows[groups[k]]` (rows of `stride` values, `y.len() = stride`), in
+/// blocks of vectors held in registers across all terms.
+#[inline(always)]
+fn gather_sum<F: Real, S: Simd>(
+    simd: S,
+    y: &mut [F],
+    rows: &[F],
+    stride: usize,
+    groups: &[u32],
+    scales: &[F],
+) {
+    let (yv, tail) = F::as_lanes_mut::<S>(y);
+    assert!(tail.is_empty(), "rows are padded to whole vectors");
+    let mut v = 0;
+    while v + 4 <= yv.len() {
+        gather_block::<F, S, 4, 2>(simd, &mut yv[v..v + 4], rows, stride, v, groups, scales);
+        v += 4;
+    }
+    while v + 2 <= yv.len() {
+        gather_block::<F, S, 2, 4>(simd, &mut yv[v..v + 2], rows, stride, v, groups, scales);
+        v += 2;
+    }
+    while v < yv.len() {
+        gather_block::<F, S, 1, 8>(simd, &mut yv[v..v + 1], rows, stride, v, groups, scales);
+        v += 1;
+    }
+}
+
+/// Vectors `v0..v0+B` of [`gather_sum`], accumulated in `SETS` independent register sets
+/// (term `k` goes to set `k mod SETS`, so consecutive additions do not wait on each other),
+/// then added to `y` in set order.
+#[inline(always)]
+fn gather_block<F: Real, S: Simd, const B: usize, const SETS: usize>(
+    simd: S,
+    y: &mut [F::Lanes<S>],
+    rows: &[F],
+    stride: usize,
+    v0: usize,
+    groups: &[u32],
+    scales: &[F],
+) {
+    let zero = F::splat(simd, F::zero());
+    let mut acc = [[zero; B]; SETS];
+    let row = |g: u32| &F::as_lanes::<S>(&rows[g as usize * stride..][..stride]).0[v0..v0 + B];
+    let mut gs = groups.chunks_exact(SETS);
+    let mut ss = scales.chunks_exact(SETS);
+    for (g, sc) in gs.by_ref().zip(ss.by_ref()) {
+        for j in 0..SETS {
+            let r = row(g[j]);
+            let s = F::splat(simd, sc[j]);
+            for b in 0..B {
+                acc[j][b] = F::mul_add_lanes(simd, s, r[b], acc[j][b]);
+            }
+        }
+    }
+    for (j, (&g, &sc)) in gs.remainder().iter().zip(ss.remainder()).enumerate() {
+        let r = row(g);
+        let s = F::splat(simd, sc);
+        for b in 0..B {
+            acc[j][b] = F::mul_add_lanes(simd, s, r[b], acc[j][b]);
+        }
+    }
+    for (b, d) in y.iter_mut().enumerate() {
+        let mut sum = *d;
+        for a in &acc {
+            sum = F::add_lanes(simd, sum, a[b]);
+        }
+        *d = sum;
+    }
+}
+
+/// `dst += scale · src`.
+fn axpy<F: Real>(scale: F, src: &[F], dst: &mut [F]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d += scale * v;
+    }
 }
 
 /// Add-then-conv. `table` holds every decoded kernel, `(K·S) × (kh·kw)` row-major.

@@ -46,6 +46,7 @@ use crate::conv::{dims4, forward_im2col, Conv2d};
 use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, ConvShape};
 use crate::scalar::Real;
+use crate::simd::Kernels;
 
 pub use cost::{LayerCost, StrategyWork};
 use plan::Plan;
@@ -285,6 +286,28 @@ impl<F: Real> ClusteredConv2d<F> {
         x: ArrayView4<F>,
         strategy: ForwardStrategy,
     ) -> Result<Array4<F>> {
+        self.forward_impl(codebook, x, strategy, Kernels::detect())
+    }
+
+    /// As [`ClusteredConv2d::forward_with`], with the portable (non-SIMD, unfused) kernels
+    /// whatever the CPU: for testing the fallback path on machines that have SIMD.
+    #[doc(hidden)]
+    pub fn forward_with_portable_kernels(
+        &self,
+        codebook: &KernelCodebook<F>,
+        x: ArrayView4<F>,
+        strategy: ForwardStrategy,
+    ) -> Result<Array4<F>> {
+        self.forward_impl(codebook, x, strategy, Kernels::portable())
+    }
+
+    fn forward_impl(
+        &self,
+        codebook: &KernelCodebook<F>,
+        x: ArrayView4<F>,
+        strategy: ForwardStrategy,
+        kernels: Kernels,
+    ) -> Result<Array4<F>> {
         let s = self.resolve(codebook, dims4(&x))?;
         let strategy = match strategy {
             ForwardStrategy::Auto => self.cost_for_shape(&s).cheapest(),
@@ -300,9 +323,14 @@ impl<F: Real> ClusteredConv2d<F> {
                     .expect("reconstructed weight is standard layout");
                 forward_im2col(x, w2, bias, &s)
             }
-            ForwardStrategy::InputSide => {
-                forward::input_side(x, &self.plan, &codebook.decoded_kernels(), bias, &s)
-            }
+            ForwardStrategy::InputSide => forward::input_side(
+                x,
+                &self.plan,
+                &codebook.decoded_kernels(),
+                bias,
+                &s,
+                kernels,
+            ),
             ForwardStrategy::OutputSide => {
                 forward::output_side(x, &self.plan, &codebook.decoded_kernels(), bias, &s)
             }

@@ -23,6 +23,7 @@ pub(crate) struct TapRun {
 /// Visits every tap run of output rows `rows`; output offsets are relative to the first row
 /// of `rows`, input offsets relative to input row `in_row0` (rows above it are never read:
 /// callers pass the first input row the band can touch).
+#[inline(always)]
 pub(crate) fn for_each_run(
     s: &ConvShape,
     rows: Range<usize>,
@@ -99,19 +100,20 @@ pub(crate) fn correlate_add<F: Real>(
     });
 }
 
-/// The patch rows of output rows `rows`: `patches[tap·T + q] = input pixel read by tap `tap`
-/// at output position `q` of the band (`T = rows.len()·OW`), zero in the padding.
+/// The patch rows of output rows `rows`: `patches[tap·stride + q] = input pixel read by tap
+/// `tap` at output position `q` of the band, zero in the padding and for `q ≥ rows·OW`.
+#[inline(always)]
 pub(crate) fn extract_patches<F: Real>(
     s: &ConvShape,
     rows: Range<usize>,
     input: &[F],
+    stride: usize,
     patches: &mut [F],
 ) {
-    let width = rows.len() * s.ow;
     patches.fill(F::zero());
     let sw = s.stride.1;
     for_each_run(s, rows, 0, |run| {
-        let dst = &mut patches[run.tap * width + run.out_start..][..run.len];
+        let dst = &mut patches[run.tap * stride + run.out_start..][..run.len];
         if sw == 1 {
             dst.copy_from_slice(&input[run.in_start..run.in_start + run.len]);
         } else {
