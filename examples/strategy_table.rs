@@ -179,7 +179,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 td / ti,
                 td / to,
                 td / ta,
-                format!("{:?}", cost.cheapest()),
+                format!("{:?}", layer.auto_strategy(&codebook, [batch, c, hw, hw])?),
                 (num / den).sqrt()
             );
         }

@@ -272,6 +272,38 @@ fn paper_flop_count_on_a_hand_case() {
     assert_eq!(cost.output_side.adds, 6 * 64);
 }
 
+#[test]
+fn auto_picks_sharing_when_it_is_cheap_and_dense_when_it_is_not() {
+    let g = ConvGeometry::default().padding(1, 1);
+    let codebook =
+        KernelCodebook::from_centroids(Array3::<f32>::ones((64 * 64, 3, 3)), Symmetry::Identity)
+            .unwrap();
+    // One centroid for every kernel: the input side does ~1/9 of the dense work.
+    let shared = ClusteredConv2d::<f32>::new(Array2::zeros((64, 64)), None, None, g).unwrap();
+    assert_eq!(
+        shared.auto_strategy(&codebook, [8, 64, 16, 16]).unwrap(),
+        ForwardStrategy::InputSide
+    );
+    // Every kernel its own centroid: nothing is shared, dense wins.
+    let unique = ClusteredConv2d::<f32>::new(
+        Array2::from_shape_fn((64, 64), |(o, i)| (o * 64 + i) as u32),
+        None,
+        None,
+        g,
+    )
+    .unwrap();
+    assert_eq!(
+        unique.auto_strategy(&codebook, [8, 64, 16, 16]).unwrap(),
+        ForwardStrategy::Dense
+    );
+    let cost = unique.cost(&codebook, (16, 16)).unwrap();
+    assert!(
+        cost.estimated_seconds(ForwardStrategy::Dense)
+            < cost.estimated_seconds(ForwardStrategy::InputSide)
+    );
+    assert_eq!(cost.batch, 1);
+}
+
 /// L = Σ y ⊙ G.
 fn loss(
     layer: &ClusteredConv2d<f64>,

@@ -12,7 +12,8 @@ pub struct StrategyWork {
     pub adds: u64,
 }
 
-/// The work of one clustered layer for one image of a given size.
+/// The work of one clustered layer per image of a given size, and the cost model that picks
+/// the strategy of `ForwardStrategy::Auto`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LayerCost {
     /// Dense convolution MACs at output resolution: `OH·OW·Cout·Cin·kh·kw`.
@@ -30,20 +31,39 @@ pub struct LayerCost {
     pub output_side: StrategyWork,
     /// Patch elements copied by the input side's per-channel im2col: `Cin·kh·kw·OH·OW`.
     pub patch_copies: u64,
+    /// Elements of the dense weight, `Cout·Cin·kh·kw` (rebuilt once per call by the dense
+    /// fallback).
+    pub weight_elements: u64,
+    /// Images per call assumed by [`LayerCost::estimated_seconds`] (1 from
+    /// `ClusteredConv2d::cost`; the batch size inside `forward`).
+    pub batch: usize,
 }
 
-/// Calibrated single-thread costs, in nanoseconds per operation, measured with the
-/// `clustered_conv` benchmark on the VGG-16 and ResNet-18 shapes (x86-64, f32):
-/// the dense GEMM path, the input side's small GEMMs (inner dimension `kh·kw`) and its
-/// scaled gather-adds, and the output side's direct stencil and input sums.
+/// Single-thread costs in nanoseconds per operation, fitted by least squares to the
+/// `strategy_table` example's measurements (VGG-16 and ResNet-18 3×3 shapes, K = 16, 64, 256,
+/// random-normal and skewed weights, batch 8, f32, one thread; x86-64 with AVX-512, the dense
+/// GEMM on AVX2 + FMA). Only their ratios matter.
 mod ns_per_op {
-    pub const DENSE_MAC: f64 = 0.040;
-    pub const INPUT_CONV_MAC: f64 = 0.100;
-    pub const INPUT_ADD: f64 = 0.250;
-    pub const PATCH_COPY: f64 = 0.500;
-    pub const OUTPUT_CONV_MAC: f64 = 0.250;
-    pub const OUTPUT_ADD: f64 = 0.250;
+    /// Dense GEMM multiply-accumulate (fit: 0.036; its efficiency varies ±30 % with shape).
+    pub const DENSE_MAC: f64 = 0.036;
+    /// Rebuilding one dense weight element before a dense fallback (gather, scale, page faults).
+    pub const DENSE_RECONSTRUCT: f64 = 1.0;
+    /// Input side: one multiply-accumulate of a centroid response (fit: 0.037).
+    pub const INPUT_CONV_MAC: f64 = 0.037;
+    /// Input side: one scaled gather-add (fit: 0.10).
+    pub const INPUT_ADD: f64 = 0.10;
+    /// Input side: one patch element copied (not separable from the adds in the fit).
+    pub const PATCH_COPY: f64 = 0.02;
+    /// Output side: one multiply-accumulate of the direct stencil (fit: 0.22).
+    pub const OUTPUT_CONV_MAC: f64 = 0.22;
+    /// Output side: one scaled add of the input sums (fit: 0.52).
+    pub const OUTPUT_ADD: f64 = 0.52;
 }
+
+/// A clustered strategy is chosen over the dense fallback only when its estimate is below this
+/// fraction of the dense estimate: the dense GEMM's speed varies the most with shape, so a small
+/// predicted gain is not worth the risk of a slower layer.
+const CLUSTERED_MARGIN: f64 = 0.85;
 
 impl LayerCost {
     pub(crate) fn new(s: &ConvShape, sum_u: usize, sum_v: usize) -> Self {
@@ -65,46 +85,53 @@ impl LayerCost {
                 adds: pairs * in_pos,
             },
             patch_copies: s.cin as u64 * area * out_pos,
+            weight_elements: pairs * area,
+            batch: s.batch,
         }
     }
 
-    /// Estimated single-thread time of a strategy, from the calibrated per-operation costs
-    /// (dense MAC 0.04 ns; input side: 0.10 ns per MAC, 0.25 ns per add, 0.5 ns per patch
-    /// copy; output side: 0.25 ns per MAC and per add). `Auto` is the cheapest of the others.
+    /// Estimated single-thread time of a strategy for `batch` images, from the calibrated
+    /// per-operation costs: dense 0.036 ns per MAC plus 1 ns per rebuilt weight element;
+    /// input side 0.037 ns per response MAC, 0.10 ns per gather-add, 0.02 ns per patch copy;
+    /// output side 0.22 ns per MAC and 0.52 ns per add.
     pub fn estimated_seconds(&self, strategy: ForwardStrategy) -> f64 {
         use ns_per_op::*;
+        let images = self.batch as f64;
         let ns = match strategy {
-            ForwardStrategy::Dense => self.dense_macs as f64 * DENSE_MAC,
+            ForwardStrategy::Dense => {
+                images * self.dense_macs as f64 * DENSE_MAC
+                    + self.weight_elements as f64 * DENSE_RECONSTRUCT
+            }
             ForwardStrategy::InputSide => {
-                self.input_side.conv_macs as f64 * INPUT_CONV_MAC
-                    + self.input_side.adds as f64 * INPUT_ADD
-                    + self.patch_copies as f64 * PATCH_COPY
+                images
+                    * (self.input_side.conv_macs as f64 * INPUT_CONV_MAC
+                        + self.input_side.adds as f64 * INPUT_ADD
+                        + self.patch_copies as f64 * PATCH_COPY)
             }
             ForwardStrategy::OutputSide => {
-                self.output_side.conv_macs as f64 * OUTPUT_CONV_MAC
-                    + self.output_side.adds as f64 * OUTPUT_ADD
+                images
+                    * (self.output_side.conv_macs as f64 * OUTPUT_CONV_MAC
+                        + self.output_side.adds as f64 * OUTPUT_ADD)
             }
             ForwardStrategy::Auto => return self.estimated_seconds(self.cheapest()),
         };
         ns * 1e-9
     }
 
-    /// The strategy with the lowest estimated time (ties: Dense, then InputSide).
+    /// The strategy `Auto` runs: the clustered strategy with the lower estimate (input side on
+    /// ties) if it is below 85 % of the dense estimate, else dense.
     pub fn cheapest(&self) -> ForwardStrategy {
-        [
-            ForwardStrategy::Dense,
-            ForwardStrategy::InputSide,
-            ForwardStrategy::OutputSide,
-        ]
-        .into_iter()
-        .fold((ForwardStrategy::Dense, f64::INFINITY), |(best, t), s| {
-            let ts = self.estimated_seconds(s);
-            if ts < t {
-                (s, ts)
-            } else {
-                (best, t)
-            }
-        })
-        .0
+        let input = self.estimated_seconds(ForwardStrategy::InputSide);
+        let output = self.estimated_seconds(ForwardStrategy::OutputSide);
+        let (best, time) = if output < input {
+            (ForwardStrategy::OutputSide, output)
+        } else {
+            (ForwardStrategy::InputSide, input)
+        };
+        if time < CLUSTERED_MARGIN * self.estimated_seconds(ForwardStrategy::Dense) {
+            best
+        } else {
+            ForwardStrategy::Dense
+        }
     }
 }

@@ -379,6 +379,19 @@ impl<F: Real> ClusteredConv2d<F> {
         Ok(self.cost_for_shape(&s))
     }
 
+    /// The strategy [`ForwardStrategy::Auto`] runs for an input of shape `[N, Cin, H, W]`.
+    ///
+    /// # Errors
+    /// As [`ClusteredConv2d::forward_with`] for the shapes.
+    pub fn auto_strategy(
+        &self,
+        codebook: &KernelCodebook<F>,
+        input_shape: [usize; 4],
+    ) -> Result<ForwardStrategy> {
+        let s = self.resolve(codebook, input_shape)?;
+        Ok(self.cost_for_shape(&s).cheapest())
+    }
+
     fn cost_for_shape(&self, s: &ConvShape) -> LayerCost {
         LayerCost::new(
             s,

@@ -253,20 +253,25 @@ impl<F: Real> KernelCodebook<F> {
         let (kh, kw) = self.kernel_size();
         let area = kh * kw;
         let decoded = self.decoded_kernels();
-        let mut out = Array4::<F>::zeros((cout, cin, kh, kw));
-        out.outer_iter_mut()
-            .into_par_iter()
+        let indices = indices.as_standard_layout();
+        let scales = scales.map(|s| s.as_standard_layout().into_owned());
+        let mut out = vec![F::zero(); cout * cin * area];
+        out.par_chunks_mut(cin * area)
+            .zip(indices.as_slice().expect("standard layout").par_chunks(cin))
             .enumerate()
-            .for_each(|(o, mut out_o)| {
-                for (i, mut kernel) in out_o.outer_iter_mut().enumerate() {
-                    let base = &decoded[indices[[o, i]] as usize * area..][..area];
-                    let s = scales.as_ref().map_or(F::one(), |s| s[[o, i]]);
+            .for_each(|(o, (out_o, idx_o))| {
+                let scale_o = scales
+                    .as_ref()
+                    .map(|s| &s.as_slice().expect("standard layout")[o * cin..][..cin]);
+                for (i, (kernel, &index)) in out_o.chunks_exact_mut(area).zip(idx_o).enumerate() {
+                    let base = &decoded[index as usize * area..][..area];
+                    let s = scale_o.map_or(F::one(), |s| s[i]);
                     for (dst, &v) in kernel.iter_mut().zip(base) {
                         *dst = s * v;
                     }
                 }
             });
-        Ok(out)
+        Ok(Array4::from_shape_vec((cout, cin, kh, kw), out).expect("cout·cin·kh·kw values"))
     }
 
     /// Counts how often each centroid and each stored index is used across index matrices.
