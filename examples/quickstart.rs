@@ -9,15 +9,17 @@
 //!    one scale per kernel), and report the fit time, Lloyd iterations, the relative
 //!    reconstruction error ‖W − Ŵ‖/‖W‖, the entropy of the stored indices and the paper's
 //!    compression ratio (fixed-width indices + 16-bit scales + a 32-bit codebook).
-//! 3. Run the dense convolution on a batch of 8 post-ReLU-like inputs (256×16×16) with W and
-//!    with each Ŵ, and report the relative output error ‖y − ŷ‖/‖y‖.
+//! 3. Run the layer on a batch of 8 post-ReLU-like inputs (256×16×16): the dense convolution
+//!    with W, and the clustered layer (indices + scales + shared codebook, redundancy-removing
+//!    forward chosen by `ForwardStrategy::Auto`); report the relative output error
+//!    ‖y − ŷ‖/‖y‖, both times and the speed-up.
 //!
 //! Run with `cargo run --release --example quickstart`.
 
 use std::error::Error;
 use std::time::{Duration, Instant};
 
-use clustered_conv::{compression_ratio, Conv2d, ConvGeometry, KernelCodebook};
+use clustered_conv::{compression_ratio, ClusteredConv2d, Conv2d, ConvGeometry, KernelCodebook};
 use ndarray::{Array, Array4, Dimension};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -48,10 +50,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     );
 
     let dense = Conv2d::new(weight.clone(), None, geometry)?;
-    let (y_ref, t_ref) = timed_forward(&dense, &input)?;
+    let (y_ref, t_ref) = timed(|| dense.forward(input.view()))?;
 
     println!(
-        "\n{:>5} {:>9} {:>6} {:>11} {:>9} {:>9} {:>8} {:>11} {:>10}",
+        "\n{:>5} {:>9} {:>6} {:>11} {:>9} {:>9} {:>8} {:>11} {:>10} {:>9} {:>10}",
         "K",
         "fit (ms)",
         "iters",
@@ -60,10 +62,12 @@ fn main() -> Result<(), Box<dyn Error>> {
         "entropy",
         "ratio",
         "‖y−ŷ‖/‖y‖",
-        "fwd (ms)"
+        "fwd (ms)",
+        "speed-up",
+        "strategy"
     );
     println!(
-        "{:>5} {:>9} {:>6} {:>11} {:>9} {:>9} {:>8} {:>11} {:>10.1}",
+        "{:>5} {:>9} {:>6} {:>11} {:>9} {:>9} {:>8} {:>11} {:>10.1} {:>9} {:>10}",
         "dense",
         "-",
         "-",
@@ -72,7 +76,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         "-",
         "1.0×",
         "0",
-        ms(t_ref)
+        ms(t_ref),
+        "1.00×",
+        "Dense"
     );
     for &k in &KS {
         let start = Instant::now();
@@ -88,12 +94,13 @@ fn main() -> Result<(), Box<dyn Error>> {
         let entropy = codebook.usage(&[assignment.indices.view()])?.entropy_bits();
         let ratio = compression_ratio(n_kernels, 9, codebook.index_bits(), SCALE_BITS, k);
 
-        let approx = Conv2d::new(w_hat, None, geometry)?;
-        let (y_hat, t_hat) = timed_forward(&approx, &input)?;
+        let layer = ClusteredConv2d::from_conv(&dense, codebook)?;
+        let (y_hat, t_hat) = timed(|| layer.forward(codebook, input.view()))?;
         let out_err = rel_err(&y_ref, &y_hat);
+        let strategy = layer.auto_strategy(codebook, [BATCH, CIN, HW, HW])?;
 
         println!(
-            "{:>5} {:>9.0} {:>6} {:>11.4} {:>9} {:>9.2} {:>7.1}× {:>11.4} {:>10.1}",
+            "{:>5} {:>9.0} {:>6} {:>11.4} {:>9} {:>9.2} {:>7.1}× {:>11.4} {:>10.1} {:>8.2}× {:>10}",
             k,
             ms(fit_time),
             fit.n_iter,
@@ -102,13 +109,18 @@ fn main() -> Result<(), Box<dyn Error>> {
             entropy,
             ratio,
             out_err,
-            ms(t_hat)
+            ms(t_hat),
+            t_ref.as_secs_f64() / t_hat.as_secs_f64(),
+            format!("{strategy:?}")
         );
     }
     println!(
         "\nratio: 32-bit weights vs. fixed-width indices + {SCALE_BITS}-bit scales + a 32-bit \
          codebook;\nentropy: bits per index an ideal entropy coder would need;\nfwd: best of 3 \
-         dense forwards with W or Ŵ (same cost: the weight is decoded, not the convolution)."
+         forwards: dense with W, or the clustered layer with the strategy Auto picks\n\
+         (InputSide convolves each shared kernel once per input channel; Dense rebuilds Ŵ);\n\
+         {} rayon threads.",
+        rayon::current_num_threads()
     );
     Ok(())
 }
@@ -166,15 +178,14 @@ fn trained_like_weight(rng: &mut ChaCha8Rng) -> Result<Array4<f32>, Box<dyn Erro
 }
 
 /// Best-of-3 wall time of a forward pass (after one untimed warm-up run), and its output.
-fn timed_forward(
-    conv: &Conv2d<f32>,
-    x: &Array4<f32>,
+fn timed(
+    forward: impl Fn() -> clustered_conv::Result<Array4<f32>>,
 ) -> Result<(Array4<f32>, Duration), Box<dyn Error>> {
-    let mut y = conv.forward(x.view())?;
+    let mut y = forward()?;
     let mut best = Duration::MAX;
     for _ in 0..3 {
         let start = Instant::now();
-        y = conv.forward(x.view())?;
+        y = forward()?;
         best = best.min(start.elapsed());
     }
     Ok((y, best))
