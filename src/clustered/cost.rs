@@ -37,6 +37,12 @@ pub struct LayerCost {
     /// Images per call assumed by [`LayerCost::estimated_seconds`] (1 from
     /// `ClusteredConv2d::cost`; the batch size inside `forward`).
     pub batch: usize,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output positions per image, `OH·OW`.
+    pub out_positions: u64,
+    /// Work factor of the input side's tiles padded to whole vectors (≥ 1).
+    pub padding: f64,
 }
 
 /// Single-thread costs in nanoseconds per operation, fitted by least squares to the
@@ -46,8 +52,9 @@ pub struct LayerCost {
 mod ns_per_op {
     /// Dense GEMM multiply-accumulate (fit: 0.036; its efficiency varies ±30 % with shape).
     pub const DENSE_MAC: f64 = 0.036;
-    /// Rebuilding one dense weight element before a dense fallback (gather, scale, page faults).
-    pub const DENSE_RECONSTRUCT: f64 = 1.0;
+    /// Rebuilding one dense weight element before a dense fallback: gather, scale, and the page
+    /// faults of a fresh weight-sized allocation (measured 1.4 ns per element for 2.4 M).
+    pub const DENSE_RECONSTRUCT: f64 = 1.5;
     /// Input side: one multiply-accumulate of a centroid response (fit: 0.037).
     pub const INPUT_CONV_MAC: f64 = 0.037;
     /// Input side: one scaled gather-add (fit: 0.10).
@@ -60,10 +67,23 @@ mod ns_per_op {
     pub const OUTPUT_ADD: f64 = 0.52;
 }
 
-/// A clustered strategy is chosen over the dense fallback only when its estimate is below this
-/// fraction of the dense estimate: the dense GEMM's speed varies the most with shape, so a small
-/// predicted gain is not worth the risk of a slower layer.
-const CLUSTERED_MARGIN: f64 = 0.85;
+/// The input side's time relative to dense, fitted by least squares to 120 measured pairs
+/// (the `strategy_table` example: VGG-16/ResNet-18 shapes, K = 16/64/256, normal and skewed
+/// weights, batch 1 and 8, 1 and 2 threads): `ratio ≈ A·(ΣV/(Cout·Cin))·w + B·w + C/Cout`,
+/// `w` the input side's padding factor and `Cout` clamped to the fitted 64–512. The fit's
+/// r.m.s. error is 27 %, mostly run-to-run noise of the measurements.
+mod ratio_fit {
+    pub const A: f64 = 0.955;
+    pub const B: f64 = 0.380;
+    pub const C: f64 = -18.06;
+    pub const COUT_RANGE: (f64, f64) = (64.0, 512.0);
+}
+
+/// `Auto` runs a clustered strategy only when its predicted time is below this fraction of
+/// dense: with this threshold the worst measured `Auto` was 1.11× dense time (within the
+/// noise of one run) while it chose the clustered path in every case where that was ≥ 1.6×
+/// faster except seven borderline ones.
+const CLUSTERED_THRESHOLD: f64 = 0.8;
 
 impl LayerCost {
     pub(crate) fn new(s: &ConvShape, sum_u: usize, sum_v: usize) -> Self {
@@ -87,11 +107,14 @@ impl LayerCost {
             patch_copies: s.cin as u64 * area * out_pos,
             weight_elements: pairs * area,
             batch: s.batch,
+            in_channels: s.cin,
+            out_positions: out_pos,
+            padding: super::forward::input_side_padding(s.oh, s.ow),
         }
     }
 
     /// Estimated single-thread time of a strategy for `batch` images, from the calibrated
-    /// per-operation costs: dense 0.036 ns per MAC plus 1 ns per rebuilt weight element;
+    /// per-operation costs: dense 0.036 ns per MAC plus 1.5 ns per rebuilt weight element;
     /// input side 0.037 ns per response MAC, 0.10 ns per gather-add, 0.02 ns per patch copy;
     /// output side 0.22 ns per MAC and 0.52 ns per add.
     pub fn estimated_seconds(&self, strategy: ForwardStrategy) -> f64 {
@@ -118,20 +141,33 @@ impl LayerCost {
         ns * 1e-9
     }
 
-    /// The strategy `Auto` runs: the clustered strategy with the lower estimate (input side on
-    /// ties) if it is below 85 % of the dense estimate, else dense.
+    /// Predicted time of the input side relative to dense (the fitted model above).
+    pub fn predicted_input_side_ratio(&self) -> f64 {
+        use ratio_fit::*;
+        // Cout·Cin kernels: the input side does one gather-add per kernel and position.
+        let kernels = self.input_side.adds as f64 / self.out_positions as f64;
+        let sharing = self.sum_v as f64 / kernels;
+        let cout = (kernels / self.in_channels as f64).clamp(COUT_RANGE.0, COUT_RANGE.1);
+        A * sharing * self.padding + B * self.padding + C / cout
+    }
+
+    /// The strategy `Auto` runs: the input side when its predicted time is below 80 % of
+    /// dense (dense including the rebuild of its weight), the output side instead when its operation-count estimate is lower than the input
+    /// side's (layers with many more input than output channels), else dense.
     pub fn cheapest(&self) -> ForwardStrategy {
         let input = self.estimated_seconds(ForwardStrategy::InputSide);
         let output = self.estimated_seconds(ForwardStrategy::OutputSide);
-        let (best, time) = if output < input {
-            (ForwardStrategy::OutputSide, output)
-        } else {
-            (ForwardStrategy::InputSide, input)
-        };
-        if time < CLUSTERED_MARGIN * self.estimated_seconds(ForwardStrategy::Dense) {
-            best
-        } else {
-            ForwardStrategy::Dense
+        let ratio = self.predicted_input_side_ratio() * (output / input).min(1.0);
+        // The dense fallback first rebuilds the weight, once per call.
+        let rebuild = self.weight_elements as f64 * ns_per_op::DENSE_RECONSTRUCT
+            / (self.batch as f64 * self.dense_macs as f64 * ns_per_op::DENSE_MAC);
+        match (
+            ratio < CLUSTERED_THRESHOLD * (1.0 + rebuild),
+            output < input,
+        ) {
+            (false, _) => ForwardStrategy::Dense,
+            (true, true) => ForwardStrategy::OutputSide,
+            (true, false) => ForwardStrategy::InputSide,
         }
     }
 }

@@ -26,13 +26,21 @@ const LANES: usize = 16;
 /// least work over the image (ties: more rows), among tiles of at most [`INPUT_SIDE_TILE`]
 /// positions (or one row when a row is longer).
 fn input_side_rows(oh: usize, ow: usize) -> usize {
-    let padded_total = |r: usize| {
-        (oh / r) * (r * ow).next_multiple_of(LANES) + ((oh % r) * ow).next_multiple_of(LANES)
-    };
     (1..=oh)
         .filter(|&r| r == 1 || r * ow <= INPUT_SIDE_TILE)
-        .min_by_key(|&r| (padded_total(r), std::cmp::Reverse(r)))
+        .min_by_key(|&r| (padded_positions(oh, ow, r), std::cmp::Reverse(r)))
         .unwrap_or(1)
+}
+
+/// Positions the input side computes per image with tiles of `rows` output rows, each tile
+/// padded to whole vectors.
+fn padded_positions(oh: usize, ow: usize, rows: usize) -> usize {
+    (oh / rows) * (rows * ow).next_multiple_of(LANES) + ((oh % rows) * ow).next_multiple_of(LANES)
+}
+
+/// Work factor of the input side's padding: positions computed ÷ positions needed (≥ 1).
+pub(crate) fn input_side_padding(oh: usize, ow: usize) -> f64 {
+    padded_positions(oh, ow, input_side_rows(oh, ow)) as f64 / (oh * ow) as f64
 }
 
 /// Conv-then-add. `table` holds every decoded kernel, `(K·S) × (kh·kw)` row-major.
@@ -83,25 +91,27 @@ pub(crate) fn input_side<F: Real>(
         stride,
     };
     let mut out = Array3::<F>::zeros((s.batch, s.cout, s.out_positions()));
-    output_tiles(&mut out, tile).into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new(), Vec::new()),
-        |(patches, responses, acc), (n, p0, mut out_tile)| {
-            kernels.dispatch(InputSideTile {
-                layer: &layer,
-                image: image(&x, n),
-                rows: p0 / s.ow..(p0 + out_tile.ncols()) / s.ow,
-                patches,
-                responses,
-                acc,
-            });
-            for (o, mut row) in out_tile.outer_iter_mut().enumerate() {
-                let b = bias.as_ref().map_or(F::zero(), |b| b[o]);
-                for (d, &v) in row.iter_mut().zip(&acc[o * stride..]) {
-                    *d = v + b;
+    output_tiles(out.view_mut(), tile)
+        .into_par_iter()
+        .for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |(patches, responses, acc), (n, p0, mut out_tile)| {
+                kernels.dispatch(InputSideTile {
+                    layer: &layer,
+                    image: image(&x, n),
+                    rows: p0 / s.ow..(p0 + out_tile.ncols()) / s.ow,
+                    patches,
+                    responses,
+                    acc,
+                });
+                for (o, mut row) in out_tile.outer_iter_mut().enumerate() {
+                    let b = bias.as_ref().map_or(F::zero(), |b| b[o]);
+                    for (d, &v) in row.iter_mut().zip(&acc[o * stride..]) {
+                        *d = v + b;
+                    }
                 }
-            }
-        },
-    );
+            },
+        );
     out.into_shape_with_order((s.batch, s.cout, s.oh, s.ow))
         .expect("N·Cout·OH·OW outputs")
 }

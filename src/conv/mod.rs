@@ -16,7 +16,8 @@
 mod im2col;
 
 use ndarray::{
-    Array1, Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2, Axis, Slice,
+    Array1, Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2,
+    ArrayViewMut3, Axis, Slice,
 };
 use rayon::prelude::*;
 
@@ -232,9 +233,9 @@ pub(crate) fn forward_im2col<F: Real>(
     let positions = s.out_positions();
     let tile = tile_positions::<F>(s);
     let mut out = Array3::<F>::zeros((s.batch, s.cout, positions));
-    output_tiles(&mut out, tile).into_par_iter().for_each_init(
-        Vec::new,
-        |buf, (n, p0, mut out_tile)| {
+    output_tiles(out.view_mut(), tile)
+        .into_par_iter()
+        .for_each_init(Vec::new, |buf, (n, p0, mut out_tile)| {
             let width = out_tile.ncols();
             let patches = patch_matrix(image(&x, n), s, p0, width, buf);
             gemm(F::one(), &w2, &patches, F::zero(), &mut out_tile);
@@ -243,21 +244,24 @@ pub(crate) fn forward_im2col<F: Real>(
                     row += bo;
                 }
             }
-        },
-    );
+        });
     out.into_shape_with_order((s.batch, s.cout, s.oh, s.ow))
         .expect("output has N·Cout·OH·OW elements")
 }
 
 /// Splits an `(N, C, P)` output into disjoint `(C, tile)` views, one task per image and tile
 /// of positions: `(image, first position, view)`.
-pub(crate) fn output_tiles<F>(
-    out: &mut Array3<F>,
+pub(crate) fn output_tiles<'a, F>(
+    out: ArrayViewMut3<'a, F>,
     tile: usize,
-) -> Vec<(usize, usize, ArrayViewMut2<'_, F>)> {
-    let positions = out.shape()[2];
+) -> Vec<(usize, usize, ArrayViewMut2<'a, F>)> {
+    let (batch, _, positions) = out.dim();
     let mut tasks = Vec::new();
-    for (n, mut rest) in out.outer_iter_mut().enumerate() {
+    let mut images = out;
+    for n in 0..batch {
+        let (head, tail) = images.split_at(Axis(0), 1);
+        images = tail;
+        let mut rest = head.index_axis_move(Axis(0), 0);
         let mut p0 = 0;
         while p0 < positions {
             let width = tile.min(positions - p0);
