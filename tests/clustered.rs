@@ -6,10 +6,10 @@ mod common;
 use std::collections::HashSet;
 
 use clustered_conv::{
-    ClusteredConv2d, Conv2d, ConvGeometry, Error, ForwardStrategy, KernelCodebook, Padding,
-    ScaleMode, Symmetry,
+    ClusteredConv2d, Conv2d, ConvGeometry, Error, ForwardStrategy, KernelCodebook, ScaleMode,
+    Symmetry,
 };
-use common::{naive_conv, random4, rng, worst_violation};
+use common::{in_pool, naive_conv, random4, random_problem, rng, worst_violation};
 use ndarray::{Array1, Array2, Array3, Array4};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -21,45 +21,26 @@ struct Case {
 }
 
 fn random_case(r: &mut ChaCha8Rng) -> Case {
-    loop {
-        let n = r.random_range(1..=3);
-        let cin = r.random_range(1..=6);
-        let cout = r.random_range(1..=6);
-        let kh = r.random_range(1..=4);
-        let kw = r.random_range(1..=4);
-        let h = r.random_range(1..=10);
-        let w = r.random_range(1..=10);
-        let g = ConvGeometry::default()
-            .stride(r.random_range(1..=2), r.random_range(1..=3))
-            .dilation(r.random_range(1..=2), r.random_range(1..=2))
-            .padding_asymmetric(Padding {
-                top: r.random_range(0..=2),
-                bottom: r.random_range(0..=2),
-                left: r.random_range(0..=2),
-                right: r.random_range(0..=2),
-            });
-        if g.output_size((h, w), (kh, kw)).is_err() {
-            continue;
-        }
-        // K from 1 to Cin·Cout (every kernel its own centroid).
-        let k = match r.random_range(0..4) {
-            0 => 1,
-            1 => cin * cout,
-            _ => r.random_range(1..=cin * cout),
-        };
-        let centroids = Array3::from_shape_simple_fn((k, kh, kw), || r.random_range(-1.0..1.0));
-        let codebook = KernelCodebook::from_centroids(centroids, Symmetry::Identity).unwrap();
-        let indices = Array2::from_shape_simple_fn((cout, cin), || r.random_range(0..k as u32));
-        let scales = r
-            .random_bool(0.7)
-            .then(|| Array2::from_shape_simple_fn((cout, cin), || r.random_range(-2.0..2.0)));
-        let bias = r
-            .random_bool(0.5)
-            .then(|| Array1::from_shape_simple_fn(cout, || r.random_range(-1.0..1.0)));
-        let layer = ClusteredConv2d::new(indices, scales, bias, g).unwrap();
-        let x = random4(r, (n, cin, h, w));
-        return Case { layer, codebook, x };
-    }
+    let p = random_problem(r, (6, 6), 4, 10, (2, 3));
+    let (n, cin, cout, (kh, kw), (h, w), g) = (p.n, p.cin, p.cout, p.kernel, p.input, p.g);
+    // K from 1 to Cin·Cout (every kernel its own centroid).
+    let k = match r.random_range(0..4) {
+        0 => 1,
+        1 => cin * cout,
+        _ => r.random_range(1..=cin * cout),
+    };
+    let centroids = Array3::from_shape_simple_fn((k, kh, kw), || r.random_range(-1.0..1.0));
+    let codebook = KernelCodebook::from_centroids(centroids, Symmetry::Identity).unwrap();
+    let indices = Array2::from_shape_simple_fn((cout, cin), || r.random_range(0..k as u32));
+    let scales = r
+        .random_bool(0.7)
+        .then(|| Array2::from_shape_simple_fn((cout, cin), || r.random_range(-2.0..2.0)));
+    let bias = r
+        .random_bool(0.5)
+        .then(|| Array1::from_shape_simple_fn(cout, || r.random_range(-1.0..1.0)));
+    let layer = ClusteredConv2d::new(indices, scales, bias, g).unwrap();
+    let x = random4(r, (n, cin, h, w));
+    Case { layer, codebook, x }
 }
 
 const STRATEGIES: [ForwardStrategy; 3] = [
@@ -146,6 +127,34 @@ fn f32_strategies_track_the_f64_oracle() {
     eprintln!("f32 worst tolerance use: {worst_rel:.3}");
 }
 
+/// Every strategy, with the detected and the portable kernels, equals `Dense` within 1e-4
+/// (relative + absolute) on an `f32` layer.
+fn assert_strategies_match_dense(
+    layer: &ClusteredConv2d<f32>,
+    codebook: &KernelCodebook<f32>,
+    x: &Array4<f32>,
+    label: &str,
+) {
+    let oracle = layer
+        .forward_with(codebook, x.view(), ForwardStrategy::Dense)
+        .unwrap()
+        .mapv(f64::from);
+    for strategy in STRATEGIES {
+        for portable in [false, true] {
+            let got = if portable {
+                layer.forward_with_portable_kernels(codebook, x.view(), strategy)
+            } else {
+                layer.forward_with(codebook, x.view(), strategy)
+            };
+            let got = got.unwrap().mapv(f64::from);
+            assert!(
+                worst_violation(&got, &oracle, 1e-4, 1e-4) <= 1.0,
+                "{label} {strategy:?} portable={portable}"
+            );
+        }
+    }
+}
+
 #[test]
 fn realistic_layer_from_kmeans_matches_dense() {
     // A 64→96 layer on a 20×20 input, indices from clustering: several input-side tiles.
@@ -165,28 +174,7 @@ fn realistic_layer_from_kmeans_matches_dense() {
             .unwrap()
             .codebook;
         let layer = ClusteredConv2d::from_conv(&conv, &codebook).unwrap();
-        let oracle = layer
-            .forward_with(&codebook, x.view(), ForwardStrategy::Dense)
-            .unwrap()
-            .mapv(f64::from);
-        for strategy in STRATEGIES {
-            let got = layer
-                .forward_with(&codebook, x.view(), strategy)
-                .unwrap()
-                .mapv(f64::from);
-            assert!(
-                worst_violation(&got, &oracle, 1e-4, 1e-4) <= 1.0,
-                "K={k} {strategy:?}"
-            );
-            let portable = layer
-                .forward_with_portable_kernels(&codebook, x.view(), strategy)
-                .unwrap()
-                .mapv(f64::from);
-            assert!(
-                worst_violation(&portable, &oracle, 1e-4, 1e-4) <= 1.0,
-                "K={k} {strategy:?} portable"
-            );
-        }
+        assert_strategies_match_dense(&layer, &codebook, &x, &format!("K={k}"));
     }
 }
 
@@ -200,28 +188,7 @@ fn real_layer_shapes_match_dense() {
         let conv = Conv2d::new(w.clone(), None, ConvGeometry::default().padding(1, 1)).unwrap();
         let codebook = KernelCodebook::params(8).fit(&[w.view()]).unwrap().codebook;
         let layer = ClusteredConv2d::from_conv(&conv, &codebook).unwrap();
-        let oracle = layer
-            .forward_with(&codebook, x.view(), ForwardStrategy::Dense)
-            .unwrap()
-            .mapv(f64::from);
-        for strategy in STRATEGIES {
-            let got = layer
-                .forward_with(&codebook, x.view(), strategy)
-                .unwrap()
-                .mapv(f64::from);
-            assert!(
-                worst_violation(&got, &oracle, 1e-4, 1e-4) <= 1.0,
-                "{c}@{hw} {strategy:?}"
-            );
-            let portable = layer
-                .forward_with_portable_kernels(&codebook, x.view(), strategy)
-                .unwrap()
-                .mapv(f64::from);
-            assert!(
-                worst_violation(&portable, &oracle, 1e-4, 1e-4) <= 1.0,
-                "{c}@{hw} {strategy:?} portable"
-            );
-        }
+        assert_strategies_match_dense(&layer, &codebook, &x, &format!("{c}@{hw}"));
     }
 }
 
@@ -475,24 +442,20 @@ fn identical_results_on_1_and_2_threads() {
     let layer = ClusteredConv2d::from_conv(&conv, &codebook).unwrap();
     let go = random4(&mut r, (3, 48, 17, 13)).mapv(|v| v as f32);
     let run = |threads| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(|| {
-                let outs: Vec<_> = [
-                    ForwardStrategy::Dense,
-                    ForwardStrategy::InputSide,
-                    ForwardStrategy::OutputSide,
-                ]
-                .into_iter()
-                .map(|s| layer.forward_with(&codebook, x.view(), s).unwrap())
-                .collect();
-                (
-                    outs,
-                    layer.backward(&codebook, x.view(), go.view()).unwrap(),
-                )
-            })
+        in_pool(threads, || {
+            let outs: Vec<_> = [
+                ForwardStrategy::Dense,
+                ForwardStrategy::InputSide,
+                ForwardStrategy::OutputSide,
+            ]
+            .into_iter()
+            .map(|s| layer.forward_with(&codebook, x.view(), s).unwrap())
+            .collect();
+            (
+                outs,
+                layer.backward(&codebook, x.view(), go.view()).unwrap(),
+            )
+        })
     };
     assert_eq!(run(1), run(2));
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use clustered_conv::{Error, KernelCodebook, ScaleMode, Symmetry};
-use common::{random4, rng};
+use common::{in_pool, random4, rng};
 use ndarray::{concatenate, Array2, Array3, Array4, Axis};
 
 fn rel_err(a: &Array4<f64>, b: &Array4<f64>) -> f64 {
@@ -190,17 +190,13 @@ fn fit_is_bit_identical_on_1_and_2_threads() {
     let mut r = rng(28);
     let w = random4(&mut r, (64, 48, 3, 3)).mapv(|v| v as f32);
     let run = |threads| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(|| {
-                KernelCodebook::params(32)
-                    .seed(1)
-                    .n_init(2)
-                    .fit(&[w.view()])
-                    .unwrap()
-            })
+        in_pool(threads, || {
+            KernelCodebook::params(32)
+                .seed(1)
+                .n_init(2)
+                .fit(&[w.view()])
+                .unwrap()
+        })
     };
     assert_eq!(run(1), run(2));
 }

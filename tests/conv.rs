@@ -2,8 +2,8 @@
 
 mod common;
 
-use clustered_conv::{Conv2d, ConvGeometry, Error, Padding};
-use common::{naive_conv, random4, rng, worst_violation};
+use clustered_conv::{Conv2d, ConvGeometry, Error};
+use common::{in_pool, naive_conv, random4, random_problem, rng, worst_violation};
 use ndarray::{Array1, Array4, Axis, Slice};
 use rand::Rng;
 
@@ -16,34 +16,13 @@ struct Case {
 }
 
 fn random_case(r: &mut rand_chacha::ChaCha8Rng) -> Case {
-    loop {
-        let n = r.random_range(1..=3);
-        let cin = r.random_range(1..=4);
-        let cout = r.random_range(1..=5);
-        let kh = r.random_range(1..=5);
-        let kw = r.random_range(1..=5);
-        let h = r.random_range(1..=11);
-        let w = r.random_range(1..=11);
-        let pad = Padding {
-            top: r.random_range(0..=2),
-            bottom: r.random_range(0..=2),
-            left: r.random_range(0..=2),
-            right: r.random_range(0..=2),
-        };
-        let g = ConvGeometry::default()
-            .stride(r.random_range(1..=3), r.random_range(1..=3))
-            .dilation(r.random_range(1..=2), r.random_range(1..=2))
-            .padding_asymmetric(pad);
-        if g.output_size((h, w), (kh, kw)).is_err() {
-            continue;
-        }
-        let x = random4(r, (n, cin, h, w));
-        let wt = random4(r, (cout, cin, kh, kw));
-        let bias = r
-            .random_bool(0.5)
-            .then(|| Array1::from_shape_fn(cout, |_| r.random_range(-1.0..1.0)));
-        return Case { x, w: wt, bias, g };
-    }
+    let p = random_problem(r, (4, 5), 5, 11, (3, 3));
+    let x = random4(r, (p.n, p.cin, p.input.0, p.input.1));
+    let w = random4(r, (p.cout, p.cin, p.kernel.0, p.kernel.1));
+    let bias = r
+        .random_bool(0.5)
+        .then(|| Array1::from_shape_fn(p.cout, |_| r.random_range(-1.0..1.0)));
+    Case { x, w, bias, g: p.g }
 }
 
 #[test]
@@ -227,11 +206,7 @@ fn results_are_identical_on_1_2_and_7_threads() {
     let conv = Conv2d::new(w, None, ConvGeometry::default().padding(1, 1)).unwrap();
     let go = random4(&mut r, (3, 24, 40, 40)).mapv(|v| v as f32);
     let run = |threads| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        in_pool(threads, || {
             (
                 conv.forward(x.view()).unwrap(),
                 conv.backward(x.view(), go.view()).unwrap(),

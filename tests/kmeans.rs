@@ -3,7 +3,7 @@
 mod common;
 
 use clustered_conv::{Convergence, Error, Init, KMeans, KMeansFit};
-use common::rng;
+use common::{in_pool, rng};
 use ndarray::{Array2, ArrayView2};
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
@@ -267,11 +267,7 @@ fn bit_identical_on_1_2_and_7_threads() {
     let mut r = rng(18);
     let x = Array2::from_shape_simple_fn((20_000, 9), || r.random_range(-1.0f32..1.0));
     let run = |threads| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
+        in_pool(threads, || {
             KMeans::params(64)
                 .seed(3)
                 .n_init(2)

@@ -63,3 +63,61 @@ pub fn worst_violation(a: &Array4<f64>, b: &Array4<f64>, rtol: f64, atol: f64) -
         .map(|(&x, &y)| (x - y).abs() / (atol + rtol * y.abs()))
         .fold(0.0, f64::max)
 }
+
+/// Sizes of one random convolution problem: batch, channels, kernel, input, and a geometry
+/// that is valid for them.
+pub struct Problem {
+    pub n: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub kernel: (usize, usize),
+    pub input: (usize, usize),
+    pub g: ConvGeometry,
+}
+
+/// A random problem: batch 1–3, channels and kernel sides up to the given maxima, inputs up to
+/// `max_hw`, strides up to `max_stride`, dilation 1–2, padding 0–2 per side (asymmetric).
+pub fn random_problem(
+    r: &mut ChaCha8Rng,
+    max_channels: (usize, usize),
+    max_kernel: usize,
+    max_hw: usize,
+    max_stride: (usize, usize),
+) -> Problem {
+    loop {
+        let p = Problem {
+            n: r.random_range(1..=3),
+            cin: r.random_range(1..=max_channels.0),
+            cout: r.random_range(1..=max_channels.1),
+            kernel: (
+                r.random_range(1..=max_kernel),
+                r.random_range(1..=max_kernel),
+            ),
+            input: (r.random_range(1..=max_hw), r.random_range(1..=max_hw)),
+            g: ConvGeometry::default()
+                .stride(
+                    r.random_range(1..=max_stride.0),
+                    r.random_range(1..=max_stride.1),
+                )
+                .dilation(r.random_range(1..=2), r.random_range(1..=2))
+                .padding_asymmetric(Padding {
+                    top: r.random_range(0..=2),
+                    bottom: r.random_range(0..=2),
+                    left: r.random_range(0..=2),
+                    right: r.random_range(0..=2),
+                }),
+        };
+        if p.g.output_size(p.input, p.kernel).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// Runs `f` inside a rayon pool of `threads` threads.
+pub fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
