@@ -52,9 +52,9 @@ pub struct LayerCost {
 mod ns_per_op {
     /// Dense GEMM multiply-accumulate (fit: 0.036; its efficiency varies ±30 % with shape).
     pub const DENSE_MAC: f64 = 0.036;
-    /// Rebuilding one dense weight element before a dense fallback: gather, scale, and the page
-    /// faults of a fresh weight-sized allocation (measured 1.4 ns per element for 2.4 M).
-    pub const DENSE_RECONSTRUCT: f64 = 1.5;
+    /// Rebuilding one dense weight element for the dense fallback (gather and scale into a
+    /// reused, cache-sized buffer).
+    pub const DENSE_RECONSTRUCT: f64 = 0.3;
     /// Input side: one multiply-accumulate of a centroid response (fit: 0.037).
     pub const INPUT_CONV_MAC: f64 = 0.037;
     /// Input side: one scaled gather-add (fit: 0.10).
@@ -114,7 +114,7 @@ impl LayerCost {
     }
 
     /// Estimated single-thread time of a strategy for `batch` images, from the calibrated
-    /// per-operation costs: dense 0.036 ns per MAC plus 1.5 ns per rebuilt weight element;
+    /// per-operation costs: dense 0.036 ns per MAC plus 0.3 ns per rebuilt weight element;
     /// input side 0.037 ns per response MAC, 0.10 ns per gather-add, 0.02 ns per patch copy;
     /// output side 0.22 ns per MAC and 0.52 ns per add.
     pub fn estimated_seconds(&self, strategy: ForwardStrategy) -> f64 {

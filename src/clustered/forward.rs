@@ -1,11 +1,11 @@
 //! The two redundancy-removing forward passes.
 
-use ndarray::{Array3, Array4, ArrayView1, ArrayView4, Axis};
+use ndarray::{Array3, Array4, ArrayView1, ArrayView2, ArrayView4, Axis};
 use rayon::prelude::*;
 
 use super::plan::Plan;
 use super::stencil::{correlate_add, extract_patches};
-use crate::conv::{image, output_tiles};
+use crate::conv::{gemm, image, output_tiles, patch_matrix, tile_positions};
 use crate::geometry::ConvShape;
 use crate::scalar::Real;
 use crate::simd::{Kernel, Kernels};
@@ -337,6 +337,73 @@ fn gather_block<F: Real, S: Simd, const B: usize, const SETS: usize>(
         }
         *d = sum;
     }
+}
+
+/// Rows of the GEMM's inner dimension (input channel × tap) rebuilt at a time by the dense
+/// fallback.
+const DENSE_BLOCK_DEPTH: usize = 576;
+
+/// The dense fallback: the dense convolution with the rebuilt weight, computed over blocks of
+/// input channels (`DENSE_BLOCK_DEPTH / (kh·kw)` at a time): for each block, the weight columns
+/// `s_ji·K_{l(j,i)}` of its channels are rebuilt into one reused buffer and multiplied with
+/// those channels' patch rows, accumulating into the output. The full dense weight never
+/// exists: a fresh weight-sized buffer costs more in page faults than the arithmetic the
+/// fallback is there to save.
+pub(crate) fn dense_fallback<F: Real>(
+    x: ArrayView4<F>,
+    indices: &ndarray::Array2<u32>,
+    scales: Option<&ndarray::Array2<F>>,
+    table: &[F],
+    bias: Option<ArrayView1<F>>,
+    s: &ConvShape,
+) -> Array4<F> {
+    let x = x.as_standard_layout();
+    let x = x.view();
+    let area = s.kh * s.kw;
+    let plane = s.h * s.w;
+    let channels = (DENSE_BLOCK_DEPTH / area).clamp(1, s.cin);
+    let tile = tile_positions::<F>(&ConvShape {
+        cin: channels,
+        ..*s
+    });
+    let mut out = Array3::<F>::zeros((s.batch, s.cout, s.out_positions()));
+    let mut weight = vec![F::zero(); s.cout * channels * area];
+    for first in (0..s.cin).step_by(channels) {
+        let count = channels.min(s.cin - first);
+        let depth = count * area;
+        let block = ConvShape { cin: count, ..*s };
+        weight[..s.cout * depth]
+            .par_chunks_mut(depth)
+            .enumerate()
+            .for_each(|(o, row)| {
+                for (i, kernel) in (first..first + count).zip(row.chunks_exact_mut(area)) {
+                    let decoded = &table[indices[[o, i]] as usize * area..][..area];
+                    let scale = scales.map_or(F::one(), |sc| sc[[o, i]]);
+                    for (d, &v) in kernel.iter_mut().zip(decoded) {
+                        *d = scale * v;
+                    }
+                }
+            });
+        let w = ArrayView2::from_shape((s.cout, depth), &weight[..s.cout * depth])
+            .expect("weight block");
+        let beta = if first == 0 { F::zero() } else { F::one() };
+        output_tiles(out.view_mut(), tile)
+            .into_par_iter()
+            .for_each_init(Vec::new, |buf, (n, p0, mut out_tile)| {
+                let img = &image(&x, n)[first * plane..(first + count) * plane];
+                let patches = patch_matrix(img, &block, p0, out_tile.ncols(), buf);
+                gemm(F::one(), &w, &patches, beta, &mut out_tile);
+            });
+    }
+    if let Some(b) = &bias {
+        for mut image in out.outer_iter_mut() {
+            for (mut row, &bo) in image.outer_iter_mut().zip(b.iter()) {
+                row += bo;
+            }
+        }
+    }
+    out.into_shape_with_order((s.batch, s.cout, s.oh, s.ow))
+        .expect("N·Cout·OH·OW outputs")
 }
 
 /// `dst += scale · src`.

@@ -42,7 +42,7 @@ mod stencil;
 use ndarray::{Array1, Array2, Array3, Array4, ArrayView4};
 
 use crate::codebook::KernelCodebook;
-use crate::conv::{dims4, forward_im2col, Conv2d};
+use crate::conv::{dims4, Conv2d};
 use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, ConvShape};
 use crate::scalar::Real;
@@ -315,14 +315,14 @@ impl<F: Real> ClusteredConv2d<F> {
         };
         let bias = self.bias.as_ref().map(|b| b.view());
         Ok(match strategy {
-            ForwardStrategy::Dense | ForwardStrategy::Auto => {
-                let w = self.dense_weight(codebook)?;
-                let w2 = w
-                    .view()
-                    .into_shape_with_order((s.cout, s.patch_len()))
-                    .expect("reconstructed weight is standard layout");
-                forward_im2col(x, w2, bias, &s)
-            }
+            ForwardStrategy::Dense | ForwardStrategy::Auto => forward::dense_fallback(
+                x,
+                &self.indices,
+                self.scales.as_ref(),
+                &codebook.decoded_kernels(),
+                bias,
+                &s,
+            ),
             ForwardStrategy::InputSide => forward::input_side(
                 x,
                 &self.plan,
