@@ -193,6 +193,35 @@ fn real_layer_shapes_match_dense() {
 }
 
 #[test]
+fn dense_fallback_over_several_channel_blocks_equals_the_dense_layer() {
+    // 150 input channels × 9 taps = 1350 GEMM rows: the fallback rebuilds the weight in blocks.
+    let mut r = rng(51);
+    for (cin, k, stride) in [(150, 3, 1), (70, 5, 2)] {
+        let w = random4(&mut r, (20, cin, k, k));
+        let conv = Conv2d::new(
+            w.clone(),
+            Some(Array1::from_elem(20, 0.25)),
+            ConvGeometry::default().padding(1, 1).stride(stride, stride),
+        )
+        .unwrap();
+        let codebook = KernelCodebook::params(12)
+            .fit(&[w.view()])
+            .unwrap()
+            .codebook;
+        let layer = ClusteredConv2d::from_conv(&conv, &codebook).unwrap();
+        let x = random4(&mut r, (2, cin, 9, 11));
+        let expected = layer.to_conv(&codebook).unwrap().forward(x.view()).unwrap();
+        let got = layer
+            .forward_with(&codebook, x.view(), ForwardStrategy::Dense)
+            .unwrap();
+        assert!(
+            worst_violation(&got, &expected, 1e-12, 1e-12) <= 1.0,
+            "cin {cin} k {k}"
+        );
+    }
+}
+
+#[test]
 fn plan_counts_match_brute_force() {
     let mut r = rng(44);
     for _ in 0..50 {
