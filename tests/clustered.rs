@@ -9,7 +9,7 @@ use clustered_conv::{
     ClusteredConv2d, Conv2d, ConvGeometry, Error, ForwardStrategy, KernelCodebook, ScaleMode,
     Symmetry,
 };
-use common::{in_pool, naive_conv, random4, random_problem, rng, worst_violation};
+use common::{in_pool, naive_conv, paper_transform, random4, random_problem, rng, worst_violation};
 use ndarray::{Array1, Array2, Array3, Array4};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -30,8 +30,21 @@ fn random_case(r: &mut ChaCha8Rng) -> Case {
         _ => r.random_range(1..=cin * cout),
     };
     let centroids = Array3::from_shape_simple_fn((k, kh, kw), || r.random_range(-1.0..1.0));
-    let codebook = KernelCodebook::from_centroids(centroids, Symmetry::Identity).unwrap();
-    let indices = Array2::from_shape_simple_fn((cout, cin), || r.random_range(0..k as u32));
+    // Transform-invariant codebooks too (rotations only for square kernels).
+    let symmetries: &[Symmetry] = if kh == kw {
+        &[
+            Symmetry::Identity,
+            Symmetry::Flip,
+            Symmetry::Flips,
+            Symmetry::Dihedral,
+        ]
+    } else {
+        &[Symmetry::Identity, Symmetry::Flip, Symmetry::Flips]
+    };
+    let symmetry = symmetries[r.random_range(0..symmetries.len())];
+    let codebook = KernelCodebook::from_centroids(centroids, symmetry).unwrap();
+    let limit = codebook.index_limit() as u32;
+    let indices = Array2::from_shape_simple_fn((cout, cin), || r.random_range(0..limit));
     let scales = r
         .random_bool(0.7)
         .then(|| Array2::from_shape_simple_fn((cout, cin), || r.random_range(-2.0..2.0)));
@@ -95,7 +108,7 @@ fn f32_strategies_track_the_f64_oracle() {
             .unwrap();
         let cb32 = KernelCodebook::from_centroids(
             c.codebook.centroids().mapv(|v| v as f32),
-            Symmetry::Identity,
+            c.codebook.symmetry(),
         )
         .unwrap();
         let l32 = ClusteredConv2d::new(
@@ -347,7 +360,7 @@ fn gradients_match_central_finite_differences() {
             let bump = |d: f64| {
                 let mut cen = c.codebook.centroids().clone();
                 cen[[idx.0, idx.1, idx.2]] += d;
-                KernelCodebook::from_centroids(cen, Symmetry::Identity).unwrap()
+                KernelCodebook::from_centroids(cen, c.codebook.symmetry()).unwrap()
             };
             let numeric = (loss(&c.layer, &bump(eps), &c.x, &go)
                 - loss(&c.layer, &bump(-eps), &c.x, &go))
@@ -422,11 +435,19 @@ fn centroid_gradient_is_the_scaled_sum_of_dense_weight_gradients() {
             .layer
             .backward(&c.codebook, c.x.view(), go.view())
             .unwrap();
-        let mut expected = Array3::<f64>::zeros(c.codebook.centroids().dim());
+        // Kernel (o, i) is s·Φ_t(μ_c), Φ_t a permutation P of the taps (PAPER.md §1.6), so
+        // ∂L/∂μ_c[P(j)] += s·∂L/∂w[j].
+        let (k, kh, kw) = c.codebook.centroids().dim();
+        let ids: Vec<f64> = (0..kh * kw).map(|v| v as f64).collect();
+        let mut expected = Array3::<f64>::zeros((k, kh, kw));
         for ((o, i), &index) in c.layer.indices().indexed_iter() {
             let s = c.layer.scales().map_or(1.0, |s| s[[o, i]]);
-            let mut dst = expected.index_axis_mut(ndarray::Axis(0), index as usize);
-            dst.scaled_add(s, &dw.slice(ndarray::s![o, i, .., ..]));
+            let (centroid, t) = (index as usize % k, index as usize / k);
+            let perm = paper_transform(t, kh, kw, &ids);
+            for (j, &src) in perm.iter().enumerate() {
+                let src = src as usize;
+                expected[[centroid, src / kw, src % kw]] += s * dw[[o, i, j / kw, j % kw]];
+            }
         }
         for (a, b) in grads.centroids.iter().zip(expected.iter()) {
             assert!((a - b).abs() <= 1e-10 * (1.0 + b.abs()));

@@ -241,12 +241,18 @@ fn rejects_bad_inputs() {
         KernelCodebook::params(2).fit(&[bad.view()]),
         Err(Error::NonFinite { index: 9, .. })
     ));
+    // Rotations need square kernels.
+    let w_rect = random4(&mut r, (4, 4, 1, 3));
     assert!(matches!(
         KernelCodebook::params(2)
-            .symmetry(Symmetry::Flip)
-            .fit(&[w3.view()]),
+            .symmetry(Symmetry::Dihedral)
+            .fit(&[w_rect.view()]),
         Err(Error::Unsupported { .. })
     ));
+    assert!(KernelCodebook::params(2)
+        .symmetry(Symmetry::Flips)
+        .fit(&[w_rect.view()])
+        .is_ok());
     assert!(matches!(
         KernelCodebook::params(0).fit(&[w3.view()]),
         Err(Error::InvalidParameter { name: "k", .. })
@@ -286,7 +292,7 @@ fn rejects_bad_inputs() {
         Err(Error::NonFinite { index: 1, .. })
     ));
     assert!(matches!(
-        KernelCodebook::from_centroids(Array3::<f64>::zeros((2, 1, 3)), Symmetry::Flips),
+        KernelCodebook::from_centroids(Array3::<f64>::zeros((2, 1, 3)), Symmetry::Dihedral),
         Err(Error::Unsupported { .. })
     ));
 }

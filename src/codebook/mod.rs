@@ -92,8 +92,8 @@ impl<F: Real> KernelCodebook<F> {
     /// (change it with [`KernelCodebook::with_scale_mode`]).
     ///
     /// # Errors
-    /// Zero-sized centroids, non-finite values, or a non-square kernel with a symmetry that
-    /// rotates (transforms other than flips need `kh = kw`).
+    /// Zero-sized centroids, non-finite values, or [`Symmetry::Dihedral`] with non-square
+    /// kernels (rotations need `kh = kw`).
     pub fn from_centroids(centroids: Array3<F>, symmetry: Symmetry) -> Result<Self> {
         let (k, kh, kw) = centroids.dim();
         if k == 0 || kh == 0 || kw == 0 {
@@ -111,12 +111,7 @@ impl<F: Real> KernelCodebook<F> {
                 index,
             });
         }
-        if symmetry != Symmetry::Identity && kh != kw {
-            return Err(Error::Unsupported {
-                what: "a transform-invariant codebook of non-square kernels",
-                reason: "flips and rotations need kh = kw",
-            });
-        }
+        symmetry.permutations(kh, kw)?;
         Ok(Self {
             centroids: centroids.as_standard_layout().into_owned(),
             symmetry,
@@ -206,26 +201,20 @@ impl<F: Real> KernelCodebook<F> {
     /// Assigns every kernel of an OIHW weight to its nearest centroid (after normalising it
     /// by the codebook's scale mode).
     ///
+    /// With a transform-invariant codebook, the nearest of all `K·S` transformed centroids is
+    /// chosen and the stored index is `centroid + K·transform`.
+    ///
     /// # Errors
-    /// A kernel size different from the codebook's, zero sizes, non-finite weights, or a
-    /// transform-invariant codebook (assignment over transforms is not implemented yet).
+    /// A kernel size different from the codebook's, zero sizes, or non-finite weights.
     pub fn assign(&self, weight: ArrayView4<F>) -> Result<KernelAssignment<F>> {
-        if self.symmetry != Symmetry::Identity {
-            return Err(params::tic_unsupported());
-        }
         let prepared = prepare_kernels(&[weight], self.kernel_size(), self.scale_mode)?;
-        let (labels, _) = nearest(&prepared.rows.view(), &self.centroid_rows());
-        let identity: Vec<usize> = (0..self.len()).collect();
+        // Every stored index decodes to one kernel; the nearest decoded kernel is the index.
+        let (kh, kw) = self.kernel_size();
+        let decoded = Array2::from_shape_vec((self.index_limit(), kh * kw), self.decoded_kernels())
+            .expect("K·S decoded kernels");
+        let (labels, _) = nearest(&prepared.rows.view(), &decoded.view());
+        let identity: Vec<usize> = (0..self.index_limit()).collect();
         Ok(prepared.assignments(&labels, &identity).remove(0))
-    }
-
-    /// The centroids as a `(K, kh·kw)` matrix.
-    fn centroid_rows(&self) -> ArrayView2<'_, F> {
-        let (k, kh, kw) = self.centroids.dim();
-        self.centroids
-            .view()
-            .into_shape_with_order((k, kh * kw))
-            .expect("standard layout")
     }
 
     /// Rebuilds a dense OIHW weight: kernel `(o, i)` = `scale[o, i] · Φ_t(μ_c)` with

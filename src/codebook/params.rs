@@ -4,7 +4,9 @@ use ndarray::{Array3, ArrayView4};
 
 use super::{prepare_kernels, KernelAssignment, KernelCodebook, ScaleMode, Symmetry};
 use crate::error::{Error, Result};
-use crate::kmeans::{Convergence, Init, IterationStats, KMeansParams, Progress, ValidKMeansParams};
+use crate::kmeans::{
+    Convergence, Init, IterationStats, KMeansParams, Progress, Transforms, ValidKMeansParams,
+};
 use crate::scalar::Real;
 
 /// Unchecked codebook settings (builder); [`CodebookParams::check`] validates them.
@@ -123,12 +125,8 @@ impl CodebookParams {
     /// Validates the settings.
     ///
     /// # Errors
-    /// The k-means errors of [`KMeansParams::check`]; [`Error::Unsupported`] for a symmetry
-    /// other than [`Symmetry::Identity`] (transform-invariant fitting is not implemented yet).
+    /// The k-means errors of [`KMeansParams::check`].
     pub fn check(&self) -> Result<ValidCodebookParams> {
-        if self.symmetry != Symmetry::Identity {
-            return Err(tic_unsupported());
-        }
         Ok(ValidCodebookParams {
             kmeans: self.kmeans.check()?,
             scale_mode: self.scale_mode,
@@ -173,15 +171,19 @@ impl ValidCodebookParams {
             what: "the list of weight tensors",
         })?;
         let (_, _, kh, kw) = first.dim();
+        let transforms = Transforms::new(self.symmetry.permutations(kh, kw)?);
         let prepared = prepare_kernels(weights, (kh, kw), self.scale_mode)?;
         let km = self
             .kmeans
-            .fit_with_progress(prepared.rows.view(), progress)?;
+            .fit_invariant(prepared.rows.view(), &transforms, progress)?;
         let k = km.centroids.nrows();
         let order = usage_order(&km.labels, k);
-        let mut remap = vec![0usize; k];
+        // k-means label `t·K + c` → stored index `rank(c) + K·t`.
+        let mut remap = vec![0usize; k * transforms.len()];
         for (new, &old) in order.iter().enumerate() {
-            remap[old] = new;
+            for t in 0..transforms.len() {
+                remap[old + k * t] = new + k * t;
+            }
         }
         let mut centroids = Array3::<F>::zeros((k, kh, kw));
         for (new, &old) in order.iter().enumerate() {
@@ -210,21 +212,14 @@ impl ValidCodebookParams {
     }
 }
 
-/// Cluster ids sorted by member count, descending (ties: lower id first).
+/// Cluster ids (label mod `k`: transforms folded, paper §1.5) sorted by member count,
+/// descending (ties: lower id first).
 fn usage_order(labels: &[usize], k: usize) -> Vec<usize> {
     let mut counts = vec![0usize; k];
     for &l in labels {
-        counts[l] += 1;
+        counts[l % k] += 1;
     }
     let mut order: Vec<usize> = (0..k).collect();
     order.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then(a.cmp(&b)));
     order
-}
-
-/// The error for transform-invariant clustering, which a later release adds.
-pub(crate) fn tic_unsupported() -> Error {
-    Error::Unsupported {
-        what: "transform-invariant clustering (symmetries other than Identity)",
-        reason: "this version fits and assigns with Symmetry::Identity only",
-    }
 }

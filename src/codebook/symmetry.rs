@@ -16,6 +16,8 @@
 //!
 //! Every transform is its own inverse except I ↔ O.
 
+use crate::error::{Error, Result};
+
 /// The set of kernel transforms a codebook is invariant to.
 ///
 /// A stored index is `centroid + K·transform`, so a symmetry with `S` transforms multiplies
@@ -59,6 +61,31 @@ impl Symmetry {
         ]
         .into_iter()
         .find(|sym| sym.letters() == s)
+    }
+}
+
+impl Symmetry {
+    /// The coordinate permutation of every transform for `kh×kw` kernels (flattened row-major):
+    /// `perm[t][j]` is the coordinate that transform `t` reads for output `j`.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for [`Symmetry::Dihedral`] with non-square kernels (rotations
+    /// swap the axes).
+    pub(crate) fn permutations(self, kh: usize, kw: usize) -> Result<Vec<Vec<usize>>> {
+        if self == Symmetry::Dihedral && kh != kw {
+            return Err(Error::Unsupported {
+                what: "Symmetry::Dihedral with non-square kernels",
+                reason: "rotations swap the axes; use Flip or Flips",
+            });
+        }
+        Ok((0..self.transforms())
+            .map(|t| {
+                let mut perm = vec![0; kh * kw];
+                let ids: Vec<usize> = (0..kh * kw).collect();
+                apply_rect(t, kh, kw, &ids, &mut perm);
+                perm
+            })
+            .collect())
     }
 }
 

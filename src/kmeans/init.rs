@@ -5,7 +5,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::{chunked_sum, row, sq_dist, CHUNK_ROWS};
+use super::{chunked_sum, row, sq_dist, Transforms, CHUNK_ROWS};
 use crate::scalar::Real;
 
 /// Greedy k-means++ (Arthur & Vassilvitskii 2007, with scikit-learn's greedy variant):
@@ -15,6 +15,7 @@ use crate::scalar::Real;
 pub(crate) fn kmeans_plus_plus<F: Real>(
     data: &ArrayView2<F>,
     k: usize,
+    transforms: &Transforms,
     rng: &mut ChaCha8Rng,
 ) -> Array2<F> {
     let (n, d) = data.dim();
@@ -22,7 +23,7 @@ pub(crate) fn kmeans_plus_plus<F: Real>(
     let mut centers = Array2::<F>::zeros((k, d));
     let first = rng.random_range(0..n);
     centers.row_mut(0).assign(&data.row(first));
-    let mut closest = distances_to(data, row(data, first));
+    let mut closest = distances_to(data, &copies(data, first, transforms));
     let mut potential = chunked_sum(n, |i| closest[i]);
     let mut cumulative = vec![0.0f64; n];
     for c in 1..k {
@@ -33,26 +34,43 @@ pub(crate) fn kmeans_plus_plus<F: Real>(
             // First row whose cumulative weight exceeds the target: a zero-distance row is
             // never drawn while any row has positive distance.
             let candidate = cumulative.partition_point(|&v| v <= target).min(n - 1);
-            let cand_row = row(data, candidate);
-            let pot = chunked_sum(n, |i| closest[i].min(sq_dist(row(data, i), cand_row)));
+            let cand = copies(data, candidate, transforms);
+            let pot = chunked_sum(n, |i| closest[i].min(nearest_copy(row(data, i), &cand)));
             if best.is_none_or(|(p, _)| pot < p) {
                 best = Some((pot, candidate));
             }
         }
         let (pot, chosen) = best.expect("at least two trials");
         potential = pot;
-        let chosen_row = row(data, chosen);
+        let chosen_copies = copies(data, chosen, transforms);
         centers.row_mut(c).assign(&data.row(chosen));
         closest
             .par_chunks_mut(CHUNK_ROWS)
             .enumerate()
             .for_each(|(ci, chunk)| {
                 for (j, v) in chunk.iter_mut().enumerate() {
-                    *v = v.min(sq_dist(row(data, ci * CHUNK_ROWS + j), chosen_row));
+                    *v = v.min(nearest_copy(row(data, ci * CHUNK_ROWS + j), &chosen_copies));
                 }
             });
     }
     centers
+}
+
+/// Every transformed copy of row `i` (as a centre candidate).
+fn copies<F: Real>(data: &ArrayView2<F>, i: usize, transforms: &Transforms) -> Array2<F> {
+    transforms.expand(
+        &data
+            .slice_axis(ndarray::Axis(0), ndarray::Slice::from(i..i + 1))
+            .to_owned(),
+    )
+}
+
+/// Squared distance from `x` to the nearest of `copies`' rows.
+fn nearest_copy<F: Real>(x: &[F], copies: &Array2<F>) -> f64 {
+    let copies = copies.view();
+    (0..copies.nrows())
+        .map(|t| sq_dist(x, row(&copies, t)))
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// `k` distinct rows drawn uniformly.
@@ -69,14 +87,14 @@ pub(crate) fn random_rows<F: Real>(
     centers
 }
 
-/// Squared distance of every row to `center`, in parallel fixed chunks.
-fn distances_to<F: Real>(data: &ArrayView2<F>, center: &[F]) -> Vec<f64> {
+/// Squared distance of every row to the nearest of `copies`' rows, in parallel fixed chunks.
+fn distances_to<F: Real>(data: &ArrayView2<F>, copies: &Array2<F>) -> Vec<f64> {
     let mut out = vec![0.0; data.nrows()];
     out.par_chunks_mut(CHUNK_ROWS)
         .enumerate()
         .for_each(|(ci, chunk)| {
             for (j, v) in chunk.iter_mut().enumerate() {
-                *v = sq_dist(row(data, ci * CHUNK_ROWS + j), center);
+                *v = nearest_copy(row(data, ci * CHUNK_ROWS + j), copies);
             }
         });
     out

@@ -4,7 +4,7 @@
 use ndarray::{Array1, Array2, ArrayView2};
 use rayon::prelude::*;
 
-use super::{row, sq_dist, Convergence, IterationStats};
+use super::{row, sq_dist, Convergence, IterationStats, Transforms};
 use crate::conv::gemm;
 use crate::scalar::Real;
 
@@ -24,6 +24,7 @@ pub(crate) struct Outcome<F> {
 pub(crate) fn run<F: Real>(
     data: &ArrayView2<F>,
     mut centers: Array2<F>,
+    transforms: &Transforms,
     max_iter: usize,
     tol_abs: f64,
     mut on_iteration: impl FnMut(&IterationStats),
@@ -34,8 +35,9 @@ pub(crate) fn run<F: Real>(
     let mut history = Vec::new();
     let mut convergence = Convergence::MaxIter;
     for iteration in 1..=max_iter {
-        let (inertia, label_changes) = assign(data, &centers.view(), &mut labels, &mut dist);
-        let (new_centers, reseeded) = update(data, &labels, &dist, &centers);
+        let expanded = transforms.expand(&centers);
+        let (inertia, label_changes) = assign(data, &expanded.view(), &mut labels, &mut dist);
+        let (new_centers, reseeded) = update(data, &labels, &dist, &centers, transforms);
         let center_shift = centers
             .outer_iter()
             .zip(new_centers.outer_iter())
@@ -71,7 +73,13 @@ pub(crate) fn run<F: Real>(
     let inertia = if convergence == Convergence::Strict {
         history.last().map_or(0.0, |h| h.inertia)
     } else {
-        assign(data, &centers.view(), &mut labels, &mut dist).0
+        assign(
+            data,
+            &transforms.expand(&centers).view(),
+            &mut labels,
+            &mut dist,
+        )
+        .0
     };
     Outcome {
         centroids: centers,
@@ -158,15 +166,16 @@ fn assign<F: Real>(
         .fold((0.0, 0), |(i, c), &(pi, pc)| (i + pi, c + pc))
 }
 
-/// New centroids = means of their rows (summed in `f64`, in row order). Empty clusters are
-/// re-seeded with the farthest rows (distance descending, then row index ascending) that are
-/// not alone in their cluster; a cluster left empty keeps its previous centroid.
-/// Returns the centroids and the number of re-seeded clusters.
+/// New centroids = means of their rows with their transforms undone (summed in `f64`, in row
+/// order). Empty clusters are re-seeded with the farthest rows (distance descending, then row
+/// index ascending) that are not alone in their cluster; a cluster left empty keeps its
+/// previous centroid. Returns the centroids and the number of re-seeded clusters.
 fn update<F: Real>(
     data: &ArrayView2<F>,
     labels: &[usize],
     dist: &[f64],
     old: &Array2<F>,
+    transforms: &Transforms,
 ) -> (Array2<F>, usize) {
     let (k, d) = old.dim();
     let members = group_by_label(labels, k);
@@ -175,14 +184,13 @@ fn update<F: Real>(
         .into_par_iter()
         .zip(members.par_iter())
         .for_each(|(mut sum, rows)| {
+            let sum = sum.as_slice_mut().expect("fresh array is contiguous");
             for &i in rows {
-                for (s, &v) in sum.iter_mut().zip(row(data, i)) {
-                    *s += v.to_f64_exact();
-                }
+                transforms.add_untransformed(labels[i] / k, row(data, i), 1.0, sum);
             }
         });
     let mut counts: Vec<usize> = members.iter().map(Vec::len).collect();
-    let reseeded = reseed_empty(data, labels, dist, &mut sums, &mut counts);
+    let reseeded = reseed_empty(data, labels, dist, transforms, &mut sums, &mut counts);
     let mut centers = old.clone();
     for (c, mut center) in centers.outer_iter_mut().enumerate() {
         if counts[c] > 0 {
@@ -195,15 +203,15 @@ fn update<F: Real>(
     (centers, reseeded)
 }
 
-/// Row indices of every cluster, ascending (a counting sort).
+/// Row indices of every cluster (label mod `k`), ascending (a counting sort).
 fn group_by_label(labels: &[usize], k: usize) -> Vec<Vec<usize>> {
     let mut counts = vec![0usize; k];
     for &l in labels {
-        counts[l] += 1;
+        counts[l % k] += 1;
     }
     let mut members: Vec<Vec<usize>> = counts.iter().map(|&c| Vec::with_capacity(c)).collect();
     for (i, &l) in labels.iter().enumerate() {
-        members[l].push(i);
+        members[l % k].push(i);
     }
     members
 }
@@ -214,10 +222,12 @@ fn reseed_empty<F: Real>(
     data: &ArrayView2<F>,
     labels: &[usize],
     dist: &[f64],
+    transforms: &Transforms,
     sums: &mut Array2<f64>,
     counts: &mut [usize],
 ) -> usize {
-    let empty: Vec<usize> = (0..counts.len()).filter(|&c| counts[c] == 0).collect();
+    let k = counts.len();
+    let empty: Vec<usize> = (0..k).filter(|&c| counts[c] == 0).collect();
     if empty.is_empty() {
         return 0;
     }
@@ -226,14 +236,18 @@ fn reseed_empty<F: Real>(
     let mut candidates = order.into_iter();
     let mut reseeded = 0;
     for target in empty {
-        let Some(i) = candidates.by_ref().find(|&i| counts[labels[i]] > 1) else {
+        let Some(i) = candidates.by_ref().find(|&i| counts[labels[i] % k] > 1) else {
             break;
         };
-        let source = labels[i];
+        let source = labels[i] % k;
         let x = row(data, i);
-        for (j, &v) in x.iter().enumerate() {
-            sums[[source, j]] -= v.to_f64_exact();
-            sums[[target, j]] = v.to_f64_exact();
+        let mut source_sum = sums.row_mut(source);
+        let source_sum = source_sum
+            .as_slice_mut()
+            .expect("fresh array is contiguous");
+        transforms.add_untransformed(labels[i] / k, x, -1.0, source_sum);
+        for (s, &v) in sums.row_mut(target).iter_mut().zip(x) {
+            *s = v.to_f64_exact();
         }
         counts[source] -= 1;
         counts[target] = 1;

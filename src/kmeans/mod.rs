@@ -87,7 +87,8 @@ pub struct Progress {
 pub struct KMeansFit<F> {
     /// Centroids, `(k, d)`.
     pub centroids: Array2<F>,
-    /// Label of every row, each `< k`; every label is the nearest centroid.
+    /// Label of every row, each `< k`; every label is the nearest centroid. (Crate-internal
+    /// transform-invariant clustering uses labels `t·k + c < S·k`.)
     pub labels: Vec<usize>,
     /// Sum of squared distances of the rows to their centroids (`f64`, exact per point).
     pub inertia: f64,
@@ -259,6 +260,17 @@ impl ValidKMeansParams {
     pub fn fit_with_progress<F: Real>(
         &self,
         data: ArrayView2<F>,
+        progress: impl FnMut(&Progress),
+    ) -> Result<KMeansFit<F>> {
+        self.fit_invariant(data, &Transforms::identity(data.ncols()), progress)
+    }
+
+    /// Transform-invariant k-means: labels are `t·K + c` over `transforms` (see
+    /// [`Transforms`]); plain k-means with [`Transforms::identity`].
+    pub(crate) fn fit_invariant<F: Real>(
+        &self,
+        data: ArrayView2<F>,
+        transforms: &Transforms,
         mut progress: impl FnMut(&Progress),
     ) -> Result<KMeansFit<F>> {
         let p = &self.0;
@@ -272,10 +284,10 @@ impl ValidKMeansParams {
             let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
             rng.set_stream(run as u64);
             let seeds = match p.init {
-                Init::KMeansPlusPlus => init::kmeans_plus_plus(&data, p.k, &mut rng),
+                Init::KMeansPlusPlus => init::kmeans_plus_plus(&data, p.k, transforms, &mut rng),
                 Init::Random => init::random_rows(&data, p.k, &mut rng),
             };
-            let outcome = lloyd::run(&data, seeds, p.max_iter, tol_abs, |stats| {
+            let outcome = lloyd::run(&data, seeds, transforms, p.max_iter, tol_abs, |stats| {
                 progress(&Progress {
                     run,
                     n_init: p.n_init,
@@ -341,6 +353,51 @@ fn mean_variance<F: Real>(data: &ArrayView2<F>) -> f64 {
             / n as f64;
     }
     total / d as f64
+}
+
+/// Coordinate permutations the clustering is invariant to (transform-invariant clustering,
+/// crate-internal). `perms[t][j]` is the coordinate that transform `t` reads for output `j`:
+/// `Φ_t(v)[j] = v[perms[t][j]]`; transform 0 is the identity. A point is compared with every
+/// transformed centroid, its label is `t·K + c`, and a centroid is the mean of its members
+/// with their transforms undone.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Transforms {
+    perms: Vec<Vec<usize>>,
+}
+
+impl Transforms {
+    /// Plain k-means on `d` coordinates.
+    pub fn identity(d: usize) -> Self {
+        Transforms {
+            perms: vec![(0..d).collect()],
+        }
+    }
+
+    /// The given permutations (the first must be the identity).
+    pub fn new(perms: Vec<Vec<usize>>) -> Self {
+        debug_assert!(perms[0].iter().enumerate().all(|(j, &p)| p == j));
+        Transforms { perms }
+    }
+
+    /// Number of transforms `S`.
+    pub fn len(&self) -> usize {
+        self.perms.len()
+    }
+
+    /// Every transformed copy of every centroid: row `t·K + c` is `Φ_t(centers[c])`.
+    pub fn expand<F: Real>(&self, centers: &Array2<F>) -> Array2<F> {
+        let (k, d) = centers.dim();
+        Array2::from_shape_fn((self.len() * k, d), |(r, j)| {
+            centers[[r % k, self.perms[r / k][j]]]
+        })
+    }
+
+    /// `acc += sign · Φ_t⁻¹(x)`, in `f64`.
+    pub fn add_untransformed<F: Real>(&self, t: usize, x: &[F], sign: f64, acc: &mut [f64]) {
+        for (&p, &v) in self.perms[t].iter().zip(x) {
+            acc[p] += sign * v.to_f64_exact();
+        }
+    }
 }
 
 /// Fixed number of rows per parallel chunk for element-wise passes.

@@ -121,3 +121,27 @@ pub fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         .unwrap()
         .install(f)
 }
+
+/// Transform `t` of PAPER.md §1.6 applied to a `kh×kw` kernel (row-major), written from the
+/// table (`out[r][c] = in[...]`), independently of the library; ids 4–7 need `kh = kw`.
+pub fn paper_transform(t: usize, kh: usize, kw: usize, k: &[f64]) -> Vec<f64> {
+    let (mr, mc) = (kh - 1, kw - 1);
+    let mut out = vec![0.0; kh * kw];
+    for r in 0..kh {
+        for c in 0..kw {
+            let (sr, sc) = match t {
+                0 => (r, c),
+                1 => (r, mc - c),
+                2 => (mr - r, c),
+                3 => (mr - r, mc - c),
+                4 => (mc - c, r),
+                5 => (mc - c, mr - r),
+                6 => (c, r),
+                7 => (c, mr - r),
+                _ => panic!("transform ids are 0..8"),
+            };
+            out[r * kw + c] = k[sr * kw + sc];
+        }
+    }
+    out
+}
