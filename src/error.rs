@@ -114,6 +114,24 @@ pub enum Error {
         /// Why, and what to use instead.
         reason: &'static str,
     },
+    /// A codebook group specification (`"0-0=64,1-16=256"`) could not be parsed.
+    #[error("invalid codebook group {fragment:?}: expected {expected}")]
+    InvalidGroupSpec {
+        /// The offending part of the specification.
+        fragment: String,
+        /// What was expected there.
+        expected: &'static str,
+    },
+    /// Codebook groups do not cover every clustered layer exactly once.
+    #[error("codebook groups {problem} clustered layer {layer} (there are {layers})")]
+    GroupCoverage {
+        /// `"do not cover"`, `"cover twice"` or `"name a non-existent"`.
+        problem: &'static str,
+        /// Ordinal of the layer among the clustered layers.
+        layer: usize,
+        /// Number of clustered layers.
+        layers: usize,
+    },
     /// An input collection is empty.
     #[error("{what} is empty")]
     Empty {

@@ -4,6 +4,7 @@
 
 mod clustered;
 mod codebook;
+mod compress;
 mod conv;
 mod error;
 mod geometry;
@@ -15,6 +16,10 @@ pub use clustered::{ClusteredConv2d, ClusteredGrads, ForwardStrategy, LayerCost,
 pub use codebook::{
     compression_ratio, CodebookFit, CodebookParams, KernelAssignment, KernelCodebook, ScaleMode,
     Symmetry, Usage, ValidCodebookParams,
+};
+pub use compress::{
+    compress, CodebookReport, CodebookScope, CompressedLayer, CompressedNetwork, CompressionConfig,
+    CompressionReport, ConvLayer, LayerGroup, LayerReport, LayerShape, ScalePrecision,
 };
 pub use conv::{Conv2d, Conv2dGrads};
 pub use error::{Error, Result};

@@ -1,0 +1,417 @@
+//! Whole-network compression: which layers share a codebook, the clustered layers, and the
+//! size report of PAPER.md §2.
+//!
+//! The input is an ordered list of named convolution layers. Every layer whose kernel has more
+//! than one element is clustered (1×1 convolutions stay dense unless
+//! [`CompressionConfig::cluster_pointwise`] is set); codebooks are shared per
+//! [`CodebookScope`]; scales are rounded once, at compression, to [`ScalePrecision`], so the
+//! network in memory is exactly the one a file would store.
+
+mod precision;
+mod report;
+mod scope;
+
+use ndarray::{Array1, Array4};
+
+use crate::clustered::ClusteredConv2d;
+use crate::codebook::{KernelCodebook, ScaleMode, Symmetry};
+use crate::conv::Conv2d;
+use crate::error::{Error, Result};
+use crate::geometry::ConvGeometry;
+use crate::scalar::Real;
+
+pub use precision::ScalePrecision;
+pub use report::{CodebookReport, CompressionReport, LayerReport};
+pub use scope::{CodebookScope, LayerGroup};
+
+/// One named convolution layer of a network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvLayer<F> {
+    /// Name (e.g. `features.0`), kept through compression.
+    pub name: String,
+    /// OIHW weight.
+    pub weight: Array4<F>,
+    /// Bias of length `Cout`, if any.
+    pub bias: Option<Array1<F>>,
+    /// Stride, padding, dilation.
+    pub geometry: ConvGeometry,
+}
+
+/// The shape of one convolution layer, for size and FLOP reports without weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerShape {
+    /// Name.
+    pub name: String,
+    /// `(Cout, Cin, kh, kw)`.
+    pub weight: (usize, usize, usize, usize),
+    /// Stride, padding, dilation.
+    pub geometry: ConvGeometry,
+    /// Input spatial size, when known (for FLOP counts).
+    pub input_hw: Option<(usize, usize)>,
+}
+
+/// Settings of [`compress`].
+///
+/// Defaults: K = 256, [`CodebookScope::Shared`], [`Symmetry::Identity`],
+/// [`ScalePrecision::F16`], seed 0, one k-means run of at most 300 iterations, tolerance 1e-4,
+/// 1×1 convolutions left dense.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompressionConfig {
+    /// Centroids per codebook (for [`CodebookScope::Groups`], each group's own K is used).
+    pub k: usize,
+    /// Which layers share a codebook.
+    pub scope: CodebookScope,
+    /// Transform invariance of the codebooks.
+    pub symmetry: Symmetry,
+    /// How scales are stored.
+    pub scales: ScalePrecision,
+    /// k-means seed.
+    pub seed: u64,
+    /// k-means restarts.
+    pub n_init: usize,
+    /// k-means iteration limit.
+    pub max_iter: usize,
+    /// k-means relative tolerance.
+    pub tol: f64,
+    /// Cluster 1×1 convolutions too (the paper leaves them dense).
+    pub cluster_pointwise: bool,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig {
+            k: 256,
+            scope: CodebookScope::Shared,
+            symmetry: Symmetry::Identity,
+            scales: ScalePrecision::F16,
+            seed: 0,
+            n_init: 1,
+            max_iter: 300,
+            tol: 1e-4,
+            cluster_pointwise: false,
+        }
+    }
+}
+
+/// One codebook's place in the network: its kernel size, K, and the layers that use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CodebookPlan {
+    pub kernel: (usize, usize),
+    pub k: usize,
+    pub layers: Vec<usize>,
+}
+
+impl CompressionConfig {
+    /// Whether a layer with this kernel size is clustered.
+    fn clusters(&self, kernel: (usize, usize)) -> bool {
+        kernel.0 * kernel.1 > 1 || self.cluster_pointwise
+    }
+
+    /// The codebooks and, per layer, the codebook it uses (`None`: left dense). `K` is capped
+    /// at the number of kernels a codebook serves.
+    pub(crate) fn plan_codebooks(
+        &self,
+        shapes: &[(usize, usize, usize, usize)],
+    ) -> Result<(Vec<CodebookPlan>, Vec<Option<usize>>)> {
+        let clustered: Vec<usize> = (0..shapes.len())
+            .filter(|&l| self.clusters((shapes[l].2, shapes[l].3)))
+            .collect();
+        let mut plans: Vec<CodebookPlan> = Vec::new();
+        match &self.scope {
+            CodebookScope::Shared => {
+                for &l in &clustered {
+                    let kernel = (shapes[l].2, shapes[l].3);
+                    match plans.iter_mut().find(|p| p.kernel == kernel) {
+                        Some(p) => p.layers.push(l),
+                        None => plans.push(CodebookPlan {
+                            kernel,
+                            k: self.k,
+                            layers: vec![l],
+                        }),
+                    }
+                }
+            }
+            CodebookScope::PerLayer => {
+                for &l in &clustered {
+                    plans.push(CodebookPlan {
+                        kernel: (shapes[l].2, shapes[l].3),
+                        k: self.k,
+                        layers: vec![l],
+                    });
+                }
+            }
+            CodebookScope::Groups(groups) => {
+                let owner = scope::group_of_layers(groups, clustered.len())?;
+                for (g, group) in groups.iter().enumerate() {
+                    let layers: Vec<usize> = (0..clustered.len())
+                        .filter(|&o| owner[o] == g)
+                        .map(|o| clustered[o])
+                        .collect();
+                    let kernel = (shapes[layers[0]].2, shapes[layers[0]].3);
+                    if let Some(&other) = layers
+                        .iter()
+                        .find(|&&l| (shapes[l].2, shapes[l].3) != kernel)
+                    {
+                        return Err(Error::KernelSizeMismatch {
+                            tensor: other,
+                            expected: kernel,
+                            got: (shapes[other].2, shapes[other].3),
+                        });
+                    }
+                    plans.push(CodebookPlan {
+                        kernel,
+                        k: group.k,
+                        layers,
+                    });
+                }
+            }
+        }
+        let mut codebook_of = vec![None; shapes.len()];
+        for (c, plan) in plans.iter_mut().enumerate() {
+            let kernels: usize = plan.layers.iter().map(|&l| shapes[l].0 * shapes[l].1).sum();
+            plan.k = plan.k.min(kernels);
+            for &l in &plan.layers {
+                codebook_of[l] = Some(c);
+            }
+        }
+        Ok((plans, codebook_of))
+    }
+
+    /// The size report of compressing layers of these shapes, without weights (no
+    /// reconstruction error or entropy): the paper's arithmetic.
+    ///
+    /// # Errors
+    /// Invalid groups (see [`CodebookScope::parse_groups`]) or shapes.
+    pub fn plan(&self, shapes: &[LayerShape]) -> Result<CompressionReport> {
+        let dims: Vec<_> = shapes.iter().map(|s| s.weight).collect();
+        let (plans, codebook_of) = self.plan_codebooks(&dims)?;
+        report::from_plan(self, shapes, &plans, &codebook_of, None)
+    }
+}
+
+/// A layer of a [`CompressedNetwork`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum CompressedLayer<F> {
+    /// Clustered against codebook `codebook` of the network.
+    Clustered {
+        /// The layer's name.
+        name: String,
+        /// Index of its codebook in [`CompressedNetwork::codebooks`].
+        codebook: usize,
+        /// The layer (boxed: it carries its execution plan).
+        layer: Box<ClusteredConv2d<F>>,
+    },
+    /// Left dense (e.g. a 1×1 convolution).
+    Dense {
+        /// The layer's name.
+        name: String,
+        /// The layer.
+        layer: Conv2d<F>,
+    },
+}
+
+impl<F> CompressedLayer<F> {
+    /// The layer's name.
+    pub fn name(&self) -> &str {
+        match self {
+            CompressedLayer::Clustered { name, .. } | CompressedLayer::Dense { name, .. } => name,
+        }
+    }
+}
+
+/// A compressed network: the codebooks and every layer, in the original order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompressedNetwork<F> {
+    /// The codebooks.
+    pub codebooks: Vec<KernelCodebook<F>>,
+    /// The layers, in the order given to [`compress`].
+    pub layers: Vec<CompressedLayer<F>>,
+    /// Bits per stored scale.
+    pub scales: ScalePrecision,
+}
+
+impl<F: Real> CompressedNetwork<F> {
+    /// The dense equivalent of layer `index`.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] for an index out of range.
+    pub fn dense_layer(&self, index: usize) -> Result<Conv2d<F>> {
+        match self.layers.get(index) {
+            Some(CompressedLayer::Clustered {
+                codebook, layer, ..
+            }) => layer.to_conv(&self.codebooks[*codebook]),
+            Some(CompressedLayer::Dense { layer, .. }) => Ok(layer.clone()),
+            None => Err(Error::ShapeMismatch {
+                what: "layer index vs number of layers",
+                expected: vec![self.layers.len()],
+                got: vec![index],
+            }),
+        }
+    }
+
+    /// The size report, with each layer's relative reconstruction error against `original`
+    /// and its index entropy.
+    ///
+    /// # Errors
+    /// `original` does not match the network's layers.
+    pub fn report(&self, original: &[ConvLayer<F>]) -> Result<CompressionReport> {
+        if original.len() != self.layers.len() {
+            return Err(Error::ShapeMismatch {
+                what: "original layers vs compressed layers",
+                expected: vec![self.layers.len()],
+                got: vec![original.len()],
+            });
+        }
+        let shapes: Vec<LayerShape> = original.iter().map(shape_of).collect();
+        let mut codebook_of = vec![None; self.layers.len()];
+        let mut plans: Vec<CodebookPlan> = self
+            .codebooks
+            .iter()
+            .map(|cb| CodebookPlan {
+                kernel: cb.kernel_size(),
+                k: cb.len(),
+                layers: Vec::new(),
+            })
+            .collect();
+        let mut measured = Vec::with_capacity(self.layers.len());
+        for (l, (layer, orig)) in self.layers.iter().zip(original).enumerate() {
+            match layer {
+                CompressedLayer::Clustered {
+                    codebook, layer, ..
+                } => {
+                    codebook_of[l] = Some(*codebook);
+                    plans[*codebook].layers.push(l);
+                    let cb = &self.codebooks[*codebook];
+                    let w = layer.to_conv(cb)?;
+                    let entropy = cb.usage(&[layer.indices().view()])?.entropy_bits();
+                    measured.push(Some((relative_error(w.weight(), &orig.weight), entropy)));
+                }
+                CompressedLayer::Dense { .. } => measured.push(None),
+            }
+        }
+        let config = CompressionConfig {
+            symmetry: self
+                .codebooks
+                .first()
+                .map_or(Symmetry::Identity, |c| c.symmetry()),
+            scales: self.scales,
+            ..CompressionConfig::default()
+        };
+        report::from_plan(&config, &shapes, &plans, &codebook_of, Some(&measured))
+    }
+}
+
+fn shape_of<F>(layer: &ConvLayer<F>) -> LayerShape {
+    LayerShape {
+        name: layer.name.clone(),
+        weight: layer.weight.dim(),
+        geometry: layer.geometry,
+        input_hw: None,
+    }
+}
+
+/// `‖a − b‖ / ‖b‖` in `f64`.
+fn relative_error<F: Real>(a: &Array4<F>, b: &Array4<F>) -> f64 {
+    let (mut num, mut den) = (0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b.iter()) {
+        num += (x.to_f64_exact() - y.to_f64_exact()).powi(2);
+        den += y.to_f64_exact().powi(2);
+    }
+    if den == 0.0 {
+        0.0
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Compresses a network: fits the codebooks of `config.scope`, assigns every kernel, rounds
+/// the scales to `config.scales`, and builds the clustered layers (1×1 layers stay dense
+/// unless `config.cluster_pointwise`).
+///
+/// ```
+/// use clustered_conv::{compress, CompressionConfig, ConvGeometry, ConvLayer, ScalePrecision};
+/// use ndarray::Array4;
+///
+/// let layer = |name: &str, o, i| ConvLayer {
+///     name: name.to_string(),
+///     weight: Array4::<f32>::from_shape_fn((o, i, 3, 3), |(a, b, r, c)| ((a * 3 + b * 5 + r + c) % 7) as f32 - 3.0),
+///     bias: None,
+///     geometry: ConvGeometry::default().padding(1, 1),
+/// };
+/// let layers = vec![layer("conv1", 8, 3), layer("conv2", 16, 8)];
+/// let config = CompressionConfig { k: 8, scales: ScalePrecision::F16, ..Default::default() };
+/// let net = compress(&layers, &config)?;
+/// assert_eq!(net.codebooks.len(), 1); // both 3×3 layers share one codebook
+/// let report = net.report(&layers)?;
+/// println!("{report}");
+/// assert!(report.ratio() > 1.0);
+/// # Ok::<(), clustered_conv::Error>(())
+/// ```
+///
+/// # Errors
+/// Invalid groups, layers whose kernel sizes differ within a group, non-finite weights, or a
+/// group with fewer clusterable kernels than its K.
+pub fn compress<F: Real>(
+    layers: &[ConvLayer<F>],
+    config: &CompressionConfig,
+) -> Result<CompressedNetwork<F>> {
+    if layers.is_empty() {
+        return Err(Error::Empty {
+            what: "the list of layers",
+        });
+    }
+    let dims: Vec<_> = layers.iter().map(|l| l.weight.dim()).collect();
+    let (plans, codebook_of) = config.plan_codebooks(&dims)?;
+    let scale_mode = match config.scales {
+        ScalePrecision::None => ScaleMode::None,
+        _ => ScaleMode::L2Norm,
+    };
+    let mut codebooks = Vec::with_capacity(plans.len());
+    let mut clustered: Vec<Option<ClusteredConv2d<F>>> = vec![None; layers.len()];
+    for plan in &plans {
+        let weights: Vec<_> = plan
+            .layers
+            .iter()
+            .map(|&l| layers[l].weight.view())
+            .collect();
+        let fit = KernelCodebook::params(plan.k)
+            .seed(config.seed)
+            .n_init(config.n_init)
+            .max_iter(config.max_iter)
+            .tol(config.tol)
+            .symmetry(config.symmetry)
+            .scale_mode(scale_mode)
+            .fit(&weights)?;
+        for (&l, a) in plan.layers.iter().zip(fit.assignments) {
+            let scales = a.scales.map(|s| s.mapv(|v| config.scales.round(v)));
+            clustered[l] = Some(ClusteredConv2d::new(
+                a.indices,
+                scales,
+                layers[l].bias.clone(),
+                layers[l].geometry,
+            )?);
+        }
+        codebooks.push(fit.codebook);
+    }
+    let layers = layers
+        .iter()
+        .zip(clustered)
+        .zip(&codebook_of)
+        .map(|((orig, c), cb)| match (c, cb) {
+            (Some(layer), Some(codebook)) => Ok(CompressedLayer::Clustered {
+                name: orig.name.clone(),
+                codebook: *codebook,
+                layer: Box::new(layer),
+            }),
+            _ => Ok(CompressedLayer::Dense {
+                name: orig.name.clone(),
+                layer: Conv2d::new(orig.weight.clone(), orig.bias.clone(), orig.geometry)?,
+            }),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(CompressedNetwork {
+        codebooks,
+        layers,
+        scales: config.scales,
+    })
+}

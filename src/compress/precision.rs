@@ -1,0 +1,94 @@
+//! How per-kernel scales are stored: rounded once, when a model is compressed.
+
+use crate::scalar::Real;
+
+/// Storage precision of the per-kernel scales (paper §2.1: 16-bit scales).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ScalePrecision {
+    /// IEEE half precision, round to nearest even (the paper's default).
+    #[default]
+    F16,
+    /// Single precision.
+    F32,
+    /// No scales: raw kernels are clustered (the paper's "N" variants).
+    None,
+    /// Signed fixed point with `bits` fractional bits, as the reference code's `--n_bits`:
+    /// `round(s·2^bits)` clamped to `[-2^(bits−1), 2^(bits−1) − 1]`, divided by `2^bits`
+    /// (step `2^-bits`, range `[-0.5, 0.5)`).
+    Fixed(u8),
+}
+
+impl ScalePrecision {
+    /// Bits stored per scale.
+    pub fn bits(self) -> u32 {
+        match self {
+            ScalePrecision::F16 => 16,
+            ScalePrecision::F32 => 32,
+            ScalePrecision::None => 0,
+            ScalePrecision::Fixed(b) => u32::from(b),
+        }
+    }
+
+    /// `v` as stored at this precision (and read back).
+    pub fn round<F: Real>(self, v: F) -> F {
+        match self {
+            ScalePrecision::F16 => F::from_f64_lossy(round_to_f16(v.to_f64_exact())),
+            ScalePrecision::F32 => F::from_f64_lossy(f64::from(v.to_f64_exact() as f32)),
+            ScalePrecision::None => v,
+            ScalePrecision::Fixed(bits) => {
+                let step = 2f64.powi(i32::from(bits));
+                let half = 2f64.powi(i32::from(bits) - 1);
+                F::from_f64_lossy((v.to_f64_exact() * step).round().clamp(-half, half - 1.0) / step)
+            }
+        }
+    }
+}
+
+/// The nearest IEEE binary16 value (ties to even), as `f64`; ±∞ beyond the f16 range.
+fn round_to_f16(x: f64) -> f64 {
+    if !x.is_finite() || x == 0.0 {
+        return x;
+    }
+    let a = x.abs();
+    // f16: 10 stored significand bits, normal exponents −14..=15, subnormal step 2^-24.
+    let exponent = a.log2().floor().max(-14.0) as i32;
+    let ulp = 2f64.powi(exponent - 10);
+    let rounded = (a / ulp).round_ties_even() * ulp;
+    let rounded = if rounded > 65504.0 {
+        f64::INFINITY
+    } else {
+        rounded
+    };
+    rounded.copysign(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_rounding_hand_cases() {
+        assert_eq!(round_to_f16(1.0), 1.0);
+        // 1 + 2^-11 is halfway between 1 and 1 + 2^-10: ties to even → 1.
+        assert_eq!(round_to_f16(1.0 + 2f64.powi(-11)), 1.0);
+        // 1 + 3·2^-11 is halfway between 1 + 2^-10 and 1 + 2^-9: ties to even → 1 + 2^-9.
+        assert_eq!(
+            round_to_f16(1.0 + 3.0 * 2f64.powi(-11)),
+            1.0 + 2f64.powi(-9)
+        );
+        assert_eq!(round_to_f16(65504.0), 65504.0);
+        assert_eq!(round_to_f16(65520.0), f64::INFINITY);
+        assert_eq!(round_to_f16(-2f64.powi(-24)), -2f64.powi(-24));
+        assert_eq!(round_to_f16(2f64.powi(-26)), 0.0);
+        assert_eq!(round_to_f16(0.1), 0.0999755859375);
+    }
+
+    #[test]
+    fn fixed_point_follows_the_reference_quantiser() {
+        let p = ScalePrecision::Fixed(4);
+        assert_eq!(p.round(0.26f64), 0.25);
+        assert_eq!(p.round(0.9f64), 0.4375);
+        assert_eq!(p.round(-0.9f64), -0.5);
+        assert_eq!(p.bits(), 4);
+    }
+}

@@ -1,0 +1,255 @@
+//! The size report of PAPER.md §2.1 (and the FLOP count of §4.2 where input sizes are known).
+
+use std::fmt;
+
+use super::{CodebookPlan, CompressionConfig, LayerShape};
+use crate::codebook::bits_for;
+use crate::error::Result;
+
+/// One layer's line of a [`CompressionReport`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerReport {
+    /// Layer name.
+    pub name: String,
+    /// Kernels, `Cout·Cin`.
+    pub kernels: u64,
+    /// Kernel size `(kh, kw)`.
+    pub kernel_size: (usize, usize),
+    /// Codebook index, or `None` for a layer left dense.
+    pub codebook: Option<usize>,
+    /// Bits per stored index, `⌈log2(K·S)⌉` (0 for dense layers).
+    pub index_bits: u32,
+    /// Bits per stored scale (0 for dense layers and for no scales).
+    pub scale_bits: u32,
+    /// Weight bytes at fp32.
+    pub bytes_before: u64,
+    /// Bytes of the bit-packed indices plus scales (fp32 weights for a dense layer); codebooks
+    /// are counted once, in [`CompressionReport::codebooks`].
+    pub bytes_after: u64,
+    /// `‖W − Ŵ‖ / ‖W‖`, when the report was made from weights.
+    pub relative_error: Option<f64>,
+    /// Entropy of the stored indices in bits per kernel, when made from weights.
+    pub entropy_bits: Option<f64>,
+    /// Dense MACs per image, when the input size is known.
+    pub dense_macs: Option<u64>,
+}
+
+/// One codebook's line of a [`CompressionReport`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CodebookReport {
+    /// Centroids.
+    pub k: usize,
+    /// Transforms of its symmetry.
+    pub transforms: usize,
+    /// Kernel size.
+    pub kernel_size: (usize, usize),
+    /// Layers that use it (indices into [`CompressionReport::layers`]).
+    pub layers: Vec<usize>,
+    /// Bytes at fp32: `K·kh·kw·4`.
+    pub bytes: u64,
+}
+
+/// Sizes before and after compression, per layer and in total.
+///
+/// The compression ratio is the paper's (§2.1): fp32 weights of the clustered layers over
+/// their indices, scales and fp32 codebooks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompressionReport {
+    /// Every layer, in network order.
+    pub layers: Vec<LayerReport>,
+    /// Every codebook.
+    pub codebooks: Vec<CodebookReport>,
+}
+
+impl CompressionReport {
+    fn clustered(&self) -> impl Iterator<Item = &LayerReport> {
+        self.layers.iter().filter(|l| l.codebook.is_some())
+    }
+
+    /// Kernels of the clustered layers.
+    pub fn clustered_kernels(&self) -> u64 {
+        self.clustered().map(|l| l.kernels).sum()
+    }
+
+    /// fp32 bytes of the clustered layers' weights.
+    pub fn clustered_bytes_before(&self) -> u64 {
+        self.clustered().map(|l| l.bytes_before).sum()
+    }
+
+    /// Bytes of the clustered layers after compression: packed indices, scales and codebooks.
+    pub fn clustered_bytes_after(&self) -> u64 {
+        self.clustered().map(|l| l.bytes_after).sum::<u64>()
+            + self.codebooks.iter().map(|c| c.bytes).sum::<u64>()
+    }
+
+    /// The paper's compression ratio of the clustered layers (bit-exact, before rounding to
+    /// bytes): `Σ N·32·A / (Σ N·(b_index + b_scale) + Σ K·32·A)`.
+    pub fn ratio(&self) -> f64 {
+        let before: f64 = self
+            .clustered()
+            .map(|l| l.kernels as f64 * area(l.kernel_size) * 32.0)
+            .sum();
+        let after: f64 = self
+            .clustered()
+            .map(|l| l.kernels as f64 * f64::from(l.index_bits + l.scale_bits))
+            .sum::<f64>()
+            + self
+                .codebooks
+                .iter()
+                .map(|c| c.k as f64 * area(c.kernel_size) * 32.0)
+                .sum::<f64>();
+        before / after
+    }
+
+    /// fp32 bytes of every layer's weights.
+    pub fn model_bytes_before(&self) -> u64 {
+        self.layers.iter().map(|l| l.bytes_before).sum()
+    }
+
+    /// Bytes of every layer after compression (dense layers at fp32), codebooks included.
+    pub fn model_bytes_after(&self) -> u64 {
+        self.layers.iter().map(|l| l.bytes_after).sum::<u64>()
+            + self.codebooks.iter().map(|c| c.bytes).sum::<u64>()
+    }
+
+    /// Dense MACs per image over the layers whose input size is known.
+    pub fn dense_macs(&self) -> u64 {
+        self.layers.iter().filter_map(|l| l.dense_macs).sum()
+    }
+}
+
+fn area((kh, kw): (usize, usize)) -> f64 {
+    (kh * kw) as f64
+}
+
+/// Builds the report from the codebook plan; `measured` carries each layer's
+/// (relative error, entropy) when the report is made from weights.
+pub(crate) fn from_plan(
+    config: &CompressionConfig,
+    shapes: &[LayerShape],
+    plans: &[CodebookPlan],
+    codebook_of: &[Option<usize>],
+    measured: Option<&[Option<(f64, f64)>]>,
+) -> Result<CompressionReport> {
+    let transforms = config.symmetry.transforms();
+    let mut layers = Vec::with_capacity(shapes.len());
+    for (l, shape) in shapes.iter().enumerate() {
+        let (cout, cin, kh, kw) = shape.weight;
+        let kernels = (cout * cin) as u64;
+        let bytes_before = kernels * (kh * kw) as u64 * 4;
+        let dense_macs = match shape.input_hw {
+            Some(hw) => {
+                let (oh, ow) = shape.geometry.output_size(hw, (kh, kw))?;
+                Some((oh * ow) as u64 * kernels * (kh * kw) as u64)
+            }
+            None => None,
+        };
+        let (index_bits, scale_bits, bytes_after) = match codebook_of[l] {
+            Some(c) => {
+                let index_bits = bits_for(plans[c].k * transforms);
+                let scale_bits = config.scales.bits();
+                (
+                    index_bits,
+                    scale_bits,
+                    (kernels * u64::from(index_bits + scale_bits)).div_ceil(8),
+                )
+            }
+            None => (0, 0, bytes_before),
+        };
+        let (relative_error, entropy_bits) = match measured.and_then(|m| m[l]) {
+            Some((e, h)) => (Some(e), Some(h)),
+            None => (None, None),
+        };
+        layers.push(LayerReport {
+            name: shape.name.clone(),
+            kernels,
+            kernel_size: (kh, kw),
+            codebook: codebook_of[l],
+            index_bits,
+            scale_bits,
+            bytes_before,
+            bytes_after,
+            relative_error,
+            entropy_bits,
+            dense_macs,
+        });
+    }
+    let codebooks = plans
+        .iter()
+        .map(|p| CodebookReport {
+            k: p.k,
+            transforms,
+            kernel_size: p.kernel,
+            layers: p.layers.clone(),
+            bytes: (p.k * p.kernel.0 * p.kernel.1 * 4) as u64,
+        })
+        .collect();
+    Ok(CompressionReport { layers, codebooks })
+}
+
+impl fmt::Display for CompressionReport {
+    /// An aligned table: one line per layer, one per codebook, then totals.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let opt = |v: Option<f64>, digits: usize| {
+            v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
+        };
+        writeln!(
+            f,
+            "{:<24} {:>9} {:>5} {:>8} {:>5} {:>5} {:>12} {:>12} {:>9} {:>8}",
+            "layer",
+            "kernels",
+            "size",
+            "codebook",
+            "idx",
+            "scale",
+            "bytes fp32",
+            "bytes after",
+            "rel.err",
+            "entropy"
+        )?;
+        for l in &self.layers {
+            writeln!(
+                f,
+                "{:<24} {:>9} {:>5} {:>8} {:>5} {:>5} {:>12} {:>12} {:>9} {:>8}",
+                l.name,
+                l.kernels,
+                format!("{}×{}", l.kernel_size.0, l.kernel_size.1),
+                l.codebook
+                    .map_or_else(|| "dense".to_string(), |c| c.to_string()),
+                l.index_bits,
+                l.scale_bits,
+                l.bytes_before,
+                l.bytes_after,
+                opt(l.relative_error, 4),
+                opt(l.entropy_bits, 2),
+            )?;
+        }
+        for (i, c) in self.codebooks.iter().enumerate() {
+            writeln!(
+                f,
+                "codebook {i}: K = {} × {} transforms, {}×{}, {} bytes, {} layers",
+                c.k,
+                c.transforms,
+                c.kernel_size.0,
+                c.kernel_size.1,
+                c.bytes,
+                c.layers.len()
+            )?;
+        }
+        writeln!(
+            f,
+            "clustered layers: {} kernels, {} → {} bytes, ratio {:.2}× (paper §2.1)",
+            self.clustered_kernels(),
+            self.clustered_bytes_before(),
+            self.clustered_bytes_after(),
+            self.ratio()
+        )?;
+        write!(
+            f,
+            "all conv layers: {} → {} bytes ({:.2}×)",
+            self.model_bytes_before(),
+            self.model_bytes_after(),
+            self.model_bytes_before() as f64 / self.model_bytes_after() as f64
+        )
+    }
+}

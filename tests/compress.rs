@@ -1,0 +1,354 @@
+//! Whole-network compression: the paper's arithmetic from layer shapes, group parsing, and
+//! compression of small real networks.
+
+mod common;
+
+use clustered_conv::{
+    compress, CodebookScope, CompressedLayer, CompressionConfig, ConvGeometry, ConvLayer, Error,
+    LayerGroup, LayerShape, ScalePrecision, Symmetry,
+};
+use common::{random4, rng};
+use ndarray::Array1;
+use rand::Rng;
+
+fn shape(name: &str, cout: usize, cin: usize, k: usize, stride: usize, input: usize) -> LayerShape {
+    LayerShape {
+        name: name.to_string(),
+        weight: (cout, cin, k, k),
+        geometry: ConvGeometry::default()
+            .stride(stride, stride)
+            .padding(k / 2, k / 2),
+        input_hw: Some((input, input)),
+    }
+}
+
+/// The 13 3×3 convolutions of VGG-16 on CIFAR-10 (32×32 input).
+fn vgg16_cifar() -> Vec<LayerShape> {
+    let cfg = [
+        (64, 3, 32),
+        (64, 64, 32),
+        (128, 64, 16),
+        (128, 128, 16),
+        (256, 128, 8),
+        (256, 256, 8),
+        (256, 256, 8),
+        (512, 256, 4),
+        (512, 512, 4),
+        (512, 512, 4),
+        (512, 512, 2),
+        (512, 512, 2),
+        (512, 512, 2),
+    ];
+    cfg.iter()
+        .enumerate()
+        .map(|(i, &(o, c, hw))| shape(&format!("features.{i}"), o, c, 3, 1, hw))
+        .collect()
+}
+
+/// ResNet-18 on ImageNet: the 7×7 stem, 16 3×3 convolutions, 3 1×1 downsamples.
+fn resnet18() -> Vec<LayerShape> {
+    let mut v = vec![shape("conv1", 64, 3, 7, 2, 224)];
+    for b in 0..4 {
+        v.push(shape(&format!("layer1.{b}"), 64, 64, 3, 1, 56));
+    }
+    for (stage, (c, hw)) in [(128, 28), (256, 14), (512, 7)].into_iter().enumerate() {
+        let name = |s: &str| format!("layer{}.{s}", stage + 2);
+        v.push(shape(&name("0.conv1"), c, c / 2, 3, 2, hw * 2));
+        v.push(shape(&name("0.downsample"), c, c / 2, 1, 2, hw * 2));
+        for b in 0..3 {
+            v.push(shape(&name(&format!("{b}")), c, c, 3, 1, hw));
+        }
+    }
+    v
+}
+
+#[test]
+fn vgg16_cifar_arithmetic_matches_the_paper() {
+    let config = CompressionConfig {
+        k: 256,
+        ..Default::default()
+    };
+    let r = config.plan(&vgg16_cifar()).unwrap();
+    assert_eq!(r.clustered_kernels(), 1_634_496);
+    assert_eq!(r.clustered_bytes_before(), 58_841_856); // 58.84 MB
+    assert_eq!(r.dense_macs(), 313_196_544); // 313.2 M
+    assert_eq!(r.codebooks.len(), 1);
+    // C256 with f16 scales: 24 bits per kernel + a 9.2 kB codebook → 4.91 MB, 12.0×.
+    assert_eq!(r.clustered_bytes_after(), 4_903_488 + 9_216);
+    assert_eq!(format!("{:.1}", r.ratio()), "12.0");
+    // C128-TIC2 and C32-TIC8 cost the same index bits as C256.
+    for (k, symmetry) in [(128, Symmetry::Flip), (32, Symmetry::Dihedral)] {
+        let r = CompressionConfig {
+            k,
+            symmetry,
+            ..Default::default()
+        }
+        .plan(&vgg16_cifar())
+        .unwrap();
+        assert!(r.layers.iter().all(|l| l.index_bits == 8));
+        assert_eq!(format!("{:.1}", r.ratio()), "12.0");
+    }
+    // C512: 5.11–5.13 MB, 11.5×.
+    let r = CompressionConfig {
+        k: 512,
+        ..Default::default()
+    }
+    .plan(&vgg16_cifar())
+    .unwrap();
+    assert_eq!(format!("{:.1}", r.ratio()), "11.5");
+    assert!((5.11e6..5.14e6).contains(&(r.clustered_bytes_after() as f64)));
+}
+
+#[test]
+fn asymptotic_ratios_of_section_2_1() {
+    // A network large enough for the codebook to be negligible: 64 layers of 2048×2048 3×3.
+    let big: Vec<LayerShape> = (0..64)
+        .map(|i| shape(&format!("c{i}"), 2048, 2048, 3, 1, 4))
+        .collect();
+    let ratio = |k, scales| {
+        CompressionConfig {
+            k,
+            scales,
+            ..Default::default()
+        }
+        .plan(&big)
+        .unwrap()
+        .ratio()
+    };
+    assert_eq!(format!("{:.1}", ratio(1024, ScalePrecision::None)), "28.8");
+    assert_eq!(format!("{:.1}", ratio(128, ScalePrecision::None)), "41.1");
+    assert_eq!(format!("{:.1}", ratio(64, ScalePrecision::F16)), "13.1");
+    assert_eq!(format!("{:.1}", ratio(1024, ScalePrecision::F16)), "11.1");
+}
+
+#[test]
+fn resnet18_has_1_220_608_kernels_and_a_separate_stem_codebook() {
+    let shared = CompressionConfig {
+        k: 256,
+        ..Default::default()
+    }
+    .plan(&resnet18())
+    .unwrap();
+    // One 7×7 codebook (K capped at the stem's 192 kernels), one 3×3; 1×1 downsamples dense.
+    assert_eq!(shared.codebooks.len(), 2);
+    assert_eq!(shared.codebooks[0].kernel_size, (7, 7));
+    assert_eq!(shared.codebooks[0].k, 192);
+    assert_eq!(shared.codebooks[1].kernel_size, (3, 3));
+    assert_eq!(shared.codebooks[1].layers.len(), 16);
+    let three: u64 = shared
+        .layers
+        .iter()
+        .filter(|l| l.kernel_size == (3, 3))
+        .map(|l| l.kernels)
+        .sum();
+    assert_eq!(three, 1_220_608);
+    assert!(shared
+        .layers
+        .iter()
+        .filter(|l| l.kernel_size == (1, 1))
+        .all(|l| l.codebook.is_none()));
+    // The reference code's demo: `--multi 0-0=64,1-16=256`.
+    let groups = CompressionConfig {
+        scope: CodebookScope::parse_groups("0-0=64,1-16=256").unwrap(),
+        ..Default::default()
+    }
+    .plan(&resnet18())
+    .unwrap();
+    assert_eq!(groups.codebooks[0].k, 64);
+    assert_eq!(groups.codebooks[1].k, 256);
+    assert_eq!(groups.codebooks[1].layers.len(), 16);
+    // 3×3 only, 16-bit scales, C256: 12.0×.
+    let per_layer_3x3: u64 = groups
+        .layers
+        .iter()
+        .filter(|l| l.kernel_size == (3, 3))
+        .map(|l| l.bytes_after)
+        .sum();
+    assert_eq!(per_layer_3x3, 1_220_608 * 3);
+}
+
+#[test]
+fn group_specs_are_validated() {
+    assert_eq!(
+        CodebookScope::parse_groups("0-1=8, 2=4").unwrap(),
+        CodebookScope::Groups(vec![
+            LayerGroup {
+                layers: 0..=1,
+                k: 8
+            },
+            LayerGroup {
+                layers: 2..=2,
+                k: 4
+            }
+        ])
+    );
+    for (spec, fragment) in [
+        ("0-1", "0-1"),
+        ("a-1=3", "a-1=3"),
+        ("0-1=x", "0-1=x"),
+        ("3-1=4", "3-1=4"),
+        ("0-1=0", "0-1=0"),
+    ] {
+        match CodebookScope::parse_groups(spec) {
+            Err(Error::InvalidGroupSpec { fragment: f, .. }) => assert_eq!(f, fragment),
+            other => panic!("{spec}: {other:?}"),
+        }
+    }
+    let shapes = vgg16_cifar();
+    let plan = |spec| {
+        CompressionConfig {
+            scope: CodebookScope::parse_groups(spec).unwrap(),
+            ..Default::default()
+        }
+        .plan(&shapes)
+    };
+    assert!(plan("0-12=64").is_ok());
+    assert_eq!(
+        plan("0-5=64,5-12=64").unwrap_err(),
+        Error::GroupCoverage {
+            problem: "cover twice",
+            layer: 5,
+            layers: 13
+        }
+    );
+    assert_eq!(
+        plan("0-5=64,7-12=64").unwrap_err(),
+        Error::GroupCoverage {
+            problem: "do not cover",
+            layer: 6,
+            layers: 13
+        }
+    );
+    assert_eq!(
+        plan("0-13=64").unwrap_err(),
+        Error::GroupCoverage {
+            problem: "name a non-existent",
+            layer: 13,
+            layers: 13
+        }
+    );
+    // Kernel sizes must agree within a group.
+    let mixed = vec![shape("a", 8, 3, 3, 1, 8), shape("b", 8, 8, 5, 1, 8)];
+    let err = CompressionConfig {
+        scope: CodebookScope::parse_groups("0-1=4").unwrap(),
+        ..Default::default()
+    }
+    .plan(&mixed)
+    .unwrap_err();
+    assert!(matches!(err, Error::KernelSizeMismatch { tensor: 1, .. }));
+}
+
+fn small_network(seed: u64) -> Vec<ConvLayer<f32>> {
+    let mut r = rng(seed);
+    let mut layer = |name: &str, o, i, k| ConvLayer {
+        name: name.to_string(),
+        weight: random4(&mut r, (o, i, k, k)).mapv(|v| v as f32),
+        bias: Some(Array1::from_elem(o, 0.1f32)),
+        geometry: ConvGeometry::default().padding(k / 2, k / 2),
+    };
+    vec![
+        layer("stem", 16, 3, 5),
+        layer("a", 16, 16, 3),
+        layer("pw", 24, 16, 1),
+        layer("b", 24, 24, 3),
+    ]
+}
+
+#[test]
+fn compressed_network_matches_its_dense_export_and_stores_f16_scales() {
+    let layers = small_network(71);
+    let config = CompressionConfig {
+        k: 16,
+        seed: 3,
+        ..Default::default()
+    };
+    let net = compress(&layers, &config).unwrap();
+    // Codebooks per kernel size: 5×5 and 3×3; the 1×1 layer stays dense.
+    assert_eq!(net.codebooks.len(), 2);
+    assert!(matches!(net.layers[2], CompressedLayer::Dense { .. }));
+    assert_eq!(
+        net.layers.iter().map(|l| l.name()).collect::<Vec<_>>(),
+        ["stem", "a", "pw", "b"]
+    );
+    let x = random4(&mut rng(72), (2, 3, 9, 9)).mapv(|v| v as f32);
+    for (i, l) in net.layers.iter().enumerate() {
+        if let CompressedLayer::Clustered {
+            codebook, layer, ..
+        } = l
+        {
+            // Scales are exactly representable in f16.
+            for &s in layer.scales().unwrap().iter() {
+                assert_eq!(half::f16::from_f32(s).to_f32(), s);
+            }
+            let dense = net.dense_layer(i).unwrap();
+            assert_eq!(
+                dense.weight(),
+                &layer
+                    .to_conv(&net.codebooks[*codebook])
+                    .unwrap()
+                    .weight()
+                    .clone()
+            );
+            if i == 0 {
+                let y = layer.forward(&net.codebooks[*codebook], x.view()).unwrap();
+                let y_dense = dense.forward(x.view()).unwrap();
+                for (a, b) in y.iter().zip(y_dense.iter()) {
+                    assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()));
+                }
+            }
+        }
+    }
+    let report = net.report(&layers).unwrap();
+    assert_eq!(report.layers[2].codebook, None);
+    assert_eq!(report.layers[2].bytes_after, 24 * 16 * 4);
+    // Independent check of one layer's reported error.
+    let w_hat = net.dense_layer(1).unwrap();
+    let num: f64 = w_hat
+        .weight()
+        .iter()
+        .zip(layers[1].weight.iter())
+        .map(|(a, b)| f64::from(a - b).powi(2))
+        .sum();
+    let den: f64 = layers[1].weight.iter().map(|b| f64::from(*b).powi(2)).sum();
+    assert!((report.layers[1].relative_error.unwrap() - (num / den).sqrt()).abs() < 1e-9);
+    assert!(report.layers[1].entropy_bits.unwrap() <= 4.0);
+    let text = report.to_string();
+    assert!(text.contains("stem") && text.contains("dense") && text.contains("ratio"));
+    assert!(net.dense_layer(9).is_err());
+}
+
+#[test]
+fn scale_precision_none_stores_no_scales_and_per_layer_caps_k() {
+    let layers = small_network(73);
+    let config = CompressionConfig {
+        k: 200,
+        scope: CodebookScope::PerLayer,
+        scales: ScalePrecision::None,
+        ..Default::default()
+    };
+    let net = compress(&layers, &config).unwrap();
+    // Per layer: the stem has 48 kernels, so K = 48 (and reconstruction is exact).
+    assert_eq!(net.codebooks[0].len(), 48);
+    assert_eq!(net.codebooks.len(), 3);
+    for l in &net.layers {
+        if let CompressedLayer::Clustered { layer, .. } = l {
+            assert!(layer.scales().is_none());
+        }
+    }
+    let report = net.report(&layers).unwrap();
+    assert!(report.layers[0].relative_error.unwrap() < 1e-6);
+    assert!(report.layers.iter().all(|l| l.scale_bits == 0));
+}
+
+#[test]
+fn f16_rounding_of_f32_matches_the_half_crate() {
+    // f32 → f16, round to nearest even, as PyTorch's `.half()` on the reference code's scales.
+    let mut r = rng(74);
+    for _ in 0..20_000 {
+        let e = r.random_range(-30..17);
+        let v = (r.random_range(-1.0f64..1.0) * 2f64.powi(e)) as f32;
+        let ours = ScalePrecision::F16.round(v);
+        let reference = half::f16::from_f32(v).to_f32();
+        assert!(ours == reference, "{v}: {ours} vs {reference}");
+    }
+}
