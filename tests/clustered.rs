@@ -423,6 +423,93 @@ fn gradients_match_central_finite_differences() {
 }
 
 #[test]
+fn masked_kernels_stay_zero_through_forward_and_backward() {
+    let mut r = rng(52);
+    let eps = 1e-6;
+    for case in 0..20 {
+        let c = random_case(&mut r);
+        let mask = Array2::from_shape_fn(c.layer.indices().dim(), |_| r.random_bool(0.6));
+        let layer = c.layer.clone().with_mask(mask.clone()).unwrap();
+        // Forward: the dense export has zero kernels where pruned, and every strategy agrees.
+        let dense = layer.to_conv(&c.codebook).unwrap();
+        for ((o, i), &keep) in mask.indexed_iter() {
+            if !keep {
+                assert!(dense
+                    .weight()
+                    .slice(ndarray::s![o, i, .., ..])
+                    .iter()
+                    .all(|&v| v == 0.0));
+            }
+        }
+        let expected = naive_conv(
+            c.x.view(),
+            dense.weight().view(),
+            dense.bias(),
+            &layer.geometry(),
+        );
+        for strategy in STRATEGIES {
+            let got = layer
+                .forward_with(&c.codebook, c.x.view(), strategy)
+                .unwrap();
+            assert!(
+                worst_violation(&got, &expected, 1e-12, 1e-12) <= 1.0,
+                "case {case} {strategy:?}"
+            );
+        }
+        // Backward: pruned scales get no gradient; the others match finite differences.
+        let go = random4(&mut r, expected.dim());
+        let grads = layer.backward(&c.codebook, c.x.view(), go.view()).unwrap();
+        let gs = grads.scales.as_ref().unwrap();
+        let scales = layer.scales().unwrap();
+        for ((o, i), &g) in gs.indexed_iter() {
+            if !mask[[o, i]] {
+                assert_eq!(g, 0.0);
+                continue;
+            }
+            let bump = |d: f64| {
+                let mut s2 = scales.clone();
+                s2[[o, i]] += d;
+                ClusteredConv2d::new(
+                    layer.indices().clone(),
+                    Some(s2),
+                    layer.bias().cloned(),
+                    layer.geometry(),
+                )
+                .unwrap()
+                .with_mask(mask.clone())
+                .unwrap()
+            };
+            let numeric = (loss(&bump(eps), &c.codebook, &c.x, &go)
+                - loss(&bump(-eps), &c.codebook, &c.x, &go))
+                / (2.0 * eps);
+            assert!(
+                close(numeric, g),
+                "case {case} ds[{o},{i}]: {numeric} vs {g}"
+            );
+        }
+        for (idx, &analytic) in grads.centroids.indexed_iter() {
+            let bump = |d: f64| {
+                let mut cen = c.codebook.centroids().clone();
+                cen[[idx.0, idx.1, idx.2]] += d;
+                KernelCodebook::from_centroids(cen, c.codebook.symmetry()).unwrap()
+            };
+            let numeric = (loss(&layer, &bump(eps), &c.x, &go)
+                - loss(&layer, &bump(-eps), &c.x, &go))
+                / (2.0 * eps);
+            assert!(
+                close(numeric, analytic),
+                "case {case} dμ{idx:?}: {numeric} vs {analytic}"
+            );
+        }
+    }
+    let c = random_case(&mut r);
+    assert!(matches!(
+        c.layer.with_mask(Array2::from_elem((99, 1), true)),
+        Err(Error::ShapeMismatch { .. })
+    ));
+}
+
+#[test]
 fn centroid_gradient_is_the_scaled_sum_of_dense_weight_gradients() {
     let mut r = rng(46);
     for _ in 0..30 {

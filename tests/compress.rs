@@ -245,6 +245,7 @@ fn small_network(seed: u64) -> Vec<ConvLayer<f32>> {
         weight: random4(&mut r, (o, i, k, k)).mapv(|v| v as f32),
         bias: Some(Array1::from_elem(o, 0.1f32)),
         geometry: ConvGeometry::default().padding(k / 2, k / 2),
+        mask: None,
     };
     vec![
         layer("stem", 16, 3, 5),
@@ -351,4 +352,51 @@ fn f16_rounding_of_f32_matches_the_half_crate() {
         let reference = half::f16::from_f32(v).to_f32();
         assert!(ours == reference, "{v}: {ours} vs {reference}");
     }
+}
+
+#[test]
+fn pruned_kernels_are_left_out_of_clustering_and_stay_zero() {
+    let mut layers = small_network(75);
+    let (cout, cin, _, _) = layers[1].weight.dim();
+    let mask = ndarray::Array2::from_shape_fn((cout, cin), |(o, i)| (o * 7 + i * 3) % 5 != 0);
+    // Pruned kernels are huge outliers: they must not pull any centroid.
+    let mut outliers = layers[1].weight.clone();
+    let mut zeroed = layers[1].weight.clone();
+    for ((o, i), &keep) in mask.indexed_iter() {
+        if !keep {
+            outliers.slice_mut(ndarray::s![o, i, .., ..]).fill(1e6);
+            zeroed.slice_mut(ndarray::s![o, i, .., ..]).fill(0.0);
+        }
+    }
+    let params = clustered_conv::KernelCodebook::params(6)
+        .seed(4)
+        .check()
+        .unwrap();
+    let masked = params
+        .fit_masked(&[outliers.view()], &[mask.view()])
+        .unwrap();
+    // Zero kernels are left out under L2Norm too, so fitting the zeroed tensor is the truth.
+    let truth = params.fit(&[zeroed.view()]).unwrap();
+    assert_eq!(masked.codebook, truth.codebook);
+    assert_eq!(masked.assignments, truth.assignments);
+
+    layers[1].weight = outliers;
+    layers[1].mask = Some(mask.clone());
+    let net = compress(
+        &layers,
+        &CompressionConfig {
+            k: 6,
+            seed: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dense = net.dense_layer(1).unwrap();
+    for ((o, i), &keep) in mask.indexed_iter() {
+        let kernel = dense.weight().slice(ndarray::s![o, i, .., ..]);
+        assert_eq!(kernel.iter().all(|&v| v == 0.0), !keep, "kernel ({o}, {i})");
+    }
+    let report = net.report(&layers).unwrap();
+    assert_eq!(report.layers[1].mask_bits, 1);
+    assert_eq!(report.layers[3].mask_bits, 0);
 }

@@ -124,6 +124,7 @@ pub struct ClusteredConv2d<F> {
     scales: Option<Array2<F>>,
     bias: Option<Array1<F>>,
     geometry: ConvGeometry,
+    mask: Option<Array2<bool>>,
     max_index: u32,
     plan: Plan<F>,
 }
@@ -181,9 +182,47 @@ impl<F: Real> ClusteredConv2d<F> {
             scales,
             bias,
             geometry,
+            mask: None,
             max_index,
             plan,
         })
+    }
+
+    /// Prunes kernels: `mask[o, i] = false` makes kernel `(o, i)` exactly zero in every
+    /// forward pass and gives it no gradient, so it stays zero through fine-tuning. Pruned
+    /// kernels are carried as scale 0 (a layer without scales gets scales of 1 for the kept
+    /// kernels).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when the mask is not `(Cout, Cin)`.
+    pub fn with_mask(self, mask: Array2<bool>) -> Result<Self> {
+        if mask.dim() != self.indices.dim() {
+            return Err(Error::ShapeMismatch {
+                what: "kernel mask vs (out_channels, in_channels)",
+                expected: self.indices.shape().to_vec(),
+                got: mask.shape().to_vec(),
+            });
+        }
+        let mut scales = self
+            .scales
+            .unwrap_or_else(|| Array2::from_elem(self.indices.dim(), F::one()));
+        scales.zip_mut_with(&mask, |s, &keep| {
+            if !keep {
+                *s = F::zero();
+            }
+        });
+        let plan = Plan::new(&self.indices, Some(&scales));
+        Ok(Self {
+            scales: Some(scales),
+            mask: Some(mask),
+            plan,
+            ..self
+        })
+    }
+
+    /// The pruning mask, if any (`false` = pruned).
+    pub fn mask(&self) -> Option<&Array2<bool>> {
+        self.mask.as_ref()
     }
 
     /// Clusters a dense layer: every kernel is assigned to its nearest codebook entry (after
@@ -354,7 +393,7 @@ impl<F: Real> ClusteredConv2d<F> {
     ) -> Result<ClusteredGrads<F>> {
         let s = self.resolve(codebook, dims4(&x))?;
         crate::conv::check_grad_out(&s, &grad_out)?;
-        Ok(backward::backward(
+        let mut grads = backward::backward(
             codebook,
             &self.plan,
             self.scales.is_some(),
@@ -362,7 +401,16 @@ impl<F: Real> ClusteredConv2d<F> {
             x,
             grad_out,
             &s,
-        ))
+        );
+        // Pruned kernels are constant zeros: their scales must not move.
+        if let (Some(mask), Some(gs)) = (&self.mask, grads.scales.as_mut()) {
+            gs.zip_mut_with(mask, |g, &keep| {
+                if !keep {
+                    *g = F::zero();
+                }
+            });
+        }
+        Ok(grads)
     }
 
     /// The layer's work for an input of spatial size `(h, w)` (per image): dense MACs, the

@@ -207,7 +207,7 @@ impl<F: Real> KernelCodebook<F> {
     /// # Errors
     /// A kernel size different from the codebook's, zero sizes, or non-finite weights.
     pub fn assign(&self, weight: ArrayView4<F>) -> Result<KernelAssignment<F>> {
-        let prepared = prepare_kernels(&[weight], self.kernel_size(), self.scale_mode)?;
+        let prepared = prepare_kernels(&[weight], &[], self.kernel_size(), self.scale_mode)?;
         // Every stored index decodes to one kernel; the nearest decoded kernel is the index.
         let (kh, kw) = self.kernel_size();
         let decoded = Array2::from_shape_vec((self.index_limit(), kh * kw), self.decoded_kernels())
@@ -342,15 +342,39 @@ impl<F: Real> PreparedKernels<F> {
 }
 
 /// Flattens, validates and (per `mode`) normalises the kernels of `weights`.
+///
+/// `masks` is empty or has one `(Cout, Cin)` mask per tensor (`false` = pruned): pruned
+/// kernels are left out of clustering like all-zero ones (scale 0 under `L2Norm`).
 pub(crate) fn prepare_kernels<F: Real>(
     weights: &[ArrayView4<F>],
+    masks: &[ArrayView2<bool>],
     kernel: (usize, usize),
     mode: ScaleMode,
 ) -> Result<PreparedKernels<F>> {
     let area = kernel.0 * kernel.1;
     let mut kernels: Vec<F> = Vec::new();
+    let mut kept: Vec<bool> = Vec::new();
     let mut tensor_dims = Vec::with_capacity(weights.len());
+    if !masks.is_empty() && masks.len() != weights.len() {
+        return Err(Error::ShapeMismatch {
+            what: "number of masks vs number of weight tensors",
+            expected: vec![weights.len()],
+            got: vec![masks.len()],
+        });
+    }
     for (t, w) in weights.iter().enumerate() {
+        if let Some(m) = masks.get(t) {
+            if m.dim() != (w.dim().0, w.dim().1) {
+                return Err(Error::ShapeMismatch {
+                    what: "kernel mask vs (out_channels, in_channels)",
+                    expected: vec![w.dim().0, w.dim().1],
+                    got: m.shape().to_vec(),
+                });
+            }
+            kept.extend(m.iter().copied());
+        } else {
+            kept.extend(std::iter::repeat_n(true, w.dim().0 * w.dim().1));
+        }
         let (cout, cin, kh, kw) = w.dim();
         if (kh, kw) != kernel {
             return Err(Error::KernelSizeMismatch {
@@ -375,21 +399,25 @@ pub(crate) fn prepare_kernels<F: Real>(
         });
     }
     let n = kernels.len() / area;
-    let (rows, source, scales) = match mode {
-        ScaleMode::None => (kernels, (0..n).collect(), None),
-        ScaleMode::L2Norm => {
-            let scales: Vec<F> = kernels.chunks_exact(area).map(l2_scale).collect();
-            let mut rows = Vec::with_capacity(kernels.len());
-            let mut source = Vec::with_capacity(n);
-            for (pos, (kernel, &s)) in kernels.chunks_exact(area).zip(&scales).enumerate() {
-                if s != F::zero() {
-                    rows.extend(kernel.iter().map(|&v| v / s));
-                    source.push(pos);
-                }
-            }
-            (rows, source, Some(scales))
-        }
+    let scales: Option<Vec<F>> = match mode {
+        ScaleMode::None => None,
+        ScaleMode::L2Norm => Some(
+            kernels
+                .chunks_exact(area)
+                .zip(&kept)
+                .map(|(k, &keep)| if keep { l2_scale(k) } else { F::zero() })
+                .collect(),
+        ),
     };
+    let mut rows = Vec::with_capacity(kernels.len());
+    let mut source = Vec::with_capacity(n);
+    for (pos, kernel) in kernels.chunks_exact(area).enumerate() {
+        let s = scales.as_ref().map_or(F::one(), |s| s[pos]);
+        if kept[pos] && s != F::zero() {
+            rows.extend(kernel.iter().map(|&v| v / s));
+            source.push(pos);
+        }
+    }
     let rows = Array2::from_shape_vec((source.len(), area), rows).expect("rows of kernel area");
     Ok(PreparedKernels {
         rows,

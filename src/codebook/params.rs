@@ -1,6 +1,6 @@
 //! Fitting a codebook: builder → validated params → `fit`.
 
-use ndarray::{Array3, ArrayView4};
+use ndarray::{Array3, ArrayView2, ArrayView4};
 
 use super::{prepare_kernels, KernelAssignment, KernelCodebook, ScaleMode, Symmetry};
 use crate::error::{Error, Result};
@@ -167,12 +167,39 @@ impl ValidCodebookParams {
         weights: &[ArrayView4<F>],
         progress: impl FnMut(&Progress),
     ) -> Result<CodebookFit<F>> {
+        self.fit_masked_with_progress(weights, &[], progress)
+    }
+
+    /// As [`ValidCodebookParams::fit`], with one `(Cout, Cin)` pruning mask per tensor
+    /// (`false` = pruned): pruned kernels are left out of clustering and stored with index 0
+    /// (and scale 0 under [`ScaleMode::L2Norm`]).
+    ///
+    /// # Errors
+    /// As [`ValidCodebookParams::fit`], plus masks whose number or shapes do not match.
+    pub fn fit_masked<F: Real>(
+        &self,
+        weights: &[ArrayView4<F>],
+        masks: &[ArrayView2<bool>],
+    ) -> Result<CodebookFit<F>> {
+        self.fit_masked_with_progress(weights, masks, |_| {})
+    }
+
+    /// As [`ValidCodebookParams::fit_masked`], calling `progress` after every Lloyd iteration.
+    ///
+    /// # Errors
+    /// As [`ValidCodebookParams::fit_masked`].
+    pub fn fit_masked_with_progress<F: Real>(
+        &self,
+        weights: &[ArrayView4<F>],
+        masks: &[ArrayView2<bool>],
+        progress: impl FnMut(&Progress),
+    ) -> Result<CodebookFit<F>> {
         let first = weights.first().ok_or(Error::Empty {
             what: "the list of weight tensors",
         })?;
         let (_, _, kh, kw) = first.dim();
         let transforms = Transforms::new(self.symmetry.permutations(kh, kw)?);
-        let prepared = prepare_kernels(weights, (kh, kw), self.scale_mode)?;
+        let prepared = prepare_kernels(weights, masks, (kh, kw), self.scale_mode)?;
         let km = self
             .kmeans
             .fit_invariant(prepared.rows.view(), &transforms, progress)?;

@@ -11,7 +11,7 @@ mod precision;
 mod report;
 mod scope;
 
-use ndarray::{Array1, Array4};
+use ndarray::{Array1, Array2, Array4};
 
 use crate::clustered::ClusteredConv2d;
 use crate::codebook::{KernelCodebook, ScaleMode, Symmetry};
@@ -35,6 +35,9 @@ pub struct ConvLayer<F> {
     pub bias: Option<Array1<F>>,
     /// Stride, padding, dilation.
     pub geometry: ConvGeometry,
+    /// Pruning mask `(Cout, Cin)`, `false` = pruned: pruned kernels are left out of
+    /// clustering and stay zero.
+    pub mask: Option<Array2<bool>>,
 }
 
 /// The shape of one convolution layer, for size and FLOP reports without weights.
@@ -185,7 +188,14 @@ impl CompressionConfig {
     pub fn plan(&self, shapes: &[LayerShape]) -> Result<CompressionReport> {
         let dims: Vec<_> = shapes.iter().map(|s| s.weight).collect();
         let (plans, codebook_of) = self.plan_codebooks(&dims)?;
-        report::from_plan(self, shapes, &plans, &codebook_of, None)
+        report::from_plan(
+            self,
+            shapes,
+            &plans,
+            &codebook_of,
+            None,
+            &vec![0; shapes.len()],
+        )
     }
 }
 
@@ -274,11 +284,13 @@ impl<F: Real> CompressedNetwork<F> {
             })
             .collect();
         let mut measured = Vec::with_capacity(self.layers.len());
+        let mut mask_bits = vec![0u32; self.layers.len()];
         for (l, (layer, orig)) in self.layers.iter().zip(original).enumerate() {
             match layer {
                 CompressedLayer::Clustered {
                     codebook, layer, ..
                 } => {
+                    mask_bits[l] = u32::from(layer.mask().is_some());
                     codebook_of[l] = Some(*codebook);
                     plans[*codebook].layers.push(l);
                     let cb = &self.codebooks[*codebook];
@@ -297,7 +309,14 @@ impl<F: Real> CompressedNetwork<F> {
             scales: self.scales,
             ..CompressionConfig::default()
         };
-        report::from_plan(&config, &shapes, &plans, &codebook_of, Some(&measured))
+        report::from_plan(
+            &config,
+            &shapes,
+            &plans,
+            &codebook_of,
+            Some(&measured),
+            &mask_bits,
+        )
     }
 }
 
@@ -337,6 +356,7 @@ fn relative_error<F: Real>(a: &Array4<F>, b: &Array4<F>) -> f64 {
 ///     weight: Array4::<f32>::from_shape_fn((o, i, 3, 3), |(a, b, r, c)| ((a * 3 + b * 5 + r + c) % 7) as f32 - 3.0),
 ///     bias: None,
 ///     geometry: ConvGeometry::default().padding(1, 1),
+///     mask: None,
 /// };
 /// let layers = vec![layer("conv1", 8, 3), layer("conv2", 16, 8)];
 /// let config = CompressionConfig { k: 8, scales: ScalePrecision::F16, ..Default::default() };
@@ -374,6 +394,22 @@ pub fn compress<F: Real>(
             .iter()
             .map(|&l| layers[l].weight.view())
             .collect();
+        let any_mask = plan.layers.iter().any(|&l| layers[l].mask.is_some());
+        let masks: Vec<Array2<bool>> = if any_mask {
+            plan.layers
+                .iter()
+                .map(|&l| {
+                    let (cout, cin, _, _) = layers[l].weight.dim();
+                    layers[l]
+                        .mask
+                        .clone()
+                        .unwrap_or_else(|| Array2::from_elem((cout, cin), true))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mask_views: Vec<_> = masks.iter().map(|m| m.view()).collect();
         let fit = KernelCodebook::params(plan.k)
             .seed(config.seed)
             .n_init(config.n_init)
@@ -381,15 +417,20 @@ pub fn compress<F: Real>(
             .tol(config.tol)
             .symmetry(config.symmetry)
             .scale_mode(scale_mode)
-            .fit(&weights)?;
+            .check()?
+            .fit_masked(&weights, &mask_views)?;
         for (&l, a) in plan.layers.iter().zip(fit.assignments) {
             let scales = a.scales.map(|s| s.mapv(|v| config.scales.round(v)));
-            clustered[l] = Some(ClusteredConv2d::new(
+            let layer = ClusteredConv2d::new(
                 a.indices,
                 scales,
                 layers[l].bias.clone(),
                 layers[l].geometry,
-            )?);
+            )?;
+            clustered[l] = Some(match &layers[l].mask {
+                Some(mask) => layer.with_mask(mask.clone())?,
+                None => layer,
+            });
         }
         codebooks.push(fit.codebook);
     }

@@ -21,6 +21,8 @@ pub struct LayerReport {
     pub index_bits: u32,
     /// Bits per stored scale (0 for dense layers and for no scales).
     pub scale_bits: u32,
+    /// Bits per kernel of a pruning mask (1 when the layer has one, else 0).
+    pub mask_bits: u32,
     /// Weight bytes at fp32.
     pub bytes_before: u64,
     /// Bytes of the bit-packed indices plus scales (fp32 weights for a dense layer); codebooks
@@ -91,7 +93,7 @@ impl CompressionReport {
             .sum();
         let after: f64 = self
             .clustered()
-            .map(|l| l.kernels as f64 * f64::from(l.index_bits + l.scale_bits))
+            .map(|l| l.kernels as f64 * f64::from(l.index_bits + l.scale_bits + l.mask_bits))
             .sum::<f64>()
             + self
                 .codebooks
@@ -130,6 +132,7 @@ pub(crate) fn from_plan(
     plans: &[CodebookPlan],
     codebook_of: &[Option<usize>],
     measured: Option<&[Option<(f64, f64)>]>,
+    mask_bits: &[u32],
 ) -> Result<CompressionReport> {
     let transforms = config.symmetry.transforms();
     let mut layers = Vec::with_capacity(shapes.len());
@@ -148,11 +151,8 @@ pub(crate) fn from_plan(
             Some(c) => {
                 let index_bits = bits_for(plans[c].k * transforms);
                 let scale_bits = config.scales.bits();
-                (
-                    index_bits,
-                    scale_bits,
-                    (kernels * u64::from(index_bits + scale_bits)).div_ceil(8),
-                )
+                let bits = u64::from(index_bits + scale_bits + mask_bits[l]);
+                (index_bits, scale_bits, (kernels * bits).div_ceil(8))
             }
             None => (0, 0, bytes_before),
         };
@@ -167,6 +167,7 @@ pub(crate) fn from_plan(
             codebook: codebook_of[l],
             index_bits,
             scale_bits,
+            mask_bits: mask_bits[l],
             bytes_before,
             bytes_after,
             relative_error,
