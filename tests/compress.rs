@@ -400,3 +400,45 @@ fn pruned_kernels_are_left_out_of_clustering_and_stay_zero() {
     assert_eq!(report.layers[1].mask_bits, 1);
     assert_eq!(report.layers[3].mask_bits, 0);
 }
+
+#[test]
+fn report_with_inputs_counts_the_paper_flops() {
+    use std::collections::HashSet;
+    let layers = small_network(76);
+    let net = compress(
+        &layers,
+        &CompressionConfig {
+            k: 8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let report = net.report_with_inputs(&layers, &[(9, 9); 4]).unwrap();
+    let CompressedLayer::Clustered { layer, .. } = &net.layers[3] else {
+        panic!("layer 3 is clustered")
+    };
+    let idx = layer.indices();
+    let sum_u: usize = idx
+        .outer_iter()
+        .map(|r| r.iter().collect::<HashSet<_>>().len())
+        .sum();
+    let sum_v: usize = idx
+        .columns()
+        .into_iter()
+        .map(|c| c.iter().collect::<HashSet<_>>().len())
+        .sum();
+    assert_eq!(
+        report.layers[3].paper_flops,
+        Some((81 * 9 * sum_u.min(sum_v)) as u64)
+    );
+    assert_eq!(report.layers[3].dense_macs, Some(81 * 24 * 24 * 9));
+    assert_eq!(report.layers[2].paper_flops, None); // the dense 1×1 layer
+    let (dense, paper): (u64, u64) = report
+        .layers
+        .iter()
+        .filter_map(|l| Some((l.dense_macs?, l.paper_flops?)))
+        .fold((0, 0), |(d, p), (a, b)| (d + a, p + b));
+    assert!((report.paper_speedup().unwrap() - dense as f64 / paper as f64).abs() < 1e-12);
+    assert!(report.to_string().contains("paper FLOPs"));
+    assert!(net.report_with_inputs(&layers, &[(9, 9); 3]).is_err());
+}

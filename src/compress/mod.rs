@@ -265,6 +265,34 @@ impl<F: Real> CompressedNetwork<F> {
     /// # Errors
     /// `original` does not match the network's layers.
     pub fn report(&self, original: &[ConvLayer<F>]) -> Result<CompressionReport> {
+        self.report_impl(original, None)
+    }
+
+    /// As [`CompressedNetwork::report`], with each layer's input spatial size: adds dense MACs,
+    /// the paper's FLOP count (§4.2) and the input side's real work per layer.
+    ///
+    /// # Errors
+    /// As [`CompressedNetwork::report`], plus input sizes that do not match the layers.
+    pub fn report_with_inputs(
+        &self,
+        original: &[ConvLayer<F>],
+        input_hw: &[(usize, usize)],
+    ) -> Result<CompressionReport> {
+        if input_hw.len() != self.layers.len() {
+            return Err(Error::ShapeMismatch {
+                what: "input sizes vs layers",
+                expected: vec![self.layers.len()],
+                got: vec![input_hw.len()],
+            });
+        }
+        self.report_impl(original, Some(input_hw))
+    }
+
+    fn report_impl(
+        &self,
+        original: &[ConvLayer<F>],
+        input_hw: Option<&[(usize, usize)]>,
+    ) -> Result<CompressionReport> {
         if original.len() != self.layers.len() {
             return Err(Error::ShapeMismatch {
                 what: "original layers vs compressed layers",
@@ -272,7 +300,13 @@ impl<F: Real> CompressedNetwork<F> {
                 got: vec![original.len()],
             });
         }
-        let shapes: Vec<LayerShape> = original.iter().map(shape_of).collect();
+        let mut shapes: Vec<LayerShape> = original.iter().map(shape_of).collect();
+        if let Some(hw) = input_hw {
+            for (shape, &hw) in shapes.iter_mut().zip(hw) {
+                shape.input_hw = Some(hw);
+            }
+        }
+        let mut costs = vec![None; self.layers.len()];
         let mut codebook_of = vec![None; self.layers.len()];
         let mut plans: Vec<CodebookPlan> = self
             .codebooks
@@ -297,6 +331,9 @@ impl<F: Real> CompressedNetwork<F> {
                     let w = layer.to_conv(cb)?;
                     let entropy = cb.usage(&[layer.indices().view()])?.entropy_bits();
                     measured.push(Some((relative_error(w.weight(), &orig.weight), entropy)));
+                    if let Some(hw) = input_hw {
+                        costs[l] = Some(layer.cost(cb, hw[l])?);
+                    }
                 }
                 CompressedLayer::Dense { .. } => measured.push(None),
             }
@@ -309,14 +346,21 @@ impl<F: Real> CompressedNetwork<F> {
             scales: self.scales,
             ..CompressionConfig::default()
         };
-        report::from_plan(
+        let mut report = report::from_plan(
             &config,
             &shapes,
             &plans,
             &codebook_of,
             Some(&measured),
             &mask_bits,
-        )
+        )?;
+        for (line, cost) in report.layers.iter_mut().zip(costs) {
+            if let Some(cost) = cost {
+                line.paper_flops = Some(cost.paper_flops);
+                line.input_side_work = Some(cost.input_side.conv_macs + cost.input_side.adds);
+            }
+        }
+        Ok(report)
     }
 }
 

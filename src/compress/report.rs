@@ -34,6 +34,12 @@ pub struct LayerReport {
     pub entropy_bits: Option<f64>,
     /// Dense MACs per image, when the input size is known.
     pub dense_macs: Option<u64>,
+    /// The paper's FLOP count (PAPER.md §4.2: input resolution, `min(ΣU_j, ΣV_i)`, additions
+    /// ignored), when made from weights with input sizes.
+    pub paper_flops: Option<u64>,
+    /// The input side's real work per image: response MACs plus gather-adds at output
+    /// resolution, when made from weights with input sizes.
+    pub input_side_work: Option<u64>,
 }
 
 /// One codebook's line of a [`CompressionReport`].
@@ -118,6 +124,17 @@ impl CompressionReport {
     pub fn dense_macs(&self) -> u64 {
         self.layers.iter().filter_map(|l| l.dense_macs).sum()
     }
+
+    /// The paper's theoretical speed-up over the clustered layers with a FLOP count:
+    /// `Σ dense MACs / Σ paper FLOPs` (PAPER.md §4.2), if any layer has one.
+    pub fn paper_speedup(&self) -> Option<f64> {
+        let (dense, paper) = self
+            .layers
+            .iter()
+            .filter_map(|l| Some((l.dense_macs? as f64, l.paper_flops? as f64)))
+            .fold((0.0, 0.0), |(d, p), (a, b)| (d + a, p + b));
+        (paper > 0.0).then(|| dense / paper)
+    }
 }
 
 fn area((kh, kw): (usize, usize)) -> f64 {
@@ -173,6 +190,8 @@ pub(crate) fn from_plan(
             relative_error,
             entropy_bits,
             dense_macs,
+            paper_flops: None,
+            input_side_work: None,
         });
     }
     let codebooks = plans
@@ -245,6 +264,12 @@ impl fmt::Display for CompressionReport {
             self.clustered_bytes_after(),
             self.ratio()
         )?;
+        if let Some(speedup) = self.paper_speedup() {
+            writeln!(
+                f,
+                "paper FLOPs (§4.2): {speedup:.2}× fewer than dense over the clustered layers"
+            )?;
+        }
         write!(
             f,
             "all conv layers: {} → {} bytes ({:.2}×)",
