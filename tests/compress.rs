@@ -442,3 +442,14 @@ fn report_with_inputs_counts_the_paper_flops() {
     assert!(report.to_string().contains("paper FLOPs"));
     assert!(net.report_with_inputs(&layers, &[(9, 9); 3]).is_err());
 }
+
+#[cfg(feature = "json")]
+#[test]
+fn report_serialises_to_json() {
+    let r = CompressionConfig::default().plan(&vgg16_cifar()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+    assert_eq!(v["totals"]["clustered_kernels"], 1_634_496);
+    assert_eq!(v["report"]["layers"][0]["name"], "features.0");
+    assert_eq!(v["report"]["layers"].as_array().unwrap().len(), 13);
+    assert!((v["totals"]["ratio"].as_f64().unwrap() - r.ratio()).abs() < 1e-12);
+}

@@ -8,6 +8,7 @@ use crate::error::Result;
 
 /// One layer's line of a [`CompressionReport`].
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "json", derive(serde::Serialize))]
 pub struct LayerReport {
     /// Layer name.
     pub name: String,
@@ -44,6 +45,7 @@ pub struct LayerReport {
 
 /// One codebook's line of a [`CompressionReport`].
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "json", derive(serde::Serialize))]
 pub struct CodebookReport {
     /// Centroids.
     pub k: usize,
@@ -62,6 +64,7 @@ pub struct CodebookReport {
 /// The compression ratio is the paper's (§2.1): fp32 weights of the clustered layers over
 /// their indices, scales and fp32 codebooks.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "json", derive(serde::Serialize))]
 pub struct CompressionReport {
     /// Every layer, in network order.
     pub layers: Vec<LayerReport>,
@@ -118,6 +121,40 @@ impl CompressionReport {
     pub fn model_bytes_after(&self) -> u64 {
         self.layers.iter().map(|l| l.bytes_after).sum::<u64>()
             + self.codebooks.iter().map(|c| c.bytes).sum::<u64>()
+    }
+
+    /// The report as JSON (feature `json`), for scripts: every field of every layer and
+    /// codebook, plus the totals.
+    #[cfg(feature = "json")]
+    pub fn to_json(&self) -> String {
+        #[derive(serde::Serialize)]
+        struct Totals {
+            clustered_kernels: u64,
+            clustered_bytes_before: u64,
+            clustered_bytes_after: u64,
+            ratio: f64,
+            model_bytes_before: u64,
+            model_bytes_after: u64,
+            paper_speedup: Option<f64>,
+        }
+        #[derive(serde::Serialize)]
+        struct Json<'a> {
+            report: &'a CompressionReport,
+            totals: Totals,
+        }
+        let json = Json {
+            report: self,
+            totals: Totals {
+                clustered_kernels: self.clustered_kernels(),
+                clustered_bytes_before: self.clustered_bytes_before(),
+                clustered_bytes_after: self.clustered_bytes_after(),
+                ratio: self.ratio(),
+                model_bytes_before: self.model_bytes_before(),
+                model_bytes_after: self.model_bytes_after(),
+                paper_speedup: self.paper_speedup(),
+            },
+        };
+        serde_json::to_string_pretty(&json).expect("plain data serialises")
     }
 
     /// Dense MACs per image over the layers whose input size is known.
