@@ -313,6 +313,26 @@ fn compressed_network_matches_its_dense_export_and_stores_f16_scales() {
     let den: f64 = layers[1].weight.iter().map(|b| f64::from(*b).powi(2)).sum();
     assert!((report.layers[1].relative_error.unwrap() - (num / den).sqrt()).abs() < 1e-9);
     assert!(report.layers[1].entropy_bits.unwrap() <= 4.0);
+    // Entropy coding can only shrink the fixed-width indices (4 bits for K = 16).
+    let coded = report.entropy_coded_bytes().unwrap();
+    assert!(coded <= report.clustered_bytes_after());
+    let expected: f64 = report
+        .layers
+        .iter()
+        .filter(|l| l.codebook.is_some())
+        .map(|l| l.kernels as f64 * (l.entropy_bits.unwrap() + 16.0) / 8.0)
+        .sum();
+    assert_eq!(
+        coded,
+        expected.ceil() as u64 + report.codebooks.iter().map(|c| c.bytes).sum::<u64>()
+    );
+    assert_eq!(
+        CompressionConfig::default()
+            .plan(&vgg16_cifar())
+            .unwrap()
+            .entropy_coded_bytes(),
+        None
+    );
     let text = report.to_string();
     assert!(text.contains("stem") && text.contains("dense") && text.contains("ratio"));
     assert!(net.dense_layer(9).is_err());

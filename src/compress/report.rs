@@ -157,6 +157,21 @@ impl CompressionReport {
         serde_json::to_string_pretty(&json).expect("plain data serialises")
     }
 
+    /// Bytes of the clustered layers if their indices were entropy coded at their measured
+    /// entropy (scales, masks and codebooks unchanged), when made from weights.
+    pub fn entropy_coded_bytes(&self) -> Option<u64> {
+        let layers: Option<f64> = self
+            .clustered()
+            .map(|l| {
+                Some(
+                    l.kernels as f64 * (l.entropy_bits? + f64::from(l.scale_bits + l.mask_bits))
+                        / 8.0,
+                )
+            })
+            .sum();
+        Some(layers?.ceil() as u64 + self.codebooks.iter().map(|c| c.bytes).sum::<u64>())
+    }
+
     /// Dense MACs per image over the layers whose input size is known.
     pub fn dense_macs(&self) -> u64 {
         self.layers.iter().filter_map(|l| l.dense_macs).sum()
@@ -301,6 +316,13 @@ impl fmt::Display for CompressionReport {
             self.clustered_bytes_after(),
             self.ratio()
         )?;
+        if let Some(bytes) = self.entropy_coded_bytes() {
+            writeln!(
+                f,
+                "with entropy-coded indices: {bytes} bytes ({:.2}×)",
+                self.clustered_bytes_before() as f64 / bytes as f64
+            )?;
+        }
         if let Some(speedup) = self.paper_speedup() {
             writeln!(
                 f,
