@@ -473,3 +473,40 @@ fn report_serialises_to_json() {
     assert_eq!(v["report"]["layers"].as_array().unwrap().len(), 13);
     assert!((v["totals"]["ratio"].as_f64().unwrap() - r.ratio()).abs() < 1e-12);
 }
+
+#[test]
+fn rejects_bad_settings_and_mismatched_originals() {
+    let layers = small_network(77);
+    for bits in [0, 33] {
+        let config = CompressionConfig {
+            scales: ScalePrecision::Fixed(bits),
+            ..Default::default()
+        };
+        assert!(matches!(
+            compress(&layers, &config),
+            Err(Error::InvalidParameter { .. })
+        ));
+    }
+    assert!(matches!(
+        compress::<f32>(&[], &CompressionConfig::default()),
+        Err(Error::Empty { .. })
+    ));
+    let net = compress(
+        &layers,
+        &CompressionConfig {
+            k: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut other = layers.clone();
+    other.swap(1, 3);
+    assert!(matches!(
+        net.report(&other),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        net.report(&layers[..2]),
+        Err(Error::ShapeMismatch { .. })
+    ));
+}

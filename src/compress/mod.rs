@@ -320,6 +320,23 @@ impl<F: Real> CompressedNetwork<F> {
         let mut measured = Vec::with_capacity(self.layers.len());
         let mut mask_bits = vec![0u32; self.layers.len()];
         for (l, (layer, orig)) in self.layers.iter().zip(original).enumerate() {
+            let (cout, cin, kh, kw) = orig.weight.dim();
+            let stored = match layer {
+                CompressedLayer::Clustered {
+                    codebook, layer, ..
+                } => {
+                    let (kh, kw) = self.codebooks[*codebook].kernel_size();
+                    (layer.out_channels(), layer.in_channels(), kh, kw)
+                }
+                CompressedLayer::Dense { layer, .. } => layer.weight().dim(),
+            };
+            if stored != (cout, cin, kh, kw) {
+                return Err(Error::ShapeMismatch {
+                    what: "original layer weight vs the compressed layer",
+                    expected: vec![stored.0, stored.1, stored.2, stored.3],
+                    got: vec![cout, cin, kh, kw],
+                });
+            }
             match layer {
                 CompressedLayer::Clustered {
                     codebook, layer, ..
@@ -423,6 +440,15 @@ pub fn compress<F: Real>(
         return Err(Error::Empty {
             what: "the list of layers",
         });
+    }
+    if let ScalePrecision::Fixed(bits) = config.scales {
+        if !(1..=32).contains(&bits) {
+            return Err(Error::InvalidParameter {
+                name: "ScalePrecision::Fixed bits",
+                value: f64::from(bits),
+                expected: "1 to 32 fractional bits",
+            });
+        }
     }
     let dims: Vec<_> = layers.iter().map(|l| l.weight.dim()).collect();
     let (plans, codebook_of) = config.plan_codebooks(&dims)?;
