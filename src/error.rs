@@ -132,6 +132,30 @@ pub enum Error {
         /// Number of clustered layers.
         layers: usize,
     },
+    /// A file could not be read.
+    #[error("cannot read {path}: {kind}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        kind: std::io::ErrorKind,
+    },
+    /// An IDX file (the MNIST format) is malformed.
+    #[error("invalid IDX data: {what}: expected {expected}, got {got}")]
+    InvalidIdx {
+        /// Which part is wrong.
+        what: &'static str,
+        /// The expected value (or bound).
+        expected: u64,
+        /// The value found.
+        got: u64,
+    },
+    /// No data set was found in any of the places searched.
+    #[error("Fashion-MNIST not found; looked in {tried:?}")]
+    DataNotFound {
+        /// Every directory tried, in order.
+        tried: Vec<std::path::PathBuf>,
+    },
     /// An input collection is empty.
     #[error("{what} is empty")]
     Empty {

@@ -6,6 +6,7 @@ mod clustered;
 mod codebook;
 mod compress;
 mod conv;
+mod data;
 mod error;
 mod geometry;
 mod kmeans;
@@ -22,6 +23,10 @@ pub use compress::{
     CompressionReport, ConvLayer, LayerGroup, LayerReport, LayerShape, ScalePrecision,
 };
 pub use conv::{Conv2d, Conv2dGrads};
+pub use data::{
+    read_idx, read_idx_file, DataSource, FashionMnist, Idx, LabelledImages, FASHION_MNIST_CLASSES,
+    MAX_IDX_BYTES,
+};
 pub use error::{Error, Result};
 pub use geometry::{ConvGeometry, Padding};
 pub use kmeans::{
