@@ -140,6 +140,12 @@ pub enum Error {
         /// What went wrong.
         kind: std::io::ErrorKind,
     },
+    /// A safetensors file is malformed or holds something other than what was asked.
+    #[error("invalid safetensors data: {what}")]
+    InvalidSafetensors {
+        /// What is wrong, with the tensor name where there is one.
+        what: String,
+    },
     /// An IDX file (the MNIST format) is malformed.
     #[error("invalid IDX data: {what}: expected {expected}, got {got}")]
     InvalidIdx {

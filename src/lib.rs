@@ -9,6 +9,8 @@ mod conv;
 mod data;
 mod error;
 mod geometry;
+#[cfg(feature = "safetensors")]
+pub mod io;
 mod kmeans;
 mod scalar;
 mod simd;
