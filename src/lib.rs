@@ -12,6 +12,7 @@ mod geometry;
 #[cfg(feature = "safetensors")]
 pub mod io;
 mod kmeans;
+pub mod nn;
 mod scalar;
 mod simd;
 
