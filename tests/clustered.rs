@@ -691,3 +691,44 @@ fn layer_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<ClusteredConv2d<f32>>();
 }
+
+#[test]
+fn training_setters_equal_a_rebuilt_layer() {
+    let mut r = rng(53);
+    let c = random_case(&mut r);
+    let (cout, cin) = c.layer.indices().dim();
+    let new_scales = Array2::from_shape_simple_fn((cout, cin), || r.random_range(-1.0..1.0));
+    let new_bias = Array1::from_shape_simple_fn(cout, || r.random_range(-1.0..1.0));
+    let mut layer = c
+        .layer
+        .clone()
+        .with_mask(Array2::from_shape_fn((cout, cin), |(o, i)| {
+            (o + i) % 3 != 0
+        }))
+        .unwrap();
+    let mask = layer.mask().unwrap().clone();
+    let bias = layer.bias().map(|_| new_bias.clone());
+    layer
+        .set_params(Some(new_scales.clone()), bias.clone())
+        .unwrap();
+    let rebuilt = ClusteredConv2d::new(
+        c.layer.indices().clone(),
+        Some(new_scales),
+        bias,
+        c.layer.geometry(),
+    )
+    .unwrap()
+    .with_mask(mask)
+    .unwrap();
+    assert_eq!(layer, rebuilt);
+    assert!(layer.set_params(None, layer.bias().cloned()).is_err());
+    let mut cb = c.codebook.clone();
+    let doubled = cb.centroids() * 2.0;
+    cb.set_centroids(doubled.clone()).unwrap();
+    assert_eq!(cb.centroids(), &doubled);
+    assert!(cb.set_centroids(Array3::zeros((1, 1, 1))).is_err());
+    let mut conv =
+        Conv2d::new(random4(&mut r, (2, 2, 3, 3)), None, ConvGeometry::default()).unwrap();
+    conv.params_mut().0.fill(1.0);
+    assert!(conv.weight().iter().all(|&v| v == 1.0));
+}

@@ -220,6 +220,42 @@ impl<F: Real> ClusteredConv2d<F> {
         })
     }
 
+    /// Replaces the scales and the bias (for training: assignments stay frozen), rebuilding
+    /// the plan. Pruned kernels keep scale 0.
+    ///
+    /// # Errors
+    /// Shapes that differ from the current ones (scales and bias must be present exactly when
+    /// they were), or non-finite scales.
+    pub fn set_params(&mut self, scales: Option<Array2<F>>, bias: Option<Array1<F>>) -> Result<()> {
+        let same = |a: Option<&[usize]>, b: Option<&[usize]>| a == b;
+        if !same(scales.as_ref().map(|s| s.shape()), self.scales.as_ref().map(|s| s.shape()))
+            || !same(bias.as_ref().map(|b| b.shape()), self.bias.as_ref().map(|b| b.shape()))
+        {
+            return Err(Error::ShapeMismatch {
+                what: "new scales/bias vs the layer's",
+                expected: self.indices.shape().to_vec(),
+                got: scales.as_ref().map_or(vec![], |s| s.shape().to_vec()),
+            });
+        }
+        let mut scales = scales;
+        if let Some(s) = scales.as_mut() {
+            if let Some(index) = s.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFinite { what: "scales (row = o·Cin + i)", index });
+            }
+            if let Some(mask) = &self.mask {
+                s.zip_mut_with(mask, |v, &keep| {
+                    if !keep {
+                        *v = F::zero();
+                    }
+                });
+            }
+        }
+        self.plan = Plan::new(&self.indices, scales.as_ref());
+        self.scales = scales;
+        self.bias = bias;
+        Ok(())
+    }
+
     /// The pruning mask, if any (`false` = pruned).
     pub fn mask(&self) -> Option<&Array2<bool>> {
         self.mask.as_ref()

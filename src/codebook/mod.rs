@@ -119,6 +119,25 @@ impl<F: Real> KernelCodebook<F> {
         })
     }
 
+    /// Replaces the centroids (for fine-tuning: same `K` and kernel size).
+    ///
+    /// # Errors
+    /// A different shape, or non-finite values.
+    pub fn set_centroids(&mut self, centroids: Array3<F>) -> Result<()> {
+        if centroids.dim() != self.centroids.dim() {
+            return Err(Error::ShapeMismatch {
+                what: "new centroids vs the codebook's",
+                expected: self.centroids.shape().to_vec(),
+                got: centroids.shape().to_vec(),
+            });
+        }
+        if let Some(index) = centroids.outer_iter().position(|c| c.iter().any(|v| !v.is_finite())) {
+            return Err(Error::NonFinite { what: "centroids", index });
+        }
+        self.centroids = centroids.as_standard_layout().into_owned();
+        Ok(())
+    }
+
     /// Sets how [`KernelCodebook::assign`] normalises kernels.
     #[must_use]
     pub fn with_scale_mode(mut self, scale_mode: ScaleMode) -> Self {
