@@ -228,9 +228,13 @@ impl<F: Real> ClusteredConv2d<F> {
     /// they were), or non-finite scales.
     pub fn set_params(&mut self, scales: Option<Array2<F>>, bias: Option<Array1<F>>) -> Result<()> {
         let same = |a: Option<&[usize]>, b: Option<&[usize]>| a == b;
-        if !same(scales.as_ref().map(|s| s.shape()), self.scales.as_ref().map(|s| s.shape()))
-            || !same(bias.as_ref().map(|b| b.shape()), self.bias.as_ref().map(|b| b.shape()))
-        {
+        if !same(
+            scales.as_ref().map(|s| s.shape()),
+            self.scales.as_ref().map(|s| s.shape()),
+        ) || !same(
+            bias.as_ref().map(|b| b.shape()),
+            self.bias.as_ref().map(|b| b.shape()),
+        ) {
             return Err(Error::ShapeMismatch {
                 what: "new scales/bias vs the layer's",
                 expected: self.indices.shape().to_vec(),
@@ -240,7 +244,10 @@ impl<F: Real> ClusteredConv2d<F> {
         let mut scales = scales;
         if let Some(s) = scales.as_mut() {
             if let Some(index) = s.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFinite { what: "scales (row = o·Cin + i)", index });
+                return Err(Error::NonFinite {
+                    what: "scales (row = o·Cin + i)",
+                    index,
+                });
             }
             if let Some(mask) = &self.mask {
                 s.zip_mut_with(mask, |v, &keep| {

@@ -131,8 +131,14 @@ impl<F: Real> KernelCodebook<F> {
                 got: centroids.shape().to_vec(),
             });
         }
-        if let Some(index) = centroids.outer_iter().position(|c| c.iter().any(|v| !v.is_finite())) {
-            return Err(Error::NonFinite { what: "centroids", index });
+        if let Some(index) = centroids
+            .outer_iter()
+            .position(|c| c.iter().any(|v| !v.is_finite()))
+        {
+            return Err(Error::NonFinite {
+                what: "centroids",
+                index,
+            });
         }
         self.centroids = centroids.as_standard_layout().into_owned();
         Ok(())

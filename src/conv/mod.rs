@@ -110,8 +110,16 @@ impl<F: Real> Conv2d<F> {
     }
 
     /// Mutable weight and bias, for training (the shapes cannot change).
-    pub fn params_mut(&mut self) -> (ndarray::ArrayViewMut4<'_, F>, Option<ndarray::ArrayViewMut1<'_, F>>) {
-        (self.weight.view_mut(), self.bias.as_mut().map(|b| b.view_mut()))
+    pub fn params_mut(
+        &mut self,
+    ) -> (
+        ndarray::ArrayViewMut4<'_, F>,
+        Option<ndarray::ArrayViewMut1<'_, F>>,
+    ) {
+        (
+            self.weight.view_mut(),
+            self.bias.as_mut().map(|b| b.view_mut()),
+        )
     }
 
     /// The geometry.
