@@ -159,12 +159,7 @@ impl<F: Real> ClusteredConv2d<F> {
                     got: s.shape().to_vec(),
                 });
             }
-            if let Some(index) = s.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFinite {
-                    what: "scales (row = o·Cin + i)",
-                    index,
-                });
-            }
+            check_finite_scales(s)?;
         }
         if let Some(b) = &bias {
             if b.len() != cout {
@@ -243,12 +238,7 @@ impl<F: Real> ClusteredConv2d<F> {
         }
         let mut scales = scales;
         if let Some(s) = scales.as_mut() {
-            if let Some(index) = s.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFinite {
-                    what: "scales (row = o·Cin + i)",
-                    index,
-                });
-            }
+            check_finite_scales(s)?;
             if let Some(mask) = &self.mask {
                 s.zip_mut_with(mask, |v, &keep| {
                     if !keep {
@@ -489,5 +479,16 @@ impl<F: Real> ClusteredConv2d<F> {
             self.sum_distinct_per_output(),
             self.sum_distinct_per_input(),
         )
+    }
+}
+
+/// Rejects the first non-finite scale, naming its flat position `o·Cin + i`.
+fn check_finite_scales<F: Real>(scales: &Array2<F>) -> Result<()> {
+    match scales.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(Error::NonFinite {
+            what: "scales (row = o·Cin + i)",
+            index,
+        }),
+        None => Ok(()),
     }
 }

@@ -102,15 +102,7 @@ impl<F: Real> KernelCodebook<F> {
                 shape: vec![k, kh, kw],
             });
         }
-        if let Some(index) = centroids
-            .outer_iter()
-            .position(|c| c.iter().any(|v| !v.is_finite()))
-        {
-            return Err(Error::NonFinite {
-                what: "centroids",
-                index,
-            });
-        }
+        check_finite(&centroids)?;
         symmetry.permutations(kh, kw)?;
         Ok(Self {
             centroids: centroids.as_standard_layout().into_owned(),
@@ -131,15 +123,7 @@ impl<F: Real> KernelCodebook<F> {
                 got: centroids.shape().to_vec(),
             });
         }
-        if let Some(index) = centroids
-            .outer_iter()
-            .position(|c| c.iter().any(|v| !v.is_finite()))
-        {
-            return Err(Error::NonFinite {
-                what: "centroids",
-                index,
-            });
-        }
+        check_finite(&centroids)?;
         self.centroids = centroids.as_standard_layout().into_owned();
         Ok(())
     }
@@ -325,6 +309,20 @@ impl<F: Real> KernelCodebook<F> {
             }
         }
         Ok(())
+    }
+}
+
+/// Rejects the first centroid holding a NaN or infinity, naming it.
+fn check_finite<F: Real>(centroids: &Array3<F>) -> Result<()> {
+    match centroids
+        .outer_iter()
+        .position(|c| c.iter().any(|v| !v.is_finite()))
+    {
+        Some(index) => Err(Error::NonFinite {
+            what: "centroids",
+            index,
+        }),
+        None => Ok(()),
     }
 }
 
