@@ -168,4 +168,64 @@ pub enum Error {
         /// Which input.
         what: &'static str,
     },
+    /// A textual option (e.g. a scale precision or a symmetry name) could not be parsed.
+    #[error("invalid {what} {input:?}: expected {expected}")]
+    Parse {
+        /// What was being parsed.
+        what: &'static str,
+        /// The text given.
+        input: String,
+        /// What is accepted.
+        expected: &'static str,
+    },
+    /// A file could not be written (nothing was left at the destination).
+    #[error("cannot write {path}: {kind}")]
+    Write {
+        /// The destination.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        kind: std::io::ErrorKind,
+    },
+    /// A compressed-model file is malformed: it parses as safetensors but its metadata or
+    /// tensors are not a valid compressed model.
+    #[error("invalid compressed model file: {what}")]
+    InvalidModelFile {
+        /// What is wrong, with the layer or tensor name where there is one.
+        what: String,
+    },
+    /// A compressed-model file's payload does not match its recorded checksum (the file was
+    /// damaged after it was written).
+    #[error(
+        "compressed model file is corrupt: payload SHA-256 is {got}, the header records {expected}"
+    )]
+    ChecksumMismatch {
+        /// The checksum recorded in the file.
+        expected: String,
+        /// The checksum of the payload as read.
+        got: String,
+    },
+    /// A compressed-model file written by a newer format version.
+    #[error("compressed model format version {found} is not supported (this build reads versions 1 to {supported}); upgrade clustered-conv")]
+    UnsupportedVersion {
+        /// The version found in the file.
+        found: String,
+        /// The newest version this build reads.
+        supported: u32,
+    },
+    /// A size limit was exceeded; checked before anything of that size is allocated.
+    #[error("{what} is {got}, above the limit of {limit}")]
+    LimitExceeded {
+        /// What was measured.
+        what: String,
+        /// The limit.
+        limit: u64,
+        /// The value found.
+        got: u64,
+    },
+    /// A model cannot be saved as it is.
+    #[error("cannot save the model: {what}")]
+    InvalidModel {
+        /// What is wrong and how to fix it.
+        what: String,
+    },
 }

@@ -259,6 +259,51 @@ impl<F: Real> CompressedNetwork<F> {
         }
     }
 
+    /// Rounds every clustered layer's scales to [`CompressedNetwork::scales`] (after
+    /// fine-tuning moved them off the grid), so the network can be saved exactly.
+    ///
+    /// # Errors
+    /// A scale that rounds to infinity (beyond the f16 range).
+    pub fn round_scales(&mut self) -> Result<()> {
+        let precision = self.scales;
+        for layer in &mut self.layers {
+            if let CompressedLayer::Clustered { layer, .. } = layer {
+                if precision == ScalePrecision::None || layer.scales().is_none() {
+                    continue;
+                }
+                let scales = layer.scales().map(|s| s.mapv(|v| precision.round(v)));
+                let bias = layer.bias().cloned();
+                layer.set_params(scales, bias)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The size report of the network alone (no original weights: no reconstruction error),
+    /// with each clustered layer's index entropy.
+    ///
+    /// # Errors
+    /// An inconsistent network (a codebook index out of range).
+    pub fn summary(&self) -> Result<CompressionReport> {
+        let shapes: Vec<ConvLayer<F>> = (0..self.layers.len())
+            .map(|l| {
+                let dense = self.dense_layer(l)?;
+                Ok(ConvLayer {
+                    name: self.layers[l].name().to_string(),
+                    weight: dense.weight().clone(),
+                    bias: None,
+                    geometry: dense.geometry(),
+                    mask: None,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut report = self.report_impl(&shapes, None)?;
+        for line in &mut report.layers {
+            line.relative_error = None;
+        }
+        Ok(report)
+    }
+
     /// The size report, with each layer's relative reconstruction error against `original`
     /// and its index entropy.
     ///

@@ -44,6 +44,55 @@ impl ScalePrecision {
     }
 }
 
+impl std::fmt::Display for ScalePrecision {
+    /// `f16`, `f32`, `none` or `fixed<bits>` (what [`str::parse`] accepts back).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScalePrecision::F16 => f.write_str("f16"),
+            ScalePrecision::F32 => f.write_str("f32"),
+            ScalePrecision::None => f.write_str("none"),
+            ScalePrecision::Fixed(bits) => write!(f, "fixed{bits}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ScalePrecision {
+    type Err = crate::Error;
+
+    /// Parses `f16`, `f32`, `none` or `fixed<bits>` with 1 ≤ bits ≤ 32.
+    ///
+    /// ```
+    /// use clustered_conv::ScalePrecision;
+    /// assert_eq!("f16".parse::<ScalePrecision>()?, ScalePrecision::F16);
+    /// assert_eq!("fixed8".parse::<ScalePrecision>()?, ScalePrecision::Fixed(8));
+    /// assert!("f8".parse::<ScalePrecision>().is_err());
+    /// # Ok::<(), clustered_conv::Error>(())
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || crate::Error::Parse {
+            what: "scale precision",
+            input: s.to_string(),
+            expected: "f16, f32, none or fixed<bits> with bits 1 to 32",
+        };
+        match s {
+            "f16" => Ok(ScalePrecision::F16),
+            "f32" => Ok(ScalePrecision::F32),
+            "none" => Ok(ScalePrecision::None),
+            _ => {
+                let bits: u8 = s
+                    .strip_prefix("fixed")
+                    .and_then(|b| b.parse().ok())
+                    .ok_or_else(invalid)?;
+                if (1..=32).contains(&bits) {
+                    Ok(ScalePrecision::Fixed(bits))
+                } else {
+                    Err(invalid())
+                }
+            }
+        }
+    }
+}
+
 /// The nearest IEEE binary16 value (ties to even), as `f64`; ±∞ beyond the f16 range.
 fn round_to_f16(x: f64) -> f64 {
     if !x.is_finite() || x == 0.0 {

@@ -6,8 +6,18 @@
 //! are ordered by their names compared part by part, numbers numerically (`features.2` before
 //! `features.10`): safetensors files store tensors sorted, not in module order.
 
+mod atomic;
+mod bitpack;
+mod format;
+
+pub use atomic::write_atomic;
+pub use format::{
+    CompressedModel, LayerDtypes, FORMAT_NAME, FORMAT_VERSION, MAX_CODEBOOKS, MAX_CODEBOOK_ENTRIES,
+    MAX_FILE_BYTES, MAX_GEOMETRY_VALUE, MAX_KERNEL_AREA, MAX_LAYERS, MAX_LAYER_KERNELS,
+};
+
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ndarray::{ArrayD, IxDyn};
 use safetensors::{Dtype, SafeTensors};
@@ -88,28 +98,64 @@ impl NamedTensor {
         })
     }
 
-    /// `values` stored in this tensor's element type (same name and shape).
-    fn with_values(&self, values: &ArrayD<f32>) -> NamedTensor {
-        let bytes: Vec<u8> = match self.dtype {
-            Some(TensorDtype::F64) => values
+    /// A tensor from safetensors' own dtype and little-endian bytes.
+    pub(crate) fn from_raw(
+        name: String,
+        raw_dtype: Dtype,
+        shape: Vec<usize>,
+        bytes: Vec<u8>,
+    ) -> Self {
+        NamedTensor {
+            name,
+            dtype: match raw_dtype {
+                Dtype::F16 => Some(TensorDtype::F16),
+                Dtype::BF16 => Some(TensorDtype::BF16),
+                Dtype::F32 => Some(TensorDtype::F32),
+                Dtype::F64 => Some(TensorDtype::F64),
+                _ => None,
+            },
+            raw_dtype,
+            shape,
+            bytes,
+        }
+    }
+
+    /// `values` stored as `dtype` (rounded to nearest for f16/bf16).
+    pub(crate) fn from_f32(
+        name: String,
+        dtype: TensorDtype,
+        values: &ndarray::ArrayViewD<'_, f32>,
+    ) -> Self {
+        let raw_dtype = match dtype {
+            TensorDtype::F16 => Dtype::F16,
+            TensorDtype::BF16 => Dtype::BF16,
+            TensorDtype::F32 => Dtype::F32,
+            TensorDtype::F64 => Dtype::F64,
+        };
+        let bytes: Vec<u8> = match dtype {
+            TensorDtype::F64 => values
                 .iter()
                 .flat_map(|&v| f64::from(v).to_le_bytes())
                 .collect(),
-            Some(TensorDtype::F16) => values
+            TensorDtype::F16 => values
                 .iter()
                 .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
                 .collect(),
-            Some(TensorDtype::BF16) => values
+            TensorDtype::BF16 => values
                 .iter()
                 .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
                 .collect(),
-            _ => values.iter().flat_map(|&v| v.to_le_bytes()).collect(),
+            TensorDtype::F32 => values.iter().flat_map(|&v| v.to_le_bytes()).collect(),
         };
-        NamedTensor {
-            bytes,
-            shape: values.shape().to_vec(),
-            ..self.clone()
-        }
+        NamedTensor::from_raw(name, raw_dtype, values.shape().to_vec(), bytes)
+    }
+
+    /// A safetensors view of the bytes.
+    pub(crate) fn view(&self) -> Result<safetensors::tensor::TensorView<'_>> {
+        safetensors::tensor::TensorView::new(self.raw_dtype, self.shape.clone(), &self.bytes)
+            .map_err(|e| Error::InvalidSafetensors {
+                what: format!("{}: {e}", self.name),
+            })
     }
 }
 
@@ -127,33 +173,72 @@ pub struct StateDict {
 /// # Errors
 /// [`Error::InvalidSafetensors`] for anything the `safetensors` crate rejects.
 pub fn read_safetensors(bytes: &[u8]) -> Result<StateDict> {
-    let invalid = |e: safetensors::SafeTensorError| Error::InvalidSafetensors {
+    let metadata = read_safetensors_header(bytes)?;
+    let file = SafeTensors::deserialize(bytes).map_err(|e| Error::InvalidSafetensors {
         what: e.to_string(),
-    };
-    let (_, header) = SafeTensors::read_metadata(bytes).map_err(invalid)?;
-    let file = SafeTensors::deserialize(bytes).map_err(invalid)?;
+    })?;
     let mut tensors: Vec<NamedTensor> = file
         .tensors()
         .into_iter()
-        .map(|(name, view)| NamedTensor {
-            dtype: match view.dtype() {
-                Dtype::F16 => Some(TensorDtype::F16),
-                Dtype::BF16 => Some(TensorDtype::BF16),
-                Dtype::F32 => Some(TensorDtype::F32),
-                Dtype::F64 => Some(TensorDtype::F64),
-                _ => None,
-            },
-            raw_dtype: view.dtype(),
-            shape: view.shape().to_vec(),
-            bytes: view.data().to_vec(),
-            name,
+        .map(|(name, view)| {
+            NamedTensor::from_raw(
+                name,
+                view.dtype(),
+                view.shape().to_vec(),
+                view.data().to_vec(),
+            )
         })
         .collect();
     tensors.sort_by(|a, b| natural_cmp(&a.name, &b.name));
-    Ok(StateDict {
-        tensors,
-        metadata: header.metadata().clone().unwrap_or_default(),
-    })
+    Ok(StateDict { tensors, metadata })
+}
+
+/// A safetensors file of `tensors`, written deterministically: header keys and tensor data
+/// in byte-wise name order (the `safetensors` crate's own writer orders `__metadata__` by
+/// hash, so two writes of one model would differ).
+pub(crate) fn serialize_sorted(
+    tensors: &[NamedTensor],
+    metadata: Option<&BTreeMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let mut sorted: Vec<&NamedTensor> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut header = serde_json::Map::new();
+    if let Some(m) = metadata {
+        header.insert("__metadata__".into(), serde_json::json!(m));
+    }
+    let mut offset = 0usize;
+    for t in &sorted {
+        t.view()?; // checks that the bytes match the shape and dtype
+        let end = offset + t.bytes.len();
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({
+                "dtype": format!("{:?}", t.raw_dtype),
+                "shape": t.shape,
+                "data_offsets": [offset, end],
+            }),
+        );
+        offset = end;
+    }
+    let mut json = serde_json::Value::Object(header).to_string().into_bytes();
+    // Pad with spaces so the data starts 8-byte aligned, as the reference writer does.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + offset);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    for t in &sorted {
+        out.extend_from_slice(&t.bytes);
+    }
+    Ok(out)
+}
+
+/// The `__metadata__` map of a safetensors file (empty when absent), after the `safetensors`
+/// crate's checks of the header.
+fn read_safetensors_header(bytes: &[u8]) -> Result<HashMap<String, String>> {
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| Error::InvalidSafetensors {
+        what: e.to_string(),
+    })?;
+    Ok(header.metadata().clone().unwrap_or_default())
 }
 
 /// Compares dotted names part by part, numeric parts as numbers.
@@ -273,33 +358,5 @@ pub fn write_dense_safetensors(
     net: &CompressedNetwork<f32>,
     imported: &ImportedModel,
 ) -> Result<Vec<u8>> {
-    if net.layers.len() != imported.layer_tensors.len() {
-        return Err(Error::ShapeMismatch {
-            what: "compressed layers vs imported layers",
-            expected: vec![imported.layer_tensors.len()],
-            got: vec![net.layers.len()],
-        });
-    }
-    let mut out: Vec<NamedTensor> = Vec::new();
-    for (i, (weight, bias)) in imported.layer_tensors.iter().enumerate() {
-        let dense = net.dense_layer(i)?;
-        out.push(weight.with_values(&dense.weight().clone().into_dyn()));
-        if let (Some(b), Some(values)) = (bias, dense.bias()) {
-            out.push(b.with_values(&values.clone().into_dyn()));
-        }
-    }
-    out.extend(imported.passthrough.iter().cloned());
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = out
-        .iter()
-        .map(|t| {
-            let view = safetensors::tensor::TensorView::new(t.raw_dtype, t.shape.clone(), &t.bytes)
-                .map_err(|e| Error::InvalidSafetensors {
-                    what: format!("{}: {e}", t.name),
-                })?;
-            Ok((t.name.clone(), view))
-        })
-        .collect::<Result<_>>()?;
-    safetensors::serialize(views, None).map_err(|e| Error::InvalidSafetensors {
-        what: e.to_string(),
-    })
+    CompressedModel::from_import(net.clone(), imported)?.to_dense_safetensors()
 }

@@ -1,0 +1,943 @@
+//! The compressed-model file: a valid safetensors file, so every safetensors tool opens it.
+//!
+//! ```text
+//! ┌────────────┬──────────────────────────────────────────┬─────────────────────────────┐
+//! │ u64 LE: n  │ JSON header (n bytes)                    │ payload: tensor bytes       │
+//! └────────────┴──────────────────────────────────────────┴─────────────────────────────┘
+//!   header = { "__metadata__": {
+//!                 "format": "clustered-conv",          ← the magic
+//!                 "format_version": "1",
+//!                 "model": "<JSON: codebooks, layers, pass-through names>",
+//!                 "payload_sha256": "<hex>" },
+//!              "<tensor name>": { "dtype", "shape", "data_offsets" }, … }
+//!
+//!   tensors, for a network with codebooks c = 0, 1, … and a layer named L:
+//!     clustered_conv.codebook.<c>   F32  [K, kh, kw]        centroids
+//!     L.weight.indices              U8   [⌈Cout·Cin·b / 8⌉]  bit-packed indices
+//!     L.weight.scales               F16 / F32 [Cout, Cin]    (U8 bit-packed for fixed<bits>)
+//!     L.weight.mask                 U8   [⌈Cout·Cin / 8⌉]    1 = kept (pruned layers only)
+//!     L.bias                        F32  [Cout]
+//!     L.weight                      F32  [Cout, Cin, kh, kw] (layers kept dense)
+//!     <pass-through names>          as imported (BatchNorm, Linear, 1×1, …), bytes untouched
+//! ```
+//!
+//! - **Indices** are `centroid + K·transform` in row-major `(o, i)` order, each
+//!   `b = max(1, ⌈log2(K·S)⌉)` bits wide, packed least significant bit first: value `j` fills
+//!   stream bits `j·b … j·b + b − 1`, stream bit `n` is bit `n mod 8` of byte `⌊n/8⌋`, and the
+//!   unused high bits of the last byte are zero. The mask uses the same packing with `b = 1`.
+//!   Fixed-point scales (`fixed<f>`) store `round(s·2^f)` as `f`-bit two's complement.
+//! - **`model`** records, per codebook, K, kernel size, symmetry letters (`i`, `ih`, `ihvo`,
+//!   `ihvoIHVO`) and scale mode; per layer, name, kind (`clustered` / `dense`), codebook, weight
+//!   shape, index bits, geometry (stride, padding top/bottom/left/right, dilation), which of
+//!   scales / bias / mask are present, and the element types the weight and bias had when
+//!   imported (used by decompression); the scale precision; the pass-through names in order.
+//! - **`payload_sha256`** is the SHA-256 of: the `model` string, then for every tensor in
+//!   byte-wise name order its name, a zero byte, its safetensors dtype name (`F32`, `U8`, …), a
+//!   zero byte, each dimension as u64 LE, the byte length as u64 LE, and the bytes. A flipped
+//!   bit anywhere in the metadata or the tensors is reported as [`Error::ChecksumMismatch`].
+//!
+//! Readers keep reading every older version; `tests/data/golden_v1.safetensors` pins
+//! version 1. A file from a newer version is refused with [`Error::UnsupportedVersion`].
+//!
+//! Reading never trusts a size it has not checked: the file size, the number of layers and
+//! codebooks, kernels per layer, codebook entries and kernel area are bounded by the public
+//! `MAX_*` constants before anything of that size is allocated, and every packed tensor's byte
+//! length is checked against its claimed shape before it is unpacked.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use ndarray::{Array1, Array2, Array3, Array4};
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::bitpack::{pack, packed_len, unpack};
+use super::{read_safetensors_header, write_atomic, ImportedModel, NamedTensor, TensorDtype};
+use crate::clustered::ClusteredConv2d;
+use crate::codebook::{KernelCodebook, ScaleMode, Symmetry};
+use crate::compress::{CompressedLayer, CompressedNetwork, ScalePrecision};
+use crate::conv::Conv2d;
+use crate::error::{Error, Result};
+use crate::geometry::{ConvGeometry, Padding};
+
+/// The `format` value of `__metadata__`.
+pub const FORMAT_NAME: &str = "clustered-conv";
+/// The format version this build writes (and the newest it reads).
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest file read, in bytes (64 GiB).
+pub const MAX_FILE_BYTES: u64 = 1 << 36;
+/// Most layers in a file.
+pub const MAX_LAYERS: usize = 100_000;
+/// Most codebooks in a file.
+pub const MAX_CODEBOOKS: usize = 100_000;
+/// Most kernels (`Cout·Cin`) in one layer.
+pub const MAX_LAYER_KERNELS: u64 = 1 << 28;
+/// Most entries (`K·S`) in one codebook.
+pub const MAX_CODEBOOK_ENTRIES: u64 = 1 << 24;
+/// Largest kernel area `kh·kw`.
+pub const MAX_KERNEL_AREA: u64 = 1 << 12;
+/// Largest stride, padding or dilation.
+pub const MAX_GEOMETRY_VALUE: u64 = 1 << 16;
+
+const CODEBOOK_PREFIX: &str = "clustered_conv.codebook.";
+
+/// The element types a layer's weight and bias had when imported; decompression writes them
+/// back in these types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerDtypes {
+    /// The weight's type.
+    pub weight: TensorDtype,
+    /// The bias's type (ignored when the layer has no bias).
+    pub bias: TensorDtype,
+}
+
+impl Default for LayerDtypes {
+    fn default() -> Self {
+        LayerDtypes {
+            weight: TensorDtype::F32,
+            bias: TensorDtype::F32,
+        }
+    }
+}
+
+/// What a compressed-model file holds: the network, the original element types of its
+/// layers, and the tensors passed through untouched.
+///
+/// ```
+/// use clustered_conv::io::CompressedModel;
+/// use clustered_conv::{compress, CompressionConfig, ConvGeometry, ConvLayer};
+/// use ndarray::Array4;
+///
+/// let layer = ConvLayer {
+///     name: "conv1".to_string(),
+///     weight: Array4::<f32>::from_shape_fn((8, 4, 3, 3), |(o, i, r, c)| ((o * 7 + i * 3 + r * 2 + c) % 5) as f32 - 2.0),
+///     bias: None,
+///     geometry: ConvGeometry::default().padding(1, 1),
+///     mask: None,
+/// };
+/// let config = CompressionConfig { k: 4, ..Default::default() };
+/// let model = CompressedModel::new(compress(&[layer], &config)?);
+/// let bytes = model.to_bytes()?;
+/// assert_eq!(CompressedModel::from_bytes(&bytes)?, model);
+/// # Ok::<(), clustered_conv::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompressedModel {
+    /// The compressed network.
+    pub network: CompressedNetwork<f32>,
+    /// One entry per layer of `network`.
+    pub dtypes: Vec<LayerDtypes>,
+    /// Tensors stored as they were imported (BatchNorm, Linear, 1×1 convolutions, …).
+    pub passthrough: Vec<NamedTensor>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ModelMeta {
+    scales: String,
+    codebooks: Vec<CodebookMeta>,
+    layers: Vec<LayerMeta>,
+    passthrough: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CodebookMeta {
+    k: u64,
+    kernel: [u64; 2],
+    symmetry: String,
+    scale_mode: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LayerMeta {
+    name: String,
+    kind: String,
+    codebook: Option<usize>,
+    shape: [u64; 4],
+    index_bits: u32,
+    stride: [u64; 2],
+    padding: [u64; 4],
+    dilation: [u64; 2],
+    scales: bool,
+    bias: bool,
+    mask: bool,
+    weight_dtype: String,
+    bias_dtype: String,
+}
+
+impl CompressedModel {
+    /// A model of `network` alone: every layer was `f32`, nothing passes through.
+    pub fn new(network: CompressedNetwork<f32>) -> Self {
+        let dtypes = vec![LayerDtypes::default(); network.layers.len()];
+        CompressedModel {
+            network,
+            dtypes,
+            passthrough: Vec::new(),
+        }
+    }
+
+    /// A model of `network`, compressed from `imported`: keeps the imported element types and
+    /// pass-through tensors.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when the network does not have one layer per imported layer.
+    pub fn from_import(network: CompressedNetwork<f32>, imported: &ImportedModel) -> Result<Self> {
+        if network.layers.len() != imported.layer_tensors.len() {
+            return Err(Error::ShapeMismatch {
+                what: "compressed layers vs imported layers",
+                expected: vec![imported.layer_tensors.len()],
+                got: vec![network.layers.len()],
+            });
+        }
+        let dtypes = imported
+            .layer_tensors
+            .iter()
+            .map(|(w, b)| {
+                let weight = w.dtype.unwrap_or(TensorDtype::F32);
+                LayerDtypes {
+                    weight,
+                    bias: b.as_ref().and_then(|b| b.dtype).unwrap_or(weight),
+                }
+            })
+            .collect();
+        Ok(CompressedModel {
+            network,
+            dtypes,
+            passthrough: imported.passthrough.clone(),
+        })
+    }
+
+    /// The file's bytes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidModel`] when the model cannot be stored exactly: a scale that is not
+    /// representable at the network's scale precision (round the scales after fine-tuning
+    /// with [`CompressedNetwork::round_scales`]), a layer without scales in a network with
+    /// scales, two tensors with the same name, a codebook index out of range, or a `dtypes`
+    /// list of the wrong length.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let net = &self.network;
+        if self.dtypes.len() != net.layers.len() {
+            return invalid_model(format!(
+                "{} dtype entries for {} layers",
+                self.dtypes.len(),
+                net.layers.len()
+            ));
+        }
+        let mut tensors: Vec<NamedTensor> = Vec::new();
+        let mut codebooks = Vec::with_capacity(net.codebooks.len());
+        for (c, cb) in net.codebooks.iter().enumerate() {
+            let (k, kh, kw) = cb.centroids().dim();
+            tensors.push(NamedTensor::from_raw(
+                format!("{CODEBOOK_PREFIX}{c}"),
+                Dtype::F32,
+                vec![k, kh, kw],
+                f32_bytes(cb.centroids().iter()),
+            ));
+            codebooks.push(CodebookMeta {
+                k: k as u64,
+                kernel: [kh as u64, kw as u64],
+                symmetry: cb.symmetry().letters().to_string(),
+                scale_mode: scale_mode_name(cb.scale_mode()).to_string(),
+            });
+        }
+        let mut layers = Vec::with_capacity(net.layers.len());
+        for (layer, dtypes) in net.layers.iter().zip(&self.dtypes) {
+            layers.push(write_layer(layer, *dtypes, net, &mut tensors)?);
+        }
+        tensors.extend(self.passthrough.iter().cloned());
+        let mut seen = HashSet::new();
+        if let Some(dup) = tensors.iter().find(|t| !seen.insert(t.name.as_str())) {
+            return invalid_model(format!(
+                "two tensors are named {:?} (a layer name collides with a pass-through tensor \
+                 or another layer)",
+                dup.name
+            ));
+        }
+        let meta = ModelMeta {
+            scales: net.scales.to_string(),
+            codebooks,
+            layers,
+            passthrough: self.passthrough.iter().map(|t| t.name.clone()).collect(),
+        };
+        let model_json = serde_json::to_string(&meta).map_err(|e| Error::InvalidModel {
+            what: format!("metadata: {e}"),
+        })?;
+        let checksum = payload_sha256(
+            &model_json,
+            tensors.iter().map(|t| {
+                (
+                    t.name.as_str(),
+                    t.raw_dtype,
+                    t.shape.as_slice(),
+                    t.bytes.as_slice(),
+                )
+            }),
+        );
+        let metadata: BTreeMap<String, String> = [
+            ("format", FORMAT_NAME.to_string()),
+            ("format_version", FORMAT_VERSION.to_string()),
+            ("model", model_json),
+            ("payload_sha256", checksum),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        super::serialize_sorted(&tensors, Some(&metadata))
+    }
+
+    /// Parses a file's bytes, checking everything listed in the module docs.
+    ///
+    /// # Errors
+    /// [`Error::LimitExceeded`], [`Error::InvalidSafetensors`] (not a safetensors file),
+    /// [`Error::InvalidModelFile`] (a safetensors file that is not a valid compressed model),
+    /// [`Error::UnsupportedVersion`], [`Error::ChecksumMismatch`], or
+    /// [`Error::IndexOutOfRange`] for an index beyond its codebook.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        check_limit("file size in bytes", bytes.len() as u64, MAX_FILE_BYTES)?;
+        let metadata = read_safetensors_header(bytes)?;
+        let format = metadata.get("format").map(String::as_str);
+        if format != Some(FORMAT_NAME) {
+            return invalid_file(format!(
+                "__metadata__.format is {format:?}, expected {FORMAT_NAME:?} (a plain \
+                 safetensors state_dict must be compressed first)"
+            ));
+        }
+        let version = metadata
+            .get("format_version")
+            .ok_or_else(|| file_error("__metadata__ has no format_version".to_string()))?;
+        match version.parse::<u32>() {
+            Ok(v) if (1..=FORMAT_VERSION).contains(&v) => {}
+            Ok(v) if v > FORMAT_VERSION => {
+                return Err(Error::UnsupportedVersion {
+                    found: version.clone(),
+                    supported: FORMAT_VERSION,
+                })
+            }
+            _ => return invalid_file(format!("format_version {version:?} is not a version")),
+        }
+        let model_json = metadata
+            .get("model")
+            .ok_or_else(|| file_error("__metadata__ has no model".to_string()))?;
+        let recorded = metadata
+            .get("payload_sha256")
+            .ok_or_else(|| file_error("__metadata__ has no payload_sha256".to_string()))?;
+        let file = SafeTensors::deserialize(bytes).map_err(|e| Error::InvalidSafetensors {
+            what: e.to_string(),
+        })?;
+        let mut payload: BTreeMap<String, safetensors::tensor::TensorView<'_>> =
+            file.tensors().into_iter().collect();
+        let actual = payload_sha256(
+            model_json,
+            payload
+                .iter()
+                .map(|(name, v)| (name.as_str(), v.dtype(), v.shape(), v.data())),
+        );
+        if &actual != recorded {
+            return Err(Error::ChecksumMismatch {
+                expected: recorded.clone(),
+                got: actual,
+            });
+        }
+        let meta: ModelMeta = serde_json::from_str(model_json)
+            .map_err(|e| file_error(format!("__metadata__.model: {e}")))?;
+        check_limit(
+            "number of layers",
+            meta.layers.len() as u64,
+            MAX_LAYERS as u64,
+        )?;
+        check_limit(
+            "number of codebooks",
+            meta.codebooks.len() as u64,
+            MAX_CODEBOOKS as u64,
+        )?;
+        let scales: ScalePrecision = meta
+            .scales
+            .parse()
+            .map_err(|e| file_error(format!("__metadata__.model.scales: {e}")))?;
+        let mut take = |name: &str, dtype: Dtype, shape: &[usize]| -> Result<Vec<u8>> {
+            let view = payload
+                .remove(name)
+                .ok_or_else(|| file_error(format!("tensor {name:?} is missing")))?;
+            if view.dtype() != dtype || view.shape() != shape {
+                return invalid_file(format!(
+                    "tensor {name:?} is {:?} {:?}, expected {dtype:?} {shape:?}",
+                    view.dtype(),
+                    view.shape()
+                ));
+            }
+            Ok(view.data().to_vec())
+        };
+        let codebooks = meta
+            .codebooks
+            .iter()
+            .enumerate()
+            .map(|(c, m)| read_codebook(c, m, &mut take))
+            .collect::<Result<Vec<_>>>()?;
+        let mut layers = Vec::with_capacity(meta.layers.len());
+        let mut dtypes = Vec::with_capacity(meta.layers.len());
+        for m in &meta.layers {
+            layers.push(read_layer(m, &codebooks, scales, &mut take)?);
+            dtypes.push(LayerDtypes {
+                weight: parse_dtype(&m.weight_dtype, &m.name)?,
+                bias: parse_dtype(&m.bias_dtype, &m.name)?,
+            });
+        }
+        let mut passthrough = Vec::with_capacity(meta.passthrough.len());
+        for name in &meta.passthrough {
+            let view = payload
+                .remove(name)
+                .ok_or_else(|| file_error(format!("pass-through tensor {name:?} is missing")))?;
+            passthrough.push(NamedTensor::from_raw(
+                name.clone(),
+                view.dtype(),
+                view.shape().to_vec(),
+                view.data().to_vec(),
+            ));
+        }
+        if let Some(extra) = payload.keys().next() {
+            return invalid_file(format!("tensor {extra:?} is not described by the metadata"));
+        }
+        Ok(CompressedModel {
+            network: CompressedNetwork {
+                codebooks,
+                layers,
+                scales,
+            },
+            dtypes,
+            passthrough,
+        })
+    }
+
+    /// Writes the file atomically (a temporary file in the same directory, then a rename):
+    /// on any failure the destination is left as it was.
+    ///
+    /// # Errors
+    /// As [`CompressedModel::to_bytes`], or [`Error::Write`].
+    pub fn save(&self, path: &Path) -> Result<()> {
+        write_atomic(path, &self.to_bytes()?)
+    }
+
+    /// Reads a file written by [`CompressedModel::save`], refusing files larger than
+    /// [`MAX_FILE_BYTES`] before reading them.
+    ///
+    /// # Errors
+    /// [`Error::Io`], or as [`CompressedModel::from_bytes`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let io_error = |e: std::io::Error| Error::Io {
+            path: path.to_path_buf(),
+            kind: e.kind(),
+        };
+        let size = std::fs::metadata(path).map_err(io_error)?.len();
+        check_limit("file size in bytes", size, MAX_FILE_BYTES)?;
+        Self::from_bytes(&std::fs::read(path).map_err(io_error)?)
+    }
+
+    /// A dense safetensors file: every layer's reconstructed weight (and bias) under its
+    /// original name (`<layer>.weight`, `<layer>.bias`) and element type, then the
+    /// pass-through tensors unchanged; what PyTorch's `load_state_dict` expects.
+    ///
+    /// # Errors
+    /// A `dtypes` list of the wrong length, or a layer that cannot be reconstructed.
+    pub fn to_dense_safetensors(&self) -> Result<Vec<u8>> {
+        if self.dtypes.len() != self.network.layers.len() {
+            return invalid_model(format!(
+                "{} dtype entries for {} layers",
+                self.dtypes.len(),
+                self.network.layers.len()
+            ));
+        }
+        let mut out: Vec<NamedTensor> = Vec::new();
+        for (l, (layer, dtypes)) in self.network.layers.iter().zip(&self.dtypes).enumerate() {
+            let dense = self.network.dense_layer(l)?;
+            let name = layer.name();
+            out.push(NamedTensor::from_f32(
+                format!("{name}.weight"),
+                dtypes.weight,
+                &dense.weight().view().into_dyn(),
+            ));
+            if let Some(bias) = dense.bias() {
+                out.push(NamedTensor::from_f32(
+                    format!("{name}.bias"),
+                    dtypes.bias,
+                    &bias.view().into_dyn(),
+                ));
+            }
+        }
+        out.extend(self.passthrough.iter().cloned());
+        super::serialize_sorted(&out, None)
+    }
+}
+
+/// Adds one layer's tensors and returns its metadata.
+fn write_layer(
+    layer: &CompressedLayer<f32>,
+    dtypes: LayerDtypes,
+    net: &CompressedNetwork<f32>,
+    tensors: &mut Vec<NamedTensor>,
+) -> Result<LayerMeta> {
+    let name = layer.name();
+    let (kind, codebook, shape, index_bits, geometry, scales, bias, mask) = match layer {
+        CompressedLayer::Clustered {
+            codebook, layer, ..
+        } => {
+            let cb = net
+                .codebooks
+                .get(*codebook)
+                .ok_or_else(|| Error::InvalidModel {
+                    what: format!(
+                        "layer {name:?} uses codebook {codebook}, the network has {}",
+                        net.codebooks.len()
+                    ),
+                })?;
+            let bits = cb.index_bits().max(1);
+            let (cout, cin) = layer.indices().dim();
+            let (kh, kw) = cb.kernel_size();
+            let limit = cb.index_limit();
+            if let Some(&bad) = layer.indices().iter().find(|&&v| v as usize >= limit) {
+                return invalid_model(format!(
+                    "layer {name:?} has index {bad}, its codebook has {limit} entries"
+                ));
+            }
+            tensors.push(NamedTensor::from_raw(
+                format!("{name}.weight.indices"),
+                Dtype::U8,
+                vec![packed_len(cout * cin, bits).unwrap_or(0)],
+                pack(layer.indices().iter().copied(), bits),
+            ));
+            let has_scales = write_scales(name, layer, net.scales, tensors)?;
+            if let Some(mask) = layer.mask() {
+                tensors.push(NamedTensor::from_raw(
+                    format!("{name}.weight.mask"),
+                    Dtype::U8,
+                    vec![packed_len(cout * cin, 1).unwrap_or(0)],
+                    pack(mask.iter().map(|&keep| u32::from(keep)), 1),
+                ));
+            }
+            (
+                "clustered",
+                Some(*codebook),
+                [cout, cin, kh, kw],
+                bits,
+                layer.geometry(),
+                has_scales,
+                layer.bias(),
+                layer.mask().is_some(),
+            )
+        }
+        CompressedLayer::Dense { layer, .. } => {
+            let (o, i, kh, kw) = layer.weight().dim();
+            tensors.push(NamedTensor::from_raw(
+                format!("{name}.weight"),
+                Dtype::F32,
+                vec![o, i, kh, kw],
+                f32_bytes(layer.weight().iter()),
+            ));
+            let geometry = layer.geometry();
+            (
+                "dense",
+                None,
+                [o, i, kh, kw],
+                0,
+                geometry,
+                false,
+                layer.bias(),
+                false,
+            )
+        }
+    };
+    if let Some(b) = bias {
+        if let Some(i) = b.iter().position(|v| !v.is_finite()) {
+            return invalid_model(format!("layer {name:?} has a non-finite bias at {i}"));
+        }
+        tensors.push(NamedTensor::from_raw(
+            format!("{name}.bias"),
+            Dtype::F32,
+            vec![b.len()],
+            f32_bytes(b.iter()),
+        ));
+    }
+    let p = geometry.padding_sides();
+    let (sh, sw) = geometry.stride_hw();
+    let (dh, dw) = geometry.dilation_hw();
+    Ok(LayerMeta {
+        name: name.to_string(),
+        kind: kind.to_string(),
+        codebook,
+        shape: shape.map(|d| d as u64),
+        index_bits,
+        stride: [sh as u64, sw as u64],
+        padding: [p.top, p.bottom, p.left, p.right].map(|v| v as u64),
+        dilation: [dh as u64, dw as u64],
+        scales,
+        bias: bias.is_some(),
+        mask,
+        weight_dtype: dtype_name(dtypes.weight).to_string(),
+        bias_dtype: dtype_name(dtypes.bias).to_string(),
+    })
+}
+
+/// Adds a clustered layer's scales at the network's precision; `false` when none are stored.
+fn write_scales(
+    name: &str,
+    layer: &ClusteredConv2d<f32>,
+    precision: ScalePrecision,
+    tensors: &mut Vec<NamedTensor>,
+) -> Result<bool> {
+    let Some(scales) = layer.scales() else {
+        if precision == ScalePrecision::None {
+            return Ok(false);
+        }
+        return invalid_model(format!(
+            "layer {name:?} has no scales but the network stores {precision} scales"
+        ));
+    };
+    if precision == ScalePrecision::None {
+        // A pruned layer without scales carries its mask as scales of 1 and 0: the mask
+        // tensor restores them.
+        let from_mask = layer.mask().is_some_and(|mask| {
+            scales
+                .iter()
+                .zip(mask)
+                .all(|(&s, &keep)| s == if keep { 1.0 } else { 0.0 })
+        });
+        if from_mask {
+            return Ok(false);
+        }
+        return invalid_model(format!(
+            "layer {name:?} has scales but the network's scale precision is none"
+        ));
+    }
+    let flat = scales.iter().position(|&s| precision.round(s) != s);
+    if let Some(j) = flat {
+        let cin = layer.in_channels();
+        return invalid_model(format!(
+            "layer {name:?}: scale [{}, {}] = {} is not representable as {precision}; call \
+             CompressedNetwork::round_scales after fine-tuning",
+            j / cin,
+            j % cin,
+            scales.iter().nth(j).copied().unwrap_or(f32::NAN)
+        ));
+    }
+    let shape = vec![scales.nrows(), scales.ncols()];
+    let (dtype, bytes) = match precision {
+        ScalePrecision::F16 => (
+            Dtype::F16,
+            scales
+                .iter()
+                .flat_map(|&s| half::f16::from_f32(s).to_le_bytes())
+                .collect(),
+        ),
+        ScalePrecision::Fixed(bits) => {
+            let step = 2f64.powi(i32::from(bits));
+            let mask = if bits == 32 {
+                u32::MAX
+            } else {
+                (1u32 << bits) - 1
+            };
+            let packed = pack(
+                scales
+                    .iter()
+                    .map(|&s| ((f64::from(s) * step).round() as i64 as u32) & mask),
+                u32::from(bits),
+            );
+            (Dtype::U8, packed)
+        }
+        ScalePrecision::F32 | ScalePrecision::None => (Dtype::F32, f32_bytes(scales.iter())),
+    };
+    let shape = if dtype == Dtype::U8 {
+        vec![bytes.len()]
+    } else {
+        shape
+    };
+    tensors.push(NamedTensor::from_raw(
+        format!("{name}.weight.scales"),
+        dtype,
+        shape,
+        bytes,
+    ));
+    Ok(true)
+}
+
+type Take<'t> = dyn FnMut(&str, Dtype, &[usize]) -> Result<Vec<u8>> + 't;
+
+fn read_codebook(c: usize, m: &CodebookMeta, take: &mut Take<'_>) -> Result<KernelCodebook<f32>> {
+    let what = format!("codebook {c}");
+    let symmetry = Symmetry::from_letters(&m.symmetry)
+        .ok_or_else(|| file_error(format!("{what}: unknown symmetry {:?}", m.symmetry)))?;
+    let scale_mode = match m.scale_mode.as_str() {
+        "l2norm" => ScaleMode::L2Norm,
+        "none" => ScaleMode::None,
+        other => return invalid_file(format!("{what}: unknown scale mode {other:?}")),
+    };
+    let area = m.kernel[0].saturating_mul(m.kernel[1]);
+    check_limit(&format!("{what}: kernel area"), area, MAX_KERNEL_AREA)?;
+    let entries = m.k.saturating_mul(symmetry.transforms() as u64);
+    check_limit(
+        &format!("{what}: entries K·S"),
+        entries,
+        MAX_CODEBOOK_ENTRIES,
+    )?;
+    let shape = [m.k as usize, m.kernel[0] as usize, m.kernel[1] as usize];
+    let bytes = take(&format!("{CODEBOOK_PREFIX}{c}"), Dtype::F32, &shape)?;
+    let values = finite_f32s(&bytes, &what)?;
+    let centroids = Array3::from_shape_vec(shape, values).map_err(|e| file_error(e.to_string()))?;
+    Ok(KernelCodebook::from_centroids(centroids, symmetry)?.with_scale_mode(scale_mode))
+}
+
+fn read_layer(
+    m: &LayerMeta,
+    codebooks: &[KernelCodebook<f32>],
+    precision: ScalePrecision,
+    take: &mut Take<'_>,
+) -> Result<CompressedLayer<f32>> {
+    let name = &m.name;
+    let [o, i, kh, kw] = m.shape;
+    let kernels = o.saturating_mul(i);
+    check_limit(
+        &format!("layer {name:?}: kernels"),
+        kernels,
+        MAX_LAYER_KERNELS,
+    )?;
+    let area = kh.saturating_mul(kw);
+    check_limit(
+        &format!("layer {name:?}: kernel area"),
+        area,
+        MAX_KERNEL_AREA,
+    )?;
+    let geometry = read_geometry(m)?;
+    let (o, i, kh, kw) = (o as usize, i as usize, kh as usize, kw as usize);
+    let bias = if m.bias {
+        let bytes = take(&format!("{name}.bias"), Dtype::F32, &[o])?;
+        Some(Array1::from(finite_f32s(&bytes, &format!("{name}.bias"))?))
+    } else {
+        None
+    };
+    match (m.kind.as_str(), m.codebook) {
+        ("dense", None) => {
+            let bytes = take(&format!("{name}.weight"), Dtype::F32, &[o, i, kh, kw])?;
+            let values = finite_f32s(&bytes, &format!("{name}.weight"))?;
+            let weight = Array4::from_shape_vec((o, i, kh, kw), values)
+                .map_err(|e| file_error(e.to_string()))?;
+            Ok(CompressedLayer::Dense {
+                name: name.clone(),
+                layer: Conv2d::new(weight, bias, geometry)?,
+            })
+        }
+        ("clustered", Some(c)) => {
+            let cb = codebooks.get(c).ok_or_else(|| {
+                file_error(format!(
+                    "layer {name:?} uses codebook {c}, the file has {}",
+                    codebooks.len()
+                ))
+            })?;
+            if cb.kernel_size() != (kh, kw) {
+                return invalid_file(format!(
+                    "layer {name:?} has {kh}×{kw} kernels, codebook {c} has {:?}",
+                    cb.kernel_size()
+                ));
+            }
+            let bits = cb.index_bits().max(1);
+            if m.index_bits != bits {
+                return invalid_file(format!(
+                    "layer {name:?} records {} index bits, codebook {c} needs {bits}",
+                    m.index_bits
+                ));
+            }
+            let count = o * i;
+            let what = format!("{name}.weight.indices");
+            let len = packed_len(count, bits).unwrap_or(usize::MAX);
+            let bytes = take(&what, Dtype::U8, &[len])?;
+            let flat = unpack(&bytes, bits, count, &what)?;
+            let limit = cb.index_limit();
+            if let Some(j) = flat.iter().position(|&v| v as usize >= limit) {
+                return Err(Error::IndexOutOfRange {
+                    index: flat[j],
+                    out_channel: j / i,
+                    in_channel: j % i,
+                    limit,
+                });
+            }
+            let indices =
+                Array2::from_shape_vec((o, i), flat).map_err(|e| file_error(e.to_string()))?;
+            let scales = read_scales(m, precision, (o, i), take)?;
+            let mut layer = ClusteredConv2d::new(indices, scales, bias, geometry)?;
+            if m.mask {
+                let what = format!("{name}.weight.mask");
+                let bytes = take(
+                    &what,
+                    Dtype::U8,
+                    &[packed_len(count, 1).unwrap_or(usize::MAX)],
+                )?;
+                let keep = unpack(&bytes, 1, count, &what)?;
+                let mask =
+                    Array2::from_shape_vec((o, i), keep.into_iter().map(|b| b == 1).collect())
+                        .map_err(|e| file_error(e.to_string()))?;
+                layer = layer.with_mask(mask)?;
+            }
+            Ok(CompressedLayer::Clustered {
+                name: name.clone(),
+                codebook: c,
+                layer: Box::new(layer),
+            })
+        }
+        (kind, _) => invalid_file(format!(
+            "layer {name:?}: kind {kind:?} with codebook {:?}",
+            m.codebook
+        )),
+    }
+}
+
+fn read_scales(
+    m: &LayerMeta,
+    precision: ScalePrecision,
+    (o, i): (usize, usize),
+    take: &mut Take<'_>,
+) -> Result<Option<Array2<f32>>> {
+    let name = &m.name;
+    if m.scales != (precision != ScalePrecision::None) {
+        return invalid_file(format!(
+            "layer {name:?}: scales present = {}, but the scale precision is {precision}",
+            m.scales
+        ));
+    }
+    let what = format!("{name}.weight.scales");
+    let values = match precision {
+        ScalePrecision::None => return Ok(None),
+        ScalePrecision::F16 => take(&what, Dtype::F16, &[o, i])?
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        ScalePrecision::F32 => finite_f32s(&take(&what, Dtype::F32, &[o, i])?, &what)?,
+        ScalePrecision::Fixed(bits) => {
+            let bits = u32::from(bits);
+            let len = packed_len(o * i, bits).unwrap_or(usize::MAX);
+            let raw = unpack(&take(&what, Dtype::U8, &[len])?, bits, o * i, &what)?;
+            let step = 2f64.powi(bits as i32);
+            raw.into_iter()
+                .map(|q| (f64::from(sign_extend(q, bits)) / step) as f32)
+                .collect()
+        }
+    };
+    let values: Vec<f32> = values;
+    if let Some(j) = values.iter().position(|v| !v.is_finite()) {
+        return invalid_file(format!("{what}: element {j} is {} (non-finite)", values[j]));
+    }
+    Ok(Some(
+        Array2::from_shape_vec((o, i), values).map_err(|e| file_error(e.to_string()))?,
+    ))
+}
+
+fn sign_extend(q: u32, bits: u32) -> i32 {
+    let shift = 32 - bits;
+    ((q << shift) as i32) >> shift
+}
+
+fn read_geometry(m: &LayerMeta) -> Result<ConvGeometry> {
+    for v in m.stride.iter().chain(&m.padding).chain(&m.dilation) {
+        check_limit(
+            &format!("layer {:?}: stride, padding or dilation", m.name),
+            *v,
+            MAX_GEOMETRY_VALUE,
+        )?;
+    }
+    let [top, bottom, left, right] = m.padding.map(|v| v as usize);
+    let geometry = ConvGeometry::default()
+        .stride(m.stride[0] as usize, m.stride[1] as usize)
+        .dilation(m.dilation[0] as usize, m.dilation[1] as usize)
+        .padding_asymmetric(Padding {
+            top,
+            bottom,
+            left,
+            right,
+        });
+    geometry.validate()?;
+    Ok(geometry)
+}
+
+/// See the module docs.
+fn payload_sha256<'a>(
+    model_json: &str,
+    tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>,
+) -> String {
+    let mut sorted: Vec<_> = tensors.collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut h = Sha256::new();
+    h.update(model_json.as_bytes());
+    for (name, dtype, shape, bytes) in sorted {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(format!("{dtype:?}").as_bytes());
+        h.update([0]);
+        for &d in shape {
+            h.update((d as u64).to_le_bytes());
+        }
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn f32_bytes<'a>(values: impl Iterator<Item = &'a f32>) -> Vec<u8> {
+    values.flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn finite_f32s(bytes: &[u8], what: &str) -> Result<Vec<f32>> {
+    let values: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(j) => invalid_file(format!("{what}: element {j} is {} (non-finite)", values[j])),
+        None => Ok(values),
+    }
+}
+
+fn scale_mode_name(mode: ScaleMode) -> &'static str {
+    match mode {
+        ScaleMode::L2Norm => "l2norm",
+        ScaleMode::None => "none",
+    }
+}
+
+fn dtype_name(dtype: TensorDtype) -> &'static str {
+    match dtype {
+        TensorDtype::F16 => "F16",
+        TensorDtype::BF16 => "BF16",
+        TensorDtype::F32 => "F32",
+        TensorDtype::F64 => "F64",
+    }
+}
+
+fn parse_dtype(name: &str, layer: &str) -> Result<TensorDtype> {
+    match name {
+        "F16" => Ok(TensorDtype::F16),
+        "BF16" => Ok(TensorDtype::BF16),
+        "F32" => Ok(TensorDtype::F32),
+        "F64" => Ok(TensorDtype::F64),
+        other => invalid_file(format!("layer {layer:?}: unknown element type {other:?}")),
+    }
+}
+
+fn check_limit(what: &str, got: u64, limit: u64) -> Result<()> {
+    if got > limit {
+        return Err(Error::LimitExceeded {
+            what: what.to_string(),
+            limit,
+            got,
+        });
+    }
+    Ok(())
+}
+
+fn file_error(what: String) -> Error {
+    Error::InvalidModelFile { what }
+}
+
+fn invalid_file<T>(what: String) -> Result<T> {
+    Err(file_error(what))
+}
+
+fn invalid_model<T>(what: String) -> Result<T> {
+    Err(Error::InvalidModel { what })
+}
