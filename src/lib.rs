@@ -22,8 +22,9 @@ pub use codebook::{
     Symmetry, Usage, ValidCodebookParams,
 };
 pub use compress::{
-    compress, CodebookReport, CodebookScope, CompressedLayer, CompressedNetwork, CompressionConfig,
-    CompressionReport, ConvLayer, LayerGroup, LayerReport, LayerShape, ScalePrecision,
+    compress, compress_with_progress, CodebookReport, CodebookScope, CompressProgress,
+    CompressedLayer, CompressedNetwork, CompressionConfig, CompressionReport, ConvLayer,
+    LayerGroup, LayerReport, LayerShape, ScalePrecision,
 };
 pub use conv::{Conv2d, Conv2dGrads};
 pub use data::{

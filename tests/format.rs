@@ -266,6 +266,75 @@ fn decompress_gives_the_reconstructed_weights_under_the_original_names_and_types
     }
 }
 
+#[test]
+fn decompressed_file_opens_in_python_safetensors() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join("target/pyenv/bin/python");
+    if !python.exists() {
+        eprintln!(
+            "SKIPPED: {} not found; run `bash scripts/setup_python.sh` for the Python check",
+            python.display()
+        );
+        return;
+    }
+    let (m, _) = imported_model();
+    let dir = std::env::temp_dir().join(format!("clustered-conv-py-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dense = dir.join("dense.safetensors");
+    std::fs::write(&dense, m.to_dense_safetensors().unwrap()).unwrap();
+    let mut expected = serde_json::Map::new();
+    let mut entry = |name: &str, dtype: &str, shape: &[usize], values: Vec<f64>| {
+        expected.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "values": values}),
+        );
+    };
+    for (l, (name, dtype)) in [("f.0", "float16"), ("f.2", "float32")].iter().enumerate() {
+        let conv = m.network.dense_layer(l).unwrap();
+        let w = conv.weight();
+        entry(
+            &format!("{name}.weight"),
+            dtype,
+            w.shape(),
+            w.iter().map(|&v| f64::from(v)).collect(),
+        );
+        if let Some(b) = conv.bias() {
+            entry(
+                &format!("{name}.bias"),
+                "float32",
+                b.shape(),
+                b.iter().map(|&v| f64::from(v)).collect(),
+            );
+        }
+    }
+    entry(
+        "f.1.weight",
+        "float32",
+        &[8],
+        (0..8).map(|i| f64::from(i) * 0.5).collect(),
+    );
+    entry("f.1.num_batches_tracked", "int64", &[], vec![11.0]);
+    let expected_path = dir.join("expected.json");
+    std::fs::write(
+        &expected_path,
+        serde_json::Value::Object(expected).to_string(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&python)
+        .arg(root.join("scripts/check_decompressed.py"))
+        .arg(&dense)
+        .arg(&expected_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim() == "ok",
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 // ---------------------------------------------------------------------------------------
 // Golden file
 

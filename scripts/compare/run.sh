@@ -56,6 +56,8 @@ fi
 only_args=()
 if [[ -n $only ]]; then only_args=(--only "$only"); fi
 
+load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
+
 # Build our side once (release), then generate the shared data once.
 echo "== building examples/compare (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)" >&2
 cargo build --quiet --release --example compare
@@ -84,7 +86,7 @@ for n in $threads; do
 done
 
 machine="$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1), $(nproc) CPUs"
-note="load average before the table: $(cut -d' ' -f1-3 /proc/loadavg)"
+note="load average (1, 5, 15 min) at start: $load_start; at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [[ $quick == 1 ]]; then note="QUICK MODE (2 shapes, short timing; harness check only); $note"; fi
 echo >&2
 "$python" "$here/table.py" --results "$results" --threads "${threads// /,}" \

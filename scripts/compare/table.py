@@ -120,7 +120,7 @@ def main():
     print(f"- conv timing: median of ≥ {p['min_runs']} calls and ≥ {p['min_secs']} s "
           f"(capped at {p['max_secs']} s) after ≥ {p['warmup_secs']} s warm-up; "
           f"k-means: median of {len(ours0['kmeans']['times_s']) if ours0['kmeans'] else 0} "
-          "fits after one warm-up fit")
+          "fit(s) after one warm-up fit")
     if args.note:
         print(f"- {args.note}")
     print()

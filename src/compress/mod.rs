@@ -18,6 +18,7 @@ use crate::codebook::{KernelCodebook, ScaleMode, Symmetry};
 use crate::conv::Conv2d;
 use crate::error::{Error, Result};
 use crate::geometry::ConvGeometry;
+use crate::kmeans::Progress;
 use crate::scalar::Real;
 
 pub use precision::ScalePrecision;
@@ -481,6 +482,33 @@ pub fn compress<F: Real>(
     layers: &[ConvLayer<F>],
     config: &CompressionConfig,
 ) -> Result<CompressedNetwork<F>> {
+    compress_with_progress(layers, config, |_| {})
+}
+
+/// Where [`compress_with_progress`] is: codebook `codebook` of `codebooks` (fitted over the
+/// layers `layers`, ordinals into the input), after a k-means iteration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CompressProgress<'a> {
+    /// 0-based codebook being fitted.
+    pub codebook: usize,
+    /// Number of codebooks.
+    pub codebooks: usize,
+    /// The layers that share it (indices into the `layers` given to [`compress`]).
+    pub layers: &'a [usize],
+    /// The k-means iteration just finished.
+    pub kmeans: &'a Progress,
+}
+
+/// As [`compress`], calling `progress` after every k-means iteration of every codebook (for
+/// progress bars).
+///
+/// # Errors
+/// As [`compress`].
+pub fn compress_with_progress<F: Real>(
+    layers: &[ConvLayer<F>],
+    config: &CompressionConfig,
+    mut progress: impl FnMut(&CompressProgress<'_>),
+) -> Result<CompressedNetwork<F>> {
     if layers.is_empty() {
         return Err(Error::Empty {
             what: "the list of layers",
@@ -503,7 +531,7 @@ pub fn compress<F: Real>(
     };
     let mut codebooks = Vec::with_capacity(plans.len());
     let mut clustered: Vec<Option<ClusteredConv2d<F>>> = vec![None; layers.len()];
-    for plan in &plans {
+    for (c, plan) in plans.iter().enumerate() {
         let weights: Vec<_> = plan
             .layers
             .iter()
@@ -533,7 +561,14 @@ pub fn compress<F: Real>(
             .symmetry(config.symmetry)
             .scale_mode(scale_mode)
             .check()?
-            .fit_masked(&weights, &mask_views)?;
+            .fit_masked_with_progress(&weights, &mask_views, |kmeans| {
+                progress(&CompressProgress {
+                    codebook: c,
+                    codebooks: plans.len(),
+                    layers: &plan.layers,
+                    kmeans,
+                });
+            })?;
         for (&l, a) in plan.layers.iter().zip(fit.assignments) {
             let scales = a.scales.map(|s| s.mapv(|v| config.scales.round(v)));
             let layer = ClusteredConv2d::new(

@@ -29,6 +29,83 @@ use crate::geometry::ConvGeometry;
 /// Per-layer geometry overrides, by layer name (the weight's name without `.weight`).
 pub type GeometryMap = HashMap<String, ConvGeometry>;
 
+/// Parses a geometry sidecar: a JSON object from layer name to
+/// `{"padding": [p] | [ph, pw] | [top, bottom, left, right], "stride": [s] | [sh, sw],
+/// "dilation": [d] | [dh, dw]}`. `padding` is required (it is what a `state_dict` most often
+/// gets wrong); stride and dilation default to 1.
+///
+/// ```
+/// use clustered_conv::io::parse_geometry_map;
+/// use clustered_conv::ConvGeometry;
+/// let map = parse_geometry_map(r#"{"features.0": {"padding": [0], "stride": [2, 2]}}"#)?;
+/// assert_eq!(map["features.0"], ConvGeometry::default().stride(2, 2));
+/// # Ok::<(), clustered_conv::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::Parse`] for malformed JSON, a missing padding, or a list of the wrong length;
+/// [`Error::InvalidGeometry`] for a zero stride or dilation.
+pub fn parse_geometry_map(json: &str) -> Result<GeometryMap> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        padding: Vec<usize>,
+        #[serde(default)]
+        stride: Option<Vec<usize>>,
+        #[serde(default)]
+        dilation: Option<Vec<usize>>,
+    }
+    const EXPECTED: &str = "a JSON object of layer name → {\"padding\": [p] | [ph, pw] | \
+                            [top, bottom, left, right], \"stride\": [s] | [sh, sw], \
+                            \"dilation\": [d] | [dh, dw]}";
+    let parse_error = |input: String| Error::Parse {
+        what: "geometry sidecar",
+        input,
+        expected: EXPECTED,
+    };
+    let entries: std::collections::BTreeMap<String, Entry> =
+        serde_json::from_str(json).map_err(|e| parse_error(e.to_string()))?;
+    let pair = |name: &str, what: &str, v: Option<&Vec<usize>>| match v.map(Vec::as_slice) {
+        None => Ok((1, 1)),
+        Some([a]) => Ok((*a, *a)),
+        Some([a, b]) => Ok((*a, *b)),
+        Some(other) => Err(parse_error(format!("{name}: {what} {other:?}"))),
+    };
+    let mut map = GeometryMap::new();
+    for (name, e) in entries {
+        let padding = match e.padding.as_slice() {
+            [p] => crate::Padding {
+                top: *p,
+                bottom: *p,
+                left: *p,
+                right: *p,
+            },
+            [ph, pw] => crate::Padding {
+                top: *ph,
+                bottom: *ph,
+                left: *pw,
+                right: *pw,
+            },
+            [top, bottom, left, right] => crate::Padding {
+                top: *top,
+                bottom: *bottom,
+                left: *left,
+                right: *right,
+            },
+            other => return Err(parse_error(format!("{name}: padding {other:?}"))),
+        };
+        let (sh, sw) = pair(&name, "stride", e.stride.as_ref())?;
+        let (dh, dw) = pair(&name, "dilation", e.dilation.as_ref())?;
+        let geometry = ConvGeometry::default()
+            .stride(sh, sw)
+            .dilation(dh, dw)
+            .padding_asymmetric(padding);
+        geometry.validate()?;
+        map.insert(name, geometry);
+    }
+    Ok(map)
+}
+
 /// Element types read and written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TensorDtype {

@@ -1,0 +1,339 @@
+//! `clustered-conv`: compress a PyTorch `state_dict` saved as safetensors by clustering its
+//! convolution kernels, inspect the result, turn it back into a dense file, and time it.
+//!
+//! Exit status: 0 on success, 1 when the operation failed (unreadable or invalid input,
+//! impossible settings), 2 for command-line usage errors.
+
+mod bench;
+mod pictures;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use clustered_conv::io::{
+    import_conv_layers, parse_geometry_map, read_safetensors, write_atomic, CompressedModel,
+    GeometryMap,
+};
+use clustered_conv::{
+    compress_with_progress, CodebookScope, CompressionConfig, Error, ScalePrecision, Symmetry,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(
+    name = "clustered-conv",
+    version,
+    about = "Compress CNNs by clustering their convolution kernels (Son, Nah & Lee, ECCV 2018)",
+    long_about = "Compress CNNs by clustering their convolution kernels (Son, Nah & Lee, ECCV \
+                  2018).\n\nTypical use: export a PyTorch model's state_dict with \
+                  `safetensors.torch.save_file(model.state_dict(), \"model.safetensors\")`, then \
+                  `clustered-conv compress model.safetensors -o model.ccv.safetensors`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Cluster the kernels of every k×k convolution (k > 1) of a safetensors state_dict and
+    /// write a compressed model file; other tensors pass through untouched.
+    Compress {
+        /// Input safetensors file (F32, F16, BF16 or F64 tensors).
+        input: PathBuf,
+        /// Output compressed model file (written atomically).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Centroids per codebook.
+        #[arg(long, default_value_t = 256)]
+        k: usize,
+        /// Which layers share a codebook: `shared` (one per kernel size, the paper's default),
+        /// `per-layer`, or groups of clustered-layer ordinals like `0-0=64,1-12=256`.
+        #[arg(long, default_value = "shared")]
+        scope: String,
+        /// Transform invariance: `i` (none), `ih` (TIC2), `ihvo` (TIC4) or `ihvoIHVO` (TIC8).
+        #[arg(long, default_value = "i")]
+        symmetry: String,
+        /// Storage of the per-kernel scales: `f16`, `f32`, `none` (cluster raw kernels) or
+        /// `fixed<bits>`.
+        #[arg(long, default_value = "f16")]
+        scales: String,
+        /// k-means seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// k-means restarts (the best is kept).
+        #[arg(long, default_value_t = 1)]
+        n_init: usize,
+        /// k-means iteration limit.
+        #[arg(long, default_value_t = 300)]
+        max_iter: usize,
+        /// JSON sidecar with conv geometry per layer (a state_dict does not record it):
+        /// `{"features.0": {"padding": [1], "stride": [2]}}`. Default for every layer:
+        /// stride 1, dilation 1, padding ⌊k/2⌋.
+        #[arg(long)]
+        geometry: Option<PathBuf>,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        report_json: Option<PathBuf>,
+        /// No progress bars.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Print a compressed model's layers, codebooks, sizes and index entropy.
+    Inspect {
+        /// Compressed model file.
+        file: PathBuf,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Draw each codebook's centroids (most to least used) and an index-usage histogram
+        /// as PNG files into this directory.
+        #[arg(long)]
+        png: Option<PathBuf>,
+    },
+    /// Write a dense safetensors state_dict (original names and element types), loadable by
+    /// PyTorch's `load_state_dict`.
+    Decompress {
+        /// Compressed model file.
+        input: PathBuf,
+        /// Output safetensors file (written atomically).
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Time every layer's forward pass, clustered against its dense reconstruction.
+    Bench {
+        /// Compressed model file.
+        file: PathBuf,
+        /// Input spatial size `HxW` given to every layer.
+        #[arg(long, default_value = "32x32")]
+        input: String,
+        /// Batch size.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Timed repetitions per layer (the median is reported).
+        #[arg(long, default_value_t = 10)]
+        repeats: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Compress {
+            input,
+            output,
+            k,
+            scope,
+            symmetry,
+            scales,
+            seed,
+            n_init,
+            max_iter,
+            geometry,
+            report_json,
+            quiet,
+        } => parse_config(&scope, &symmetry, &scales).and_then(|(scope, symmetry, scales)| {
+            let config = CompressionConfig {
+                k,
+                scope,
+                symmetry,
+                scales,
+                seed,
+                n_init,
+                max_iter,
+                ..CompressionConfig::default()
+            };
+            run_compress(
+                &input,
+                &output,
+                &config,
+                geometry.as_deref(),
+                report_json.as_deref(),
+                quiet,
+            )
+        }),
+        Command::Inspect { file, json, png } => run_inspect(&file, json, png.as_deref()),
+        Command::Decompress { input, output } => run_decompress(&input, &output),
+        Command::Bench {
+            file,
+            input,
+            batch,
+            repeats,
+        } => bench::run(&file, &input, batch, repeats),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_config(
+    scope: &str,
+    symmetry: &str,
+    scales: &str,
+) -> Result<(CodebookScope, Symmetry, ScalePrecision), Error> {
+    let scope = match scope {
+        "shared" => CodebookScope::Shared,
+        "per-layer" => CodebookScope::PerLayer,
+        groups => CodebookScope::parse_groups(groups)?,
+    };
+    let symmetry = Symmetry::from_letters(symmetry).ok_or_else(|| Error::Parse {
+        what: "symmetry",
+        input: symmetry.to_string(),
+        expected: "i, ih, ihvo or ihvoIHVO",
+    })?;
+    Ok((scope, symmetry, scales.parse()?))
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        kind: e.kind(),
+    })
+}
+
+fn run_compress(
+    input: &Path,
+    output: &Path,
+    config: &CompressionConfig,
+    geometry: Option<&Path>,
+    report_json: Option<&Path>,
+    quiet: bool,
+) -> Result<(), Error> {
+    let geometry: GeometryMap = match geometry {
+        Some(path) => {
+            let text = String::from_utf8_lossy(&read_file(path)?).into_owned();
+            parse_geometry_map(&text)?
+        }
+        None => GeometryMap::new(),
+    };
+    let state = read_safetensors(&read_file(input)?)?;
+    let imported = import_conv_layers(&state, &geometry)?;
+    if imported.layers.is_empty() {
+        return Err(Error::Empty {
+            what: "the set of k×k convolution weights (k > 1) in the input",
+        });
+    }
+    let unknown: Vec<&String> = geometry
+        .keys()
+        .filter(|name| !imported.layers.iter().any(|l| &l.name == *name))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Error::Parse {
+            what: "geometry sidecar",
+            input: format!("{unknown:?}"),
+            expected: "names of convolution layers in the input (without `.weight`)",
+        });
+    }
+    eprintln!(
+        "{}: {} convolution layers to compress, {} tensors passed through",
+        input.display(),
+        imported.layers.len(),
+        imported.passthrough.len()
+    );
+    let start = Instant::now();
+    let bar = progress_bar(quiet, config.max_iter * config.n_init);
+    let mut current = usize::MAX;
+    let net = compress_with_progress(&imported.layers, config, |p| {
+        if p.codebook != current {
+            current = p.codebook;
+            let names: Vec<&str> = p
+                .layers
+                .iter()
+                .map(|&l| imported.layers[l].name.as_str())
+                .collect();
+            bar.reset();
+            bar.set_message(format!(
+                "codebook {}/{} ({})",
+                p.codebook + 1,
+                p.codebooks,
+                abbreviate(&names)
+            ));
+        }
+        bar.set_position((p.kmeans.run * p.kmeans.max_iter + p.kmeans.stats.iteration) as u64);
+    })?;
+    bar.finish_and_clear();
+    let report = net.report(&imported.layers)?;
+    let model = CompressedModel::from_import(net, &imported)?;
+    let bytes = model.to_bytes()?;
+    write_atomic(output, &bytes)?;
+    if let Some(path) = report_json {
+        write_atomic(path, report.to_json().as_bytes())?;
+    }
+    println!("{report}");
+    let input_bytes = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "wrote {} ({} bytes; input {} bytes, {:.2}× smaller) in {:.1} s",
+        output.display(),
+        bytes.len(),
+        input_bytes,
+        input_bytes as f64 / bytes.len() as f64,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A bar over k-means iterations, hidden with `--quiet` or when stderr is not a terminal.
+fn progress_bar(quiet: bool, len: usize) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:40} [{bar:30}] k-means iteration {pos}/{len} {elapsed}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// `a, b, c` or `a … z (n layers)`.
+fn abbreviate(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [a] => (*a).to_string(),
+        [a, b] => format!("{a}, {b}"),
+        [first, .., last] => format!("{first} … {last}, {} layers", names.len()),
+    }
+}
+
+fn run_inspect(file: &Path, json: bool, png: Option<&Path>) -> Result<(), Error> {
+    let model = CompressedModel::load(file)?;
+    let report = model.network.summary()?;
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+        println!(
+            "scales: {}; pass-through tensors: {}; file: {} bytes",
+            model.network.scales,
+            model.passthrough.len(),
+            std::fs::metadata(file).map(|m| m.len()).unwrap_or(0)
+        );
+    }
+    if let Some(dir) = png {
+        for path in pictures::write_all(&model, dir)? {
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn run_decompress(input: &Path, output: &Path) -> Result<(), Error> {
+    let model = CompressedModel::load(input)?;
+    let bytes = model.to_dense_safetensors()?;
+    write_atomic(output, &bytes)?;
+    println!(
+        "wrote {} ({} layers reconstructed, {} tensors passed through, {} bytes)",
+        output.display(),
+        model.network.layers.len(),
+        model.passthrough.len(),
+        bytes.len()
+    );
+    Ok(())
+}

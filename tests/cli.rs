@@ -1,0 +1,273 @@
+//! The `clustered-conv` command line, end to end (feature `cli`): compress a small
+//! real-shaped state dict, inspect it (table, JSON, PNG), decompress, bench, and the error
+//! paths with their exit codes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use clustered_conv::io::{import_conv_layers, read_safetensors, CompressedModel};
+use clustered_conv::{compress, CodebookScope, CompressionConfig, ScalePrecision, Symmetry};
+use common::{random4, rng};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_clustered-conv"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run clustered-conv")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("clustered-conv-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A VGG-like state dict as PyTorch's `save_file(model.state_dict())` would write it: three
+/// 3×3 convolutions (the first with a bias), a BatchNorm and a Linear layer.
+fn write_state_dict(path: &Path) -> Vec<u8> {
+    let mut r = rng(5);
+    let f32s =
+        |v: Vec<f64>| -> Vec<u8> { v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect() };
+    let w0 = f32s(random4(&mut r, (16, 3, 3, 3)).into_raw_vec_and_offset().0);
+    let b0 = f32s((0..16).map(|i| f64::from(i) * 0.01).collect());
+    let w3 = f32s(random4(&mut r, (32, 16, 3, 3)).into_raw_vec_and_offset().0);
+    let bn = f32s(vec![1.0; 32]);
+    let w6 = f32s(random4(&mut r, (32, 32, 3, 3)).into_raw_vec_and_offset().0);
+    let fc = f32s(random4(&mut r, (10, 32, 1, 1)).into_raw_vec_and_offset().0);
+    let bytes = safetensors::serialize(
+        vec![
+            (
+                "features.0.weight",
+                TensorView::new(Dtype::F32, vec![16, 3, 3, 3], &w0).unwrap(),
+            ),
+            (
+                "features.0.bias",
+                TensorView::new(Dtype::F32, vec![16], &b0).unwrap(),
+            ),
+            (
+                "features.3.weight",
+                TensorView::new(Dtype::F32, vec![32, 16, 3, 3], &w3).unwrap(),
+            ),
+            (
+                "features.4.weight",
+                TensorView::new(Dtype::F32, vec![32], &bn).unwrap(),
+            ),
+            (
+                "features.6.weight",
+                TensorView::new(Dtype::F32, vec![32, 32, 3, 3], &w6).unwrap(),
+            ),
+            (
+                "classifier.weight",
+                TensorView::new(Dtype::F32, vec![10, 32], &fc[..1280]).unwrap(),
+            ),
+        ],
+        None,
+    )
+    .unwrap();
+    std::fs::write(path, &bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn compress_inspect_decompress_and_bench() {
+    let dir = scratch("flow");
+    let input = dir.join("model.safetensors");
+    let state = write_state_dict(&input);
+    let output = dir.join("model.ccv.safetensors");
+    let report_json = dir.join("report.json");
+    let out = run(&[
+        "compress",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+        "--k",
+        "16",
+        "--symmetry",
+        "ih",
+        "--seed",
+        "3",
+        "--report-json",
+        report_json.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("features.3") && stdout.contains("codebook 0"),
+        "{stdout}"
+    );
+
+    // The file holds exactly what the library makes with the same settings.
+    let loaded = CompressedModel::load(&output).unwrap();
+    let imported = import_conv_layers(&read_safetensors(&state).unwrap(), &HashMap::new()).unwrap();
+    let config = CompressionConfig {
+        k: 16,
+        symmetry: Symmetry::Flip,
+        seed: 3,
+        scope: CodebookScope::Shared,
+        scales: ScalePrecision::F16,
+        ..Default::default()
+    };
+    let net = compress(&imported.layers, &config).unwrap();
+    assert_eq!(
+        loaded,
+        CompressedModel::from_import(net, &imported).unwrap()
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_json).unwrap()).unwrap();
+    assert_eq!(report["report"]["layers"].as_array().unwrap().len(), 3);
+
+    // inspect: table, JSON, pictures.
+    let out = run(&["inspect", output.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("features.6"));
+    let out = run(&["inspect", output.to_str().unwrap(), "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["report"]["codebooks"][0]["k"], 16);
+    let pictures = dir.join("pictures");
+    let out = run(&[
+        "inspect",
+        output.to_str().unwrap(),
+        "--png",
+        pictures.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for (file, width, height) in [
+        // 16 centroids → 4×4 tiles of 3·8 + 2 pixels, plus the outer gap.
+        ("codebook0_centroids.png", 4 * 26 + 2, 4 * 26 + 2),
+        ("codebook0_usage.png", 16 * 64, 240),
+    ] {
+        let decoder = png::Decoder::new(std::io::BufReader::new(
+            std::fs::File::open(pictures.join(file)).unwrap(),
+        ));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), (width, height), "{file}");
+        // Not blank: more than two distinct colours in the grid, bars in the histogram.
+        let distinct: std::collections::HashSet<&[u8]> = buf.chunks(3).collect();
+        assert!(distinct.len() >= 2, "{file}");
+    }
+
+    // decompress: original names, shapes and types; weights are the reconstruction.
+    let dense_path = dir.join("dense.safetensors");
+    let out = run(&[
+        "decompress",
+        output.to_str().unwrap(),
+        "-o",
+        dense_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dense = read_safetensors(&std::fs::read(&dense_path).unwrap()).unwrap();
+    let original = read_safetensors(&state).unwrap();
+    assert_eq!(
+        dense
+            .tensors
+            .iter()
+            .map(|t| (&t.name, &t.shape))
+            .collect::<Vec<_>>(),
+        original
+            .tensors
+            .iter()
+            .map(|t| (&t.name, &t.shape))
+            .collect::<Vec<_>>()
+    );
+    let w3 = dense
+        .tensors
+        .iter()
+        .find(|t| t.name == "features.3.weight")
+        .unwrap();
+    let want = loaded.network.dense_layer(1).unwrap();
+    assert!(w3
+        .to_f32()
+        .unwrap()
+        .iter()
+        .zip(want.weight())
+        .all(|(a, b)| a == b));
+
+    // bench runs and reports every clustered layer.
+    let out = run(&[
+        "bench",
+        output.to_str().unwrap(),
+        "--input",
+        "8x8",
+        "--batch",
+        "1",
+        "--repeats",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("features.0") && stdout.contains("total"),
+        "{stdout}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn errors_have_messages_and_exit_codes() {
+    let dir = scratch("errors");
+    let input = dir.join("model.safetensors");
+    write_state_dict(&input);
+    let output = dir.join("out.safetensors");
+    std::fs::write(&output, b"keep me").unwrap();
+    let i = input.to_str().unwrap();
+    let o = output.to_str().unwrap();
+
+    // A missing input file.
+    let out = run(&["compress", "/no/such/file.safetensors", "-o", o]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("error: cannot read"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Codebook groups that name a missing layer: fails, and the existing output is untouched.
+    let out = run(&["compress", i, "-o", o, "--scope", "0-0=8,1-5=16", "--quiet"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(&output).unwrap(), b"keep me");
+    // Bad option values.
+    for args in [
+        vec!["compress", i, "-o", o, "--symmetry", "xyz"],
+        vec!["compress", i, "-o", o, "--scales", "f8"],
+        vec!["compress", i, "-o", o, "--scope", "0-=3"],
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&out.stderr).starts_with("error: invalid"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    // A plain state dict is not a compressed model.
+    let out = run(&["inspect", i]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("compressed first"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Usage errors are clap's exit code 2; --help succeeds and lists every command.
+    assert_eq!(run(&["compress"]).status.code(), Some(2));
+    assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
+    let help = run(&["--help"]);
+    assert!(help.status.success());
+    for command in ["compress", "inspect", "decompress", "bench"] {
+        assert!(text(&help.stdout).contains(command), "{command}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
