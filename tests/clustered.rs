@@ -335,13 +335,15 @@ fn close(numeric: f64, analytic: f64) -> bool {
 fn gradients_match_central_finite_differences() {
     let mut r = rng(45);
     let eps = 1e-6;
-    for case in 0..30 {
+    // Even cases take the dense-GEMM route, odd ones the weight-sharing stencil.
+    for case in 0..60 {
+        let route = [ForwardStrategy::Dense, ForwardStrategy::InputSide][case % 2];
         let c = random_case(&mut r);
         let y = c.layer.forward(&c.codebook, c.x.view()).unwrap();
         let go = random4(&mut r, y.dim());
         let grads = c
             .layer
-            .backward(&c.codebook, c.x.view(), go.view())
+            .backward_with(&c.codebook, c.x.view(), go.view(), route)
             .unwrap();
         for (idx, &analytic) in grads.input.indexed_iter() {
             let idx = [idx.0, idx.1, idx.2, idx.3];
@@ -458,7 +460,10 @@ fn masked_kernels_stay_zero_through_forward_and_backward() {
         }
         // Backward: pruned scales get no gradient; the others match finite differences.
         let go = random4(&mut r, expected.dim());
-        let grads = layer.backward(&c.codebook, c.x.view(), go.view()).unwrap();
+        let route = [ForwardStrategy::Dense, ForwardStrategy::InputSide][case % 2];
+        let grads = layer
+            .backward_with(&c.codebook, c.x.view(), go.view(), route)
+            .unwrap();
         let gs = grads.scales.as_ref().unwrap();
         let scales = layer.scales().unwrap();
         for ((o, i), &g) in gs.indexed_iter() {
@@ -512,7 +517,8 @@ fn masked_kernels_stay_zero_through_forward_and_backward() {
 #[test]
 fn centroid_gradient_is_the_scaled_sum_of_dense_weight_gradients() {
     let mut r = rng(46);
-    for _ in 0..30 {
+    for case in 0..60 {
+        let route = [ForwardStrategy::Dense, ForwardStrategy::InputSide][case % 2];
         let c = random_case(&mut r);
         let dense = c.layer.to_conv(&c.codebook).unwrap();
         let y = dense.forward(c.x.view()).unwrap();
@@ -520,7 +526,7 @@ fn centroid_gradient_is_the_scaled_sum_of_dense_weight_gradients() {
         let dw = dense.backward(c.x.view(), go.view()).unwrap().weight;
         let grads = c
             .layer
-            .backward(&c.codebook, c.x.view(), go.view())
+            .backward_with(&c.codebook, c.x.view(), go.view(), route)
             .unwrap();
         // Kernel (o, i) is s·Φ_t(μ_c), Φ_t a permutation P of the taps (PAPER.md §1.6), so
         // ∂L/∂μ_c[P(j)] += s·∂L/∂w[j].
@@ -588,10 +594,15 @@ fn identical_results_on_1_and_2_threads() {
             .into_iter()
             .map(|s| layer.forward_with(&codebook, x.view(), s).unwrap())
             .collect();
-            (
-                outs,
-                layer.backward(&codebook, x.view(), go.view()).unwrap(),
-            )
+            let grads: Vec<_> = [ForwardStrategy::Dense, ForwardStrategy::InputSide]
+                .into_iter()
+                .map(|s| {
+                    layer
+                        .backward_with(&codebook, x.view(), go.view(), s)
+                        .unwrap()
+                })
+                .collect();
+            (outs, grads)
         })
     };
     assert_eq!(run(1), run(2));

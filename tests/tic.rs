@@ -166,31 +166,33 @@ fn layer_with_tic_indices_matches_dense_and_its_gradients() {
     }
     // Centroid gradient = Σ s·Φ_t⁻¹(∂L/∂W) over the kernels using the centroid.
     let go = random4(&mut r, expected.dim());
-    let grads = layer.backward(cb, x.view(), go.view()).unwrap();
     let dw = dense.backward(x.view(), go.view()).unwrap().weight;
-    let k = cb.len();
-    let mut want = vec![0.0f64; k * 9];
-    for ((o, i), &index) in layer.indices().indexed_iter() {
-        let (c, t) = (index as usize % k, index as usize / k);
-        let s = layer.scales().unwrap()[[o, i]];
-        // Φ_t is a permutation P; ∂L/∂μ[P(j)] += s·∂L/∂w[j].
-        let ids: Vec<f64> = (0..9).map(|v| v as f64).collect();
-        let perm = paper_transform(t, 3, 3, &ids);
-        for (j, &src) in perm.iter().enumerate() {
-            want[c * 9 + src as usize] += s * dw[[o, i, j / 3, j % 3]];
+    for route in [ForwardStrategy::Dense, ForwardStrategy::InputSide] {
+        let grads = layer.backward_with(cb, x.view(), go.view(), route).unwrap();
+        let k = cb.len();
+        let mut want = vec![0.0f64; k * 9];
+        for ((o, i), &index) in layer.indices().indexed_iter() {
+            let (c, t) = (index as usize % k, index as usize / k);
+            let s = layer.scales().unwrap()[[o, i]];
+            // Φ_t is a permutation P; ∂L/∂μ[P(j)] += s·∂L/∂w[j].
+            let ids: Vec<f64> = (0..9).map(|v| v as f64).collect();
+            let perm = paper_transform(t, 3, 3, &ids);
+            for (j, &src) in perm.iter().enumerate() {
+                want[c * 9 + src as usize] += s * dw[[o, i, j / 3, j % 3]];
+            }
         }
+        for (a, b) in grads.centroids.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-10 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        assert!(
+            worst_violation(
+                &grads.input,
+                &dense.backward(x.view(), go.view()).unwrap().input,
+                1e-10,
+                1e-10
+            ) <= 1.0
+        );
     }
-    for (a, b) in grads.centroids.iter().zip(&want) {
-        assert!((a - b).abs() <= 1e-10 * (1.0 + b.abs()), "{a} vs {b}");
-    }
-    assert!(
-        worst_violation(
-            &grads.input,
-            &dense.backward(x.view(), go.view()).unwrap().input,
-            1e-10,
-            1e-10
-        ) <= 1.0
-    );
 }
 
 #[test]

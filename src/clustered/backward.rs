@@ -131,3 +131,40 @@ pub(crate) fn backward<F: Real>(
         bias: has_bias.then(|| backward_bias(go.view())),
     }
 }
+
+/// Folds a dense weight gradient `(Cout, Cin, kh, kw)` into the gradients of the centroids
+/// (`Σ s·Φ_t⁻¹(∂L/∂w)` over the kernels using each) and of the scales (`⟨∂L/∂w, Φ_t(μ_c)⟩`).
+/// Sequential in `(o, i)` order, so the sums do not depend on the thread count.
+pub(crate) fn fold_weight_grad<F: Real>(
+    codebook: &KernelCodebook<F>,
+    indices: &Array2<u32>,
+    scales: Option<&Array2<F>>,
+    grad_weight: &Array4<F>,
+) -> (Array3<F>, Option<Array2<F>>) {
+    let (k, (kh, kw)) = (codebook.len(), codebook.kernel_size());
+    let area = kh * kw;
+    let table = codebook.decoded_kernels();
+    let grad_weight = grad_weight.as_standard_layout();
+    let flat = grad_weight.as_slice().expect("standard layout");
+    let mut centroids = vec![F::zero(); k * area];
+    let mut scale_grads = scales.map(|s| Array2::<F>::zeros(s.dim()));
+    let mut scaled = vec![F::zero(); area];
+    for ((o, i), &index) in indices.indexed_iter() {
+        let index = index as usize;
+        let g = &flat[(o * indices.ncols() + i) * area..][..area];
+        let s = scales.map_or(F::one(), |s| s[[o, i]]);
+        for (d, &v) in scaled.iter_mut().zip(g) {
+            *d = s * v;
+        }
+        codebook.add_to_centroid_grad(index, &scaled, &mut centroids);
+        if let Some(sg) = scale_grads.as_mut() {
+            let kernel = &table[index * area..][..area];
+            sg[[o, i]] = g
+                .iter()
+                .zip(kernel)
+                .fold(F::zero(), |a, (&x, &y)| a + x * y);
+        }
+    }
+    let centroids = Array3::from_shape_vec((k, kh, kw), centroids).expect("K·kh·kw values");
+    (centroids, scale_grads)
+}

@@ -424,17 +424,63 @@ impl<F: Real> ClusteredConv2d<F> {
         x: ArrayView4<F>,
         grad_out: ArrayView4<F>,
     ) -> Result<ClusteredGrads<F>> {
+        self.backward_with(codebook, x, grad_out, ForwardStrategy::Auto)
+    }
+
+    /// As [`ClusteredConv2d::backward`] with a chosen route: [`ForwardStrategy::Dense`]
+    /// rebuilds the dense weight, runs the dense GEMM backward and folds the weight gradient
+    /// into centroid and scale gradients (`∂L/∂μ_c = Σ s·Φ_t⁻¹(∂L/∂w)`,
+    /// `∂L/∂s = ⟨∂L/∂w, Φ_t(μ_c)⟩`); [`ForwardStrategy::InputSide`] and
+    /// [`ForwardStrategy::OutputSide`] run the weight-sharing stencil described above;
+    /// [`ForwardStrategy::Auto`] takes the stencil only when its work is below 1/16 of the
+    /// dense work (the stencil is scalar code, the dense route runs on the tuned GEMM).
+    /// Both routes compute the same gradients up to float rounding.
+    ///
+    /// # Errors
+    /// As [`ClusteredConv2d::backward`].
+    pub fn backward_with(
+        &self,
+        codebook: &KernelCodebook<F>,
+        x: ArrayView4<F>,
+        grad_out: ArrayView4<F>,
+        strategy: ForwardStrategy,
+    ) -> Result<ClusteredGrads<F>> {
         let s = self.resolve(codebook, dims4(&x))?;
         crate::conv::check_grad_out(&s, &grad_out)?;
-        let mut grads = backward::backward(
-            codebook,
-            &self.plan,
-            self.scales.is_some(),
-            self.bias.is_some(),
-            x,
-            grad_out,
-            &s,
-        );
+        let dense_route = match strategy {
+            ForwardStrategy::Dense => true,
+            ForwardStrategy::InputSide | ForwardStrategy::OutputSide => false,
+            ForwardStrategy::Auto => {
+                let cost = self.cost_for_shape(&s);
+                cost.input_side.conv_macs.saturating_mul(16) >= cost.dense_macs
+            }
+        };
+        let mut grads = if dense_route {
+            let conv = self.to_conv(codebook)?;
+            let dense = conv.backward(x, grad_out)?;
+            let (centroids, scales) = backward::fold_weight_grad(
+                codebook,
+                &self.indices,
+                self.scales.as_ref(),
+                &dense.weight,
+            );
+            ClusteredGrads {
+                input: dense.input,
+                centroids,
+                scales,
+                bias: dense.bias,
+            }
+        } else {
+            backward::backward(
+                codebook,
+                &self.plan,
+                self.scales.is_some(),
+                self.bias.is_some(),
+                x,
+                grad_out,
+                &s,
+            )
+        };
         // Pruned kernels are constant zeros: their scales must not move.
         if let (Some(mask), Some(gs)) = (&self.mask, grads.scales.as_mut()) {
             gs.zip_mut_with(mask, |g, &keep| {
