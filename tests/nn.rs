@@ -254,3 +254,274 @@ fn learning_rate_schedules() {
     assert!((cosine.lr_at(5) - 2.5e-3).abs() < 1e-15);
     assert!(cosine.lr_at(10).abs() < 1e-18);
 }
+
+// ---------------------------------------------------------------------------------------
+// The network container
+
+use clustered_conv::nn::{Layer, Network};
+use clustered_conv::{
+    ClusteredConv2d, CompressionConfig, Conv2d, ConvGeometry, KernelCodebook, ScalePrecision,
+};
+
+/// conv(bias) → BN → ReLU → pool → clustered(scales, bias) → ReLU → flatten → linear, in f64,
+/// with the clustered layer on a codebook shared with a second clustered layer.
+fn small_network(r: &mut rand_chacha::ChaCha8Rng) -> Network<f64> {
+    let conv = Conv2d::new(
+        random4(r, (3, 2, 3, 3)),
+        Some(Array1::from_shape_fn(3, |o| o as f64 * 0.1)),
+        ConvGeometry::default().padding(1, 1),
+    )
+    .unwrap();
+    let mut bn = BatchNorm2d::new(3);
+    bn.gamma = Array1::from_shape_fn(3, |c| 1.0 + 0.2 * c as f64);
+    bn.beta = Array1::from_shape_fn(3, |c| 0.1 * c as f64);
+    let codebook = KernelCodebook::from_centroids(
+        random4(r, (1, 3, 3, 3))
+            .into_shape_with_order((3, 3, 3))
+            .unwrap(),
+        clustered_conv::Symmetry::Flip,
+    )
+    .unwrap();
+    let clustered = |r: &mut rand_chacha::ChaCha8Rng, cout: usize, cin: usize| {
+        let idx = Array2::from_shape_fn((cout, cin), |_| r.random_range(0..6u32));
+        let scales = Array2::from_shape_fn((cout, cin), |_| r.random_range(0.5..1.5));
+        let bias = Array1::from_shape_fn(cout, |o| 0.05 * o as f64);
+        Layer::Clustered {
+            layer: Box::new(
+                ClusteredConv2d::new(
+                    idx,
+                    Some(scales),
+                    Some(bias),
+                    ConvGeometry::default().padding(1, 1),
+                )
+                .unwrap(),
+            ),
+            codebook: 0,
+        }
+    };
+    let c1 = clustered(r, 4, 3);
+    let c2 = clustered(r, 4, 4);
+    let fc = Linear {
+        weight: Array2::from_shape_fn((5, 4 * 2 * 2), |_| r.random_range(-0.5..0.5)),
+        bias: Array1::from_shape_fn(5, |j| 0.01 * j as f64),
+    };
+    Network {
+        layers: vec![
+            Layer::Conv(conv),
+            Layer::BatchNorm(bn),
+            Layer::Relu,
+            Layer::MaxPool(MaxPool2d {
+                kernel: 2,
+                stride: 2,
+            }),
+            c1,
+            Layer::Relu,
+            c2,
+            Layer::Flatten,
+            Layer::Linear(fc),
+        ],
+        codebooks: vec![codebook],
+    }
+}
+
+fn network_loss(net: &Network<f64>, x: &Array4<f64>, labels: &[usize]) -> f64 {
+    let mut net = net.clone();
+    let (logits, _) = net.forward_train(x.view()).unwrap();
+    softmax_cross_entropy(logits.view(), labels).unwrap().0
+}
+
+#[test]
+fn whole_network_gradients_match_finite_differences() {
+    use clustered_conv::nn::LayerGrads;
+    let mut r = rng(91);
+    let net = small_network(&mut r);
+    let x = random4(&mut r, (3, 2, 4, 4));
+    let labels = [0, 3, 4];
+    let mut trained = net.clone();
+    let (logits, tape) = trained.forward_train(x.view()).unwrap();
+    let (_, grad) = softmax_cross_entropy(logits.view(), &labels).unwrap();
+    let grads = net.backward(&tape, grad).unwrap();
+    // Input.
+    assert_close(
+        &numeric_grad(&x, |x| network_loss(&net, x, &labels)),
+        &grads.input,
+        "&grads.input (1)",
+    );
+    // Shared centroids: the sum over both clustered layers.
+    let numeric = numeric_grad(net.codebooks[0].centroids(), |c| {
+        let mut n = net.clone();
+        n.codebooks[0].set_centroids(c.clone()).unwrap();
+        network_loss(&n, &x, &labels)
+    });
+    assert_close(&numeric, &grads.codebooks[0], "&grads.codebooks[0] (2)");
+    // Every layer's own parameters.
+    for (l, g) in grads.layers.iter().enumerate() {
+        match (&net.layers[l], g) {
+            (Layer::Conv(c), LayerGrads::Conv(gw, gb)) => {
+                let numeric = numeric_grad(c.weight(), |w| {
+                    let mut n = net.clone();
+                    n.layers[l] = Layer::Conv(
+                        Conv2d::new(w.clone(), c.bias().cloned(), c.geometry()).unwrap(),
+                    );
+                    network_loss(&n, &x, &labels)
+                });
+                assert_close(&numeric, gw, "gw (3)");
+                let numeric = numeric_grad(c.bias().unwrap(), |b| {
+                    let mut n = net.clone();
+                    n.layers[l] = Layer::Conv(
+                        Conv2d::new(c.weight().clone(), Some(b.clone()), c.geometry()).unwrap(),
+                    );
+                    network_loss(&n, &x, &labels)
+                });
+                // Batch norm right after cancels the conv bias: the gradient is ~0 both ways.
+                assert_close(&numeric, gb.as_ref().unwrap(), "gb.as_ref().unwrap() (4)");
+            }
+            (Layer::BatchNorm(bn), LayerGrads::BatchNorm(gg, gb)) => {
+                let numeric = numeric_grad(&bn.gamma, |v| {
+                    let mut n = net.clone();
+                    if let Layer::BatchNorm(b) = &mut n.layers[l] {
+                        b.gamma = v.clone();
+                    }
+                    network_loss(&n, &x, &labels)
+                });
+                assert_close(&numeric, gg, "gg (5)");
+                let numeric = numeric_grad(&bn.beta, |v| {
+                    let mut n = net.clone();
+                    if let Layer::BatchNorm(b) = &mut n.layers[l] {
+                        b.beta = v.clone();
+                    }
+                    network_loss(&n, &x, &labels)
+                });
+                assert_close(&numeric, gb, "gb (6)");
+            }
+            (Layer::Clustered { layer, .. }, LayerGrads::Clustered(gs, gb)) => {
+                let numeric = numeric_grad(layer.scales().unwrap(), |s| {
+                    let mut n = net.clone();
+                    if let Layer::Clustered { layer, .. } = &mut n.layers[l] {
+                        layer
+                            .set_params(Some(s.clone()), layer.bias().cloned())
+                            .unwrap();
+                    }
+                    network_loss(&n, &x, &labels)
+                });
+                assert_close(&numeric, gs.as_ref().unwrap(), "gs.as_ref().unwrap() (7)");
+                let numeric = numeric_grad(layer.bias().unwrap(), |b| {
+                    let mut n = net.clone();
+                    if let Layer::Clustered { layer, .. } = &mut n.layers[l] {
+                        layer
+                            .set_params(layer.scales().cloned(), Some(b.clone()))
+                            .unwrap();
+                    }
+                    network_loss(&n, &x, &labels)
+                });
+                assert_close(&numeric, gb.as_ref().unwrap(), "gb.as_ref().unwrap() (8)");
+            }
+            (Layer::Linear(lin), LayerGrads::Linear(gw, gb)) => {
+                let numeric = numeric_grad(&lin.weight, |w| {
+                    let mut n = net.clone();
+                    if let Layer::Linear(f) = &mut n.layers[l] {
+                        f.weight = w.clone();
+                    }
+                    network_loss(&n, &x, &labels)
+                });
+                assert_close(&numeric, gw, "gw (9)");
+                let numeric = numeric_grad(&lin.bias, |b| {
+                    let mut n = net.clone();
+                    if let Layer::Linear(f) = &mut n.layers[l] {
+                        f.bias = b.clone();
+                    }
+                    network_loss(&n, &x, &labels)
+                });
+                assert_close(&numeric, gb, "gb (10)");
+            }
+            (Layer::Relu | Layer::MaxPool(_) | Layer::Flatten, LayerGrads::None) => {}
+            (layer, g) => panic!("layer {l}: {layer:?} got {g:?}"),
+        }
+    }
+}
+
+#[test]
+fn fine_tuning_keeps_assignments_and_at_most_k_distinct_kernels() {
+    let mut r = rng(92);
+    // A dense network, compressed with one shared codebook (K = 5, f16 scales).
+    let conv = |r: &mut rand_chacha::ChaCha8Rng, o, i| {
+        Layer::Conv(
+            Conv2d::new(
+                random4(r, (o, i, 3, 3)),
+                None,
+                ConvGeometry::default().padding(1, 1),
+            )
+            .unwrap(),
+        )
+    };
+    let dense = Network::new(vec![
+        conv(&mut r, 6, 2),
+        Layer::Relu,
+        conv(&mut r, 6, 6),
+        Layer::Flatten,
+        Layer::Linear(Linear {
+            weight: Array2::from_shape_fn((3, 6 * 16), |_| r.random_range(-0.1..0.1)),
+            bias: Array1::zeros(3),
+        }),
+    ]);
+    let config = CompressionConfig {
+        k: 5,
+        scales: ScalePrecision::F16,
+        ..Default::default()
+    };
+    let mut net = dense.compress(&config).unwrap();
+    assert_eq!(net.codebooks.len(), 1);
+    let indices_before: Vec<Array2<u32>> = net
+        .layers
+        .iter()
+        .filter_map(|l| match l {
+            Layer::Clustered { layer, .. } => Some(layer.indices().clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(indices_before.len(), 2);
+    let x = random4(&mut r, (4, 2, 4, 4));
+    let labels = [0, 1, 2, 1];
+    let sgd = Sgd {
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        schedule: LrSchedule::Constant,
+    };
+    let mut states = Vec::new();
+    let first = net
+        .train_step(x.view(), &labels, &sgd, 0, &mut states)
+        .unwrap();
+    let mut last = first;
+    for _ in 0..30 {
+        last = net
+            .train_step(x.view(), &labels, &sgd, 0, &mut states)
+            .unwrap();
+    }
+    assert!(last < first * 0.5, "loss {first} → {last}");
+    let cb = &net.codebooks[0];
+    let mut clustered = 0;
+    for layer in &net.layers {
+        if let Layer::Clustered { layer, .. } = layer {
+            assert_eq!(layer.indices(), &indices_before[clustered]);
+            clustered += 1;
+            // Every kernel divided by its scale is one of the K centroids.
+            let w = layer.to_conv(cb).unwrap().weight().clone();
+            let mut distinct: Vec<Vec<i64>> = Vec::new();
+            for ((o, i), &s) in layer.scales().unwrap().indexed_iter() {
+                let k: Vec<i64> = w
+                    .slice(ndarray::s![o, i, .., ..])
+                    .iter()
+                    .map(|v| (v / s * 1e9).round() as i64)
+                    .collect();
+                if !distinct.contains(&k) {
+                    distinct.push(k);
+                }
+            }
+            assert!(distinct.len() <= 5, "{} distinct kernels", distinct.len());
+        }
+    }
+    // The centroids did move.
+    let original = dense.compress(&config).unwrap();
+    assert_ne!(original.codebooks[0].centroids(), cb.centroids());
+}

@@ -9,12 +9,14 @@
 mod batchnorm;
 mod linear;
 mod loss;
+mod network;
 mod optim;
 mod pool;
 
 pub use batchnorm::{BatchNorm2d, BatchNormCache, BatchNormGrads};
 pub use linear::{Linear, LinearGrads};
 pub use loss::softmax_cross_entropy;
+pub use network::{Gradients, Layer, LayerGrads, Network, Tape};
 pub use optim::{LrSchedule, Sgd, SgdState};
 pub use pool::MaxPool2d;
 
