@@ -29,7 +29,7 @@ pub use compress::{
 pub use conv::{Conv2d, Conv2dGrads};
 pub use data::{
     read_idx, read_idx_file, DataSource, FashionMnist, Idx, LabelledImages, FASHION_MNIST_CLASSES,
-    MAX_IDX_BYTES,
+    FASHION_MNIST_MEAN_STD, MAX_IDX_BYTES,
 };
 pub use error::{Error, Result};
 pub use geometry::{ConvGeometry, Padding};

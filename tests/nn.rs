@@ -525,3 +525,41 @@ fn fine_tuning_keeps_assignments_and_at_most_k_distinct_kernels() {
     let original = dense.compress(&config).unwrap();
     assert_ne!(original.codebooks[0].centroids(), cb.centroids());
 }
+
+#[test]
+fn random_crop_flip_shifts_and_mirrors_every_image() {
+    use clustered_conv::nn::random_crop_flip;
+    let x = Array4::from_shape_fn((40, 2, 5, 6), |(n, c, y, x)| {
+        (n * 1000 + c * 100 + y * 10 + x) as f64
+    });
+    let out = random_crop_flip(x.view(), 2, -1.0, &mut rng(93));
+    let mut flipped = 0;
+    for n in 0..40 {
+        // Find the offset and flip that explain image n: exactly one must.
+        let mut matches = 0;
+        for flip in [false, true] {
+            for dy in -2i32..=2 {
+                for dx in -2i32..=2 {
+                    let ok = ndarray::Zip::indexed(out.slice(ndarray::s![n, .., .., ..])).all(
+                        |(c, y, xx), &v| {
+                            let sy = y as i32 + dy;
+                            let shifted = xx as i32 + dx;
+                            let sx = if flip { 5 - shifted } else { shifted };
+                            if (0..5).contains(&sy) && (0..6).contains(&sx) {
+                                v == x[[n, c, sy as usize, sx as usize]]
+                            } else {
+                                v == -1.0
+                            }
+                        },
+                    );
+                    if ok {
+                        matches += 1;
+                        flipped += usize::from(flip);
+                    }
+                }
+            }
+        }
+        assert_eq!(matches, 1, "image {n}");
+    }
+    assert!((10..=30).contains(&flipped), "{flipped} of 40 flipped");
+}

@@ -19,6 +19,51 @@ pub struct LabelledImages {
     pub labels: Array1<u8>,
 }
 
+impl LabelledImages {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Images `rows` (indices into the set, in the order given) as `(n, 1, H, W)` floats
+    /// `(v/255 − mean) / std`, and their labels.
+    ///
+    /// # Panics
+    /// Never for indices `< len()`; an index beyond the set panics (caller bug, like slicing).
+    pub fn batch(&self, rows: &[usize], mean: f32, std: f32) -> (ndarray::Array4<f32>, Vec<usize>) {
+        let (_, h, w) = self.images.dim();
+        let x = ndarray::Array4::from_shape_fn((rows.len(), 1, h, w), |(b, _, y, x)| {
+            (f32::from(self.images[[rows[b], y, x]]) / 255.0 - mean) / std
+        });
+        let labels = rows.iter().map(|&r| usize::from(self.labels[r])).collect();
+        (x, labels)
+    }
+
+    /// The first `n` images (all of them when `n ≥ len()`).
+    pub fn truncated(&self, n: usize) -> LabelledImages {
+        let n = n.min(self.len());
+        LabelledImages {
+            images: self
+                .images
+                .slice_axis(ndarray::Axis(0), (..n).into())
+                .to_owned(),
+            labels: self
+                .labels
+                .slice_axis(ndarray::Axis(0), (..n).into())
+                .to_owned(),
+        }
+    }
+}
+
+/// Fashion-MNIST's training-set pixel mean and standard deviation (of `v/255`), the usual
+/// normalisation constants.
+pub const FASHION_MNIST_MEAN_STD: (f32, f32) = (0.2860, 0.3530);
+
 /// Where a data set was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataSource {

@@ -20,7 +20,8 @@ pub use network::{Gradients, Layer, LayerGrads, Network, Tape};
 pub use optim::{LrSchedule, Sgd, SgdState};
 pub use pool::MaxPool2d;
 
-use ndarray::{Array, ArrayView, Dimension};
+use ndarray::{Array, Array4, ArrayView, ArrayView4, Dimension};
+use rand::Rng;
 
 use crate::scalar::Real;
 
@@ -40,5 +41,44 @@ pub fn relu_backward<F: Real, D: Dimension>(
             *g = F::zero();
         }
     });
+    out
+}
+
+/// Data augmentation: every image of `x` `(N, C, H, W)` shifted by a random offset in
+/// `−pad..=pad` on each axis (the uncovered border filled with `fill`, like a random crop of a
+/// zero-padded image) and flipped horizontally with probability ½.
+pub fn random_crop_flip<F: Real, R: Rng>(
+    x: ArrayView4<F>,
+    pad: usize,
+    fill: F,
+    rng: &mut R,
+) -> Array4<F> {
+    let (n, c, h, w) = x.dim();
+    let mut out = Array4::from_elem((n, c, h, w), fill);
+    let pad = pad as i64;
+    for b in 0..n {
+        let dy = rng.random_range(-pad..=pad) as isize;
+        let dx = rng.random_range(-pad..=pad) as isize;
+        let flip = rng.random_bool(0.5);
+        for ch in 0..c {
+            for y in 0..h {
+                let sy = y as isize + dy;
+                if sy < 0 || sy >= h as isize {
+                    continue;
+                }
+                for xx in 0..w {
+                    let shifted = xx as isize + dx;
+                    let sx = if flip {
+                        w as isize - 1 - shifted
+                    } else {
+                        shifted
+                    };
+                    if (0..w as isize).contains(&sx) {
+                        out[[b, ch, y, xx]] = x[[b, ch, sy as usize, sx as usize]];
+                    }
+                }
+            }
+        }
+    }
     out
 }
