@@ -197,8 +197,9 @@ impl NamedTensor {
         }
     }
 
-    /// `values` stored as `dtype` (rounded to nearest for f16/bf16).
-    pub(crate) fn from_f32(
+    /// A tensor named `name` holding `values` stored as `dtype` (rounded to nearest for
+    /// f16/bf16), e.g. for pass-through tensors of a [`CompressedModel`].
+    pub fn from_f32(
         name: String,
         dtype: TensorDtype,
         values: &ndarray::ArrayViewD<'_, f32>,

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::clustered::ClusteredConv2d;
 use crate::codebook::KernelCodebook;
-use crate::compress::{compress, CompressedLayer, CompressionConfig, ConvLayer};
+use crate::compress::{compress, CompressedLayer, CompressionConfig, ConvLayer, ScalePrecision};
 use crate::conv::Conv2d;
 use crate::error::{Error, Result};
 use crate::scalar::Real;
@@ -334,6 +334,24 @@ impl<F: Real> Network<F> {
         let grads = self.backward(&tape, grad)?;
         self.sgd_step(&grads, sgd, epoch, states)?;
         Ok(loss)
+    }
+
+    /// Rounds every clustered layer's scales to `precision` (fine-tuning moves them off the
+    /// storage grid; round before evaluating, so the measured model is the stored one).
+    ///
+    /// # Errors
+    /// A scale that rounds to infinity.
+    pub fn round_scales(&mut self, precision: ScalePrecision) -> Result<()> {
+        for layer in &mut self.layers {
+            if let Layer::Clustered { layer, .. } = layer {
+                if let Some(s) = layer.scales() {
+                    let rounded = s.mapv(|v| precision.round(v));
+                    let bias = layer.bias().cloned();
+                    layer.set_params(Some(rounded), bias)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Fraction of `labels` predicted correctly (arg-max of the logits, ties to the lower
