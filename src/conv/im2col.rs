@@ -43,11 +43,18 @@ struct Segment {
 }
 
 impl Segment {
-    /// Input column of the `j`-th position of the run, or `None` inside the padding.
+    /// The positions `j0..j1` of the run whose input column `(first_out_col + j)·sw + dx`
+    /// lies inside the image (the others read the zero padding), and the input column of
+    /// `j0`. Consecutive valid positions are `sw` input columns apart.
     #[inline]
-    fn input_col(&self, j: usize, stride_w: usize, width: usize) -> Option<usize> {
-        let ix = ((self.first_out_col + j) * stride_w) as isize + self.dx;
-        (ix >= 0 && (ix as usize) < width).then_some(ix as usize)
+    fn valid(&self, stride_w: usize, width: usize) -> (usize, usize, usize) {
+        let sw = stride_w as isize;
+        let a = (self.first_out_col as isize) * sw + self.dx;
+        let ceil_div = |n: isize| (n + sw - 1).div_euclid(sw);
+        let j0 = if a >= 0 { 0 } else { ceil_div(-a) };
+        let j1 = ceil_div(width as isize - a).clamp(0, self.len as isize);
+        let j0 = (j0 as usize).min(j1 as usize);
+        (j0, j1 as usize, (a + j0 as isize * sw).max(0) as usize)
     }
 }
 
@@ -100,11 +107,19 @@ pub(crate) fn im2col_tile<F: Real>(
             None => dst.fill(F::zero()),
             Some(iy) => {
                 let src = &img[seg.channel * plane + iy * s.w..][..s.w];
-                for (j, d) in dst.iter_mut().enumerate() {
-                    *d = match seg.input_col(j, s.stride.1, s.w) {
-                        Some(ix) => src[ix],
-                        None => F::zero(),
-                    };
+                let (j0, j1, ix0) = seg.valid(s.stride.1, s.w);
+                dst[..j0].fill(F::zero());
+                dst[j1..].fill(F::zero());
+                if j0 == j1 {
+                    return;
+                }
+                if s.stride.1 == 1 {
+                    dst[j0..j1].copy_from_slice(&src[ix0..ix0 + (j1 - j0)]);
+                } else {
+                    let taps = src[ix0..].iter().step_by(s.stride.1);
+                    for (d, &v) in dst[j0..j1].iter_mut().zip(taps) {
+                        *d = v;
+                    }
                 }
             }
         }
@@ -126,10 +141,13 @@ pub(crate) fn col2im_tile<F: Real>(
         let Some(iy) = seg.input_row else { return };
         let src = &col[seg.row * width + seg.col..][..seg.len];
         let dst = &mut img[seg.channel * plane + iy * s.w..][..s.w];
-        for (j, &v) in src.iter().enumerate() {
-            if let Some(ix) = seg.input_col(j, s.stride.1, s.w) {
-                dst[ix] += v;
-            }
+        let (j0, j1, ix0) = seg.valid(s.stride.1, s.w);
+        if j0 == j1 {
+            return;
+        }
+        let taps = dst[ix0..].iter_mut().step_by(s.stride.1);
+        for (d, &v) in taps.zip(&src[j0..j1]) {
+            *d += v;
         }
     });
 }

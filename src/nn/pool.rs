@@ -1,6 +1,7 @@
 //! Max pooling.
 
-use ndarray::{Array4, ArrayView4, Axis};
+use ndarray::{Array4, ArrayView4};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::scalar::Real;
@@ -36,18 +37,14 @@ impl MaxPool2d {
         ))
     }
 
-    /// Position (within the input plane) of the maximum of output `(oy, ox)`; ties go to the
-    /// first in row-major order.
-    fn argmax<F: Real>(
-        &self,
-        plane: &ndarray::ArrayView2<F>,
-        oy: usize,
-        ox: usize,
-    ) -> (usize, usize) {
-        let mut best = (oy * self.stride, ox * self.stride);
+    /// Flat position (within a row-major input plane of width `w`) of the maximum of output
+    /// `(oy, ox)`; ties go to the first in row-major order.
+    #[inline]
+    fn argmax<F: Real>(&self, plane: &[F], w: usize, oy: usize, ox: usize) -> usize {
+        let mut best = oy * self.stride * w + ox * self.stride;
         for r in 0..self.kernel {
-            for c in 0..self.kernel {
-                let p = (oy * self.stride + r, ox * self.stride + c);
+            let row = (oy * self.stride + r) * w + ox * self.stride;
+            for p in row..row + self.kernel {
                 if plane[p] > plane[best] {
                     best = p;
                 }
@@ -63,10 +60,21 @@ impl MaxPool2d {
     pub fn forward<F: Real>(&self, x: ArrayView4<F>) -> Result<Array4<F>> {
         let (n, c, h, w) = x.dim();
         let (oh, ow) = self.output(h, w)?;
-        Ok(Array4::from_shape_fn((n, c, oh, ow), |(b, ch, oy, ox)| {
-            let plane = x.index_axis(Axis(0), b).index_axis_move(Axis(0), ch);
-            plane[self.argmax(&plane, oy, ox)]
-        }))
+        let x = x.as_standard_layout();
+        let input = x.as_slice().expect("standard layout");
+        let mut out = Array4::<F>::zeros((n, c, oh, ow));
+        let planes = out.as_slice_mut().expect("fresh array");
+        planes
+            .par_chunks_mut(oh * ow)
+            .zip(input.par_chunks(h * w))
+            .for_each(|(dst, plane)| {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        dst[oy * ow + ox] = plane[self.argmax(plane, w, oy, ox)];
+                    }
+                }
+            });
+        Ok(out)
     }
 
     /// Backward pass: each output gradient goes to the position of its window's maximum.
@@ -87,18 +95,21 @@ impl MaxPool2d {
                 got: grad_out.shape().to_vec(),
             });
         }
+        let x = x.as_standard_layout();
+        let go = grad_out.as_standard_layout();
         let mut gx = Array4::<F>::zeros((n, c, h, w));
-        for b in 0..n {
-            for ch in 0..c {
-                let plane = x.index_axis(Axis(0), b).index_axis_move(Axis(0), ch);
+        let grads = gx.as_slice_mut().expect("fresh array");
+        grads
+            .par_chunks_mut(h * w)
+            .zip(x.as_slice().expect("standard layout").par_chunks(h * w))
+            .zip(go.as_slice().expect("standard layout").par_chunks(oh * ow))
+            .for_each(|((dst, plane), g)| {
                 for oy in 0..oh {
                     for ox in 0..ow {
-                        let (r, col) = self.argmax(&plane, oy, ox);
-                        gx[[b, ch, r, col]] += grad_out[[b, ch, oy, ox]];
+                        dst[self.argmax(plane, w, oy, ox)] += g[oy * ow + ox];
                     }
                 }
-            }
-        }
+            });
         Ok(gx)
     }
 }
