@@ -35,6 +35,16 @@ pub trait Real:
     + 'static
     + sealed::Sealed
 {
+    /// `c ← alpha·a·b` (`accumulate = false`) or `c ← c + alpha·a·b`, single-threaded, on
+    /// faer's packed GEMM kernels (AVX2/AVX-512 chosen at run time).
+    #[doc(hidden)]
+    fn faer_matmul(
+        c: faer::MatMut<'_, Self>,
+        accumulate: bool,
+        a: faer::MatRef<'_, Self>,
+        b: faer::MatRef<'_, Self>,
+        alpha: Self,
+    );
     /// Converts from `f64`, rounding to the nearest representable value.
     fn from_f64_lossy(v: f64) -> Self;
     /// Widens to `f64` exactly.
@@ -92,6 +102,20 @@ macro_rules! lanes_impl {
 }
 
 impl Real for f32 {
+    fn faer_matmul(
+        c: faer::MatMut<'_, Self>,
+        accumulate: bool,
+        a: faer::MatRef<'_, Self>,
+        b: faer::MatRef<'_, Self>,
+        alpha: Self,
+    ) {
+        let accum = if accumulate {
+            faer::Accum::Add
+        } else {
+            faer::Accum::Replace
+        };
+        faer::linalg::matmul::matmul(c, accum, a, b, alpha, faer::Par::Seq);
+    }
     fn from_f64_lossy(v: f64) -> Self {
         v as f32
     }
@@ -110,6 +134,20 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
+    fn faer_matmul(
+        c: faer::MatMut<'_, Self>,
+        accumulate: bool,
+        a: faer::MatRef<'_, Self>,
+        b: faer::MatRef<'_, Self>,
+        alpha: Self,
+    ) {
+        let accum = if accumulate {
+            faer::Accum::Add
+        } else {
+            faer::Accum::Replace
+        };
+        faer::linalg::matmul::matmul(c, accum, a, b, alpha, faer::Par::Seq);
+    }
     fn from_f64_lossy(v: f64) -> Self {
         v
     }

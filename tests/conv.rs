@@ -312,3 +312,56 @@ fn adjoint_identities_hold_across_many_tiles_and_groups() {
     assert!((yg - xg).abs() <= 1e-9 * yg.abs().max(1.0), "{yg} vs {xg}");
     assert!((yg - wg).abs() <= 1e-9 * yg.abs().max(1.0), "{yg} vs {wg}");
 }
+
+/// The stride-1 "same-width" fast path of im2col/col2im (whole image in one tile): forward
+/// against the naive convolution, input gradient against the adjoint identity
+/// `⟨conv(x), g⟩ = ⟨x, ∂/∂x⟩` and the weight gradient against `⟨conv_w(x), g⟩ = ⟨w, ∂/∂w⟩`.
+#[test]
+fn same_width_stride_1_fast_path_forward_and_adjoints() {
+    use clustered_conv::Padding;
+    let mut r = rng(77);
+    let geometries = [
+        ((3, 3), ConvGeometry::default().padding(1, 1)),
+        ((5, 5), ConvGeometry::default().padding(2, 2)),
+        ((3, 3), ConvGeometry::default().padding(2, 2).dilation(2, 2)),
+        ((3, 3), ConvGeometry::default().padding(0, 1)),
+        (
+            (2, 2),
+            ConvGeometry::default().padding_asymmetric(Padding {
+                top: 1,
+                bottom: 0,
+                left: 1,
+                right: 0,
+            }),
+        ),
+        ((1, 3), ConvGeometry::default().padding(0, 1)),
+    ];
+    for ((kh, kw), g) in geometries {
+        for (h, w) in [(7, 9), (3, 3), (1, 5)] {
+            let x = random4(&mut r, (2, 3, h, w));
+            let weight = random4(&mut r, (4, 3, kh, kw));
+            let conv = Conv2d::new(weight.clone(), None, g).unwrap();
+            let Ok(y) = conv.forward(x.view()) else {
+                continue;
+            };
+            let naive = naive_conv(x.view(), weight.view(), None, &g);
+            assert!(
+                worst_violation(&y, &naive, 1e-12, 1e-12) <= 1.0,
+                "{kh}x{kw} {h}x{w}"
+            );
+            let go = random4(&mut r, y.dim());
+            let grads = conv.backward(x.view(), go.view()).unwrap();
+            let lhs = (&y * &go).sum();
+            let via_input = (&x * &grads.input).sum();
+            let via_weight = (&weight * &grads.weight).sum();
+            assert!(
+                (lhs - via_input).abs() <= 1e-10 * (1.0 + lhs.abs()),
+                "{kh}x{kw} {h}x{w}"
+            );
+            assert!(
+                (lhs - via_weight).abs() <= 1e-10 * (1.0 + lhs.abs()),
+                "{kh}x{kw} {h}x{w}"
+            );
+        }
+    }
+}

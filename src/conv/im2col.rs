@@ -100,6 +100,9 @@ pub(crate) fn im2col_tile<F: Real>(
     col: &mut [F],
 ) {
     debug_assert_eq!(col.len(), s.patch_len() * width);
+    if whole_rows_stride_1(s, p0, width) {
+        return im2col_shifted_planes(img, s, col);
+    }
     let plane = s.h * s.w;
     walk_segments(s, p0, width, |seg| {
         let dst = &mut col[seg.row * width + seg.col..][..seg.len];
@@ -136,6 +139,9 @@ pub(crate) fn col2im_tile<F: Real>(
     img: &mut [F],
 ) {
     debug_assert_eq!(col.len(), s.patch_len() * width);
+    if whole_rows_stride_1(s, p0, width) {
+        return col2im_shifted_planes(col, s, img);
+    }
     let plane = s.h * s.w;
     walk_segments(s, p0, width, |seg| {
         let Some(iy) = seg.input_row else { return };
@@ -150,6 +156,80 @@ pub(crate) fn col2im_tile<F: Real>(
             *d += v;
         }
     });
+}
+
+/// Whether the tile is the whole output of a stride-1 convolution whose output rows are as
+/// wide as the input rows: then every patch row is the input plane shifted by a constant
+/// offset, with the wrapped-around border columns zeroed (the fast path of the common
+/// "same" 3×3 layer).
+fn whole_rows_stride_1(s: &ConvShape, p0: usize, width: usize) -> bool {
+    s.stride == (1, 1) && s.ow == s.w && p0 == 0 && width == s.out_positions()
+}
+
+/// Shift of patch row `(ki, kj)`: `(dy, dx)` with input `(oy + dy, ox + dx)` for output
+/// `(oy, ox)`, and the output rows `oy0..oy1` whose input row is inside the image.
+fn shift(s: &ConvShape, ki: usize, kj: usize) -> (isize, isize, usize, usize) {
+    let dy = (ki * s.dilation.0) as isize - s.pad_top as isize;
+    let dx = (kj * s.dilation.1) as isize - s.pad_left as isize;
+    let oy0 = (-dy).clamp(0, s.oh as isize) as usize;
+    let oy1 = (s.h as isize - dy).clamp(oy0 as isize, s.oh as isize) as usize;
+    (dy, dx, oy0, oy1)
+}
+
+/// Output columns `ox0..ox1` whose input column `ox + dx` is inside the image.
+fn valid_columns(w: usize, dx: isize) -> (usize, usize) {
+    let ox0 = (-dx).clamp(0, w as isize) as usize;
+    let ox1 = (w as isize - dx).clamp(ox0 as isize, w as isize) as usize;
+    (ox0, ox1)
+}
+
+/// [`im2col_tile`] for [`whole_rows_stride_1`]: one bulk copy per patch row, then the
+/// wrapped border columns zeroed.
+fn im2col_shifted_planes<F: Real>(img: &[F], s: &ConvShape, col: &mut [F]) {
+    let (w, plane, positions) = (s.w, s.h * s.w, s.out_positions());
+    for (row, dst) in col.chunks_exact_mut(positions).enumerate() {
+        let (c, ki, kj) = (row / (s.kh * s.kw), (row / s.kw) % s.kh, row % s.kw);
+        let src = &img[c * plane..][..plane];
+        let (dy, dx, oy0, oy1) = shift(s, ki, kj);
+        let (start, end) = (oy0 * w, oy1 * w);
+        let offset = dy * w as isize + dx;
+        // Destination indices whose source index j + offset lies in the plane.
+        let js = start.max((-offset).max(0) as usize).min(end);
+        let je = end.min((plane as isize - offset).max(0) as usize).max(js);
+        dst[..js].fill(F::zero());
+        dst[je..].fill(F::zero());
+        if je > js {
+            let from = (js as isize + offset) as usize;
+            dst[js..je].copy_from_slice(&src[from..from + (je - js)]);
+        }
+        let (ox0, ox1) = valid_columns(w, dx);
+        for out_row in dst[start..end].chunks_exact_mut(w) {
+            out_row[..ox0].fill(F::zero());
+            out_row[ox1..].fill(F::zero());
+        }
+    }
+}
+
+/// [`col2im_tile`] for [`whole_rows_stride_1`]: row-by-row shifted additions.
+fn col2im_shifted_planes<F: Real>(col: &[F], s: &ConvShape, img: &mut [F]) {
+    let (w, plane, positions) = (s.w, s.h * s.w, s.out_positions());
+    for (row, src) in col.chunks_exact(positions).enumerate() {
+        let (c, ki, kj) = (row / (s.kh * s.kw), (row / s.kw) % s.kh, row % s.kw);
+        let dst = &mut img[c * plane..][..plane];
+        let (dy, dx, oy0, oy1) = shift(s, ki, kj);
+        let (ox0, ox1) = valid_columns(w, dx);
+        if ox0 == ox1 {
+            continue;
+        }
+        for oy in oy0..oy1 {
+            let iy = (oy as isize + dy) as usize;
+            let ix0 = (ox0 as isize + dx) as usize;
+            let d = &mut dst[iy * w + ix0..][..ox1 - ox0];
+            for (d, &v) in d.iter_mut().zip(&src[oy * w + ox0..oy * w + ox1]) {
+                *d += v;
+            }
+        }
+    }
 }
 
 /// The patch matrix of a tile: a direct view of the image when im2col is the identity
@@ -171,8 +251,9 @@ pub(crate) fn patch_matrix<'a, F: Real>(
     ArrayView2::from_shape((s.patch_len(), width), &buf[..]).expect("buffer sized to the tile")
 }
 
-/// `c = alpha·a·b + beta·c` through ndarray's GEMM (matrixmultiply).
-#[inline]
+/// `c = alpha·a·b + beta·c` on faer's GEMM (single-threaded: callers parallelise over tiles,
+/// which keeps results independent of the thread count). Operands in row- or column-major
+/// layout are used in place; anything else (and a strided `c`) goes through a contiguous copy.
 pub(crate) fn gemm<F: Real>(
     alpha: F,
     a: &ArrayView2<F>,
@@ -180,5 +261,63 @@ pub(crate) fn gemm<F: Real>(
     beta: F,
     c: &mut ArrayViewMut2<F>,
 ) {
-    ndarray::linalg::general_mat_mul(alpha, a, b, beta, c);
+    let a_owned;
+    let a = match faer_ref(a.view()) {
+        Some(r) => r,
+        None => {
+            a_owned = a.as_standard_layout().into_owned();
+            faer_ref(a_owned.view()).expect("standard layout")
+        }
+    };
+    let b_owned;
+    let b = match faer_ref(b.view()) {
+        Some(r) => r,
+        None => {
+            b_owned = b.as_standard_layout().into_owned();
+            faer_ref(b_owned.view()).expect("standard layout")
+        }
+    };
+    let accumulate = beta != F::zero();
+    if accumulate && beta != F::one() {
+        c.map_inplace(|v| *v *= beta);
+    }
+    let (m, n) = c.dim();
+    match c.as_slice_mut() {
+        Some(slice) => F::faer_matmul(
+            faer::MatMut::from_row_major_slice_mut(slice, m, n),
+            accumulate,
+            a,
+            b,
+            alpha,
+        ),
+        None => {
+            let mut tmp = if accumulate {
+                c.to_owned()
+            } else {
+                ndarray::Array2::zeros((m, n))
+            };
+            let slice = tmp.as_slice_mut().expect("fresh array");
+            F::faer_matmul(
+                faer::MatMut::from_row_major_slice_mut(slice, m, n),
+                accumulate,
+                a,
+                b,
+                alpha,
+            );
+            c.assign(&tmp);
+        }
+    }
+}
+
+/// `x` as a faer matrix without copying, when it is row- or column-major contiguous.
+fn faer_ref<'a, F: Real>(x: ArrayView2<'a, F>) -> Option<faer::MatRef<'a, F>> {
+    let (m, n) = x.dim();
+    if let Some(slice) = x.to_slice() {
+        return Some(faer::MatRef::from_row_major_slice(slice, m, n));
+    }
+    if x.t().is_standard_layout() {
+        let slice = x.to_slice_memory_order()?;
+        return Some(faer::MatRef::from_column_major_slice(slice, m, n));
+    }
+    None
 }
