@@ -1,6 +1,7 @@
 //! Batch normalisation over the channels of NCHW activations.
 
-use ndarray::{Array1, Array4, ArrayView4, Axis};
+use ndarray::{Array1, Array4, ArrayView4};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::scalar::Real;
@@ -75,16 +76,28 @@ impl<F: Real> BatchNorm2d<F> {
         mean: &Array1<F>,
         inv_std: &Array1<F>,
     ) -> (Array4<F>, Array4<F>) {
-        let mut normalized = x.to_owned();
-        let mut y = x.to_owned();
-        for c in 0..self.gamma.len() {
-            let (m, s, g, b) = (mean[c], inv_std[c], self.gamma[c], self.beta[c]);
-            normalized
-                .index_axis_mut(Axis(1), c)
-                .mapv_inplace(|v| (v - m) * s);
-            y.index_axis_mut(Axis(1), c)
-                .mapv_inplace(|v| (v - m) * s * g + b);
-        }
+        let x = x.as_standard_layout();
+        let (_, channels, h, w) = x.dim();
+        let hw = (h * w).max(1);
+        let xs = x.as_slice().expect("standard layout");
+        let mut normalized = Array4::<F>::zeros(x.dim());
+        let mut y = Array4::<F>::zeros(x.dim());
+        // One task per (image, channel) plane.
+        normalized
+            .as_slice_mut()
+            .expect("fresh array")
+            .par_chunks_mut(hw)
+            .zip(y.as_slice_mut().expect("fresh array").par_chunks_mut(hw))
+            .zip(xs.par_chunks(hw))
+            .enumerate()
+            .for_each(|(plane, ((xn, yp), xp))| {
+                let c = plane % channels;
+                let (m, s, g, b) = (mean[c], inv_std[c], self.gamma[c], self.beta[c]);
+                for ((d, o), &v) in xn.iter_mut().zip(yp.iter_mut()).zip(xp) {
+                    *d = (v - m) * s;
+                    *o = *d * g + b;
+                }
+            });
         (y, normalized)
     }
 
@@ -105,16 +118,33 @@ impl<F: Real> BatchNorm2d<F> {
             });
         }
         let channels = self.gamma.len();
+        let x = x.as_standard_layout();
+        let hw = h * w;
+        let xs = x.as_slice().expect("standard layout");
+        let plane = |b: usize, c: usize| &xs[(b * channels + c) * hw..][..hw];
+        // Channels in parallel; each sums its planes in image order (deterministic).
+        let stats: Vec<(f64, f64)> = (0..channels)
+            .into_par_iter()
+            .map(|c| {
+                let m = (0..n)
+                    .map(|b| plane(b, c).iter().map(|v| v.to_f64_exact()).sum::<f64>())
+                    .sum::<f64>()
+                    / count as f64;
+                let v = (0..n)
+                    .map(|b| {
+                        plane(b, c)
+                            .iter()
+                            .map(|v| (v.to_f64_exact() - m).powi(2))
+                            .sum::<f64>()
+                    })
+                    .sum::<f64>()
+                    / count as f64;
+                (m, v)
+            })
+            .collect();
         let mut mean = Array1::<F>::zeros(channels);
         let mut var = Array1::<F>::zeros(channels);
-        for c in 0..channels {
-            let plane = x.index_axis(Axis(1), c);
-            let m = plane.iter().map(|v| v.to_f64_exact()).sum::<f64>() / count as f64;
-            let v = plane
-                .iter()
-                .map(|v| (v.to_f64_exact() - m).powi(2))
-                .sum::<f64>()
-                / count as f64;
+        for (c, &(m, v)) in stats.iter().enumerate() {
             mean[c] = F::from_f64_lossy(m);
             var[c] = F::from_f64_lossy(v);
             let unbiased = F::from_f64_lossy(v * count as f64 / (count - 1) as f64);
@@ -123,6 +153,7 @@ impl<F: Real> BatchNorm2d<F> {
             self.running_var[c] =
                 (F::one() - self.momentum) * self.running_var[c] + self.momentum * unbiased;
         }
+        let x = x.view();
         let inv_std = var.mapv(|v| F::one() / (v + self.eps).sqrt());
         let (y, normalized) = self.apply(&x, &mean, &inv_std);
         Ok((
@@ -163,28 +194,49 @@ impl<F: Real> BatchNorm2d<F> {
         }
         let channels = self.gamma.len();
         let (n, _, h, w) = grad_out.dim();
-        let count = (n * h * w) as f64;
+        let hw = h * w;
+        let count = (n * hw) as f64;
+        let go = grad_out.as_standard_layout();
+        let gs = go.as_slice().expect("standard layout");
+        let xs = cache
+            .normalized
+            .as_slice()
+            .expect("the cache is a fresh array");
+        let at = |b: usize, c: usize| (b * channels + c) * hw;
+        let sums: Vec<(f64, f64)> = (0..channels)
+            .into_par_iter()
+            .map(|c| {
+                let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
+                for b in 0..n {
+                    let (g, xh) = (&gs[at(b, c)..][..hw], &xs[at(b, c)..][..hw]);
+                    sum_g += g.iter().map(|v| v.to_f64_exact()).sum::<f64>();
+                    sum_gx += g
+                        .iter()
+                        .zip(xh)
+                        .map(|(a, b)| a.to_f64_exact() * b.to_f64_exact())
+                        .sum::<f64>();
+                }
+                (sum_g, sum_gx)
+            })
+            .collect();
+        let gamma = Array1::from_iter(sums.iter().map(|&(_, gx)| F::from_f64_lossy(gx)));
+        let beta = Array1::from_iter(sums.iter().map(|&(g, _)| F::from_f64_lossy(g)));
         let mut input = Array4::<F>::zeros(grad_out.dim());
-        let mut gamma = Array1::<F>::zeros(channels);
-        let mut beta = Array1::<F>::zeros(channels);
-        for c in 0..channels {
-            let g = grad_out.index_axis(Axis(1), c);
-            let xh = cache.normalized.index_axis(Axis(1), c);
-            let sum_g: f64 = g.iter().map(|v| v.to_f64_exact()).sum();
-            let sum_gx: f64 = g
-                .iter()
-                .zip(xh.iter())
-                .map(|(a, b)| a.to_f64_exact() * b.to_f64_exact())
-                .sum();
-            gamma[c] = F::from_f64_lossy(sum_gx);
-            beta[c] = F::from_f64_lossy(sum_g);
-            let k = self.gamma[c].to_f64_exact() * cache.inv_std[c].to_f64_exact();
-            let (mg, mgx) = (sum_g / count, sum_gx / count);
-            let mut dst = input.index_axis_mut(Axis(1), c);
-            for ((d, &gv), &xv) in dst.iter_mut().zip(g.iter()).zip(xh.iter()) {
-                *d = F::from_f64_lossy(k * (gv.to_f64_exact() - mg - xv.to_f64_exact() * mgx));
-            }
-        }
+        input
+            .as_slice_mut()
+            .expect("fresh array")
+            .par_chunks_mut(hw.max(1))
+            .zip(gs.par_chunks(hw.max(1)))
+            .zip(xs.par_chunks(hw.max(1)))
+            .enumerate()
+            .for_each(|(plane, ((dst, g), xh))| {
+                let c = plane % channels;
+                let k = self.gamma[c].to_f64_exact() * cache.inv_std[c].to_f64_exact();
+                let (mg, mgx) = (sums[c].0 / count, sums[c].1 / count);
+                for ((d, &gv), &xv) in dst.iter_mut().zip(g).zip(xh) {
+                    *d = F::from_f64_lossy(k * (gv.to_f64_exact() - mg - xv.to_f64_exact() * mgx));
+                }
+            });
         Ok(BatchNormGrads { input, gamma, beta })
     }
 }
