@@ -101,21 +101,28 @@ macro_rules! lanes_impl {
     };
 }
 
+/// The GEMM entry point, the same for both types.
+macro_rules! faer_impl {
+    () => {
+        fn faer_matmul(
+            c: faer::MatMut<'_, Self>,
+            accumulate: bool,
+            a: faer::MatRef<'_, Self>,
+            b: faer::MatRef<'_, Self>,
+            alpha: Self,
+        ) {
+            let accum = if accumulate {
+                faer::Accum::Add
+            } else {
+                faer::Accum::Replace
+            };
+            faer::linalg::matmul::matmul(c, accum, a, b, alpha, faer::Par::Seq);
+        }
+    };
+}
+
 impl Real for f32 {
-    fn faer_matmul(
-        c: faer::MatMut<'_, Self>,
-        accumulate: bool,
-        a: faer::MatRef<'_, Self>,
-        b: faer::MatRef<'_, Self>,
-        alpha: Self,
-    ) {
-        let accum = if accumulate {
-            faer::Accum::Add
-        } else {
-            faer::Accum::Replace
-        };
-        faer::linalg::matmul::matmul(c, accum, a, b, alpha, faer::Par::Seq);
-    }
+    faer_impl!();
     fn from_f64_lossy(v: f64) -> Self {
         v as f32
     }
@@ -134,20 +141,7 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
-    fn faer_matmul(
-        c: faer::MatMut<'_, Self>,
-        accumulate: bool,
-        a: faer::MatRef<'_, Self>,
-        b: faer::MatRef<'_, Self>,
-        alpha: Self,
-    ) {
-        let accum = if accumulate {
-            faer::Accum::Add
-        } else {
-            faer::Accum::Replace
-        };
-        faer::linalg::matmul::matmul(c, accum, a, b, alpha, faer::Par::Seq);
-    }
+    faer_impl!();
     fn from_f64_lossy(v: f64) -> Self {
         v
     }

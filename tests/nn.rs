@@ -563,3 +563,50 @@ fn random_crop_flip_shifts_and_mirrors_every_image() {
     }
     assert!((10..=30).contains(&flipped), "{flipped} of 40 flipped");
 }
+
+#[test]
+fn batch_norm_recalibration_averages_the_batch_statistics() {
+    let mut r = rng(94);
+    let conv = Conv2d::new(
+        random4(&mut r, (3, 2, 3, 3)),
+        None,
+        ConvGeometry::default().padding(1, 1),
+    )
+    .unwrap();
+    let mut net = Network::new(vec![
+        Layer::Conv(conv.clone()),
+        Layer::BatchNorm(BatchNorm2d::new(3)),
+        Layer::Flatten,
+    ]);
+    let batches: Vec<Array4<f64>> = (0..4).map(|_| random4(&mut r, (5, 2, 4, 4))).collect();
+    net.recalibrate_batch_norm(batches.iter().map(|b| b.view()))
+        .unwrap();
+    let Layer::BatchNorm(bn) = &net.layers[1] else {
+        panic!()
+    };
+    assert_eq!(bn.momentum, 0.1, "momentum restored");
+    for c in 0..3 {
+        let (mut mean, mut var) = (0.0, 0.0);
+        for b in &batches {
+            let y = conv.forward(b.view()).unwrap();
+            let plane = y.index_axis(ndarray::Axis(1), c);
+            let n = plane.len() as f64;
+            let m = plane.sum() / n;
+            mean += m / 4.0;
+            var += plane.mapv(|v| (v - m).powi(2)).sum() / (n - 1.0) / 4.0;
+        }
+        assert!((bn.running_mean[c] - mean).abs() < 1e-12, "mean {c}");
+        assert!((bn.running_var[c] - var).abs() < 1e-12, "var {c}");
+    }
+    // Failures leave the statistics untouched: no batches, or a batch of the wrong shape.
+    let before = net.clone();
+    assert!(matches!(
+        net.recalibrate_batch_norm(std::iter::empty()),
+        Err(Error::Empty { .. })
+    ));
+    let wrong = random4(&mut r, (5, 7, 4, 4));
+    assert!(net
+        .recalibrate_batch_norm([batches[0].view(), wrong.view()])
+        .is_err());
+    assert_eq!(net, before);
+}

@@ -336,6 +336,67 @@ impl<F: Real> Network<F> {
         Ok(loss)
     }
 
+    /// Re-estimates every batch-norm layer's running statistics as the plain average over
+    /// `batches` of the batch statistics (training-mode forward passes; no parameter changes).
+    /// After clustering, the convolutions' outputs no longer match the statistics the dense
+    /// network collected, which is what collapses accuracy right after compression; a few
+    /// hundred images fix most of it before any fine-tuning.
+    ///
+    /// # Errors
+    /// As [`Network::forward_train`]; an empty `batches` is [`Error::Empty`].
+    pub fn recalibrate_batch_norm<'a>(
+        &mut self,
+        batches: impl IntoIterator<Item = ArrayView4<'a, F>>,
+    ) -> Result<()>
+    where
+        F: 'a,
+    {
+        let mut batches = batches.into_iter().peekable();
+        if batches.peek().is_none() {
+            return Err(Error::Empty {
+                what: "the batches for batch-norm recalibration",
+            });
+        }
+        // Kept to restore on failure, so an error leaves the network as it was.
+        let saved: Vec<Option<BatchNorm2d<F>>> = self
+            .layers
+            .iter_mut()
+            .map(|layer| match layer {
+                Layer::BatchNorm(bn) => {
+                    let old = bn.clone();
+                    bn.running_mean.fill(F::zero());
+                    bn.running_var.fill(F::zero());
+                    Some(old)
+                }
+                _ => None,
+            })
+            .collect();
+        let mut result = Ok(());
+        for (seen, x) in batches.enumerate() {
+            // Momentum 1/(t+1) makes the running value the mean of the t+1 batch values.
+            let momentum = F::one() / F::from_f64_lossy((seen + 1) as f64);
+            for layer in &mut self.layers {
+                if let Layer::BatchNorm(bn) = layer {
+                    bn.momentum = momentum;
+                }
+            }
+            if let Err(e) = self.forward_train(x) {
+                result = Err(e);
+                break;
+            }
+        }
+        for (layer, old) in self.layers.iter_mut().zip(saved) {
+            if let (Layer::BatchNorm(bn), Some(old)) = (layer, old) {
+                if result.is_err() {
+                    *bn = old;
+                } else {
+                    bn.momentum = old.momentum;
+                }
+            }
+        }
+        result
+    }
+
     /// Rounds every clustered layer's scales to `precision` (fine-tuning moves them off the
     /// storage grid; round before evaluating, so the measured model is the stored one).
     ///
@@ -390,21 +451,37 @@ impl<F: Real> Network<F> {
     /// # Errors
     /// As [`compress`]; a network without dense convolutions to cluster.
     pub fn compress(&self, config: &CompressionConfig) -> Result<Network<F>> {
+        self.compress_where(config, |_, _| true)
+    }
+
+    /// As [`Network::compress`], clustering only the convolutions (layer index, layer) for
+    /// which `select` is true — e.g. leaving the first layer dense, whose few kernels cost
+    /// little to store and matter most.
+    ///
+    /// # Errors
+    /// As [`Network::compress`].
+    pub fn compress_where(
+        &self,
+        config: &CompressionConfig,
+        select: impl Fn(usize, &Conv2d<F>) -> bool,
+    ) -> Result<Network<F>> {
         let convs: Vec<(usize, ConvLayer<F>)> = self
             .layers
             .iter()
             .enumerate()
             .filter_map(|(l, layer)| match layer {
-                Layer::Conv(c) if c.kernel_size().0 * c.kernel_size().1 > 1 => Some((
-                    l,
-                    ConvLayer {
-                        name: format!("layers.{l}"),
-                        weight: c.weight().clone(),
-                        bias: c.bias().cloned(),
-                        geometry: c.geometry(),
-                        mask: None,
-                    },
-                )),
+                Layer::Conv(c) if c.kernel_size().0 * c.kernel_size().1 > 1 && select(l, c) => {
+                    Some((
+                        l,
+                        ConvLayer {
+                            name: format!("layers.{l}"),
+                            weight: c.weight().clone(),
+                            bias: c.bias().cloned(),
+                            geometry: c.geometry(),
+                            mask: None,
+                        },
+                    ))
+                }
                 _ => None,
             })
             .collect();
