@@ -279,7 +279,7 @@ fn main() -> Res<()> {
     let default_configs = if quick {
         "C64,C64N-TIC4"
     } else {
-        "C256,C64,C64-TIC4,C64N-TIC4"
+        "C256,C64-TIC4,C64N-TIC4"
     };
     let settings: Vec<Setting> = arg("--configs")
         .unwrap_or_else(|| default_configs.to_string())
