@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::plan::Plan;
 use super::stencil::{correlate_add, extract_patches};
-use crate::conv::{gemm, image, output_tiles, patch_matrix, tile_positions};
+use crate::conv::{forward_tile_positions, gemm, image, output_tiles, patch_matrix};
 use crate::geometry::ConvShape;
 use crate::scalar::Real;
 use crate::simd::{Kernel, Kernels};
@@ -362,7 +362,7 @@ pub(crate) fn dense_fallback<F: Real>(
     let area = s.kh * s.kw;
     let plane = s.h * s.w;
     let channels = (DENSE_BLOCK_DEPTH / area).clamp(1, s.cin);
-    let tile = tile_positions::<F>(&ConvShape {
+    let tile = forward_tile_positions::<F>(&ConvShape {
         cin: channels,
         ..*s
     });

@@ -24,6 +24,21 @@ pub(crate) fn tile_positions<F>(s: &ConvShape) -> usize {
         .max(1)
 }
 
+/// Fewest output tiles a forward pass is split into, so that small batches (one image is one
+/// tile otherwise) still keep several threads busy. A fixed number, not the thread count: the
+/// split must not depend on the pool for results to be thread-count independent.
+pub(crate) const MIN_FORWARD_TASKS: usize = 4;
+
+/// [`tile_positions`], further split for batches smaller than [`MIN_FORWARD_TASKS`].
+pub(crate) fn forward_tile_positions<F>(s: &ConvShape) -> usize {
+    let per_image = MIN_FORWARD_TASKS.div_ceil(s.batch.max(1));
+    let split = s
+        .out_positions()
+        .div_ceil(per_image)
+        .max(MIN_TILE_POSITIONS);
+    tile_positions::<F>(s).min(split).max(1)
+}
+
 /// One run of consecutive output positions on the same output row, for one patch row.
 struct Segment {
     /// Patch-matrix row `(c·kh + ki)·kw + kj`.

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, ConvShape};
 use crate::scalar::Real;
 
-pub(crate) use im2col::{gemm, patch_matrix, tile_positions};
+pub(crate) use im2col::{forward_tile_positions, gemm, patch_matrix, tile_positions};
 
 /// Most partial weight-gradient buffers kept at once (bounds memory; fixed, so the reduction
 /// order does not depend on the thread count).
@@ -244,7 +244,7 @@ pub(crate) fn forward_im2col<F: Real>(
     let x = x.as_standard_layout();
     let x = x.view();
     let positions = s.out_positions();
-    let tile = tile_positions::<F>(s);
+    let tile = forward_tile_positions::<F>(s);
     let mut out = Array3::<F>::zeros((s.batch, s.cout, positions));
     output_tiles(out.view_mut(), tile)
         .into_par_iter()
