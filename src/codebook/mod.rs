@@ -197,12 +197,17 @@ impl<F: Real> KernelCodebook<F> {
         let k = self.len();
         let (kh, kw) = self.kernel_size();
         let area = kh * kw;
+        let dst = &mut centroid_grads[(index % k) * area..][..area];
+        if index < k {
+            // The identity transform (every index of a plain codebook): no scratch copy.
+            for (d, &v) in dst.iter_mut().zip(grad) {
+                *d += v;
+            }
+            return;
+        }
         let mut back = vec![F::zero(); area];
         symmetry::apply_rect(symmetry::inverse(index / k), kh, kw, grad, &mut back);
-        for (d, v) in centroid_grads[(index % k) * area..][..area]
-            .iter_mut()
-            .zip(back)
-        {
+        for (d, v) in dst.iter_mut().zip(back) {
             *d += v;
         }
     }

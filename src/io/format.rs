@@ -802,13 +802,16 @@ fn read_scales(
         ));
     }
     let what = format!("{name}.weight.scales");
-    let values = match precision {
+    let values: Vec<f32> = match precision {
         ScalePrecision::None => return Ok(None),
         ScalePrecision::F16 => take(&what, Dtype::F16, &[o, i])?
             .chunks_exact(2)
             .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
-        ScalePrecision::F32 => finite_f32s(&take(&what, Dtype::F32, &[o, i])?, &what)?,
+        ScalePrecision::F32 => take(&what, Dtype::F32, &[o, i])?
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
         ScalePrecision::Fixed(bits) => {
             let bits = u32::from(bits);
             let len = packed_len(o * i, bits).unwrap_or(usize::MAX);
@@ -819,10 +822,7 @@ fn read_scales(
                 .collect()
         }
     };
-    let values: Vec<f32> = values;
-    if let Some(j) = values.iter().position(|v| !v.is_finite()) {
-        return invalid_file(format!("{what}: element {j} is {} (non-finite)", values[j]));
-    }
+    let values = check_finite(values, &what)?;
     Ok(Some(
         Array2::from_shape_vec((o, i), values).map_err(|e| file_error(e.to_string()))?,
     ))
@@ -887,6 +887,11 @@ fn finite_f32s(bytes: &[u8], what: &str) -> Result<Vec<f32>> {
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
+    check_finite(values, what)
+}
+
+/// `values`, or an error naming the first NaN or infinity.
+fn check_finite(values: Vec<f32>, what: &str) -> Result<Vec<f32>> {
     match values.iter().position(|v| !v.is_finite()) {
         Some(j) => invalid_file(format!("{what}: element {j} is {} (non-finite)", values[j])),
         None => Ok(values),
