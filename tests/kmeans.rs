@@ -344,3 +344,74 @@ fn rejects_invalid_settings_and_data() {
         Err(Error::ZeroSize { .. })
     ));
 }
+
+/// The exact nearest row of `centroids` to `x` (squared distances in `f64`, lowest index on
+/// ties) and that squared distance.
+fn exact_nearest(x: &[f32], centroids: &Array2<f32>) -> (usize, f64) {
+    let mut best = (usize::MAX, f64::INFINITY);
+    for (c, centre) in centroids.outer_iter().enumerate() {
+        let d: f64 = x
+            .iter()
+            .zip(centre)
+            .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+            .sum();
+        if d < best.1 {
+            best = (c, d);
+        }
+    }
+    best
+}
+
+/// 9-D rows from 48 overlapping Gaussians: labels keep changing for dozens of iterations, so
+/// the pruned assignment meets every case (bounds hold, a neighbour list settles the row, a
+/// full scan is needed).
+fn overlapping(n: usize, seed: u64) -> Array2<f32> {
+    let mut r = rng(seed);
+    let centres = Array2::from_shape_simple_fn((48, 9), || r.random_range(-1.0f32..1.0));
+    let noise = Normal::new(0.0f32, 0.35).unwrap();
+    Array2::from_shape_fn((n, 9), |(i, j)| {
+        centres[[(i * 7919) % 48, j]] + noise.sample(&mut r)
+    })
+}
+
+#[test]
+fn pruned_assignment_gives_the_exact_nearest_centroid_at_every_stop() {
+    let x = overlapping(12_000, 40);
+    for max_iter in [1, 2, 3, 7, 20, 60] {
+        let fit = KMeans::params(64)
+            .seed(5)
+            .tol(0.0)
+            .max_iter(max_iter)
+            .fit(x.view())
+            .unwrap();
+        if max_iter == 60 {
+            assert!(fit.n_iter > 20, "the data should need many iterations");
+        }
+        let mut inertia = 0.0;
+        for (i, row) in x.outer_iter().enumerate() {
+            let (nearest, d) = exact_nearest(row.as_slice().unwrap(), &fit.centroids);
+            assert_eq!(fit.labels[i], nearest, "max_iter {max_iter}, row {i}");
+            inertia += d;
+        }
+        assert!(
+            (fit.inertia - inertia).abs() <= 1e-9 * inertia,
+            "max_iter {max_iter}: inertia {} vs {inertia}",
+            fit.inertia
+        );
+    }
+}
+
+#[test]
+fn portable_kernels_give_the_same_bits() {
+    let x = overlapping(9_000, 41);
+    let params = KMeans::params(40).seed(2).max_iter(25).check().unwrap();
+    let fast = params.fit(x.view()).unwrap();
+    let portable = params.fit_with_portable_kernels(x.view()).unwrap();
+    assert_eq!(fast, portable);
+    // f64 data too.
+    let x = x.mapv(f64::from);
+    assert_eq!(
+        params.fit(x.view()).unwrap(),
+        params.fit_with_portable_kernels(x.view()).unwrap()
+    );
+}

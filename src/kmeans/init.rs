@@ -5,99 +5,132 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::{chunked_sum, row, Transforms, CHUNK_ROWS};
+use super::blocked::{Blocked, CandidateDistances, BLOCK};
+use super::{row, Transforms, CHUNK_ROWS};
 use crate::scalar::Real;
+use crate::simd::Kernels;
 
 /// Greedy k-means++ (Arthur & Vassilvitskii 2007, with scikit-learn's greedy variant):
 /// the first centre is a uniform row; each next one is the best of `2 + ⌊ln k⌋` candidates
 /// drawn with probability ∝ squared distance to the nearest chosen centre, "best" meaning the
-/// lowest resulting potential (lowest candidate position on ties). Scratch: `n·(2 + ⌊ln k⌋)`
-/// distances in `f64`.
+/// lowest resulting potential (lowest candidate position on ties).
+///
+/// All candidates of a step are measured in one pass over the data, in parallel chunks of
+/// [`CHUNK_ROWS`] rows, with the vectorised kernel of [`blocked`](super::blocked); a draw
+/// finds its chunk from the per-chunk potentials, then its row inside the chunk. Scratch: an
+/// `f64` copy of the data and `n` distances.
 pub(crate) fn kmeans_plus_plus<F: Real>(
     data: &ArrayView2<F>,
     k: usize,
     transforms: &Transforms,
     rng: &mut ChaCha8Rng,
+    kernels: Kernels,
 ) -> Array2<F> {
     let (n, d) = data.dim();
     let trials = 2 + (k as f64).ln().floor() as usize;
+    let blocked = Blocked::new(data);
+    let padded = blocked.blocks() * BLOCK;
     let mut centers = Array2::<F>::zeros((k, d));
     let first = rng.random_range(0..n);
     centers.row_mut(0).assign(&data.row(first));
     let mut closest = distances_to(data, &copies(data, first, transforms));
-    let mut potential = chunked_sum(n, |i| closest[i]);
-    let mut cumulative = vec![0.0f64; n];
-    // Row i's candidate distances, `trials` per row: every candidate is measured in one pass
-    // over the data, and the winner's distances are reused for the update.
-    let mut candidate_dist = vec![0.0f64; n * trials];
+    closest.resize(padded, 0.0);
+    let mut chunk_pots: Vec<f64> = closest.chunks(CHUNK_ROWS).map(|c| c.iter().sum()).collect();
+    let mut potential: f64 = chunk_pots.iter().sum();
     for c in 1..k {
-        prefix_sums(&closest, &mut cumulative);
-        // First row whose cumulative weight exceeds the target: a zero-distance row is never
-        // drawn while any row has positive distance.
         let candidates: Vec<usize> = (0..trials)
-            .map(|_| {
-                let target = rng.random::<f64>() * potential;
-                cumulative.partition_point(|&v| v <= target).min(n - 1)
-            })
+            .map(|_| draw(rng.random::<f64>() * potential, &chunk_pots, &closest[..n]))
             .collect();
-        // All copies of all candidates, coordinate-major (`d × trials·S`), so one pass over a
-        // row advances every distance at once (each still summed in coordinate order).
-        let copies_per = transforms.len();
-        let all: Vec<Vec<f64>> = candidates
+        let all: Vec<f64> = candidates
             .iter()
-            .map(|&i| copies(data, i, transforms))
+            .flat_map(|&i| copies(data, i, transforms))
             .collect();
-        let m = trials * copies_per;
-        let d = data.ncols();
-        let by_coord: Vec<f64> = (0..d)
-            .flat_map(|j| {
-                all.iter()
-                    .flat_map(move |c| c.chunks_exact(d).map(move |row| row[j]))
-            })
-            .collect();
-        // Potential of each candidate, summed per fixed chunk then in chunk order.
-        let partials: Vec<Vec<f64>> = candidate_dist
-            .par_chunks_mut(CHUNK_ROWS * trials)
-            .enumerate()
-            .map(|(ci, chunk)| {
-                let mut pots = vec![0.0; trials];
-                let mut acc = vec![0.0; m];
-                for (j, dists) in chunk.chunks_exact_mut(trials).enumerate() {
-                    let i = ci * CHUNK_ROWS + j;
-                    acc.fill(0.0);
-                    for (&xv, coord) in row(data, i).iter().zip(by_coord.chunks_exact(m)) {
-                        let xv = xv.to_f64_exact();
-                        for (a, &cv) in acc.iter_mut().zip(coord) {
-                            let t = xv - cv;
-                            *a += t * t;
-                        }
-                    }
-                    for ((d, pot), copies) in dists
-                        .iter_mut()
-                        .zip(&mut pots)
-                        .zip(acc.chunks_exact(copies_per))
-                    {
-                        let nearest = copies.iter().copied().fold(f64::INFINITY, f64::min);
-                        *d = closest[i].min(nearest);
-                        *pot += *d;
-                    }
-                }
-                pots
-            })
-            .collect();
+        // Every candidate's potential, per chunk; the distances are not kept (writing
+        // `trials` arrays of n distances per step would cost more than recomputing the
+        // winner's).
+        let partials = potentials(
+            &blocked,
+            &all,
+            transforms.len(),
+            &mut closest,
+            false,
+            kernels,
+        );
         let pots: Vec<f64> = (0..trials)
             .map(|t| partials.iter().map(|p| p[t]).sum())
             .collect();
         // Lowest potential wins; ties go to the earliest candidate.
         let best = (1..trials).fold(0, |b, t| if pots[t] < pots[b] { t } else { b });
-        potential = pots[best];
+        let winner = &all[best * transforms.len() * d..][..transforms.len() * d];
+        let partials = potentials(
+            &blocked,
+            winner,
+            transforms.len(),
+            &mut closest,
+            true,
+            kernels,
+        );
+        chunk_pots = partials.iter().map(|p| p[0]).collect();
+        potential = chunk_pots.iter().sum();
         centers.row_mut(c).assign(&data.row(candidates[best]));
-        closest
-            .par_iter_mut()
-            .enumerate()
-            .for_each(|(i, v)| *v = candidate_dist[i * trials + best]);
     }
     centers
+}
+
+/// Per chunk of [`CHUNK_ROWS`] rows, the potential of every candidate in `copies`
+/// (`copies_per` rows each); with `update` (one candidate), `closest` becomes its distances.
+fn potentials(
+    blocked: &Blocked,
+    copies: &[f64],
+    copies_per: usize,
+    closest: &mut [f64],
+    update: bool,
+    kernels: Kernels,
+) -> Vec<Vec<f64>> {
+    closest
+        .par_chunks_mut(CHUNK_ROWS)
+        .enumerate()
+        .map(|(ci, closest)| {
+            let first = ci * CHUNK_ROWS / BLOCK;
+            kernels.dispatch(CandidateDistances {
+                data: blocked,
+                blocks: first..first + closest.len() / BLOCK,
+                copies,
+                copies_per,
+                closest,
+                update,
+            })
+        })
+        .collect()
+}
+
+/// The row a k-means++ draw picks: the first whose running weight exceeds `target`, found
+/// chunk by chunk (`chunk_pots` are the weights' sums per [`CHUNK_ROWS`] rows). A row of
+/// weight 0 is never picked while any row has positive weight; `target` at or beyond the
+/// total (rounding) picks the last positive row of the chosen chunk, or the last row.
+fn draw(target: f64, chunk_pots: &[f64], weights: &[f64]) -> usize {
+    let mut before = 0.0;
+    for (ci, &pot) in chunk_pots.iter().enumerate() {
+        if before + pot > target {
+            let rows = ci * CHUNK_ROWS..(ci * CHUNK_ROWS + CHUNK_ROWS).min(weights.len());
+            let mut running = before;
+            let mut last_positive = None;
+            for i in rows {
+                if weights[i] > 0.0 {
+                    last_positive = Some(i);
+                }
+                running += weights[i];
+                if running > target {
+                    return i;
+                }
+            }
+            if let Some(i) = last_positive {
+                return i;
+            }
+        }
+        before += pot;
+    }
+    weights.len() - 1
 }
 
 /// Every transformed copy of row `i` (as a centre candidate), flattened, in `f64`.
@@ -154,11 +187,43 @@ fn distances_to<F: Real>(data: &ArrayView2<F>, copies: &[f64]) -> Vec<f64> {
     out
 }
 
-/// Running sums of `values` into `out` (sequential: the order is fixed by construction).
-fn prefix_sums(values: &[f64], out: &mut [f64]) {
-    let mut acc = 0.0;
-    for (o, &v) in out.iter_mut().zip(values) {
-        acc += v;
-        *o = acc;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first row whose running weight exceeds `target`, by a plain prefix sum.
+    fn naive(target: f64, weights: &[f64]) -> usize {
+        let mut running = 0.0;
+        for (i, &w) in weights.iter().enumerate() {
+            running += w;
+            if running > target {
+                return i;
+            }
+        }
+        weights.len() - 1
+    }
+
+    #[test]
+    fn draws_match_a_plain_prefix_search_and_skip_zero_weights() {
+        // Integer weights (exact sums), runs of zeros across chunk boundaries.
+        let n = 3 * CHUNK_ROWS + 123;
+        let weights: Vec<f64> = (0..n)
+            .map(|i| if (i / 1000) % 2 == 1 { 0.0 } else { (i % 7) as f64 })
+            .collect();
+        let chunk_pots: Vec<f64> = weights.chunks(CHUNK_ROWS).map(|c| c.iter().sum()).collect();
+        let total: f64 = weights.iter().sum();
+        for step in 0..2000 {
+            let target = total * step as f64 / 2000.0;
+            let picked = draw(target, &chunk_pots, &weights);
+            assert_eq!(picked, naive(target, &weights), "target {target}");
+            assert!(weights[picked] > 0.0);
+        }
+        // At or past the total: the last positive row of the last non-empty chunk.
+        let last_positive = weights.iter().rposition(|&w| w > 0.0).unwrap();
+        assert_eq!(draw(total, &chunk_pots, &weights), n - 1);
+        assert!(last_positive < n);
+        // All weights zero: the last row.
+        let zeros = vec![0.0; 10];
+        assert_eq!(draw(0.0, &[0.0], &zeros), 9);
     }
 }

@@ -1,12 +1,16 @@
-//! Lloyd iterations: blocked nearest-centroid assignment and the mean update with
-//! deterministic empty-cluster re-seeding.
+//! Lloyd iterations: nearest-centroid assignment with Hamerly's bounds and the mean update
+//! with deterministic empty-cluster re-seeding; and a GEMM-based nearest-centroid search for
+//! new data.
 
 use ndarray::{Array1, Array2, ArrayView2};
 use rayon::prelude::*;
 
-use super::{row, sq_dist, Convergence, IterationStats, Transforms};
+use super::blocked::{NearestTwo, BLOCK};
+use super::neighbours::Neighbours;
+use super::{row, sq_dist, Convergence, IterationStats, Transforms, CHUNK_ROWS};
 use crate::conv::gemm;
 use crate::scalar::Real;
+use crate::simd::Kernels;
 
 /// Rows per assignment block: the block's distance matrix is `ASSIGN_ROWS × k`.
 const ASSIGN_ROWS: usize = 1024;
@@ -20,25 +24,31 @@ pub(crate) struct Outcome<F> {
     pub history: Vec<IterationStats>,
 }
 
+/// When a run stops.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub max_iter: usize,
+    /// Stop when the summed squared centre shift is at most this.
+    pub tol_abs: f64,
+}
+
 /// Runs Lloyd's algorithm from `centers` (see the module docs of `kmeans` for the rules).
 pub(crate) fn run<F: Real>(
     data: &ArrayView2<F>,
     mut centers: Array2<F>,
     transforms: &Transforms,
-    max_iter: usize,
-    tol_abs: f64,
+    limits: Limits,
+    kernels: Kernels,
     mut on_iteration: impl FnMut(&IterationStats),
 ) -> Outcome<F> {
-    let n = data.nrows();
-    let mut labels = vec![usize::MAX; n];
-    let mut dist = vec![0.0f64; n];
+    let mut state = Assignment::new(data, kernels);
     let mut history = Vec::new();
     let mut convergence = Convergence::MaxIter;
-    for iteration in 1..=max_iter {
-        let expanded = transforms.expand(&centers);
-        let (inertia, label_changes) = assign(data, &expanded.view(), &mut labels, &mut dist);
-        let (new_centers, reseeded) = update(data, &labels, &dist, &centers, transforms);
-        let center_shift = centers
+    for iteration in 1..=limits.max_iter {
+        let (inertia, label_changes) = state.assign(data, &transforms.expand(&centers));
+        let (new_centers, reseeded) =
+            update(data, &state.labels, &state.dist, &centers, transforms);
+        let shifts: Vec<f64> = centers
             .outer_iter()
             .zip(new_centers.outer_iter())
             .map(|(a, b)| {
@@ -47,12 +57,13 @@ pub(crate) fn run<F: Real>(
                     b.as_slice().expect("owned row"),
                 )
             })
-            .sum::<f64>();
+            .collect();
+        state.centres_moved(&shifts);
         let stats = IterationStats {
             iteration,
             inertia,
             label_changes,
-            center_shift,
+            center_shift: shifts.iter().sum(),
             reseeded,
         };
         history.push(stats);
@@ -63,7 +74,7 @@ pub(crate) fn run<F: Real>(
             convergence = Convergence::Strict;
             break;
         }
-        if center_shift <= tol_abs {
+        if stats.center_shift <= limits.tol_abs {
             convergence = Convergence::Tolerance;
             break;
         }
@@ -73,21 +84,192 @@ pub(crate) fn run<F: Real>(
     let inertia = if convergence == Convergence::Strict {
         history.last().map_or(0.0, |h| h.inertia)
     } else {
-        assign(
-            data,
-            &transforms.expand(&centers).view(),
-            &mut labels,
-            &mut dist,
-        )
-        .0
+        state.assign(data, &transforms.expand(&centers)).0
     };
     Outcome {
         centroids: centers,
-        labels,
+        labels: state.labels,
         inertia,
         convergence,
         history,
     }
+}
+
+/// Labels with Hamerly's bounds (Hamerly 2010, "Making k-means even faster"): a row whose
+/// distance to its own centre is below a lower bound on its distance to every other centre
+/// keeps its label without a scan. Labels are always the exact `f64` nearest centre (lowest
+/// index on ties): the bounds only skip scans they prove unnecessary, with a safety margin
+/// for rounding.
+struct Assignment {
+    labels: Vec<usize>,
+    /// Exact squared distance of every row to its centre.
+    dist: Vec<f64>,
+    /// Lower bound on every row's distance (not squared) to every centre but its own.
+    lower: Vec<f64>,
+    /// False until the first assignment, which scans every row.
+    bounded: bool,
+    /// Rounding allowance of the bound tests: 1e-9 × the largest row norm.
+    margin: f64,
+    kernels: Kernels,
+}
+
+impl Assignment {
+    fn new<F: Real>(data: &ArrayView2<F>, kernels: Kernels) -> Self {
+        let n = data.nrows();
+        let largest_norm = (0..n)
+            .map(|i| {
+                row(data, i)
+                    .iter()
+                    .map(|v| v.to_f64_exact().powi(2))
+                    .sum::<f64>()
+            })
+            .fold(0.0, f64::max)
+            .sqrt();
+        Assignment {
+            labels: vec![usize::MAX; n],
+            dist: vec![0.0; n],
+            lower: vec![0.0; n],
+            bounded: false,
+            margin: 1e-9 * largest_norm,
+            kernels,
+        }
+    }
+
+    /// Assigns every row to its nearest row of `centers`; returns (inertia, number of labels
+    /// that changed). Parallel over fixed chunks of [`CHUNK_ROWS`] rows, combined in order.
+    fn assign<F: Real>(&mut self, data: &ArrayView2<F>, centers: &Array2<F>) -> (f64, usize) {
+        let (m, d) = centers.dim();
+        let flat: Vec<f64> = centers.iter().map(|v| v.to_f64_exact()).collect();
+        // The centres' neighbour lists (and Hamerly's half gaps), unless the m² distances
+        // would cost more than a few passes over the data.
+        let neighbours =
+            (self.bounded && m * m <= 8 * data.nrows()).then(|| Neighbours::new(&flat, d));
+        let ctx = ChunkContext {
+            data,
+            centers: &flat,
+            d,
+            neighbours: neighbours.as_ref(),
+            bounded: self.bounded,
+            margin: self.margin,
+            kernels: self.kernels,
+        };
+        let partials: Vec<(f64, usize)> = self
+            .labels
+            .par_chunks_mut(CHUNK_ROWS)
+            .zip(self.dist.par_chunks_mut(CHUNK_ROWS))
+            .zip(self.lower.par_chunks_mut(CHUNK_ROWS))
+            .enumerate()
+            .map(|(c, ((labels, dist), lower))| {
+                ctx.assign_chunk(c * CHUNK_ROWS, labels, dist, lower)
+            })
+            .collect();
+        self.bounded = true;
+        partials
+            .iter()
+            .fold((0.0, 0), |(i, c), &(pi, pc)| (i + pi, c + pc))
+    }
+
+    /// The centroids moved by `sq_shifts` (squared, per centroid; every transformed copy
+    /// moved as far): every lower bound drops by the largest move.
+    fn centres_moved(&mut self, sq_shifts: &[f64]) {
+        let largest = sq_shifts.iter().copied().fold(0.0, f64::max).sqrt();
+        self.lower.par_iter_mut().for_each(|l| *l -= largest);
+    }
+}
+
+/// What every chunk of an assignment reads.
+struct ChunkContext<'a, F> {
+    data: &'a ArrayView2<'a, F>,
+    /// `m × d` centres, row-major.
+    centers: &'a [f64],
+    d: usize,
+    neighbours: Option<&'a Neighbours>,
+    bounded: bool,
+    margin: f64,
+    kernels: Kernels,
+}
+
+impl<F: Real> ChunkContext<'_, F> {
+    /// Assigns the rows `r0..r0 + labels.len()`; returns (inertia, label changes).
+    fn assign_chunk(
+        &self,
+        r0: usize,
+        labels: &mut [usize],
+        dist: &mut [f64],
+        lower: &mut [f64],
+    ) -> (f64, usize) {
+        let d = self.d;
+        let mut changes = 0;
+        let mut x = vec![0.0; d];
+        // Rows neither the bounds nor the neighbour lists settle: scanned against every
+        // centre, in blocks.
+        let mut scan = Vec::new();
+        for i in 0..labels.len() {
+            if self.bounded {
+                let label = labels[i];
+                for (xj, &v) in x.iter_mut().zip(row(self.data, r0 + i)) {
+                    *xj = v.to_f64_exact();
+                }
+                let own = row_dist(&x, &self.centers[label * d..][..d]);
+                let u = own.sqrt();
+                let gap = self.neighbours.map_or(0.0, |nb| nb.half_gap[label]);
+                if u + self.margin < lower[i].max(gap) {
+                    dist[i] = own;
+                    continue;
+                }
+                if let Some(nb) = self.neighbours {
+                    let (best, nearest, second) = nb.scan(self.kernels, &x, label);
+                    // Every centre outside the list is at least this far from the row.
+                    let beyond = nb.outside[label] - u;
+                    if best.sqrt() + self.margin < beyond {
+                        if nearest != label {
+                            changes += 1;
+                            labels[i] = nearest;
+                        }
+                        dist[i] = best;
+                        lower[i] = second.sqrt().min(beyond);
+                        continue;
+                    }
+                }
+            }
+            scan.push(i);
+        }
+        let mut block = vec![0.0; d * BLOCK];
+        let (mut best, mut second, mut label) = ([0.0; BLOCK], [0.0; BLOCK], [0.0; BLOCK]);
+        for rows in scan.chunks(BLOCK) {
+            for (r, &i) in rows.iter().enumerate() {
+                for (j, &v) in row(self.data, r0 + i).iter().enumerate() {
+                    block[j * BLOCK + r] = v.to_f64_exact();
+                }
+            }
+            self.kernels.dispatch(NearestTwo {
+                block: &block,
+                centers: self.centers,
+                best: &mut best,
+                second: &mut second,
+                label: &mut label,
+            });
+            for (r, &i) in rows.iter().enumerate() {
+                let new = label[r] as usize;
+                if labels[i] != new {
+                    changes += 1;
+                    labels[i] = new;
+                }
+                dist[i] = best[r];
+                lower[i] = second[r].sqrt();
+            }
+        }
+        (dist.iter().sum(), changes)
+    }
+}
+
+/// Squared distance of a row to a centre, with the arithmetic of the blocked kernels.
+#[inline]
+fn row_dist(x: &[f64], center: &[f64]) -> f64 {
+    x.iter().zip(center).fold(0.0, |acc, (&a, &c)| {
+        let t = a - c;
+        acc + t * t
+    })
 }
 
 /// Nearest centroid of every row (lowest index on ties) and the exact squared distance.
@@ -99,7 +281,7 @@ pub(crate) fn nearest<F: Real>(
     let mut labels = vec![usize::MAX; n];
     let mut dist = vec![0.0; n];
     let data = data.as_standard_layout();
-    assign(&data.view(), centers, &mut labels, &mut dist);
+    assign_by_gemm(&data.view(), centers, &mut labels, &mut dist);
     (labels, dist)
 }
 
@@ -108,7 +290,7 @@ pub(crate) fn nearest<F: Real>(
 ///
 /// Scores `‖c‖² − 2·x·c` come from one GEMM per block of [`ASSIGN_ROWS`] rows; the reported
 /// distance to the chosen centroid is recomputed exactly in `f64`.
-fn assign<F: Real>(
+fn assign_by_gemm<F: Real>(
     data: &ArrayView2<F>,
     centers: &ArrayView2<F>,
     labels: &mut [usize],
@@ -166,10 +348,11 @@ fn assign<F: Real>(
         .fold((0.0, 0), |(i, c), &(pi, pc)| (i + pi, c + pc))
 }
 
-/// New centroids = means of their rows with their transforms undone (summed in `f64`, in row
-/// order). Empty clusters are re-seeded with the farthest rows (distance descending, then row
-/// index ascending) that are not alone in their cluster; a cluster left empty keeps its
-/// previous centroid. Returns the centroids and the number of re-seeded clusters.
+/// New centroids = means of their rows with their transforms undone (summed in `f64`: per
+/// chunk of `max(CHUNK_ROWS, 16·k)` rows in row order, then chunk by chunk). Empty clusters are
+/// re-seeded with the farthest rows (distance descending, then row index ascending) that are
+/// not alone in their cluster; a cluster left empty keeps its previous centroid. Returns the
+/// centroids and the number of re-seeded clusters.
 fn update<F: Real>(
     data: &ArrayView2<F>,
     labels: &[usize],
@@ -178,18 +361,34 @@ fn update<F: Real>(
     transforms: &Transforms,
 ) -> (Array2<F>, usize) {
     let (k, d) = old.dim();
-    let members = group_by_label(labels, k);
-    let mut sums = Array2::<f64>::zeros((k, d));
-    sums.outer_iter_mut()
-        .into_par_iter()
-        .zip(members.par_iter())
-        .for_each(|(mut sum, rows)| {
-            let sum = sum.as_slice_mut().expect("fresh array is contiguous");
-            for &i in rows {
-                transforms.add_untransformed(labels[i] / k, row(data, i), 1.0, sum);
+    // Enough rows per chunk that the chunks' partial sums take at most half the data's size.
+    let rows = CHUNK_ROWS.max(16 * k);
+    let partials: Vec<(Vec<f64>, Vec<usize>)> = labels
+        .par_chunks(rows)
+        .enumerate()
+        .map(|(c, labels)| {
+            let mut sums = vec![0.0; k * d];
+            let mut counts = vec![0usize; k];
+            for (i, &label) in labels.iter().enumerate() {
+                let cluster = label % k;
+                counts[cluster] += 1;
+                let x = row(data, c * rows + i);
+                transforms.add_untransformed(label / k, x, 1.0, &mut sums[cluster * d..][..d]);
             }
-        });
-    let mut counts: Vec<usize> = members.iter().map(Vec::len).collect();
+            (sums, counts)
+        })
+        .collect();
+    let mut sums = Array2::<f64>::zeros((k, d));
+    let mut counts = vec![0usize; k];
+    for (chunk_sums, chunk_counts) in &partials {
+        let sums = sums.as_slice_mut().expect("fresh array is contiguous");
+        for (s, &v) in sums.iter_mut().zip(chunk_sums) {
+            *s += v;
+        }
+        for (c, &v) in counts.iter_mut().zip(chunk_counts) {
+            *c += v;
+        }
+    }
     let reseeded = reseed_empty(data, labels, dist, transforms, &mut sums, &mut counts);
     let mut centers = old.clone();
     for (c, mut center) in centers.outer_iter_mut().enumerate() {
@@ -201,19 +400,6 @@ fn update<F: Real>(
         }
     }
     (centers, reseeded)
-}
-
-/// Row indices of every cluster (label mod `k`), ascending (a counting sort).
-fn group_by_label(labels: &[usize], k: usize) -> Vec<Vec<usize>> {
-    let mut counts = vec![0usize; k];
-    for &l in labels {
-        counts[l % k] += 1;
-    }
-    let mut members: Vec<Vec<usize>> = counts.iter().map(|&c| Vec::with_capacity(c)).collect();
-    for (i, &l) in labels.iter().enumerate() {
-        members[l % k].push(i);
-    }
-    members
 }
 
 /// Moves the farthest eligible rows into the empty clusters (see [`update`]); returns how many

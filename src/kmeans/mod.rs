@@ -16,12 +16,14 @@
 //!
 //! # Determinism
 //! Run `r` draws from ChaCha8 seeded with `seed` on stream `r`. All parallel work is split
-//! into fixed-size row chunks whose partial results are combined in chunk order, cluster
-//! means are summed in row order, and ties go to the lowest index: the same seed gives
+//! into fixed-size row chunks whose partial results are combined in chunk order (cluster
+//! sums too), and ties go to the lowest index: the same seed gives
 //! bit-identical results for any number of rayon threads.
 
+mod blocked;
 mod init;
 mod lloyd;
+mod neighbours;
 
 use ndarray::{Array2, ArrayView2};
 use rand::SeedableRng;
@@ -29,6 +31,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
 use crate::scalar::Real;
+use crate::simd::Kernels;
 
 pub(crate) use lloyd::nearest;
 
@@ -271,7 +274,25 @@ impl ValidKMeansParams {
         &self,
         data: ArrayView2<F>,
         transforms: &Transforms,
+        progress: impl FnMut(&Progress),
+    ) -> Result<KMeansFit<F>> {
+        self.fit_impl(data, transforms, progress, Kernels::detect())
+    }
+
+    /// As [`ValidKMeansParams::fit`], with the portable (non-SIMD) distance kernels whatever
+    /// the CPU: for testing that the fallback gives the same bits.
+    #[doc(hidden)]
+    pub fn fit_with_portable_kernels<F: Real>(&self, data: ArrayView2<F>) -> Result<KMeansFit<F>> {
+        let transforms = Transforms::identity(data.ncols());
+        self.fit_impl(data, &transforms, |_| {}, Kernels::portable())
+    }
+
+    fn fit_impl<F: Real>(
+        &self,
+        data: ArrayView2<F>,
+        transforms: &Transforms,
         mut progress: impl FnMut(&Progress),
+        kernels: Kernels,
     ) -> Result<KMeansFit<F>> {
         let p = &self.0;
         validate_data(&data, p.k)?;
@@ -284,10 +305,16 @@ impl ValidKMeansParams {
             let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
             rng.set_stream(run as u64);
             let seeds = match p.init {
-                Init::KMeansPlusPlus => init::kmeans_plus_plus(&data, p.k, transforms, &mut rng),
+                Init::KMeansPlusPlus => {
+                    init::kmeans_plus_plus(&data, p.k, transforms, &mut rng, kernels)
+                }
                 Init::Random => init::random_rows(&data, p.k, &mut rng),
             };
-            let outcome = lloyd::run(&data, seeds, transforms, p.max_iter, tol_abs, |stats| {
+            let limits = lloyd::Limits {
+                max_iter: p.max_iter,
+                tol_abs,
+            };
+            let outcome = lloyd::run(&data, seeds, transforms, limits, kernels, |stats| {
                 progress(&Progress {
                     run,
                     n_init: p.n_init,
@@ -402,22 +429,6 @@ impl Transforms {
 
 /// Fixed number of rows per parallel chunk for element-wise passes.
 pub(crate) const CHUNK_ROWS: usize = 4096;
-
-/// Σ over rows of `f(row_index)`, computed in fixed chunks of [`CHUNK_ROWS`] and combined in
-/// chunk order (bit-identical for any thread count).
-pub(crate) fn chunked_sum(n: usize, f: impl Fn(usize) -> f64 + Sync) -> f64 {
-    use rayon::prelude::*;
-    let chunks = n.div_ceil(CHUNK_ROWS);
-    let partials: Vec<f64> = (0..chunks)
-        .into_par_iter()
-        .map(|c| {
-            (c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(n))
-                .map(&f)
-                .sum()
-        })
-        .collect();
-    partials.iter().sum()
-}
 
 /// Squared Euclidean distance in `f64`.
 #[inline]
