@@ -50,7 +50,7 @@ if [[ $quick == 1 ]]; then
     only="vgg_64_32,resnet_256_14"
 else
     protocol=(--min-runs 20 --min-secs 1 --max-secs 5 --warmup-secs 0.2)
-    kmeans_runs=3
+    kmeans_runs=7
     only=""
 fi
 only_args=()

@@ -119,8 +119,8 @@ def main():
     print(f"- versions: {', '.join(versions)}")
     print(f"- conv timing: median of ≥ {p['min_runs']} calls and ≥ {p['min_secs']} s "
           f"(capped at {p['max_secs']} s) after ≥ {p['warmup_secs']} s warm-up; "
-          f"k-means: median of {len(ours0['kmeans']['times_s']) if ours0['kmeans'] else 0} "
-          "fit(s) after one warm-up fit")
+          f"k-means: {len(ours0['kmeans']['times_s']) if ours0['kmeans'] else 0} fit(s), "
+          "seeds fit_seed + 0, 1, …, after one warm-up fit; median time and median inertia")
     if args.note:
         print(f"- {args.note}")
     print()
@@ -147,7 +147,9 @@ def main():
     print("Ratios > 1× mean ours is faster (conv: PyTorch time / our time; k-means: sklearn "
           "time / our time). Clustered GFLOP/s are dense-equivalent (2·N·Cout·Cin·9·H·W / "
           "time); (auto) is the strategy `ForwardStrategy::Auto` picked. k-means inertias are "
-          "exact float64 sums for both sides; inertia × < 1 means ours found a lower inertia.")
+          "exact float64 sums for both sides, medians over the same number of seeds (the two "
+          "libraries' k-means++ use different random generators); inertia × < 1 means ours "
+          "found a lower median inertia.")
 
     # Agreement of the outputs (batch 1): worst case over the shapes.
     if torch0 and torch0["check"]:
