@@ -228,8 +228,10 @@ fn respond<F: Real, S: Simd>(
     }
 }
 
-/// [`respond`] for kernels of `A` taps. Two output vectors are computed at once, each from two
-/// partial sums (even and odd taps), so four independent multiply-add chains are in flight.
+/// [`respond`] for kernels of `A` taps, as a small matrix product (kernels × taps times
+/// taps × positions): blocks of [`RESPOND_KERNELS`] kernels × 2 vectors keep 8 independent
+/// multiply-add chains in registers, and each loaded patch vector serves every kernel of the
+/// block. Every response is one chain over the taps in order.
 #[inline(always)]
 fn respond_taps<F: Real, S: Simd, const A: usize>(
     simd: S,
@@ -240,31 +242,69 @@ fn respond_taps<F: Real, S: Simd, const A: usize>(
 ) {
     let rows: [&[F::Lanes<S>]; A] =
         std::array::from_fn(|t| F::as_lanes::<S>(&patches[t * stride..][..stride]).0);
+    let vectors = rows[0].len();
+    let mut kernel_blocks = kernels.chunks_exact(RESPOND_KERNELS * A);
+    let mut out_blocks = out.chunks_exact_mut(RESPOND_KERNELS * stride);
+    for (k, z) in kernel_blocks.by_ref().zip(out_blocks.by_ref()) {
+        respond_block::<F, S, A, RESPOND_KERNELS>(simd, &rows, vectors, k, stride, z);
+    }
+    for (k, z) in kernel_blocks
+        .remainder()
+        .chunks_exact(A)
+        .zip(out_blocks.into_remainder().chunks_exact_mut(stride))
+    {
+        respond_block::<F, S, A, 1>(simd, &rows, vectors, k, stride, z);
+    }
+}
+
+/// Kernels per block of [`respond_taps`].
+const RESPOND_KERNELS: usize = 4;
+
+/// The responses of `M` kernels (`kernels`: `M × A` taps) over all `vectors` of the patch
+/// rows, into `out` (`M` rows of `stride` values): two vectors at a time, then one.
+#[inline(always)]
+fn respond_block<F: Real, S: Simd, const A: usize, const M: usize>(
+    simd: S,
+    rows: &[&[F::Lanes<S>]; A],
+    vectors: usize,
+    kernels: &[F],
+    stride: usize,
+    out: &mut [F],
+) {
+    let mut v = 0;
+    while v + 2 <= vectors {
+        respond_tile::<F, S, A, M, 2>(simd, rows, v, kernels, stride, out);
+        v += 2;
+    }
+    if v < vectors {
+        respond_tile::<F, S, A, M, 1>(simd, rows, v, kernels, stride, out);
+    }
+}
+
+/// Vectors `v..v + N` of the responses of `M` kernels: `M·N` accumulators in registers.
+#[inline(always)]
+fn respond_tile<F: Real, S: Simd, const A: usize, const M: usize, const N: usize>(
+    simd: S,
+    rows: &[&[F::Lanes<S>]; A],
+    v: usize,
+    kernels: &[F],
+    stride: usize,
+    out: &mut [F],
+) {
     let zero = F::splat(simd, F::zero());
-    for (k, z) in kernels.chunks_exact(A).zip(out.chunks_exact_mut(stride)) {
-        let taps: [F::Lanes<S>; A] = std::array::from_fn(|t| F::splat(simd, k[t]));
-        let (zv, tail) = F::as_lanes_mut::<S>(z);
-        assert!(tail.is_empty(), "rows are padded to whole vectors");
-        let mut pairs = zv.chunks_exact_mut(2);
-        let mut v = 0;
-        for d in pairs.by_ref() {
-            let mut acc = [[zero; 2]; 2];
-            for t in 0..A {
-                for (u, a) in acc.iter_mut().enumerate() {
-                    a[t % 2] = F::mul_add_lanes(simd, taps[t], rows[t][v + u], a[t % 2]);
-                }
+    let mut acc = [[zero; N]; M];
+    for t in 0..A {
+        let p = &rows[t][v..v + N];
+        for m in 0..M {
+            let w = F::splat(simd, kernels[m * A + t]);
+            for u in 0..N {
+                acc[m][u] = F::mul_add_lanes(simd, w, p[u], acc[m][u]);
             }
-            d[0] = F::add_lanes(simd, acc[0][0], acc[0][1]);
-            d[1] = F::add_lanes(simd, acc[1][0], acc[1][1]);
-            v += 2;
         }
-        for d in pairs.into_remainder() {
-            let mut acc = [zero; 2];
-            for t in 0..A {
-                acc[t % 2] = F::mul_add_lanes(simd, taps[t], rows[t][v], acc[t % 2]);
-            }
-            *d = F::add_lanes(simd, acc[0], acc[1]);
-        }
+    }
+    for (m, acc) in acc.iter().enumerate() {
+        let z = F::as_lanes_mut::<S>(&mut out[m * stride..][..stride]).0;
+        z[v..v + N].copy_from_slice(acc);
     }
 }
 

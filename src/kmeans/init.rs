@@ -208,7 +208,13 @@ mod tests {
         // Integer weights (exact sums), runs of zeros across chunk boundaries.
         let n = 3 * CHUNK_ROWS + 123;
         let weights: Vec<f64> = (0..n)
-            .map(|i| if (i / 1000) % 2 == 1 { 0.0 } else { (i % 7) as f64 })
+            .map(|i| {
+                if (i / 1000) % 2 == 1 {
+                    0.0
+                } else {
+                    (i % 7) as f64
+                }
+            })
             .collect();
         let chunk_pots: Vec<f64> = weights.chunks(CHUNK_ROWS).map(|c| c.iter().sum()).collect();
         let total: f64 = weights.iter().sum();
