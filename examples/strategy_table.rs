@@ -57,10 +57,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pool.current_num_threads()
     );
     println!(
-        "{:<15} {:>4} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>10} {:>9}",
+        "{:<15} {:>4} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>10} {:>9}",
         "layer",
         "K",
         "ΣV/CC",
+        "pad",
         "dense",
         "input",
         "output",
@@ -124,10 +125,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .sum();
             let den: f64 = oracle.iter().map(|b| f64::from(*b).powi(2)).sum();
             println!(
-                "{:<15} {:>4} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.2} {:>7.2} {:>7.2} {:>10} {:>9.1e}",
+                "{:<15} {:>4} {:>8.3} {:>6.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.2} {:>7.2} {:>7.2} {:>10} {:>9.1e}",
                 name,
                 k,
                 cost.sum_v as f64 / (c * c) as f64,
+                cost.padding,
                 td,
                 ti,
                 to,
