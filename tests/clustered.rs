@@ -112,7 +112,7 @@ fn f32_strategies_track_the_f64_oracle() {
         )
         .unwrap();
         let l32 = ClusteredConv2d::new(
-            c.layer.indices().clone(),
+            c.layer.indices(),
             c.layer.scales().map(|s| s.mapv(|v| v as f32)),
             c.layer.bias().map(|b| b.mapv(|v| v as f32)),
             c.layer.geometry(),
@@ -380,7 +380,7 @@ fn gradients_match_central_finite_differences() {
                         let mut s2 = s.clone();
                         s2[[o, i]] += d;
                         ClusteredConv2d::new(
-                            c.layer.indices().clone(),
+                            c.layer.indices(),
                             Some(s2),
                             c.layer.bias().cloned(),
                             c.layer.geometry(),
@@ -406,7 +406,7 @@ fn gradients_match_central_finite_differences() {
                         let mut b2 = b.clone();
                         b2[o] += d;
                         ClusteredConv2d::new(
-                            c.layer.indices().clone(),
+                            c.layer.indices(),
                             c.layer.scales().cloned(),
                             Some(b2),
                             c.layer.geometry(),
@@ -475,7 +475,7 @@ fn masked_kernels_stay_zero_through_forward_and_backward() {
                 let mut s2 = scales.clone();
                 s2[[o, i]] += d;
                 ClusteredConv2d::new(
-                    layer.indices().clone(),
+                    layer.indices(),
                     Some(s2),
                     layer.bias().cloned(),
                     layer.geometry(),
@@ -624,7 +624,7 @@ fn from_conv_and_to_conv_round_trip() {
             .fit(&[w.view()])
             .unwrap();
         let layer = ClusteredConv2d::from_conv(&conv, &fit.codebook).unwrap();
-        assert_eq!(layer.indices(), &fit.assignments[0].indices);
+        assert_eq!(layer.indices(), fit.assignments[0].indices);
         assert_eq!(layer.scales().is_some(), mode == ScaleMode::L2Norm);
         let back = layer.to_conv(&fit.codebook).unwrap();
         assert_eq!(
@@ -723,7 +723,7 @@ fn training_setters_equal_a_rebuilt_layer() {
         .set_params(Some(new_scales.clone()), bias.clone())
         .unwrap();
     let rebuilt = ClusteredConv2d::new(
-        c.layer.indices().clone(),
+        c.layer.indices(),
         Some(new_scales),
         bias,
         c.layer.geometry(),
