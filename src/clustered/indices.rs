@@ -193,6 +193,11 @@ impl IndexStore {
     pub fn bits(&self) -> u32 {
         self.values.bits()
     }
+
+    /// Bytes of the stored indices.
+    pub fn bytes(&self) -> usize {
+        self.values.bytes()
+    }
 }
 
 impl std::fmt::Debug for IndexStore {
@@ -236,7 +241,7 @@ mod tests {
     fn store_round_trips_any_layout() {
         let wide = Array2::from_shape_fn((3, 5), |(o, i)| (o * 5 + i) as u32 * 20);
         let narrow = IndexStore::new(&wide);
-        assert_eq!((narrow.bits(), narrow.max()), (16, 280));
+        assert_eq!((narrow.bits(), narrow.bytes(), narrow.max()), (16, 30, 280));
         assert_eq!(narrow.to_array(), wide);
         // A column-major array is stored row-major.
         let t = wide.t().to_owned();

@@ -24,10 +24,11 @@
 //!
 //! # Memory
 //! A layer stores its indices in the narrowest of `u8`, `u16`, `u32` that holds them, its
-//! scales and bias as given, and a mask as one `bool` per kernel. The plan of the sharing
-//! strategies (`O(Cout·Cin)`, a few bytes per kernel) is built the first time a forward or
-//! backward pass runs `InputSide` or `OutputSide` (asked for, or picked by `Auto`), and kept:
-//! a layer that is only built, stored, loaded, saved or run densely holds no plan. Per worker,
+//! scales and bias as given, and a mask as one `bool` per kernel; [`ClusteredConv2d::memory`]
+//! counts the bytes. The plan of the sharing strategies (`O(Cout·Cin)`, a few bytes per kernel)
+//! is built the first time a forward or backward pass runs `InputSide` or `OutputSide` (asked
+//! for, or picked by `Auto`), and kept: a layer that is only built, stored, loaded, saved or
+//! run densely holds no plan. Per worker,
 //! `InputSide` needs a `Cout × T` accumulator, a `V_i × T` response block and a `kh·kw × T`
 //! patch block, with `T` chosen so the accumulator is at most 128 KiB (at least 64 positions);
 //! `OutputSide` needs one input plane and one output plane. No strategy but `Dense` builds the
@@ -163,6 +164,61 @@ impl<F: PartialEq> PartialEq for ClusteredConv2d<F> {
             && self.bias == other.bias
             && self.geometry == other.geometry
             && self.mask == other.mask
+    }
+}
+
+/// The bytes a [`ClusteredConv2d`] holds, from [`ClusteredConv2d::memory`]: the element
+/// buffers of its parameters and plan (container headers and allocator slack not counted).
+///
+/// ```
+/// use clustered_conv::{ClusteredConv2d, ConvGeometry, KernelCodebook, Symmetry};
+/// use ndarray::{Array2, Array3};
+///
+/// // 64 × 64 kernels of 3 × 3 over K = 64 centroids, with f32 scales.
+/// let codebook = KernelCodebook::from_centroids(Array3::<f32>::ones((64, 3, 3)), Symmetry::Identity)?;
+/// let indices = Array2::from_shape_fn((64, 64), |(o, i)| ((o * 7 + i) % 64) as u32);
+/// let layer = ClusteredConv2d::new(indices, Some(Array2::ones((64, 64))), None, ConvGeometry::default())?;
+/// let m = layer.memory(&codebook);
+/// assert_eq!(m.index_bytes, 4096); // one u8 per kernel
+/// assert_eq!(m.scale_bytes, 16384); // one f32 per kernel
+/// assert_eq!(m.dense_weight_bytes, 147456); // 64·64·9 f32
+/// assert_eq!(m.plan_bytes, 0); // no forward pass yet
+/// assert!((m.ratio() - 7.2).abs() < 1e-12); // 36 bytes per dense kernel, 5 stored
+/// # Ok::<(), clustered_conv::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub struct LayerMemory {
+    /// Stored indices: one `u8`, `u16` or `u32` per kernel
+    /// ([`ClusteredConv2d::index_bits`]).
+    pub index_bytes: usize,
+    /// Scales, one `F` per kernel (0 without scales).
+    pub scale_bytes: usize,
+    /// Bias, one `F` per output channel (0 without bias).
+    pub bias_bytes: usize,
+    /// Pruning mask, one `bool` per kernel (0 without mask).
+    pub mask_bytes: usize,
+    /// The execution plan of the sharing strategies: 0 until a pass builds it.
+    pub plan_bytes: usize,
+    /// The dense weight the layer stands for, `Cout·Cin·kh·kw` values of `F` (not held).
+    pub dense_weight_bytes: usize,
+}
+
+impl LayerMemory {
+    /// Bytes of the stored parameters that replace the dense weight: indices plus scales.
+    pub fn parameter_bytes(&self) -> usize {
+        self.index_bytes + self.scale_bytes
+    }
+
+    /// Every byte the layer holds: indices, scales, bias, mask and plan. The codebook is
+    /// shared between layers and not counted.
+    pub fn total_bytes(&self) -> usize {
+        self.parameter_bytes() + self.bias_bytes + self.mask_bytes + self.plan_bytes
+    }
+
+    /// Dense weight bytes ÷ stored parameter bytes ([`LayerMemory::parameter_bytes`]).
+    pub fn ratio(&self) -> f64 {
+        self.dense_weight_bytes as f64 / self.parameter_bytes() as f64
     }
 }
 
@@ -362,6 +418,26 @@ impl<F: Real> ClusteredConv2d<F> {
     /// `⌈log2(K·S)⌉` bits instead.
     pub fn index_bits(&self) -> u32 {
         self.indices.bits()
+    }
+
+    /// The bytes the layer holds, parameter by parameter, with its plan (0 until a pass
+    /// builds it) and the size of the dense weight it stands for (the codebook gives the
+    /// kernel size). See [`LayerMemory`] for an example.
+    pub fn memory(&self, codebook: &KernelCodebook<F>) -> LayerMemory {
+        let (cout, cin) = self.indices.dim();
+        let (kh, kw) = codebook.kernel_size();
+        let size = std::mem::size_of::<F>();
+        LayerMemory {
+            index_bytes: self.indices.bytes(),
+            scale_bytes: self.scales.as_ref().map_or(0, |s| s.len() * size),
+            bias_bytes: self.bias.as_ref().map_or(0, |b| b.len() * size),
+            mask_bytes: self
+                .mask
+                .as_ref()
+                .map_or(0, |m| m.len() * std::mem::size_of::<bool>()),
+            plan_bytes: self.plan.get().map_or(0, Plan::bytes),
+            dense_weight_bytes: cout * cin * kh * kw * size,
+        }
     }
 
     /// Scales `(Cout, Cin)`, if any.
