@@ -16,7 +16,9 @@ pub mod nn;
 mod scalar;
 mod simd;
 
-pub use clustered::{ClusteredConv2d, ClusteredGrads, ForwardStrategy, LayerCost, StrategyWork};
+pub use clustered::{
+    ClusteredConv2d, ClusteredGrads, ForwardStrategy, LayerCost, LayerMemory, StrategyWork,
+};
 pub use codebook::{
     compression_ratio, CodebookFit, CodebookParams, KernelAssignment, KernelCodebook, ScaleMode,
     Symmetry, Usage, ValidCodebookParams,

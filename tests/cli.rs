@@ -133,6 +133,7 @@ fn compress_inspect_decompress_and_bench() {
     let out = run(&["inspect", output.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("features.6"));
+    assert!(text(&out.stdout).contains("in memory: clustered layers hold"));
     let out = run(&["inspect", output.to_str().unwrap(), "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["report"]["codebooks"][0]["k"], 16);

@@ -112,7 +112,7 @@ fn f32_strategies_track_the_f64_oracle() {
         )
         .unwrap();
         let l32 = ClusteredConv2d::new(
-            c.layer.indices().clone(),
+            c.layer.indices(),
             c.layer.scales().map(|s| s.mapv(|v| v as f32)),
             c.layer.bias().map(|b| b.mapv(|v| v as f32)),
             c.layer.geometry(),
@@ -380,7 +380,7 @@ fn gradients_match_central_finite_differences() {
                         let mut s2 = s.clone();
                         s2[[o, i]] += d;
                         ClusteredConv2d::new(
-                            c.layer.indices().clone(),
+                            c.layer.indices(),
                             Some(s2),
                             c.layer.bias().cloned(),
                             c.layer.geometry(),
@@ -406,7 +406,7 @@ fn gradients_match_central_finite_differences() {
                         let mut b2 = b.clone();
                         b2[o] += d;
                         ClusteredConv2d::new(
-                            c.layer.indices().clone(),
+                            c.layer.indices(),
                             c.layer.scales().cloned(),
                             Some(b2),
                             c.layer.geometry(),
@@ -475,7 +475,7 @@ fn masked_kernels_stay_zero_through_forward_and_backward() {
                 let mut s2 = scales.clone();
                 s2[[o, i]] += d;
                 ClusteredConv2d::new(
-                    layer.indices().clone(),
+                    layer.indices(),
                     Some(s2),
                     layer.bias().cloned(),
                     layer.geometry(),
@@ -624,7 +624,7 @@ fn from_conv_and_to_conv_round_trip() {
             .fit(&[w.view()])
             .unwrap();
         let layer = ClusteredConv2d::from_conv(&conv, &fit.codebook).unwrap();
-        assert_eq!(layer.indices(), &fit.assignments[0].indices);
+        assert_eq!(layer.indices(), fit.assignments[0].indices);
         assert_eq!(layer.scales().is_some(), mode == ScaleMode::L2Norm);
         let back = layer.to_conv(&fit.codebook).unwrap();
         assert_eq!(
@@ -723,7 +723,7 @@ fn training_setters_equal_a_rebuilt_layer() {
         .set_params(Some(new_scales.clone()), bias.clone())
         .unwrap();
     let rebuilt = ClusteredConv2d::new(
-        c.layer.indices().clone(),
+        c.layer.indices(),
         Some(new_scales),
         bias,
         c.layer.geometry(),
@@ -742,4 +742,266 @@ fn training_setters_equal_a_rebuilt_layer() {
         Conv2d::new(random4(&mut r, (2, 2, 3, 3)), None, ConvGeometry::default()).unwrap();
     conv.params_mut().0.fill(1.0);
     assert!(conv.weight().iter().all(|&v| v == 1.0));
+}
+
+/// A layer whose indices run over `0..limit` (the largest, `limit − 1`, included), with
+/// `cout × cin` kernels, f64 scales and its `limit`-centroid codebook.
+fn layer_with_index_limit(
+    limit: usize,
+    (cout, cin): (usize, usize),
+    r: &mut ChaCha8Rng,
+) -> (ClusteredConv2d<f64>, KernelCodebook<f64>) {
+    let centroids = Array3::from_shape_simple_fn((limit, 3, 3), || r.random_range(-1.0..1.0));
+    let codebook = KernelCodebook::from_centroids(centroids, Symmetry::Identity).unwrap();
+    let mut indices = Array2::from_shape_simple_fn((cout, cin), || r.random_range(0..limit as u32));
+    indices[[cout / 2, cin / 3]] = limit as u32 - 1;
+    let scales = Array2::from_shape_simple_fn((cout, cin), || r.random_range(-2.0..2.0));
+    let layer = ClusteredConv2d::new(
+        indices,
+        Some(scales),
+        None,
+        ConvGeometry::default().padding(1, 1),
+    )
+    .unwrap();
+    (layer, codebook)
+}
+
+#[test]
+fn indices_are_stored_as_u8_u16_or_u32_and_round_trip() {
+    let mut r = rng(60);
+    // (K·S, bits per stored index): the largest index K·S − 1 decides.
+    for (limit, bits) in [
+        (1, 8),
+        (200, 8),
+        (256, 8),
+        (257, 16),
+        (4096, 16),
+        (65_536, 16),
+        (65_537, 32),
+    ] {
+        let (layer, codebook) = layer_with_index_limit(limit, (6, 7), &mut r);
+        let wide = Array2::from_shape_vec((6, 7), layer.iter_indices().collect()).unwrap();
+        assert_eq!(layer.index_bits(), bits, "K·S = {limit}");
+        assert_eq!(layer.indices(), wide);
+        assert_eq!(layer.indices()[[3, 2]], limit as u32 - 1);
+        // Values survive exactly: a rebuilt layer is equal, and so is its dense weight.
+        let again = ClusteredConv2d::new(
+            layer.indices(),
+            layer.scales().cloned(),
+            None,
+            layer.geometry(),
+        )
+        .unwrap();
+        assert_eq!(again, layer);
+        let m = layer.memory(&codebook);
+        assert_eq!(m.index_bytes, 42 * bits as usize / 8, "K·S = {limit}");
+        // Every strategy reads the narrow indices like the dense oracle.
+        let x = random4(&mut r, (2, 7, 5, 6));
+        let w = layer.to_conv(&codebook).unwrap();
+        let naive = naive_conv(x.view(), w.weight().view(), w.bias(), &layer.geometry());
+        for strategy in [
+            ForwardStrategy::Dense,
+            ForwardStrategy::InputSide,
+            ForwardStrategy::OutputSide,
+        ] {
+            let got = layer.forward_with(&codebook, x.view(), strategy).unwrap();
+            assert!(
+                worst_violation(&got, &naive, 1e-12, 1e-12) <= 1.0,
+                "K·S = {limit} {strategy:?}"
+            );
+        }
+    }
+    // A transform-invariant codebook: K·S = 32·8 = 256 fits a u8, 33·8 = 264 does not.
+    for (k, bits) in [(32, 8), (33, 16)] {
+        let codebook =
+            KernelCodebook::from_centroids(Array3::<f32>::ones((k, 3, 3)), Symmetry::Dihedral)
+                .unwrap();
+        let limit = codebook.index_limit() as u32;
+        let indices = Array2::from_shape_fn((4, 4), |(o, i)| (o as u32 * 97 + i as u32) % limit);
+        let mut indices = indices;
+        indices[[0, 0]] = limit - 1;
+        let layer = ClusteredConv2d::new(indices, None, None, ConvGeometry::default()).unwrap();
+        assert_eq!(layer.index_bits(), bits, "K = {k}");
+        assert_eq!(layer.memory(&codebook).index_bytes, 16 * bits as usize / 8);
+    }
+}
+
+#[test]
+fn memory_counts_every_parameter_by_hand() {
+    // 64 × 64 kernels of 3 × 3, K = 64: a u8 per index, f32 scales, bias and mask.
+    let codebook =
+        KernelCodebook::from_centroids(Array3::<f32>::ones((64, 3, 3)), Symmetry::Identity)
+            .unwrap();
+    let indices = Array2::from_shape_fn((64, 64), |(o, i)| ((o * 7 + i) % 64) as u32);
+    let g = ConvGeometry::default().padding(1, 1);
+    let plain = ClusteredConv2d::<f32>::new(indices.clone(), None, None, g).unwrap();
+    let m = plain.memory(&codebook);
+    assert_eq!(
+        (
+            m.index_bytes,
+            m.scale_bytes,
+            m.bias_bytes,
+            m.mask_bytes,
+            m.plan_bytes
+        ),
+        (4096, 0, 0, 0, 0)
+    );
+    assert_eq!(m.dense_weight_bytes, 147_456);
+    assert_eq!(m.parameter_bytes(), 4096);
+    assert_eq!(m.ratio(), 36.0);
+
+    let full = ClusteredConv2d::<f32>::new(
+        indices.clone(),
+        Some(Array2::ones((64, 64))),
+        Some(Array1::zeros(64)),
+        g,
+    )
+    .unwrap()
+    .with_mask(Array2::from_elem((64, 64), true))
+    .unwrap();
+    let m = full.memory(&codebook);
+    assert_eq!(
+        (
+            m.index_bytes,
+            m.scale_bytes,
+            m.bias_bytes,
+            m.mask_bytes,
+            m.plan_bytes
+        ),
+        (4096, 16_384, 256, 4096, 0)
+    );
+    assert_eq!(m.parameter_bytes(), 20_480);
+    assert_eq!(m.total_bytes(), 24_832);
+    assert!((m.ratio() - 7.2).abs() < 1e-12);
+
+    // f64 scales double the scale and dense bytes; index 299 needs a u16.
+    let codebook64 =
+        KernelCodebook::from_centroids(Array3::<f64>::ones((300, 3, 3)), Symmetry::Identity)
+            .unwrap();
+    let wide = ClusteredConv2d::<f64>::new(
+        indices.mapv(|v| v + 236),
+        Some(Array2::ones((64, 64))),
+        None,
+        g,
+    )
+    .unwrap();
+    let m = wide.memory(&codebook64);
+    assert_eq!((m.index_bytes, m.scale_bytes), (8192, 32_768));
+    assert_eq!(m.dense_weight_bytes, 294_912);
+}
+
+#[test]
+fn the_plan_is_built_on_first_use_and_ignored_by_eq() {
+    let mut r = rng(61);
+    // 128 × 128 kernels over 16 centroids: much sharing.
+    let (layer, codebook) = layer_with_index_limit(16, (128, 128), &mut r);
+    let x = random4(&mut r, (1, 128, 6, 6));
+    let fresh = layer.clone();
+    assert_eq!(layer.memory(&codebook).plan_bytes, 0);
+    // Building, storing, cost queries and dense passes build no plan.
+    let _ = layer.cost(&codebook, (6, 6)).unwrap();
+    let _ = layer.auto_strategy(&codebook, [1, 128, 6, 6]).unwrap();
+    let dense = layer
+        .forward_with(&codebook, x.view(), ForwardStrategy::Dense)
+        .unwrap();
+    let go = random4(&mut r, dense.dim());
+    let _ = layer
+        .backward_with(&codebook, x.view(), go.view(), ForwardStrategy::Dense)
+        .unwrap();
+    assert_eq!(layer.memory(&codebook).plan_bytes, 0);
+    let (sum_u, sum_v) = (
+        layer.sum_distinct_per_output(),
+        layer.sum_distinct_per_input(),
+    );
+
+    let first = layer
+        .forward_with(&codebook, x.view(), ForwardStrategy::InputSide)
+        .unwrap();
+    let plan = layer.memory(&codebook).plan_bytes;
+    assert!(plan > 0);
+    // A few bytes per kernel (it was ~27 with u32 lists and three copies of the scales).
+    assert!(plan <= 6 * 128 * 128, "plan {plan} bytes");
+    assert_eq!(
+        (
+            layer.sum_distinct_per_output(),
+            layer.sum_distinct_per_input()
+        ),
+        (sum_u, sum_v)
+    );
+    // The cached plan gives the same output, bit for bit, and the dense oracle's.
+    let second = layer
+        .forward_with(&codebook, x.view(), ForwardStrategy::InputSide)
+        .unwrap();
+    assert_eq!(first, second);
+    assert!(worst_violation(&first, &dense, 1e-12, 1e-12) <= 1.0);
+    let out = layer
+        .forward_with(&codebook, x.view(), ForwardStrategy::OutputSide)
+        .unwrap();
+    assert!(worst_violation(&out, &dense, 1e-12, 1e-12) <= 1.0);
+    assert_eq!(layer.memory(&codebook).plan_bytes, plan);
+
+    // `==` ignores the plan; a clone carries it and computes the same.
+    assert_eq!(layer, fresh);
+    assert_eq!(fresh.memory(&codebook).plan_bytes, 0);
+    let copy = layer.clone();
+    assert_eq!(copy, layer);
+    assert_eq!(copy.memory(&codebook).plan_bytes, plan);
+    assert_eq!(
+        copy.forward_with(&codebook, x.view(), ForwardStrategy::InputSide)
+            .unwrap(),
+        first
+    );
+    assert_eq!(
+        fresh
+            .forward_with(&codebook, x.view(), ForwardStrategy::InputSide)
+            .unwrap(),
+        first
+    );
+
+    // New scales keep the plan (it holds none) and are used at once.
+    let mut trained = layer.clone();
+    let scales = layer.scales().unwrap().mapv(|s| s * 0.5 - 0.25);
+    trained.set_params(Some(scales.clone()), None).unwrap();
+    assert_eq!(trained.memory(&codebook).plan_bytes, plan);
+    let rebuilt =
+        ClusteredConv2d::new(layer.indices(), Some(scales), None, layer.geometry()).unwrap();
+    assert_eq!(trained, rebuilt);
+    for strategy in [ForwardStrategy::InputSide, ForwardStrategy::OutputSide] {
+        assert_eq!(
+            trained.forward_with(&codebook, x.view(), strategy).unwrap(),
+            rebuilt.forward_with(&codebook, x.view(), strategy).unwrap(),
+        );
+    }
+    let grads = trained
+        .backward_with(&codebook, x.view(), go.view(), ForwardStrategy::InputSide)
+        .unwrap();
+    let want = rebuilt
+        .backward_with(&codebook, x.view(), go.view(), ForwardStrategy::InputSide)
+        .unwrap();
+    assert_eq!(grads, want);
+}
+
+#[test]
+fn column_major_scales_are_read_as_given() {
+    let mut r = rng(62);
+    let (layer, codebook) = layer_with_index_limit(9, (5, 4), &mut r);
+    // The same scales, stored transposed (column-major).
+    let scales = layer
+        .scales()
+        .unwrap()
+        .t()
+        .as_standard_layout()
+        .into_owned()
+        .reversed_axes();
+    assert!(!scales.is_standard_layout());
+    let other =
+        ClusteredConv2d::new(layer.indices(), Some(scales), None, layer.geometry()).unwrap();
+    assert_eq!(other, layer);
+    let x = random4(&mut r, (1, 4, 5, 5));
+    for strategy in [ForwardStrategy::InputSide, ForwardStrategy::OutputSide] {
+        assert_eq!(
+            other.forward_with(&codebook, x.view(), strategy).unwrap(),
+            layer.forward_with(&codebook, x.view(), strategy).unwrap(),
+        );
+    }
 }

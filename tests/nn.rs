@@ -475,7 +475,7 @@ fn fine_tuning_keeps_assignments_and_at_most_k_distinct_kernels() {
         .layers
         .iter()
         .filter_map(|l| match l {
-            Layer::Clustered { layer, .. } => Some(layer.indices().clone()),
+            Layer::Clustered { layer, .. } => Some(layer.indices()),
             _ => None,
         })
         .collect();
@@ -503,7 +503,7 @@ fn fine_tuning_keeps_assignments_and_at_most_k_distinct_kernels() {
     let mut clustered = 0;
     for layer in &net.layers {
         if let Layer::Clustered { layer, .. } = layer {
-            assert_eq!(layer.indices(), &indices_before[clustered]);
+            assert_eq!(layer.indices(), indices_before[clustered]);
             clustered += 1;
             // Every kernel divided by its scale is one of the K centroids.
             let w = layer.to_conv(cb).unwrap().weight().clone();

@@ -9,7 +9,8 @@
 use ndarray::{Array2, Array3, Array4, ArrayView4, Axis};
 use rayon::prelude::*;
 
-use super::plan::Plan;
+use super::indices::IndexStore;
+use super::plan::{KernelScales, Plan};
 use super::stencil::{correlate_add, correlate_kernel_grad, correlate_transpose_add};
 use super::ClusteredGrads;
 use crate::codebook::KernelCodebook;
@@ -26,13 +27,14 @@ struct ChannelGrads<F> {
 
 pub(crate) fn backward<F: Real>(
     codebook: &KernelCodebook<F>,
-    plan: &Plan<F>,
-    has_scales: bool,
+    plan: &Plan,
+    kernel_scales: KernelScales<'_, F>,
     has_bias: bool,
     x: ArrayView4<F>,
     grad_out: ArrayView4<F>,
     s: &ConvShape,
 ) -> ClusteredGrads<F> {
+    let has_scales = kernel_scales.are_layer_scales();
     let x = x.as_standard_layout();
     let go = grad_out.as_standard_layout();
     let table = codebook.decoded_kernels();
@@ -47,9 +49,10 @@ pub(crate) fn backward<F: Real>(
         .enumerate()
         .map(|(i, mut gx_i)| {
             let range = groups.of_channel(i);
-            let first_member = groups.member_start[range.start];
+            let first_member = groups.member_start[range.start] as usize;
             let mut kernel_grads = vec![F::zero(); range.len() * area];
-            let mut scale_grads = vec![F::zero(); groups.member_start[range.end] - first_member];
+            let mut scale_grads =
+                vec![F::zero(); groups.member_start[range.end] as usize - first_member];
             let mut shared = vec![F::zero(); s.out_positions()];
             let mut response = vec![F::zero(); s.out_positions()];
             for n in 0..s.batch {
@@ -65,9 +68,9 @@ pub(crate) fn backward<F: Real>(
                         .expect("standard layout")
                 };
                 for (local, g) in range.clone().enumerate() {
-                    let kernel = &table[groups.group_index[g] as usize * area..][..area];
+                    let kernel = &table[groups.index(g) * area..][..area];
                     shared.fill(F::zero());
-                    for (o, scale) in groups.members(g) {
+                    for (o, scale) in plan.input_members(i, g, kernel_scales) {
                         for (d, &v) in shared.iter_mut().zip(go_o(o)) {
                             *d += scale * v;
                         }
@@ -83,9 +86,9 @@ pub(crate) fn backward<F: Real>(
                     if has_scales {
                         response.fill(F::zero());
                         correlate_add(s, 0..s.oh, 0, x_ni, kernel, &mut response);
-                        let members = groups.member_start[g] - first_member
-                            ..groups.member_start[g + 1] - first_member;
-                        for (m, (o, _)) in members.zip(groups.members(g)) {
+                        let members = groups.member_range(g);
+                        let members = members.start - first_member..members.end - first_member;
+                        for (m, o) in members.zip(groups.members(g)) {
                             scale_grads[m] += go_o(o)
                                 .iter()
                                 .zip(&response)
@@ -108,17 +111,18 @@ pub(crate) fn backward<F: Real>(
         let centroid_flat = centroids.as_slice_mut().expect("fresh array is contiguous");
         for (i, ch) in per_channel.iter().enumerate() {
             let range = groups.of_channel(i);
-            let first_member = groups.member_start[range.start];
+            let first_member = groups.member_start[range.start] as usize;
             for (local, g) in range.enumerate() {
-                let index = groups.group_index[g] as usize;
+                let index = groups.index(g);
                 codebook.add_to_centroid_grad(
                     index,
                     &ch.kernel_grads[local * area..][..area],
                     centroid_flat,
                 );
                 if let Some(sg) = scales.as_mut() {
-                    for (m, (o, _)) in groups.members(g).enumerate() {
-                        sg[[o, i]] = ch.scale_grads[groups.member_start[g] - first_member + m];
+                    for (m, o) in groups.members(g).enumerate() {
+                        sg[[o, i]] =
+                            ch.scale_grads[groups.member_range(g).start - first_member + m];
                     }
                 }
             }
@@ -137,7 +141,7 @@ pub(crate) fn backward<F: Real>(
 /// Sequential in `(o, i)` order, so the sums do not depend on the thread count.
 pub(crate) fn fold_weight_grad<F: Real>(
     codebook: &KernelCodebook<F>,
-    indices: &Array2<u32>,
+    indices: &IndexStore,
     scales: Option<&Array2<F>>,
     grad_weight: &Array4<F>,
 ) -> (Array3<F>, Option<Array2<F>>) {
@@ -149,9 +153,10 @@ pub(crate) fn fold_weight_grad<F: Real>(
     let mut centroids = vec![F::zero(); k * area];
     let mut scale_grads = scales.map(|s| Array2::<F>::zeros(s.dim()));
     let mut scaled = vec![F::zero(); area];
-    for ((o, i), &index) in indices.indexed_iter() {
-        let index = index as usize;
-        let g = &flat[(o * indices.ncols() + i) * area..][..area];
+    let cin = indices.dim().1;
+    for (k, index) in indices.iter().enumerate() {
+        let (o, i, index) = (k / cin, k % cin, index as usize);
+        let g = &flat[k * area..][..area];
         let s = scales.map_or(F::one(), |s| s[[o, i]]);
         for (d, &v) in scaled.iter_mut().zip(g) {
             *d = s * v;

@@ -3,7 +3,8 @@
 use ndarray::{Array3, Array4, ArrayView1, ArrayView2, ArrayView4, Axis};
 use rayon::prelude::*;
 
-use super::plan::Plan;
+use super::indices::IndexStore;
+use super::plan::{KernelScales, Plan};
 use super::stencil::{correlate_add, extract_patches};
 use crate::conv::{forward_tile_positions, gemm, image, output_tiles, patch_matrix};
 use crate::geometry::ConvShape;
@@ -50,7 +51,8 @@ pub(crate) fn input_side_padding(oh: usize, ow: usize) -> f64 {
 /// channel gathers and sums its scaled responses over the block.
 pub(crate) fn input_side<F: Real>(
     x: ArrayView4<F>,
-    plan: &Plan<F>,
+    plan: &Plan,
+    scales: KernelScales<'_, F>,
     table: &[F],
     bias: Option<ArrayView1<F>>,
     s: &ConvShape,
@@ -62,7 +64,7 @@ pub(crate) fn input_side<F: Real>(
     let groups = &plan.by_input;
     // The distinct kernels of every input channel, stacked: row g is group g's kernel.
     let mut stacked = vec![F::zero(); groups.len() * area];
-    for (g, &index) in groups.group_index.iter().enumerate() {
+    for (g, index) in groups.group_index.iter().enumerate() {
         stacked[g * area..][..area].copy_from_slice(&table[index as usize * area..][..area]);
     }
     let tile = input_side_rows(s.oh, s.ow) * s.ow;
@@ -71,20 +73,12 @@ pub(crate) fn input_side<F: Real>(
     // Per block, the gather table relative to the block's first group.
     let local_groups: Vec<Vec<u32>> = blocks
         .iter()
-        .map(|b| {
-            let first = groups.channel_start[b.start] as u32;
-            (0..s.cout)
-                .flat_map(|o| {
-                    plan.gather_group[o * s.cin + b.start..o * s.cin + b.end]
-                        .iter()
-                        .map(move |&g| g - first)
-                })
-                .collect()
-        })
+        .map(|b| plan.block_gather(b.clone()))
         .collect();
     let layer = InputSideLayer {
         s,
         plan,
+        scales,
         stacked: &stacked,
         blocks: &blocks,
         local_groups: &local_groups,
@@ -119,7 +113,8 @@ pub(crate) fn input_side<F: Real>(
 /// Everything an input-side tile needs from the layer.
 struct InputSideLayer<'a, F> {
     s: &'a ConvShape,
-    plan: &'a Plan<F>,
+    plan: &'a Plan,
+    scales: KernelScales<'a, F>,
     /// Row g: the kernel of `by_input` group g.
     stacked: &'a [F],
     blocks: &'a [std::ops::Range<usize>],
@@ -148,6 +143,7 @@ impl<F: Real> Kernel for InputSideTile<'_, '_, F> {
         let InputSideLayer {
             s,
             plan,
+            scales,
             stacked,
             blocks,
             local_groups,
@@ -184,7 +180,7 @@ impl<F: Real> Kernel for InputSideTile<'_, '_, F> {
             }
             let bw = block.len();
             for o in 0..s.cout {
-                let scales = &plan.gather_scale[o * s.cin + block.start..o * s.cin + block.end];
+                let scales = scales.row(o, block.clone());
                 gather_sum(
                     simd,
                     &mut self.acc[o * stride..][..stride],
@@ -391,7 +387,7 @@ const DENSE_BLOCK_DEPTH: usize = 576;
 /// fallback is there to save.
 pub(crate) fn dense_fallback<F: Real>(
     x: ArrayView4<F>,
-    indices: &ndarray::Array2<u32>,
+    indices: &IndexStore,
     scales: Option<&ndarray::Array2<F>>,
     table: &[F],
     bias: Option<ArrayView1<F>>,
@@ -417,7 +413,7 @@ pub(crate) fn dense_fallback<F: Real>(
             .enumerate()
             .for_each(|(o, row)| {
                 for (i, kernel) in (first..first + count).zip(row.chunks_exact_mut(area)) {
-                    let decoded = &table[indices[[o, i]] as usize * area..][..area];
+                    let decoded = &table[indices.get(o, i) as usize * area..][..area];
                     let scale = scales.map_or(F::one(), |sc| sc[[o, i]]);
                     for (d, &v) in kernel.iter_mut().zip(decoded) {
                         *d = scale * v;
@@ -456,7 +452,8 @@ fn axpy<F: Real>(scale: F, src: &[F], dst: &mut [F]) {
 /// Add-then-conv. `table` holds every decoded kernel, `(K·S) × (kh·kw)` row-major.
 pub(crate) fn output_side<F: Real>(
     x: ArrayView4<F>,
-    plan: &Plan<F>,
+    plan: &Plan,
+    scales: KernelScales<'_, F>,
     table: &[F],
     bias: Option<ArrayView1<F>>,
     s: &ConvShape,
@@ -480,10 +477,10 @@ pub(crate) fn output_side<F: Real>(
                     let y = out_o.as_slice_mut().expect("fresh array is contiguous");
                     y.fill(bias.as_ref().map_or(F::zero(), |b| b[o]));
                     for g in groups.of_channel(o) {
-                        let kernel = &table[groups.group_index[g] as usize * area..][..area];
-                        let mut members = groups.members(g);
+                        let kernel = &table[groups.index(g) * area..][..area];
+                        let mut members = plan.output_members(o, g, scales);
                         let (first, first_scale) = members.next().expect("a group has a member");
-                        if groups.member_start[g + 1] - groups.member_start[g] == 1 {
+                        if groups.member_range(g).len() == 1 {
                             // One member: convolve x_i with the scaled kernel, no sum needed.
                             let scaled: Vec<F> = kernel.iter().map(|&k| k * first_scale).collect();
                             correlate_add(

@@ -23,7 +23,12 @@
 //! kernel: two kernels share work only when both their centroid and transform agree.
 //!
 //! # Memory
-//! The plan (built once, in [`ClusteredConv2d::new`]) takes `O(Cout·Cin)`. Per worker,
+//! A layer stores its indices in the narrowest of `u8`, `u16`, `u32` that holds them, its
+//! scales and bias as given, and a mask as one `bool` per kernel; [`ClusteredConv2d::memory`]
+//! counts the bytes. The plan of the sharing strategies (`O(Cout·Cin)`, a few bytes per kernel)
+//! is built the first time a forward or backward pass runs `InputSide` or `OutputSide` (asked
+//! for, or picked by `Auto`), and kept: a layer that is only built, stored, loaded, saved or
+//! run densely holds no plan. Per worker,
 //! `InputSide` needs a `Cout × T` accumulator, a `V_i × T` response block and a `kh·kw × T`
 //! patch block, with `T` chosen so the accumulator is at most 128 KiB (at least 64 positions);
 //! `OutputSide` needs one input plane and one output plane. No strategy but `Dense` builds the
@@ -36,8 +41,11 @@
 mod backward;
 mod cost;
 mod forward;
+mod indices;
 mod plan;
 mod stencil;
+
+use std::sync::OnceLock;
 
 use ndarray::{Array1, Array2, Array3, Array4, ArrayView4};
 
@@ -49,7 +57,8 @@ use crate::scalar::Real;
 use crate::simd::Kernels;
 
 pub use cost::{LayerCost, StrategyWork};
-use plan::Plan;
+use indices::IndexStore;
+use plan::{KernelScales, Plan};
 
 /// How [`ClusteredConv2d::forward_with`] computes its output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -118,25 +127,112 @@ impl<F: Real> ClusteredGrads<F> {
 /// assert!(fast.iter().zip(oracle.iter()).all(|(a, b)| (a - b).abs() <= 1e-3 * (1.0 + b.abs())));
 /// # Ok::<(), clustered_conv::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone)]
 pub struct ClusteredConv2d<F> {
-    indices: Array2<u32>,
+    indices: IndexStore,
+    /// Standard (row-major) layout.
     scales: Option<Array2<F>>,
     bias: Option<Array1<F>>,
     geometry: ConvGeometry,
     mask: Option<Array2<bool>>,
-    max_index: u32,
-    plan: Plan<F>,
+    /// `(ΣU_j, ΣV_i)`.
+    distinct: (usize, usize),
+    /// Derived from the indices on first use; ignored by `==`.
+    plan: OnceLock<Plan>,
+}
+
+impl<F: std::fmt::Debug> std::fmt::Debug for ClusteredConv2d<F> {
+    /// The parameters, and the plan's size in bytes (0 while not built) instead of its lists.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusteredConv2d")
+            .field("indices", &self.indices)
+            .field("scales", &self.scales)
+            .field("bias", &self.bias)
+            .field("geometry", &self.geometry)
+            .field("mask", &self.mask)
+            .field("plan_bytes", &self.plan.get().map_or(0, Plan::bytes))
+            .finish()
+    }
+}
+
+impl<F: PartialEq> PartialEq for ClusteredConv2d<F> {
+    /// Compares the parameters (indices, scales, bias, geometry, mask), not whether the
+    /// execution plan has been built.
+    fn eq(&self, other: &Self) -> bool {
+        self.indices == other.indices
+            && self.scales == other.scales
+            && self.bias == other.bias
+            && self.geometry == other.geometry
+            && self.mask == other.mask
+    }
+}
+
+/// The bytes a [`ClusteredConv2d`] holds, from [`ClusteredConv2d::memory`]: the element
+/// buffers of its parameters and plan (container headers and allocator slack not counted).
+///
+/// ```
+/// use clustered_conv::{ClusteredConv2d, ConvGeometry, KernelCodebook, Symmetry};
+/// use ndarray::{Array2, Array3};
+///
+/// // 64 × 64 kernels of 3 × 3 over K = 64 centroids, with f32 scales.
+/// let codebook = KernelCodebook::from_centroids(Array3::<f32>::ones((64, 3, 3)), Symmetry::Identity)?;
+/// let indices = Array2::from_shape_fn((64, 64), |(o, i)| ((o * 7 + i) % 64) as u32);
+/// let layer = ClusteredConv2d::new(indices, Some(Array2::ones((64, 64))), None, ConvGeometry::default())?;
+/// let m = layer.memory(&codebook);
+/// assert_eq!(m.index_bytes, 4096); // one u8 per kernel
+/// assert_eq!(m.scale_bytes, 16384); // one f32 per kernel
+/// assert_eq!(m.dense_weight_bytes, 147456); // 64·64·9 f32
+/// assert_eq!(m.plan_bytes, 0); // no forward pass yet
+/// assert!((m.ratio() - 7.2).abs() < 1e-12); // 36 bytes per dense kernel, 5 stored
+/// # Ok::<(), clustered_conv::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub struct LayerMemory {
+    /// Stored indices: one `u8`, `u16` or `u32` per kernel
+    /// ([`ClusteredConv2d::index_bits`]).
+    pub index_bytes: usize,
+    /// Scales, one `F` per kernel (0 without scales).
+    pub scale_bytes: usize,
+    /// Bias, one `F` per output channel (0 without bias).
+    pub bias_bytes: usize,
+    /// Pruning mask, one `bool` per kernel (0 without mask).
+    pub mask_bytes: usize,
+    /// The execution plan of the sharing strategies: 0 until a pass builds it.
+    pub plan_bytes: usize,
+    /// The dense weight the layer stands for, `Cout·Cin·kh·kw` values of `F` (not held).
+    pub dense_weight_bytes: usize,
+}
+
+impl LayerMemory {
+    /// Bytes of the stored parameters that replace the dense weight: indices plus scales.
+    pub fn parameter_bytes(&self) -> usize {
+        self.index_bytes + self.scale_bytes
+    }
+
+    /// Every byte the layer holds: indices, scales, bias, mask and plan. The codebook is
+    /// shared between layers and not counted.
+    pub fn total_bytes(&self) -> usize {
+        self.parameter_bytes() + self.bias_bytes + self.mask_bytes + self.plan_bytes
+    }
+
+    /// Dense weight bytes ÷ stored parameter bytes ([`LayerMemory::parameter_bytes`]).
+    pub fn ratio(&self) -> f64 {
+        self.dense_weight_bytes as f64 / self.parameter_bytes() as f64
+    }
 }
 
 impl<F: Real> ClusteredConv2d<F> {
     /// Creates a layer from `(Cout, Cin)` indices (`centroid + K·transform`), optional
-    /// `(Cout, Cin)` scales, an optional bias of length `Cout` and a geometry, and builds its
-    /// execution plan. Indices are checked against a codebook when one is used.
+    /// `(Cout, Cin)` scales, an optional bias of length `Cout` and a geometry. The indices are
+    /// stored in the narrowest of `u8`, `u16`, `u32` that holds the largest
+    /// ([`ClusteredConv2d::index_bits`]); they are checked against a codebook when one is
+    /// used. The execution plan is built on first use.
     ///
     /// # Errors
     /// Zero-sized indices, scales or bias of the wrong shape, non-finite scales (the error's
-    /// `index` is the flat position `o·Cin + i`), or an invalid geometry.
+    /// `index` is the flat position `o·Cin + i`), an invalid geometry, or 2³² kernels or more
+    /// ([`Error::Unsupported`]).
     pub fn new(
         indices: Array2<u32>,
         scales: Option<Array2<F>>,
@@ -151,6 +247,12 @@ impl<F: Real> ClusteredConv2d<F> {
                 shape: vec![cout, cin],
             });
         }
+        if u32::try_from(cout * cin).is_err() {
+            return Err(Error::Unsupported {
+                what: "a clustered layer of 2^32 kernels or more",
+                reason: "the execution plan counts kernels in u32; split the layer",
+            });
+        }
         if let Some(s) = &scales {
             if s.dim() != (cout, cin) {
                 return Err(Error::ShapeMismatch {
@@ -161,6 +263,7 @@ impl<F: Real> ClusteredConv2d<F> {
             }
             check_finite_scales(s)?;
         }
+        let scales = scales.map(standard_layout);
         if let Some(b) = &bias {
             if b.len() != cout {
                 return Err(Error::ShapeMismatch {
@@ -170,16 +273,15 @@ impl<F: Real> ClusteredConv2d<F> {
                 });
             }
         }
-        let max_index = indices.iter().copied().max().unwrap_or(0);
-        let plan = Plan::new(&indices, scales.as_ref());
+        let indices = IndexStore::new(&indices);
         Ok(Self {
+            distinct: plan::distinct_counts(&indices),
             indices,
             scales,
             bias,
             geometry,
             mask: None,
-            max_index,
-            plan,
+            plan: OnceLock::new(),
         })
     }
 
@@ -192,9 +294,10 @@ impl<F: Real> ClusteredConv2d<F> {
     /// [`Error::ShapeMismatch`] when the mask is not `(Cout, Cin)`.
     pub fn with_mask(self, mask: Array2<bool>) -> Result<Self> {
         if mask.dim() != self.indices.dim() {
+            let (cout, cin) = self.indices.dim();
             return Err(Error::ShapeMismatch {
                 what: "kernel mask vs (out_channels, in_channels)",
-                expected: self.indices.shape().to_vec(),
+                expected: vec![cout, cin],
                 got: mask.shape().to_vec(),
             });
         }
@@ -206,17 +309,16 @@ impl<F: Real> ClusteredConv2d<F> {
                 *s = F::zero();
             }
         });
-        let plan = Plan::new(&self.indices, Some(&scales));
+        // The plan depends on the indices only: it stays valid.
         Ok(Self {
             scales: Some(scales),
             mask: Some(mask),
-            plan,
             ..self
         })
     }
 
-    /// Replaces the scales and the bias (for training: assignments stay frozen), rebuilding
-    /// the plan. Pruned kernels keep scale 0.
+    /// Replaces the scales and the bias (for training: assignments stay frozen, and so does
+    /// the execution plan). Pruned kernels keep scale 0.
     ///
     /// # Errors
     /// Shapes that differ from the current ones (scales and bias must be present exactly when
@@ -230,13 +332,14 @@ impl<F: Real> ClusteredConv2d<F> {
             bias.as_ref().map(|b| b.shape()),
             self.bias.as_ref().map(|b| b.shape()),
         ) {
+            let (cout, cin) = self.indices.dim();
             return Err(Error::ShapeMismatch {
                 what: "new scales/bias vs the layer's",
-                expected: self.indices.shape().to_vec(),
+                expected: vec![cout, cin],
                 got: scales.as_ref().map_or(vec![], |s| s.shape().to_vec()),
             });
         }
-        let mut scales = scales;
+        let mut scales = scales.map(standard_layout);
         if let Some(s) = scales.as_mut() {
             check_finite_scales(s)?;
             if let Some(mask) = &self.mask {
@@ -247,7 +350,6 @@ impl<F: Real> ClusteredConv2d<F> {
                 });
             }
         }
-        self.plan = Plan::new(&self.indices, scales.as_ref());
         self.scales = scales;
         self.bias = bias;
         Ok(())
@@ -282,12 +384,60 @@ impl<F: Real> ClusteredConv2d<F> {
 
     /// The dense OIHW weight these indices and scales stand for.
     fn dense_weight(&self, codebook: &KernelCodebook<F>) -> Result<Array4<F>> {
-        codebook.reconstruct(self.indices.view(), self.scales.as_ref().map(|s| s.view()))
+        codebook.reconstruct(
+            self.indices.to_array().view(),
+            self.scales.as_ref().map(|s| s.view()),
+        )
     }
 
-    /// Stored indices `(Cout, Cin)`.
-    pub fn indices(&self) -> &Array2<u32> {
-        &self.indices
+    /// The stored indices `(Cout, Cin)`, widened to `u32` (a copy: the layer keeps them as
+    /// narrow as [`ClusteredConv2d::index_bits`]; [`ClusteredConv2d::iter_indices`] reads
+    /// them without copying).
+    ///
+    /// ```
+    /// use clustered_conv::{ClusteredConv2d, ConvGeometry};
+    /// use ndarray::array;
+    ///
+    /// let layer = ClusteredConv2d::<f32>::new(array![[3, 0], [300, 3]], None, None, ConvGeometry::default())?;
+    /// assert_eq!(layer.indices(), array![[3, 0], [300, 3]]);
+    /// assert_eq!(layer.index_bits(), 16); // 300 does not fit in a u8
+    /// assert_eq!(layer.iter_indices().collect::<Vec<_>>(), vec![3, 0, 300, 3]);
+    /// # Ok::<(), clustered_conv::Error>(())
+    /// ```
+    pub fn indices(&self) -> Array2<u32> {
+        self.indices.to_array()
+    }
+
+    /// The stored indices in row-major order (`(o, i)` is item `o·Cin + i`), widened to `u32`.
+    pub fn iter_indices(&self) -> impl ExactSizeIterator<Item = u32> + '_ {
+        self.indices.iter()
+    }
+
+    /// Bits per stored index in memory: 8 when every index is below 256 (always the case
+    /// when `K·S ≤ 256`), 16 when below 65 536, else 32. The file format packs indices to
+    /// `⌈log2(K·S)⌉` bits instead.
+    pub fn index_bits(&self) -> u32 {
+        self.indices.bits()
+    }
+
+    /// The bytes the layer holds, parameter by parameter, with its plan (0 until a pass
+    /// builds it) and the size of the dense weight it stands for (the codebook gives the
+    /// kernel size). See [`LayerMemory`] for an example.
+    pub fn memory(&self, codebook: &KernelCodebook<F>) -> LayerMemory {
+        let (cout, cin) = self.indices.dim();
+        let (kh, kw) = codebook.kernel_size();
+        let size = std::mem::size_of::<F>();
+        LayerMemory {
+            index_bytes: self.indices.bytes(),
+            scale_bytes: self.scales.as_ref().map_or(0, |s| s.len() * size),
+            bias_bytes: self.bias.as_ref().map_or(0, |b| b.len() * size),
+            mask_bytes: self
+                .mask
+                .as_ref()
+                .map_or(0, |m| m.len() * std::mem::size_of::<bool>()),
+            plan_bytes: self.plan.get().map_or(0, Plan::bytes),
+            dense_weight_bytes: cout * cin * kh * kw * size,
+        }
     }
 
     /// Scales `(Cout, Cin)`, if any.
@@ -307,28 +457,48 @@ impl<F: Real> ClusteredConv2d<F> {
 
     /// Number of output channels.
     pub fn out_channels(&self) -> usize {
-        self.indices.nrows()
+        self.indices.dim().0
     }
 
     /// Number of input channels.
     pub fn in_channels(&self) -> usize {
-        self.indices.ncols()
+        self.indices.dim().1
     }
 
     /// `ΣU_j`: distinct stored indices per output channel, summed over output channels.
     pub fn sum_distinct_per_output(&self) -> usize {
-        self.plan.by_output.len()
+        self.distinct.0
     }
 
     /// `ΣV_i`: distinct stored indices per input channel, summed over input channels.
     pub fn sum_distinct_per_input(&self) -> usize {
-        self.plan.by_input.len()
+        self.distinct.1
+    }
+
+    /// The execution plan, built on first use.
+    fn plan(&self) -> &Plan {
+        self.plan.get_or_init(|| Plan::new(&self.indices))
+    }
+
+    /// The scales as the sharing passes read them; `ones` is scratch for a layer without
+    /// scales.
+    fn kernel_scales<'a>(&'a self, ones: &'a mut Vec<F>) -> KernelScales<'a, F> {
+        match &self.scales {
+            Some(s) => KernelScales::new(
+                s.as_slice().expect("scales are kept in standard layout"),
+                self.in_channels(),
+            ),
+            None => {
+                *ones = vec![F::one(); self.in_channels()];
+                KernelScales::ones(ones)
+            }
+        }
     }
 
     /// Checks the codebook against the layer and resolves the call's shapes.
     fn resolve(&self, codebook: &KernelCodebook<F>, input: [usize; 4]) -> Result<ConvShape> {
-        if self.max_index as usize >= codebook.index_limit() {
-            codebook.check_indices(&self.indices.view())?;
+        if self.indices.max() as usize >= codebook.index_limit() {
+            codebook.check_indices(&self.indices.to_array().view())?;
         }
         let (kh, kw) = codebook.kernel_size();
         self.geometry
@@ -386,6 +556,7 @@ impl<F: Real> ClusteredConv2d<F> {
             other => other,
         };
         let bias = self.bias.as_ref().map(|b| b.view());
+        let mut ones = Vec::new();
         Ok(match strategy {
             ForwardStrategy::Dense | ForwardStrategy::Auto => forward::dense_fallback(
                 x,
@@ -397,15 +568,21 @@ impl<F: Real> ClusteredConv2d<F> {
             ),
             ForwardStrategy::InputSide => forward::input_side(
                 x,
-                &self.plan,
+                self.plan(),
+                self.kernel_scales(&mut ones),
                 &codebook.decoded_kernels(),
                 bias,
                 &s,
                 kernels,
             ),
-            ForwardStrategy::OutputSide => {
-                forward::output_side(x, &self.plan, &codebook.decoded_kernels(), bias, &s)
-            }
+            ForwardStrategy::OutputSide => forward::output_side(
+                x,
+                self.plan(),
+                self.kernel_scales(&mut ones),
+                &codebook.decoded_kernels(),
+                bias,
+                &s,
+            ),
         })
     }
 
@@ -471,10 +648,11 @@ impl<F: Real> ClusteredConv2d<F> {
                 bias: dense.bias,
             }
         } else {
+            let mut ones = Vec::new();
             backward::backward(
                 codebook,
-                &self.plan,
-                self.scales.is_some(),
+                self.plan(),
+                self.kernel_scales(&mut ones),
                 self.bias.is_some(),
                 x,
                 grad_out,
@@ -525,6 +703,15 @@ impl<F: Real> ClusteredConv2d<F> {
             self.sum_distinct_per_output(),
             self.sum_distinct_per_input(),
         )
+    }
+}
+
+/// `a` in standard (row-major) layout, copied only when it is not.
+fn standard_layout<F: Clone>(a: Array2<F>) -> Array2<F> {
+    if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
     }
 }
 

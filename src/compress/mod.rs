@@ -209,7 +209,7 @@ pub enum CompressedLayer<F> {
         name: String,
         /// Index of its codebook in [`CompressedNetwork::codebooks`].
         codebook: usize,
-        /// The layer (boxed: it carries its execution plan).
+        /// The layer (boxed: the struct, with room for its execution plan, is large).
         layer: Box<ClusteredConv2d<F>>,
     },
     /// Left dense (e.g. a 1×1 convolution).
@@ -392,7 +392,8 @@ impl<F: Real> CompressedNetwork<F> {
                     plans[*codebook].layers.push(l);
                     let cb = &self.codebooks[*codebook];
                     let w = layer.to_conv(cb)?;
-                    let entropy = cb.usage(&[layer.indices().view()])?.entropy_bits();
+                    let indices = layer.indices();
+                    let entropy = cb.usage(&[indices.view()])?.entropy_bits();
                     measured.push(Some((relative_error(w.weight(), &orig.weight), entropy)));
                     if let Some(hw) = input_hw {
                         costs[l] = Some(layer.cost(cb, hw[l])?);

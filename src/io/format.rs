@@ -494,7 +494,7 @@ fn write_layer(
             let (cout, cin) = layer.indices().dim();
             let (kh, kw) = cb.kernel_size();
             let limit = cb.index_limit();
-            if let Some(&bad) = layer.indices().iter().find(|&&v| v as usize >= limit) {
+            if let Some(bad) = layer.iter_indices().find(|&v| v as usize >= limit) {
                 return invalid_model(format!(
                     "layer {name:?} has index {bad}, its codebook has {limit} entries"
                 ));
@@ -503,7 +503,7 @@ fn write_layer(
                 format!("{name}.weight.indices"),
                 Dtype::U8,
                 vec![packed_len(cout * cin, bits).unwrap_or(0)],
-                pack(layer.indices().iter().copied(), bits),
+                pack(layer.iter_indices(), bits),
             ));
             let has_scales = write_scales(name, layer, net.scales, tensors)?;
             if let Some(mask) = layer.mask() {

@@ -17,7 +17,8 @@ use clustered_conv::io::{
     GeometryMap,
 };
 use clustered_conv::{
-    compress_with_progress, CodebookScope, CompressionConfig, Error, ScalePrecision, Symmetry,
+    compress_with_progress, CodebookScope, CompressedLayer, CompressedNetwork, CompressionConfig,
+    Error, ScalePrecision, Symmetry,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -309,6 +310,7 @@ fn run_inspect(file: &Path, json: bool, png: Option<&Path>) -> Result<(), Error>
         println!("{}", report.to_json());
     } else {
         println!("{report}");
+        print_memory(&model.network);
         println!(
             "scales: {}; pass-through tensors: {}; file: {} bytes",
             model.network.scales,
@@ -322,6 +324,30 @@ fn run_inspect(file: &Path, json: bool, png: Option<&Path>) -> Result<(), Error>
         }
     }
     Ok(())
+}
+
+/// The clustered layers' in-memory bytes (`ClusteredConv2d::memory`) against their dense
+/// weights.
+fn print_memory(network: &CompressedNetwork<f32>) {
+    let (mut index, mut scale, mut dense) = (0, 0, 0);
+    for layer in &network.layers {
+        if let CompressedLayer::Clustered {
+            codebook, layer, ..
+        } = layer
+        {
+            let m = layer.memory(&network.codebooks[*codebook]);
+            index += m.index_bytes;
+            scale += m.scale_bytes;
+            dense += m.dense_weight_bytes;
+        }
+    }
+    if index > 0 {
+        println!(
+            "in memory: clustered layers hold {index} index + {scale} scale bytes for {dense} \
+             dense weight bytes ({:.2}×)",
+            dense as f64 / (index + scale) as f64
+        );
+    }
 }
 
 fn run_decompress(input: &Path, output: &Path) -> Result<(), Error> {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clustered_conv::io::{write_atomic, CompressedModel};
 use clustered_conv::{CompressedLayer, Error, KernelCodebook};
-use ndarray::ArrayView2;
+use ndarray::{Array2, ArrayView2};
 
 /// Pixels per kernel element in the centroid grid.
 const CELL: usize = 8;
@@ -23,18 +23,19 @@ pub fn write_all(model: &CompressedModel, dir: &Path) -> Result<Vec<PathBuf>, Er
     })?;
     let mut written = Vec::new();
     for (c, codebook) in model.network.codebooks.iter().enumerate() {
-        let indices: Vec<ArrayView2<u32>> = model
+        let indices: Vec<Array2<u32>> = model
             .network
             .layers
             .iter()
             .filter_map(|layer| match layer {
                 CompressedLayer::Clustered {
                     codebook, layer, ..
-                } if *codebook == c => Some(layer.indices().view()),
+                } if *codebook == c => Some(layer.indices()),
                 _ => None,
             })
             .collect();
-        let usage = codebook.usage(&indices)?.per_centroid;
+        let views: Vec<ArrayView2<u32>> = indices.iter().map(|m| m.view()).collect();
+        let usage = codebook.usage(&views)?.per_centroid;
         let mut order: Vec<usize> = (0..usage.len()).collect();
         order.sort_by_key(|&j| std::cmp::Reverse(usage[j]));
         let grid = dir.join(format!("codebook{c}_centroids.png"));
