@@ -51,8 +51,9 @@ pub struct LayerCost {
 /// GEMM on AVX2 + FMA). Only their ratios matter.
 mod ns_per_op {
     /// Dense GEMM multiply-accumulate (fit: 0.036 on the former matrixmultiply GEMM; divided
-    /// by [`super::ratio_fit::DENSE_SPEEDUP`] for faer's; efficiency varies ±30 % with shape).
-    pub const DENSE_MAC: f64 = 0.036 / super::ratio_fit::DENSE_SPEEDUP;
+    /// by 1.75, the measured speed-up of faer's GEMM on the same shapes; efficiency varies
+    /// ±30 % with shape).
+    pub const DENSE_MAC: f64 = 0.036 / 1.75;
     /// Rebuilding one dense weight element for the dense fallback (gather and scale into a
     /// reused, cache-sized buffer).
     pub const DENSE_RECONSTRUCT: f64 = 0.3;
@@ -68,29 +69,24 @@ mod ns_per_op {
     pub const OUTPUT_ADD: f64 = 0.52;
 }
 
-/// The input side's time relative to dense, fitted by least squares to 120 measured pairs
-/// (the `strategy_table` example: VGG-16/ResNet-18 shapes, K = 16/64/256, normal and skewed
-/// weights, batch 1 and 8, 1 and 2 threads): `ratio ≈ A·(ΣV/(Cout·Cin))·w + B·w + C/Cout`,
-/// `w` the input side's padding factor and `Cout` clamped to the fitted 64–512. The fit's
-/// r.m.s. error is 27 %, mostly run-to-run noise of the measurements.
+/// The input side's time relative to dense, fitted by least squares to 192 measured pairs
+/// (`scripts/fit_auto_model.py`: the `strategy_table` example on VGG-16/ResNet-18 shapes,
+/// K = 16/64/256, normal and skewed weights, batch 1 and 8, 1 and 2 threads):
+/// `ratio ≈ A·(ΣV/(Cout·Cin))·w + B·w + C/Cout`, `w` the input side's padding factor and
+/// `Cout` clamped to the fitted 64–512. The fit's r.m.s. relative error is 20 %, much of it
+/// run-to-run noise of the measurements.
 mod ratio_fit {
-    pub const A: f64 = 0.955;
-    pub const B: f64 = 0.380;
-    pub const C: f64 = -18.06;
+    pub const A: f64 = 1.199;
+    pub const B: f64 = 0.506;
+    pub const C: f64 = -12.52;
     pub const COUT_RANGE: (f64, f64) = (64.0, 512.0);
-    /// The fit above was made against the dense path on ndarray/matrixmultiply; the dense
-    /// path now runs on faer and measured 1.58–1.95× faster on the same eight shapes (batch 8,
-    /// 2 threads, `scripts/compare` run; median ≈ 1.75), so the fitted ratios are scaled by
-    /// this factor. Checked against that run: predicted vs measured clustered/dense time
-    /// 1.05 vs 1.07 (VGG 64@32, K = 64) and 0.86 vs 0.85 (VGG 512@4, K = 64).
-    pub const DENSE_SPEEDUP: f64 = 1.75;
 }
 
 /// `Auto` runs a clustered strategy only when its predicted time is below this fraction of
-/// dense: with this threshold the worst measured `Auto` was 1.11× dense time (within the
-/// noise of one run) while it chose the clustered path in every case where that was ≥ 1.6×
-/// faster except seven borderline ones.
-const CLUSTERED_THRESHOLD: f64 = 0.8;
+/// dense. On the 192 measured pairs of the fit, `Auto` with this threshold averaged 0.844 of
+/// the dense time against 0.826 for an oracle that always picks the faster strategy; its worst
+/// pick was 1.34× the faster one's time (0.8 gave 0.857 and 1.83×).
+const CLUSTERED_THRESHOLD: f64 = 0.9;
 
 impl LayerCost {
     pub(crate) fn new(s: &ConvShape, sum_u: usize, sum_v: usize) -> Self {
@@ -155,10 +151,10 @@ impl LayerCost {
         let kernels = self.input_side.adds as f64 / self.out_positions as f64;
         let sharing = self.sum_v as f64 / kernels;
         let cout = (kernels / self.in_channels as f64).clamp(COUT_RANGE.0, COUT_RANGE.1);
-        (A * sharing * self.padding + B * self.padding + C / cout) * DENSE_SPEEDUP
+        A * sharing * self.padding + B * self.padding + C / cout
     }
 
-    /// The strategy `Auto` runs: the input side when its predicted time is below 80 % of
+    /// The strategy `Auto` runs: the input side when its predicted time is below 90 % of
     /// dense (dense including the rebuild of its weight), the output side instead when its operation-count estimate is lower than the input
     /// side's (layers with many more input than output channels), else dense.
     pub fn cheapest(&self) -> ForwardStrategy {
