@@ -407,7 +407,7 @@ fn gradients_match_central_finite_differences() {
                         b2[o] += d;
                         ClusteredConv2d::new(
                             c.layer.indices(),
-                            c.layer.scales().cloned(),
+                            c.layer.scales(),
                             Some(b2),
                             c.layer.geometry(),
                         )
@@ -534,7 +534,7 @@ fn centroid_gradient_is_the_scaled_sum_of_dense_weight_gradients() {
         let ids: Vec<f64> = (0..kh * kw).map(|v| v as f64).collect();
         let mut expected = Array3::<f64>::zeros((k, kh, kw));
         for ((o, i), &index) in c.layer.indices().indexed_iter() {
-            let s = c.layer.scales().map_or(1.0, |s| s[[o, i]]);
+            let s = c.layer.scale(o, i);
             let (centroid, t) = (index as usize % k, index as usize / k);
             let perm = paper_transform(t, kh, kw, &ids);
             for (j, &src) in perm.iter().enumerate() {
@@ -785,13 +785,8 @@ fn indices_are_stored_as_u8_u16_or_u32_and_round_trip() {
         assert_eq!(layer.indices(), wide);
         assert_eq!(layer.indices()[[3, 2]], limit as u32 - 1);
         // Values survive exactly: a rebuilt layer is equal, and so is its dense weight.
-        let again = ClusteredConv2d::new(
-            layer.indices(),
-            layer.scales().cloned(),
-            None,
-            layer.geometry(),
-        )
-        .unwrap();
+        let again =
+            ClusteredConv2d::new(layer.indices(), layer.scales(), None, layer.geometry()).unwrap();
         assert_eq!(again, layer);
         let m = layer.memory(&codebook);
         assert_eq!(m.index_bytes, 42 * bits as usize / 8, "K·S = {limit}");

@@ -395,7 +395,7 @@ fn whole_network_gradients_match_finite_differences() {
                 assert_close(&numeric, gb, "gb (6)");
             }
             (Layer::Clustered { layer, .. }, LayerGrads::Clustered(gs, gb)) => {
-                let numeric = numeric_grad(layer.scales().unwrap(), |s| {
+                let numeric = numeric_grad(&layer.scales().unwrap(), |s| {
                     let mut n = net.clone();
                     if let Layer::Clustered { layer, .. } = &mut n.layers[l] {
                         layer
@@ -408,9 +408,7 @@ fn whole_network_gradients_match_finite_differences() {
                 let numeric = numeric_grad(layer.bias().unwrap(), |b| {
                     let mut n = net.clone();
                     if let Layer::Clustered { layer, .. } = &mut n.layers[l] {
-                        layer
-                            .set_params(layer.scales().cloned(), Some(b.clone()))
-                            .unwrap();
+                        layer.set_params(layer.scales(), Some(b.clone())).unwrap();
                     }
                     network_loss(&n, &x, &labels)
                 });

@@ -281,7 +281,7 @@ impl<F: Real> Network<F> {
                     }
                 }
                 (Layer::Clustered { layer, .. }, LayerGrads::Clustered(gs, gb)) => {
-                    let mut scales = layer.scales().cloned();
+                    let mut scales = layer.scales();
                     let mut bias = layer.bias().cloned();
                     if let (Some(s), Some(gs)) = (scales.as_mut(), gs) {
                         step(s.view_mut().into_dyn(), gs.view().into_dyn())?;
