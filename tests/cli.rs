@@ -133,7 +133,20 @@ fn compress_inspect_decompress_and_bench() {
     let out = run(&["inspect", output.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("features.6"));
-    assert!(text(&out.stdout).contains("in memory: clustered layers hold"));
+    // f16 scales are held as f16: a u8 index (K·S = 32) and 2 scale bytes per kernel, 12×.
+    let stdout = text(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("in memory: clustered layers hold"))
+        .unwrap_or_else(|| panic!("no in-memory line in {stdout}"));
+    let numbers: Vec<usize> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), 3, "{line}");
+    assert_eq!(numbers[1], 2 * numbers[0], "{line}");
+    assert_eq!(numbers[2], 36 * numbers[0], "{line}");
+    assert!(line.ends_with("(12.00×)"), "{line}");
     let out = run(&["inspect", output.to_str().unwrap(), "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["report"]["codebooks"][0]["k"], 16);

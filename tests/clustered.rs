@@ -407,7 +407,7 @@ fn gradients_match_central_finite_differences() {
                         b2[o] += d;
                         ClusteredConv2d::new(
                             c.layer.indices(),
-                            c.layer.scales().cloned(),
+                            c.layer.scales(),
                             Some(b2),
                             c.layer.geometry(),
                         )
@@ -534,7 +534,7 @@ fn centroid_gradient_is_the_scaled_sum_of_dense_weight_gradients() {
         let ids: Vec<f64> = (0..kh * kw).map(|v| v as f64).collect();
         let mut expected = Array3::<f64>::zeros((k, kh, kw));
         for ((o, i), &index) in c.layer.indices().indexed_iter() {
-            let s = c.layer.scales().map_or(1.0, |s| s[[o, i]]);
+            let s = c.layer.scale(o, i);
             let (centroid, t) = (index as usize % k, index as usize / k);
             let perm = paper_transform(t, kh, kw, &ids);
             for (j, &src) in perm.iter().enumerate() {
@@ -785,13 +785,8 @@ fn indices_are_stored_as_u8_u16_or_u32_and_round_trip() {
         assert_eq!(layer.indices(), wide);
         assert_eq!(layer.indices()[[3, 2]], limit as u32 - 1);
         // Values survive exactly: a rebuilt layer is equal, and so is its dense weight.
-        let again = ClusteredConv2d::new(
-            layer.indices(),
-            layer.scales().cloned(),
-            None,
-            layer.geometry(),
-        )
-        .unwrap();
+        let again =
+            ClusteredConv2d::new(layer.indices(), layer.scales(), None, layer.geometry()).unwrap();
         assert_eq!(again, layer);
         let m = layer.memory(&codebook);
         assert_eq!(m.index_bytes, 42 * bits as usize / 8, "K·S = {limit}");
@@ -1004,4 +999,272 @@ fn column_major_scales_are_read_as_given() {
             layer.forward_with(&codebook, x.view(), strategy).unwrap(),
         );
     }
+}
+
+/// A layer's scales as `f16` values, rounded independently of the crate.
+fn f16_rounded(scales: &Array2<f32>) -> Array2<f32> {
+    scales.mapv(|v| half::f16::from_f32(v).to_f32())
+}
+
+fn bits<D: ndarray::Dimension>(a: &ndarray::Array<f32, D>) -> Vec<u32> {
+    a.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn half_scales_hold_exactly_the_f16_rounded_values() {
+    let mut r = rng(71);
+    let g = ConvGeometry::default().padding(1, 1);
+    let indices = Array2::from_shape_simple_fn((24, 17), || r.random_range(0..50u32));
+    // Magnitudes over the whole f16 range, subnormals included, and hand-picked edges.
+    let mut scales = Array2::from_shape_simple_fn((24, 17), || {
+        r.random_range(-1.0f32..1.0) * 2f32.powi(r.random_range(-26..16))
+    });
+    scales[[0, 0]] = 65504.0; // the largest f16
+    scales[[0, 1]] = -65519.0; // below the halfway point to 2^16: rounds to −65504
+    scales[[0, 2]] = 1.0 + 2f32.powi(-11); // a tie: to even, 1
+    scales[[0, 3]] = 2f32.powi(-25); // half the smallest subnormal: to even, 0
+    scales[[0, 4]] = 0.1;
+    let full = ClusteredConv2d::new(indices.clone(), Some(scales.clone()), None, g).unwrap();
+    assert!(!full.scales_are_half());
+    let half = full.clone().with_half_scales().unwrap();
+    assert!(half.scales_are_half());
+
+    let expected = f16_rounded(&scales);
+    assert_eq!(expected[[0, 1]], -65504.0);
+    assert_eq!(expected[[0, 2]], 1.0);
+    assert_eq!(expected[[0, 3]], 0.0);
+    assert_eq!(expected[[0, 4]], 0.099_975_586);
+    assert_eq!(bits(&half.scales().unwrap()), bits(&expected));
+    for ((o, i), &e) in expected.indexed_iter() {
+        assert_eq!(half.scale(o, i).to_bits(), e.to_bits(), "({o}, {i})");
+    }
+    assert_ne!(expected, scales, "some values must actually round");
+
+    // Equality compares scales as held: the same values as f32 are a different layer, and
+    // halving them gives the same one; halving twice changes nothing.
+    let as_f32 = ClusteredConv2d::new(indices.clone(), Some(expected.clone()), None, g).unwrap();
+    assert_ne!(as_f32, half);
+    assert_eq!(as_f32.scales(), half.scales());
+    assert_eq!(as_f32.with_half_scales().unwrap(), half);
+    assert_eq!(half.clone().with_half_scales().unwrap(), half);
+
+    // f64 layers round to the same values (once, from f64: 1 + 2^-11 + 2^-40 lies above
+    // the tie, so it rounds up, where a detour through f32 would round to 1).
+    let mut wide_scales = scales.mapv(f64::from);
+    wide_scales[[1, 0]] = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
+    let wide = ClusteredConv2d::<f64>::new(indices.clone(), Some(wide_scales), None, g)
+        .unwrap()
+        .with_half_scales()
+        .unwrap();
+    let mut wide_expected = expected.mapv(f64::from);
+    wide_expected[[1, 0]] = 1.0 + 2f64.powi(-10);
+    assert_eq!(wide.scales().unwrap(), wide_expected);
+
+    // Without scales there is nothing to hold.
+    let plain = ClusteredConv2d::<f32>::new(indices.clone(), None, None, g).unwrap();
+    let plain_half = plain.clone().with_half_scales().unwrap();
+    assert!(!plain_half.scales_are_half());
+    assert_eq!(plain_half, plain);
+    assert_eq!(plain.scale(3, 4), 1.0);
+
+    // Beyond the f16 range: refused, naming the kernel.
+    scales[[2, 5]] = 65520.0;
+    let err = ClusteredConv2d::new(indices, Some(scales), None, g)
+        .unwrap()
+        .with_half_scales()
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::NonFinite { index, .. } if index == 2 * 17 + 5),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn half_scales_compute_bit_for_bit_what_the_same_values_as_f32_compute() {
+    let mut r = rng(73);
+    let mut sharing = 0;
+    for case in 0..80 {
+        let c = random_case(&mut r);
+        let codebook = KernelCodebook::from_centroids(
+            c.codebook.centroids().mapv(|v| v as f32),
+            c.codebook.symmetry(),
+        )
+        .unwrap();
+        let (cout, cin) = c.layer.indices().dim();
+        let scales = f16_rounded(
+            &c.layer
+                .scales()
+                .unwrap_or_else(|| Array2::from_elem((cout, cin), 0.75))
+                .mapv(|v| v as f32),
+        );
+        let mut full = ClusteredConv2d::new(
+            c.layer.indices(),
+            Some(scales),
+            c.layer.bias().map(|b| b.mapv(|v| v as f32)),
+            c.layer.geometry(),
+        )
+        .unwrap();
+        if case % 3 == 0 {
+            full = full
+                .with_mask(Array2::from_shape_fn((cout, cin), |(o, i)| {
+                    (o + 2 * i) % 3 != 0
+                }))
+                .unwrap();
+        }
+        let half = full.clone().with_half_scales().unwrap();
+        assert!(half.scales_are_half() && !full.scales_are_half());
+        assert_eq!(half.scales(), full.scales(), "case {case}");
+        assert_eq!(half.mask(), full.mask());
+        let x = c.x.mapv(|v| v as f32);
+        for strategy in STRATEGIES {
+            let a = full.forward_with(&codebook, x.view(), strategy).unwrap();
+            let b = half.forward_with(&codebook, x.view(), strategy).unwrap();
+            assert_eq!(bits(&a), bits(&b), "case {case} forward {strategy:?}");
+            let a = full
+                .forward_with_portable_kernels(&codebook, x.view(), strategy)
+                .unwrap();
+            let b = half
+                .forward_with_portable_kernels(&codebook, x.view(), strategy)
+                .unwrap();
+            assert_eq!(bits(&a), bits(&b), "case {case} portable {strategy:?}");
+        }
+        let y = full.forward(&codebook, x.view()).unwrap();
+        let go = y.mapv(|v| v * 0.5 - 0.25);
+        for strategy in STRATEGIES {
+            let a = full
+                .backward_with(&codebook, x.view(), go.view(), strategy)
+                .unwrap();
+            let b = half
+                .backward_with(&codebook, x.view(), go.view(), strategy)
+                .unwrap();
+            assert_eq!(bits(&a.input), bits(&b.input), "case {case} {strategy:?}");
+            assert_eq!(bits(&a.centroids), bits(&b.centroids), "case {case}");
+            assert_eq!(
+                bits(a.scales.as_ref().unwrap()),
+                bits(b.scales.as_ref().unwrap()),
+                "case {case} {strategy:?}"
+            );
+            assert_eq!(a.bias, b.bias);
+        }
+        assert_eq!(
+            bits(full.to_conv(&codebook).unwrap().weight()),
+            bits(half.to_conv(&codebook).unwrap().weight())
+        );
+        sharing += usize::from(half.memory(&codebook).plan_bytes > 0);
+    }
+    assert!(sharing > 40, "the sharing passes ran in {sharing} cases");
+}
+
+#[test]
+fn half_scales_take_two_bytes_per_kernel() {
+    // 64 × 64 kernels of 3 × 3, K = 64: a u8 index and an f16 scale per kernel.
+    let codebook =
+        KernelCodebook::from_centroids(Array3::<f32>::ones((64, 3, 3)), Symmetry::Identity)
+            .unwrap();
+    let indices = Array2::from_shape_fn((64, 64), |(o, i)| ((o * 7 + i) % 64) as u32);
+    let scales = Array2::from_shape_fn((64, 64), |(o, i)| 0.01 * (1 + o + i) as f32);
+    let full = ClusteredConv2d::new(
+        indices,
+        Some(scales),
+        Some(Array1::zeros(64)),
+        ConvGeometry::default(),
+    )
+    .unwrap()
+    .with_mask(Array2::from_elem((64, 64), true))
+    .unwrap();
+    let half = full.clone().with_half_scales().unwrap();
+    let m = half.memory(&codebook);
+    assert_eq!(
+        (m.index_bytes, m.scale_bytes, m.bias_bytes, m.mask_bytes),
+        (4096, 8192, 256, 4096)
+    );
+    assert_eq!(m.dense_weight_bytes, 147_456);
+    assert_eq!(m.parameter_bytes(), 12_288);
+    assert_eq!(m.ratio(), 12.0);
+    assert!(
+        m.ratio() >= 8.0,
+        "the issue's target: at most 1/8 of the dense weight"
+    );
+    assert_eq!(full.memory(&codebook).scale_bytes, 16_384);
+
+    // 512 × 512, K = 64: 7.2× with f32 scales, 12× with f16.
+    let indices = Array2::from_shape_fn((512, 512), |(o, i)| ((o * 7 + i) % 64) as u32);
+    let big = ClusteredConv2d::new(
+        indices,
+        Some(Array2::ones((512, 512))),
+        None,
+        ConvGeometry::default(),
+    )
+    .unwrap();
+    let m = big.memory(&codebook);
+    assert_eq!(
+        (m.index_bytes, m.scale_bytes, m.dense_weight_bytes),
+        (262_144, 1_048_576, 9_437_184)
+    );
+    assert!((m.ratio() - 7.2).abs() < 1e-12);
+    let m = big.with_half_scales().unwrap().memory(&codebook);
+    assert_eq!(
+        (m.index_bytes, m.scale_bytes, m.dense_weight_bytes),
+        (262_144, 524_288, 9_437_184)
+    );
+    assert_eq!(m.ratio(), 12.0);
+
+    // f64 layers hold f16 scales in 2 bytes too (against 8-byte dense values: 24×).
+    let codebook64 =
+        KernelCodebook::from_centroids(Array3::<f64>::ones((64, 3, 3)), Symmetry::Identity)
+            .unwrap();
+    let wide = ClusteredConv2d::<f64>::new(
+        Array2::zeros((64, 64)),
+        Some(Array2::ones((64, 64))),
+        None,
+        ConvGeometry::default(),
+    )
+    .unwrap()
+    .with_half_scales()
+    .unwrap();
+    let m = wide.memory(&codebook64);
+    assert_eq!((m.scale_bytes, m.dense_weight_bytes), (8192, 294_912));
+    assert_eq!(m.ratio(), 24.0);
+}
+
+#[test]
+fn new_scales_from_training_are_held_as_f32_and_masks_keep_f16() {
+    let mut r = rng(79);
+    let (cout, cin) = (6, 5);
+    let indices = Array2::from_shape_simple_fn((cout, cin), || r.random_range(0..4u32));
+    let scales = Array2::from_shape_simple_fn((cout, cin), || r.random_range(-2.0f32..2.0));
+    let mask = Array2::from_shape_fn((cout, cin), |(o, i)| (o + i) % 4 != 0);
+    let mut layer =
+        ClusteredConv2d::new(indices, Some(scales.clone()), None, ConvGeometry::default())
+            .unwrap()
+            .with_half_scales()
+            .unwrap()
+            .with_mask(mask.clone())
+            .unwrap();
+    // Pruning keeps the f16 store and zeroes the pruned kernels.
+    assert!(layer.scales_are_half());
+    let mut expected = f16_rounded(&scales);
+    expected.zip_mut_with(&mask, |s, &keep| {
+        if !keep {
+            *s = 0.0;
+        }
+    });
+    assert_eq!(layer.scales().unwrap(), expected);
+
+    // A training step writes f32 scales: held as given (pruned ones still 0).
+    let stepped = scales.mapv(|s| s * 1.000_01);
+    layer.set_params(Some(stepped.clone()), None).unwrap();
+    assert!(!layer.scales_are_half());
+    let codebook =
+        KernelCodebook::from_centroids(Array3::<f32>::ones((4, 3, 3)), Symmetry::Identity).unwrap();
+    assert_eq!(layer.memory(&codebook).scale_bytes, cout * cin * 4);
+    let held = layer.scales().unwrap();
+    for ((o, i), &s) in held.indexed_iter() {
+        let want = if mask[[o, i]] { stepped[[o, i]] } else { 0.0 };
+        assert_eq!(s.to_bits(), want.to_bits());
+    }
+    // Halving again rounds the new values.
+    let layer = layer.with_half_scales().unwrap();
+    assert_eq!(layer.memory(&codebook).scale_bytes, cout * cin * 2);
+    assert_eq!(bits(&layer.scales().unwrap()), bits(&f16_rounded(&held)));
 }

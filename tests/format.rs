@@ -159,10 +159,86 @@ fn unrepresentable_scales_are_refused_until_rounded() {
     let scales = layer.scales().unwrap().mapv(|s| s * 1.000_01);
     let bias = layer.bias().cloned();
     layer.set_params(Some(scales), bias).unwrap();
+    // Fine-tuned scales are held as f32 until rounded.
+    assert!(!layer.scales_are_half());
     assert!(matches!(m.to_bytes(), Err(Error::InvalidModel { .. })));
     m.network.round_scales().unwrap();
+    let CompressedLayer::Clustered { layer, .. } = &m.network.layers[0] else {
+        panic!("clustered")
+    };
+    assert!(layer.scales_are_half());
     let loaded = CompressedModel::from_bytes(&m.to_bytes().unwrap()).unwrap();
     assert_eq!(loaded, m);
+}
+
+/// Every clustered layer: (scales held as f16, index bytes, scale bytes, kernels).
+fn scale_storage(m: &CompressedModel) -> Vec<(bool, usize, usize, usize)> {
+    m.network
+        .layers
+        .iter()
+        .filter_map(|layer| match layer {
+            CompressedLayer::Clustered {
+                codebook, layer, ..
+            } => {
+                let mem = layer.memory(&m.network.codebooks[*codebook]);
+                let kernels = layer.out_channels() * layer.in_channels();
+                Some((
+                    layer.scales_are_half(),
+                    mem.index_bytes,
+                    mem.scale_bytes,
+                    kernels,
+                ))
+            }
+            CompressedLayer::Dense { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn f16_scales_are_held_as_f16_after_compression_and_loading() {
+    for scope in [CodebookScope::Shared, CodebookScope::PerLayer] {
+        let original = model(Symmetry::Flip, ScalePrecision::F16, scope);
+        let bytes = original.to_bytes().unwrap();
+        let loaded = CompressedModel::from_bytes(&bytes).unwrap();
+        let storage = scale_storage(&loaded);
+        assert_eq!(storage.len(), 3);
+        for &(half, index_bytes, scale_bytes, kernels) in &storage {
+            assert!(half);
+            // A u8 index and an f16 scale per kernel.
+            assert_eq!((index_bytes, scale_bytes), (kernels, 2 * kernels));
+        }
+        assert_eq!(scale_storage(&original), storage);
+        assert_eq!(loaded, original);
+        // The f16 store writes the same bytes back.
+        assert_eq!(loaded.to_bytes().unwrap(), bytes);
+        // The values are the file's f16 values.
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let CompressedLayer::Clustered { layer, .. } = &loaded.network.layers[1] else {
+            panic!("clustered")
+        };
+        let stored: Vec<f32> = file
+            .tensor("features.3.weight.scales")
+            .unwrap()
+            .data()
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect();
+        assert_eq!(
+            layer.scales().unwrap().iter().copied().collect::<Vec<_>>(),
+            stored
+        );
+    }
+    // Other precisions are held as f32.
+    for precision in [ScalePrecision::F32, ScalePrecision::Fixed(6)] {
+        let original = model(Symmetry::Identity, precision, CodebookScope::Shared);
+        let loaded = CompressedModel::from_bytes(&original.to_bytes().unwrap()).unwrap();
+        for m in [&original, &loaded] {
+            for (half, _, scale_bytes, kernels) in scale_storage(m) {
+                assert!(!half, "{precision:?}");
+                assert_eq!(scale_bytes, 4 * kernels);
+            }
+        }
+    }
 }
 
 #[test]

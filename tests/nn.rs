@@ -395,7 +395,7 @@ fn whole_network_gradients_match_finite_differences() {
                 assert_close(&numeric, gb, "gb (6)");
             }
             (Layer::Clustered { layer, .. }, LayerGrads::Clustered(gs, gb)) => {
-                let numeric = numeric_grad(layer.scales().unwrap(), |s| {
+                let numeric = numeric_grad(&layer.scales().unwrap(), |s| {
                     let mut n = net.clone();
                     if let Layer::Clustered { layer, .. } = &mut n.layers[l] {
                         layer
@@ -408,9 +408,7 @@ fn whole_network_gradients_match_finite_differences() {
                 let numeric = numeric_grad(layer.bias().unwrap(), |b| {
                     let mut n = net.clone();
                     if let Layer::Clustered { layer, .. } = &mut n.layers[l] {
-                        layer
-                            .set_params(layer.scales().cloned(), Some(b.clone()))
-                            .unwrap();
+                        layer.set_params(layer.scales(), Some(b.clone())).unwrap();
                     }
                     network_loss(&n, &x, &labels)
                 });
@@ -471,6 +469,17 @@ fn fine_tuning_keeps_assignments_and_at_most_k_distinct_kernels() {
     };
     let mut net = dense.compress(&config).unwrap();
     assert_eq!(net.codebooks.len(), 1);
+    let clustered_layers = |net: &Network<f64>| -> Vec<ClusteredConv2d<f64>> {
+        net.layers
+            .iter()
+            .filter_map(|l| match l {
+                Layer::Clustered { layer, .. } => Some((**layer).clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    // f16 scales are held as f16 until training writes new ones.
+    assert!(clustered_layers(&net).iter().all(|l| l.scales_are_half()));
     let indices_before: Vec<Array2<u32>> = net
         .layers
         .iter()
@@ -524,6 +533,18 @@ fn fine_tuning_keeps_assignments_and_at_most_k_distinct_kernels() {
     // The centroids did move.
     let original = dense.compress(&config).unwrap();
     assert_ne!(original.codebooks[0].centroids(), cb.centroids());
+    // Trained scales are held as f64; rounding to f16 holds them as f16 again.
+    let trained = clustered_layers(&net);
+    assert!(trained.iter().all(|l| !l.scales_are_half()));
+    net.round_scales(ScalePrecision::F16).unwrap();
+    for (layer, before) in clustered_layers(&net).iter().zip(&trained) {
+        assert!(layer.scales_are_half());
+        let want = before
+            .scales()
+            .unwrap()
+            .mapv(|s| ScalePrecision::F16.round(s));
+        assert_eq!(layer.scales().unwrap(), want);
+    }
 }
 
 #[test]

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use super::indices::IndexStore;
 use super::plan::{KernelScales, Plan};
+use super::scales::ScaleStore;
 use super::stencil::{correlate_add, correlate_kernel_grad, correlate_transpose_add};
 use super::ClusteredGrads;
 use crate::codebook::KernelCodebook;
@@ -142,7 +143,7 @@ pub(crate) fn backward<F: Real>(
 pub(crate) fn fold_weight_grad<F: Real>(
     codebook: &KernelCodebook<F>,
     indices: &IndexStore,
-    scales: Option<&Array2<F>>,
+    scales: Option<&ScaleStore<F>>,
     grad_weight: &Array4<F>,
 ) -> (Array3<F>, Option<Array2<F>>) {
     let (k, (kh, kw)) = (codebook.len(), codebook.kernel_size());
@@ -157,7 +158,7 @@ pub(crate) fn fold_weight_grad<F: Real>(
     for (k, index) in indices.iter().enumerate() {
         let (o, i, index) = (k / cin, k % cin, index as usize);
         let g = &flat[k * area..][..area];
-        let s = scales.map_or(F::one(), |s| s[[o, i]]);
+        let s = scales.map_or(F::one(), |s| s.get(o, i));
         for (d, &v) in scaled.iter_mut().zip(g) {
             *d = s * v;
         }

@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use super::indices::IndexStore;
 use super::plan::{KernelScales, Plan};
+use super::scales::ScaleStore;
 use super::stencil::{correlate_add, extract_patches};
 use crate::conv::{forward_tile_positions, gemm, image, output_tiles, patch_matrix};
 use crate::geometry::ConvShape;
@@ -388,7 +389,7 @@ const DENSE_BLOCK_DEPTH: usize = 576;
 pub(crate) fn dense_fallback<F: Real>(
     x: ArrayView4<F>,
     indices: &IndexStore,
-    scales: Option<&ndarray::Array2<F>>,
+    scales: Option<&ScaleStore<F>>,
     table: &[F],
     bias: Option<ArrayView1<F>>,
     s: &ConvShape,
@@ -414,7 +415,7 @@ pub(crate) fn dense_fallback<F: Real>(
             .for_each(|(o, row)| {
                 for (i, kernel) in (first..first + count).zip(row.chunks_exact_mut(area)) {
                     let decoded = &table[indices.get(o, i) as usize * area..][..area];
-                    let scale = scales.map_or(F::one(), |sc| sc[[o, i]]);
+                    let scale = scales.map_or(F::one(), |sc| sc.get(o, i));
                     for (d, &v) in kernel.iter_mut().zip(decoded) {
                         *d = scale * v;
                     }

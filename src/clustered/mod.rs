@@ -24,15 +24,19 @@
 //!
 //! # Memory
 //! A layer stores its indices in the narrowest of `u8`, `u16`, `u32` that holds them, its
-//! scales and bias as given, and a mask as one `bool` per kernel; [`ClusteredConv2d::memory`]
-//! counts the bytes. The plan of the sharing strategies (`O(Cout·Cin)`, a few bytes per kernel)
+//! scales as `F` or, after [`ClusteredConv2d::with_half_scales`] (and in layers compressed or
+//! loaded with [`ScalePrecision::F16`](crate::ScalePrecision::F16) scales), as `f16`, its bias
+//! as given, and a mask as one `bool` per kernel; [`ClusteredConv2d::memory`] counts the bytes:
+//! a 3×3 kernel of `f32` weights (36 bytes) is held in 1 + 4 bytes with `u8` indices and `f32`
+//! scales (7.2×), in 1 + 2 with `f16` scales (12×). The plan of the sharing strategies (`O(Cout·Cin)`, a few bytes per kernel)
 //! is built the first time a forward or backward pass runs `InputSide` or `OutputSide` (asked
 //! for, or picked by `Auto`), and kept: a layer that is only built, stored, loaded, saved or
 //! run densely holds no plan. Per worker,
 //! `InputSide` needs a `Cout × T` accumulator, a `V_i × T` response block and a `kh·kw × T`
 //! patch block, with `T` chosen so the accumulator is at most 128 KiB (at least 64 positions);
-//! `OutputSide` needs one input plane and one output plane. No strategy but `Dense` builds the
-//! dense weight.
+//! `OutputSide` needs one input plane and one output plane; with `f16` scales a sharing pass
+//! also widens the scales into a `Cout × Cin` table of `F` for the duration of the call. No
+//! strategy but `Dense` builds the dense weight.
 //!
 //! # Determinism
 //! Every output element is computed by one task in a fixed order, and the backward reductions
@@ -43,6 +47,7 @@ mod cost;
 mod forward;
 mod indices;
 mod plan;
+mod scales;
 mod stencil;
 
 use std::sync::OnceLock;
@@ -59,6 +64,7 @@ use crate::simd::Kernels;
 pub use cost::{LayerCost, StrategyWork};
 use indices::IndexStore;
 use plan::{KernelScales, Plan};
+use scales::ScaleStore;
 
 /// How [`ClusteredConv2d::forward_with`] computes its output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -130,8 +136,8 @@ impl<F: Real> ClusteredGrads<F> {
 #[derive(Clone)]
 pub struct ClusteredConv2d<F> {
     indices: IndexStore,
-    /// Standard (row-major) layout.
-    scales: Option<Array2<F>>,
+    /// Standard (row-major) layout, as `F` or `f16`.
+    scales: Option<ScaleStore<F>>,
     bias: Option<Array1<F>>,
     geometry: ConvGeometry,
     mask: Option<Array2<bool>>,
@@ -157,7 +163,9 @@ impl<F: std::fmt::Debug> std::fmt::Debug for ClusteredConv2d<F> {
 
 impl<F: PartialEq> PartialEq for ClusteredConv2d<F> {
     /// Compares the parameters (indices, scales, bias, geometry, mask), not whether the
-    /// execution plan has been built.
+    /// execution plan has been built. Scales compare as held: a layer with `f16` scales
+    /// ([`ClusteredConv2d::scales_are_half`]) differs from one holding the same values as `F`
+    /// (compare [`ClusteredConv2d::scales`] for the values alone).
     fn eq(&self, other: &Self) -> bool {
         self.indices == other.indices
             && self.scales == other.scales
@@ -192,7 +200,8 @@ pub struct LayerMemory {
     /// Stored indices: one `u8`, `u16` or `u32` per kernel
     /// ([`ClusteredConv2d::index_bits`]).
     pub index_bytes: usize,
-    /// Scales, one `F` per kernel (0 without scales).
+    /// Scales, one `F` per kernel, or 2 bytes per kernel when they are held as `f16`
+    /// ([`ClusteredConv2d::scales_are_half`]); 0 without scales.
     pub scale_bytes: usize,
     /// Bias, one `F` per output channel (0 without bias).
     pub bias_bytes: usize,
@@ -263,7 +272,7 @@ impl<F: Real> ClusteredConv2d<F> {
             }
             check_finite_scales(s)?;
         }
-        let scales = scales.map(standard_layout);
+        let scales = scales.map(|s| ScaleStore::Full(standard_layout(s)));
         if let Some(b) = &bias {
             if b.len() != cout {
                 return Err(Error::ShapeMismatch {
@@ -303,12 +312,8 @@ impl<F: Real> ClusteredConv2d<F> {
         }
         let mut scales = self
             .scales
-            .unwrap_or_else(|| Array2::from_elem(self.indices.dim(), F::one()));
-        scales.zip_mut_with(&mask, |s, &keep| {
-            if !keep {
-                *s = F::zero();
-            }
-        });
+            .unwrap_or_else(|| ScaleStore::Full(Array2::from_elem(self.indices.dim(), F::one())));
+        scales.zero_where_not(&mask);
         // The plan depends on the indices only: it stays valid.
         Ok(Self {
             scales: Some(scales),
@@ -318,16 +323,23 @@ impl<F: Real> ClusteredConv2d<F> {
     }
 
     /// Replaces the scales and the bias (for training: assignments stay frozen, and so does
-    /// the execution plan). Pruned kernels keep scale 0.
+    /// the execution plan). Pruned kernels keep scale 0. New scales are held as `F`, whatever
+    /// the layer held before (call [`ClusteredConv2d::with_half_scales`], or
+    /// [`CompressedNetwork::round_scales`](crate::CompressedNetwork::round_scales), to hold
+    /// them as `f16` again).
     ///
     /// # Errors
     /// Shapes that differ from the current ones (scales and bias must be present exactly when
     /// they were), or non-finite scales.
     pub fn set_params(&mut self, scales: Option<Array2<F>>, bias: Option<Array1<F>>) -> Result<()> {
         let same = |a: Option<&[usize]>, b: Option<&[usize]>| a == b;
+        let dim = self.scales.as_ref().map(|s| {
+            let (cout, cin) = s.dim();
+            [cout, cin]
+        });
         if !same(
             scales.as_ref().map(|s| s.shape()),
-            self.scales.as_ref().map(|s| s.shape()),
+            dim.as_ref().map(|d| &d[..]),
         ) || !same(
             bias.as_ref().map(|b| b.shape()),
             self.bias.as_ref().map(|b| b.shape()),
@@ -350,7 +362,7 @@ impl<F: Real> ClusteredConv2d<F> {
                 });
             }
         }
-        self.scales = scales;
+        self.scales = scales.map(ScaleStore::Full);
         self.bias = bias;
         Ok(())
     }
@@ -384,9 +396,10 @@ impl<F: Real> ClusteredConv2d<F> {
 
     /// The dense OIHW weight these indices and scales stand for.
     fn dense_weight(&self, codebook: &KernelCodebook<F>) -> Result<Array4<F>> {
+        let scales = self.scales.as_ref().map(ScaleStore::as_full);
         codebook.reconstruct(
             self.indices.to_array().view(),
-            self.scales.as_ref().map(|s| s.view()),
+            scales.as_ref().map(|s| s.view()),
         )
     }
 
@@ -429,7 +442,7 @@ impl<F: Real> ClusteredConv2d<F> {
         let size = std::mem::size_of::<F>();
         LayerMemory {
             index_bytes: self.indices.bytes(),
-            scale_bytes: self.scales.as_ref().map_or(0, |s| s.len() * size),
+            scale_bytes: self.scales.as_ref().map_or(0, ScaleStore::bytes),
             bias_bytes: self.bias.as_ref().map_or(0, |b| b.len() * size),
             mask_bytes: self
                 .mask
@@ -440,9 +453,79 @@ impl<F: Real> ClusteredConv2d<F> {
         }
     }
 
-    /// Scales `(Cout, Cin)`, if any.
-    pub fn scales(&self) -> Option<&Array2<F>> {
-        self.scales.as_ref()
+    /// Scales `(Cout, Cin)`, if any, as `F`: a copy, widened (exactly) from `f16` when the
+    /// layer holds them at half precision ([`ClusteredConv2d::scales_are_half`]).
+    /// [`ClusteredConv2d::scale`] reads one without copying.
+    pub fn scales(&self) -> Option<Array2<F>> {
+        self.scales.as_ref().map(|s| s.as_full().into_owned())
+    }
+
+    /// The scale kernel `(o, i)` is multiplied by: its stored scale as `F`, or 1 for a layer
+    /// without scales.
+    ///
+    /// # Panics
+    /// When `o ≥ Cout` or `i ≥ Cin`.
+    pub fn scale(&self, o: usize, i: usize) -> F {
+        let (cout, cin) = self.indices.dim();
+        assert!(
+            o < cout && i < cin,
+            "kernel ({o}, {i}) out of range for a {cout} × {cin} layer"
+        );
+        self.scales.as_ref().map_or(F::one(), |s| s.get(o, i))
+    }
+
+    /// The layer with its scales held at half precision: every scale is rounded to the
+    /// nearest IEEE `f16` (ties to even — the rounding of
+    /// [`ScalePrecision::F16`](crate::ScalePrecision::F16), so the values are those a
+    /// compressed file stores) and kept as `f16`, 2 bytes per kernel instead of
+    /// `size_of::<F>()`. Every pass reads them widened (exactly) to `F`: the layer computes
+    /// what a layer holding the rounded values as `F` computes, bit for bit. A layer without
+    /// scales, or whose scales are already `f16`, is returned unchanged;
+    /// [`ClusteredConv2d::set_params`] stores new scales as `F` again.
+    ///
+    /// ```
+    /// use clustered_conv::{ClusteredConv2d, ConvGeometry, KernelCodebook, Symmetry};
+    /// use ndarray::{Array2, Array3};
+    ///
+    /// // 64 × 64 kernels of 3 × 3 over K = 64 centroids.
+    /// let codebook = KernelCodebook::from_centroids(Array3::<f32>::ones((64, 3, 3)), Symmetry::Identity)?;
+    /// let indices = Array2::from_shape_fn((64, 64), |(o, i)| ((o * 7 + i) % 64) as u32);
+    /// let scales = Array2::from_shape_fn((64, 64), |(o, i)| 0.1 + (o + i) as f32 / 128.0);
+    /// let layer = ClusteredConv2d::new(indices, Some(scales.clone()), None, ConvGeometry::default())?
+    ///     .with_half_scales()?;
+    /// assert!(layer.scales_are_half());
+    /// assert_eq!(layer.scale(0, 0), half::f16::from_f32(0.1).to_f32()); // 0.0999755859375
+    ///
+    /// let m = layer.memory(&codebook);
+    /// assert_eq!((m.index_bytes, m.scale_bytes), (4096, 8192)); // a u8 and an f16 per kernel
+    /// assert_eq!(m.dense_weight_bytes, 147456); // 64·64·9 f32
+    /// assert_eq!(m.ratio(), 12.0); // 36 bytes per dense kernel, 3 stored
+    /// # Ok::<(), clustered_conv::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`] when a scale rounds to infinity (beyond ±65 504, the f16 range);
+    /// its `index` is the flat position `o·Cin + i`.
+    pub fn with_half_scales(mut self) -> Result<Self> {
+        self.make_scales_half()?;
+        Ok(self)
+    }
+
+    /// [`ClusteredConv2d::with_half_scales`] in place; on error the layer is unchanged.
+    pub(crate) fn make_scales_half(&mut self) -> Result<()> {
+        if let Some(s) = &self.scales {
+            if !s.is_half() {
+                let half = s.to_half()?;
+                self.scales = Some(half);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the layer holds its scales as `f16` ([`ClusteredConv2d::with_half_scales`]);
+    /// `false` for scales held as `F` and for a layer without scales.
+    pub fn scales_are_half(&self) -> bool {
+        self.scales.as_ref().is_some_and(ScaleStore::is_half)
     }
 
     /// Bias, if any.
@@ -480,17 +563,14 @@ impl<F: Real> ClusteredConv2d<F> {
         self.plan.get_or_init(|| Plan::new(&self.indices))
     }
 
-    /// The scales as the sharing passes read them; `ones` is scratch for a layer without
-    /// scales.
-    fn kernel_scales<'a>(&'a self, ones: &'a mut Vec<F>) -> KernelScales<'a, F> {
+    /// The scales as the sharing passes read them; `scratch` holds them widened from `f16`,
+    /// or a row of ones for a layer without scales.
+    fn kernel_scales<'a>(&'a self, scratch: &'a mut Vec<F>) -> KernelScales<'a, F> {
         match &self.scales {
-            Some(s) => KernelScales::new(
-                s.as_slice().expect("scales are kept in standard layout"),
-                self.in_channels(),
-            ),
+            Some(s) => KernelScales::new(s.as_slice_in(scratch), self.in_channels()),
             None => {
-                *ones = vec![F::one(); self.in_channels()];
-                KernelScales::ones(ones)
+                *scratch = vec![F::one(); self.in_channels()];
+                KernelScales::ones(scratch)
             }
         }
     }

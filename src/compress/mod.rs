@@ -261,7 +261,9 @@ impl<F: Real> CompressedNetwork<F> {
     }
 
     /// Rounds every clustered layer's scales to [`CompressedNetwork::scales`] (after
-    /// fine-tuning moved them off the grid), so the network can be saved exactly.
+    /// fine-tuning moved them off the grid), so the network can be saved exactly. With
+    /// [`ScalePrecision::F16`] the layers then hold their scales as `f16`, 2 bytes per kernel
+    /// ([`ClusteredConv2d::with_half_scales`]), as [`compress`] and a loaded file do.
     ///
     /// # Errors
     /// A scale that rounds to infinity (beyond the f16 range).
@@ -269,6 +271,10 @@ impl<F: Real> CompressedNetwork<F> {
         let precision = self.scales;
         for layer in &mut self.layers {
             if let CompressedLayer::Clustered { layer, .. } = layer {
+                if precision == ScalePrecision::F16 {
+                    layer.make_scales_half()?;
+                    continue;
+                }
                 if precision == ScalePrecision::None || layer.scales().is_none() {
                     continue;
                 }
@@ -453,7 +459,8 @@ fn relative_error<F: Real>(a: &Array4<F>, b: &Array4<F>) -> f64 {
 
 /// Compresses a network: fits the codebooks of `config.scope`, assigns every kernel, rounds
 /// the scales to `config.scales`, and builds the clustered layers (1×1 layers stay dense
-/// unless `config.cluster_pointwise`).
+/// unless `config.cluster_pointwise`). With [`ScalePrecision::F16`] the layers hold their
+/// scales as `f16` ([`ClusteredConv2d::with_half_scales`]).
 ///
 /// ```
 /// use clustered_conv::{compress, CompressionConfig, ConvGeometry, ConvLayer, ScalePrecision};
@@ -578,9 +585,15 @@ pub fn compress_with_progress<F: Real>(
                 layers[l].bias.clone(),
                 layers[l].geometry,
             )?;
-            clustered[l] = Some(match &layers[l].mask {
+            let layer = match &layers[l].mask {
                 Some(mask) => layer.with_mask(mask.clone())?,
                 None => layer,
+            };
+            // f16 scales are held as stored: 2 bytes per kernel in memory.
+            clustered[l] = Some(if config.scales == ScalePrecision::F16 {
+                layer.with_half_scales()?
+            } else {
+                layer
             });
         }
         codebooks.push(fit.codebook);

@@ -286,7 +286,9 @@ impl CompressedModel {
         super::serialize_sorted(&tensors, Some(&metadata))
     }
 
-    /// Parses a file's bytes, checking everything listed in the module docs.
+    /// Parses a file's bytes, checking everything listed in the module docs. Clustered layers
+    /// of a file with `f16` scales hold them as `f16`, as stored
+    /// ([`ClusteredConv2d::scales_are_half`]).
     ///
     /// # Errors
     /// [`Error::LimitExceeded`], [`Error::InvalidSafetensors`] (not a safetensors file),
@@ -774,6 +776,10 @@ fn read_layer(
                     Array2::from_shape_vec((o, i), keep.into_iter().map(|b| b == 1).collect())
                         .map_err(|e| file_error(e.to_string()))?;
                 layer = layer.with_mask(mask)?;
+            }
+            if precision == ScalePrecision::F16 {
+                // Held as stored: the values are f16 already, so nothing is rounded.
+                layer = layer.with_half_scales()?;
             }
             Ok(CompressedLayer::Clustered {
                 name: name.clone(),

@@ -281,7 +281,7 @@ impl<F: Real> Network<F> {
                     }
                 }
                 (Layer::Clustered { layer, .. }, LayerGrads::Clustered(gs, gb)) => {
-                    let mut scales = layer.scales().cloned();
+                    let mut scales = layer.scales();
                     let mut bias = layer.bias().cloned();
                     if let (Some(s), Some(gs)) = (scales.as_mut(), gs) {
                         step(s.view_mut().into_dyn(), gs.view().into_dyn())?;
@@ -398,14 +398,18 @@ impl<F: Real> Network<F> {
     }
 
     /// Rounds every clustered layer's scales to `precision` (fine-tuning moves them off the
-    /// storage grid; round before evaluating, so the measured model is the stored one).
+    /// storage grid; round before evaluating, so the measured model is the stored one). With
+    /// [`ScalePrecision::F16`] the layers then hold their scales as `f16`
+    /// ([`ClusteredConv2d::with_half_scales`](crate::ClusteredConv2d::with_half_scales)).
     ///
     /// # Errors
     /// A scale that rounds to infinity.
     pub fn round_scales(&mut self, precision: ScalePrecision) -> Result<()> {
         for layer in &mut self.layers {
             if let Layer::Clustered { layer, .. } = layer {
-                if let Some(s) = layer.scales() {
+                if precision == ScalePrecision::F16 {
+                    layer.make_scales_half()?;
+                } else if let Some(s) = layer.scales() {
                     let rounded = s.mapv(|v| precision.round(v));
                     let bias = layer.bias().cloned();
                     layer.set_params(Some(rounded), bias)?;
