@@ -821,13 +821,20 @@ fn indices_are_stored_as_u8_u16_or_u32_and_round_trip() {
     }
 }
 
-#[test]
-fn memory_counts_every_parameter_by_hand() {
-    // 64 × 64 kernels of 3 × 3, K = 64: a u8 per index, f32 scales, bias and mask.
+/// A 64-centroid 3×3 codebook and indices of a 64 × 64 layer that use every centroid: the
+/// layer the memory tests count bytes of.
+fn memory_fixture() -> (KernelCodebook<f32>, Array2<u32>) {
     let codebook =
         KernelCodebook::from_centroids(Array3::<f32>::ones((64, 3, 3)), Symmetry::Identity)
             .unwrap();
     let indices = Array2::from_shape_fn((64, 64), |(o, i)| ((o * 7 + i) % 64) as u32);
+    (codebook, indices)
+}
+
+#[test]
+fn memory_counts_every_parameter_by_hand() {
+    // 64 × 64 kernels of 3 × 3, K = 64: a u8 per index, f32 scales, bias and mask.
+    let (codebook, indices) = memory_fixture();
     let g = ConvGeometry::default().padding(1, 1);
     let plain = ClusteredConv2d::<f32>::new(indices.clone(), None, None, g).unwrap();
     let m = plain.memory(&codebook);
@@ -1158,10 +1165,7 @@ fn half_scales_compute_bit_for_bit_what_the_same_values_as_f32_compute() {
 #[test]
 fn half_scales_take_two_bytes_per_kernel() {
     // 64 × 64 kernels of 3 × 3, K = 64: a u8 index and an f16 scale per kernel.
-    let codebook =
-        KernelCodebook::from_centroids(Array3::<f32>::ones((64, 3, 3)), Symmetry::Identity)
-            .unwrap();
-    let indices = Array2::from_shape_fn((64, 64), |(o, i)| ((o * 7 + i) % 64) as u32);
+    let (codebook, indices) = memory_fixture();
     let scales = Array2::from_shape_fn((64, 64), |(o, i)| 0.01 * (1 + o + i) as f32);
     let full = ClusteredConv2d::new(
         indices,
