@@ -210,7 +210,7 @@ impl<F: Real> ChunkContext<'_, F> {
                 for (xj, &v) in x.iter_mut().zip(row(self.data, r0 + i)) {
                     *xj = v.to_f64_exact();
                 }
-                let own = row_dist(&x, &self.centers[label * d..][..d]);
+                let own = sq_dist(&x, &self.centers[label * d..][..d]);
                 let u = own.sqrt();
                 let gap = self.neighbours.map_or(0.0, |nb| nb.half_gap[label]);
                 if u + self.margin < lower[i].max(gap) {
@@ -261,15 +261,6 @@ impl<F: Real> ChunkContext<'_, F> {
         }
         (dist.iter().sum(), changes)
     }
-}
-
-/// Squared distance of a row to a centre, with the arithmetic of the blocked kernels.
-#[inline]
-fn row_dist(x: &[f64], center: &[f64]) -> f64 {
-    x.iter().zip(center).fold(0.0, |acc, (&a, &c)| {
-        let t = a - c;
-        acc + t * t
-    })
 }
 
 /// Nearest centroid of every row (lowest index on ties) and the exact squared distance.

@@ -443,7 +443,9 @@ impl Transforms {
 /// Fixed number of rows per parallel chunk for element-wise passes.
 pub(crate) const CHUNK_ROWS: usize = 4096;
 
-/// Squared Euclidean distance in `f64`.
+/// Squared Euclidean distance in `f64`: `Σ_j (a_j − b_j)²` in coordinate order, separate
+/// multiplies and adds — the arithmetic of the vectorised kernels of [`blocked`] and
+/// [`neighbours`], so every distance of a fit agrees to the bit.
 #[inline]
 pub(crate) fn sq_dist<F: Real>(a: &[F], b: &[F]) -> f64 {
     a.iter()

@@ -9,6 +9,7 @@
 use pulp::Simd;
 use rayon::prelude::*;
 
+use super::sq_dist;
 use crate::simd::Kernel;
 
 /// Centres per list (rounded up to whole vectors by padding with far-away centres).
@@ -148,12 +149,4 @@ impl Kernel for ListDistances<'_> {
             }
         }
     }
-}
-
-/// Squared distance with the arithmetic of the kernels.
-fn sq_dist(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).fold(0.0, |acc, (&x, &y)| {
-        let t = x - y;
-        acc + t * t
-    })
 }
