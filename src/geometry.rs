@@ -264,6 +264,22 @@ impl ConvShape {
             && self.oh == self.h
             && self.ow == self.w
     }
+
+    /// Checks that an output gradient has this call's output shape `(N, Cout, OH, OW)`.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] with both shapes.
+    pub fn check_grad_out(&self, grad_out: &[usize]) -> Result<()> {
+        let expected = [self.batch, self.cout, self.oh, self.ow];
+        if grad_out != expected {
+            return Err(Error::ShapeMismatch {
+                what: "grad_out vs the forward output shape",
+                expected: expected.to_vec(),
+                got: grad_out.to_vec(),
+            });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -12,9 +12,9 @@ mod geometry;
 #[cfg(feature = "safetensors")]
 pub mod io;
 mod kmeans;
+mod linalg;
 pub mod nn;
 mod scalar;
-mod simd;
 
 pub use clustered::{
     ClusteredConv2d, ClusteredGrads, ForwardStrategy, LayerCost, LayerMemory, StrategyWork,

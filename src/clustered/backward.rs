@@ -12,11 +12,10 @@ use rayon::prelude::*;
 use super::indices::IndexStore;
 use super::plan::{KernelScales, Plan};
 use super::scales::ScaleStore;
-use super::stencil::{correlate_add, correlate_kernel_grad, correlate_transpose_add};
 use super::ClusteredGrads;
 use crate::codebook::KernelCodebook;
-use crate::conv::backward_bias;
 use crate::geometry::ConvShape;
+use crate::linalg::{channel_sums, correlate_add, correlate_kernel_grad, correlate_transpose_add};
 use crate::scalar::Real;
 
 /// What one input channel contributes: the kernel gradient of each of its groups and the
@@ -133,7 +132,7 @@ pub(crate) fn backward<F: Real>(
         input: grad_input,
         centroids,
         scales,
-        bias: has_bias.then(|| backward_bias(go.view())),
+        bias: has_bias.then(|| channel_sums(go.view())),
     }
 }
 

@@ -6,11 +6,12 @@ use rayon::prelude::*;
 use super::indices::IndexStore;
 use super::plan::{KernelScales, Plan};
 use super::scales::ScaleStore;
-use super::stencil::{correlate_add, extract_patches};
-use crate::conv::{forward_tile_positions, gemm, image, output_tiles, patch_matrix};
 use crate::geometry::ConvShape;
+use crate::linalg::simd::{Kernel, Kernels};
+use crate::linalg::{
+    correlate_add, extract_patches, forward_tile_positions, gemm, image, output_tiles, patch_matrix,
+};
 use crate::scalar::Real;
-use crate::simd::{Kernel, Kernels};
 use pulp::Simd;
 
 /// Most output positions per input-side tile (whole output rows, at least one): the

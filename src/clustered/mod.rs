@@ -48,18 +48,18 @@ mod forward;
 mod indices;
 mod plan;
 mod scales;
-mod stencil;
 
 use std::sync::OnceLock;
 
 use ndarray::{Array1, Array2, Array3, Array4, ArrayView4};
 
 use crate::codebook::KernelCodebook;
-use crate::conv::{dims4, Conv2d};
+use crate::conv::Conv2d;
 use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, ConvShape};
+use crate::linalg::dims4;
+use crate::linalg::simd::Kernels;
 use crate::scalar::Real;
-use crate::simd::Kernels;
 
 pub use cost::{LayerCost, StrategyWork};
 use indices::IndexStore;
@@ -703,7 +703,7 @@ impl<F: Real> ClusteredConv2d<F> {
         strategy: ForwardStrategy,
     ) -> Result<ClusteredGrads<F>> {
         let s = self.resolve(codebook, dims4(&x))?;
-        crate::conv::check_grad_out(&s, &grad_out)?;
+        s.check_grad_out(grad_out.shape())?;
         let dense_route = match strategy {
             ForwardStrategy::Dense => true,
             ForwardStrategy::InputSide | ForwardStrategy::OutputSide => false,

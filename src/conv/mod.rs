@@ -13,19 +13,17 @@
 //! weight gradients are reduced over a fixed number of fixed-size groups in group order, so
 //! results are bit-identical for any number of rayon threads.
 
-mod im2col;
-
-use ndarray::{
-    Array1, Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut2,
-    ArrayViewMut3, Axis, Slice,
-};
+use ndarray::{Array1, Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView4, Axis, Slice};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, ConvShape};
 use crate::scalar::Real;
 
-pub(crate) use im2col::{forward_tile_positions, gemm, patch_matrix, tile_positions};
+use crate::linalg::{
+    channel_sums, col2im_tile, dims4, forward_tile_positions, gemm, image, matrix_mut,
+    output_tiles, patch_matrix, tile_positions,
+};
 
 /// Most partial weight-gradient buffers kept at once (bounds memory; fixed, so the reduction
 /// order does not depend on the thread count).
@@ -192,7 +190,7 @@ impl<F: Real> Conv2d<F> {
     /// As [`Conv2d::forward`], plus a `grad_out` whose shape is not the output shape.
     pub fn backward(&self, x: ArrayView4<F>, grad_out: ArrayView4<F>) -> Result<Conv2dGrads<F>> {
         let s = self.resolve(dims4(&x))?;
-        check_grad_out(&s, &grad_out)?;
+        s.check_grad_out(grad_out.shape())?;
         let w2 = self.weight_matrix();
         let x = x.as_standard_layout();
         let go = grad_out.as_standard_layout();
@@ -200,38 +198,13 @@ impl<F: Real> Conv2d<F> {
         let weight = backward_weight(x.view(), go.view(), &s)
             .into_shape_with_order(self.weight.raw_dim())
             .expect("gradient has the weight's element count");
-        let bias = self.bias.as_ref().map(|_| backward_bias(go.view()));
+        let bias = self.bias.as_ref().map(|_| channel_sums(go.view()));
         Ok(Conv2dGrads {
             input,
             weight,
             bias,
         })
     }
-}
-
-/// The shape of a 4-D view as an array.
-pub(crate) fn dims4<F>(x: &ArrayView4<F>) -> [usize; 4] {
-    let d = x.shape();
-    [d[0], d[1], d[2], d[3]]
-}
-
-/// Checks that `grad_out` has the output shape of `s`.
-pub(crate) fn check_grad_out<F>(s: &ConvShape, grad_out: &ArrayView4<F>) -> Result<()> {
-    let expected = [s.batch, s.cout, s.oh, s.ow];
-    if dims4(grad_out) != expected {
-        return Err(Error::ShapeMismatch {
-            what: "grad_out vs the forward output shape",
-            expected: expected.to_vec(),
-            got: grad_out.shape().to_vec(),
-        });
-    }
-    Ok(())
-}
-
-/// Image `n` of a standard-layout NCHW array as a flat slice.
-pub(crate) fn image<'a, F>(x: &'a ArrayView4<'a, F>, n: usize) -> &'a [F] {
-    let per_image = x.len() / x.shape()[0];
-    &x.as_slice().expect("standard layout")[n * per_image..(n + 1) * per_image]
 }
 
 /// Dense forward: `w2` is the weight as (Cout, Cin·kh·kw).
@@ -260,31 +233,6 @@ pub(crate) fn forward_im2col<F: Real>(
         });
     out.into_shape_with_order((s.batch, s.cout, s.oh, s.ow))
         .expect("output has N·Cout·OH·OW elements")
-}
-
-/// Splits an `(N, C, P)` output into disjoint `(C, tile)` views, one task per image and tile
-/// of positions: `(image, first position, view)`.
-pub(crate) fn output_tiles<'a, F>(
-    out: ArrayViewMut3<'a, F>,
-    tile: usize,
-) -> Vec<(usize, usize, ArrayViewMut2<'a, F>)> {
-    let (batch, _, positions) = out.dim();
-    let mut tasks = Vec::new();
-    let mut images = out;
-    for n in 0..batch {
-        let (head, tail) = images.split_at(Axis(0), 1);
-        images = tail;
-        let mut rest = head.index_axis_move(Axis(0), 0);
-        let mut p0 = 0;
-        while p0 < positions {
-            let width = tile.min(positions - p0);
-            let (out_tile, tail) = rest.split_at(Axis(1), width);
-            tasks.push((n, p0, out_tile));
-            rest = tail;
-            p0 += width;
-        }
-    }
-    tasks
 }
 
 /// ∂L/∂x: per image, `W2ᵀ · grad_out` tile by tile, scattered back by col2im.
@@ -318,7 +266,7 @@ pub(crate) fn backward_input<F: Real>(
                 col.resize(s.patch_len() * width, F::zero());
                 let mut col_mat = matrix_mut(&mut col, s.patch_len(), width);
                 gemm(F::one(), &w2.t(), &go_tile, F::zero(), &mut col_mat);
-                im2col::col2im_tile(&col, s, p0, width, gx_slice);
+                col2im_tile(&col, s, p0, width, gx_slice);
             }
         });
     gx
@@ -367,24 +315,4 @@ pub(crate) fn backward_weight<F: Real>(
         total += p;
     }
     total
-}
-
-/// ∂L/∂b: per output channel, the sum of `grad_out` over batch and positions.
-pub(crate) fn backward_bias<F: Real>(go: ArrayView4<F>) -> Array1<F> {
-    let cout = go.shape()[1];
-    (0..cout)
-        .into_par_iter()
-        .map(|o| {
-            go.index_axis(Axis(1), o)
-                .iter()
-                .fold(F::zero(), |a, &v| a + v)
-        })
-        .collect::<Vec<F>>()
-        .into()
-}
-
-/// A mutable row-major matrix view over the first `rows·cols` elements of a scratch slice.
-fn matrix_mut<F>(data: &mut [F], rows: usize, cols: usize) -> ndarray::ArrayViewMut2<'_, F> {
-    ndarray::ArrayViewMut2::from_shape((rows, cols), &mut data[..rows * cols])
-        .expect("slice holds rows·cols elements")
 }

@@ -8,9 +8,9 @@ use rayon::prelude::*;
 use super::blocked::{NearestTwo, BLOCK};
 use super::neighbours::Neighbours;
 use super::{row, sq_dist, Convergence, IterationStats, Transforms, CHUNK_ROWS};
-use crate::conv::gemm;
+use crate::linalg::gemm;
+use crate::linalg::simd::Kernels;
 use crate::scalar::Real;
-use crate::simd::Kernels;
 
 /// Rows per assignment block: the block's distance matrix is `ASSIGN_ROWS × k`.
 const ASSIGN_ROWS: usize = 1024;

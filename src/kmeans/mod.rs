@@ -43,8 +43,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
+use crate::linalg::simd::Kernels;
 use crate::scalar::Real;
-use crate::simd::Kernels;
 
 pub(crate) use lloyd::nearest;
 

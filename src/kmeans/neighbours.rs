@@ -10,7 +10,7 @@ use pulp::Simd;
 use rayon::prelude::*;
 
 use super::sq_dist;
-use crate::simd::Kernel;
+use crate::linalg::simd::Kernel;
 
 /// Centres per list (rounded up to whole vectors by padding with far-away centres).
 const LIST: usize = 32;
@@ -93,7 +93,12 @@ impl Neighbours {
 
     /// The nearest listed centre of `x` in centre `a`'s list: (squared distance, centre,
     /// squared distance to the second-nearest listed centre).
-    pub fn scan(&self, kernels: crate::simd::Kernels, x: &[f64], a: usize) -> (f64, usize, f64) {
+    pub fn scan(
+        &self,
+        kernels: crate::linalg::simd::Kernels,
+        x: &[f64],
+        a: usize,
+    ) -> (f64, usize, f64) {
         let mut dists = [0.0; LIST.next_multiple_of(PAD)];
         let dists = &mut dists[..self.len];
         kernels.dispatch(ListDistances {

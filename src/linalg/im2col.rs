@@ -4,8 +4,9 @@
 //! matching a row-major OIHW weight flattened to `(cout, cin·kh·kw)`) and one column per
 //! output position in the tile. Only a tile is ever materialised, which bounds scratch memory.
 
-use ndarray::{ArrayView2, ArrayViewMut2};
+use ndarray::ArrayView2;
 
+use super::taps::Span;
 use crate::geometry::ConvShape;
 use crate::scalar::Real;
 
@@ -58,18 +59,13 @@ struct Segment {
 }
 
 impl Segment {
-    /// The positions `j0..j1` of the run whose input column `(first_out_col + j)·sw + dx`
-    /// lies inside the image (the others read the zero padding), and the input column of
-    /// `j0`. Consecutive valid positions are `sw` input columns apart.
+    /// The positions of the run whose input column `(first_out_col + j)·sw + dx` lies inside
+    /// the image (the others read the zero padding). Consecutive valid positions are `sw`
+    /// input columns apart.
     #[inline]
-    fn valid(&self, stride_w: usize, width: usize) -> (usize, usize, usize) {
-        let sw = stride_w as isize;
-        let a = (self.first_out_col as isize) * sw + self.dx;
-        let ceil_div = |n: isize| (n + sw - 1).div_euclid(sw);
-        let j0 = if a >= 0 { 0 } else { ceil_div(-a) };
-        let j1 = ceil_div(width as isize - a).clamp(0, self.len as isize);
-        let j0 = (j0 as usize).min(j1 as usize);
-        (j0, j1 as usize, (a + j0 as isize * sw).max(0) as usize)
+    fn valid(&self, stride_w: usize, width: usize) -> Span {
+        let offset = (self.first_out_col * stride_w) as isize + self.dx;
+        Span::valid(offset, stride_w, width, self.len)
     }
 }
 
@@ -125,7 +121,11 @@ pub(crate) fn im2col_tile<F: Real>(
             None => dst.fill(F::zero()),
             Some(iy) => {
                 let src = &img[seg.channel * plane + iy * s.w..][..s.w];
-                let (j0, j1, ix0) = seg.valid(s.stride.1, s.w);
+                let Span {
+                    lo: j0,
+                    hi: j1,
+                    first_in: ix0,
+                } = seg.valid(s.stride.1, s.w);
                 dst[..j0].fill(F::zero());
                 dst[j1..].fill(F::zero());
                 if j0 == j1 {
@@ -162,12 +162,12 @@ pub(crate) fn col2im_tile<F: Real>(
         let Some(iy) = seg.input_row else { return };
         let src = &col[seg.row * width + seg.col..][..seg.len];
         let dst = &mut img[seg.channel * plane + iy * s.w..][..s.w];
-        let (j0, j1, ix0) = seg.valid(s.stride.1, s.w);
-        if j0 == j1 {
+        let span = seg.valid(s.stride.1, s.w);
+        if span.is_empty() {
             return;
         }
-        let taps = dst[ix0..].iter_mut().step_by(s.stride.1);
-        for (d, &v) in taps.zip(&src[j0..j1]) {
+        let taps = dst[span.first_in..].iter_mut().step_by(s.stride.1);
+        for (d, &v) in taps.zip(&src[span.lo..span.hi]) {
             *d += v;
         }
     });
@@ -186,16 +186,14 @@ fn whole_rows_stride_1(s: &ConvShape, p0: usize, width: usize) -> bool {
 fn shift(s: &ConvShape, ki: usize, kj: usize) -> (isize, isize, usize, usize) {
     let dy = (ki * s.dilation.0) as isize - s.pad_top as isize;
     let dx = (kj * s.dilation.1) as isize - s.pad_left as isize;
-    let oy0 = (-dy).clamp(0, s.oh as isize) as usize;
-    let oy1 = (s.h as isize - dy).clamp(oy0 as isize, s.oh as isize) as usize;
-    (dy, dx, oy0, oy1)
+    let rows = Span::valid(dy, 1, s.h, s.oh);
+    (dy, dx, rows.lo, rows.hi)
 }
 
 /// Output columns `ox0..ox1` whose input column `ox + dx` is inside the image.
 fn valid_columns(w: usize, dx: isize) -> (usize, usize) {
-    let ox0 = (-dx).clamp(0, w as isize) as usize;
-    let ox1 = (w as isize - dx).clamp(ox0 as isize, w as isize) as usize;
-    (ox0, ox1)
+    let cols = Span::valid(dx, 1, w, w);
+    (cols.lo, cols.hi)
 }
 
 /// [`im2col_tile`] for [`whole_rows_stride_1`]: one bulk copy per patch row, then the
@@ -264,75 +262,4 @@ pub(crate) fn patch_matrix<'a, F: Real>(
     buf.resize(s.patch_len() * width, F::zero());
     im2col_tile(img, s, p0, width, buf);
     ArrayView2::from_shape((s.patch_len(), width), &buf[..]).expect("buffer sized to the tile")
-}
-
-/// `c = alpha·a·b + beta·c` on faer's GEMM (single-threaded: callers parallelise over tiles,
-/// which keeps results independent of the thread count). Operands in row- or column-major
-/// layout are used in place; anything else (and a strided `c`) goes through a contiguous copy.
-pub(crate) fn gemm<F: Real>(
-    alpha: F,
-    a: &ArrayView2<F>,
-    b: &ArrayView2<F>,
-    beta: F,
-    c: &mut ArrayViewMut2<F>,
-) {
-    let a_owned;
-    let a = match faer_ref(a.view()) {
-        Some(r) => r,
-        None => {
-            a_owned = a.as_standard_layout().into_owned();
-            faer_ref(a_owned.view()).expect("standard layout")
-        }
-    };
-    let b_owned;
-    let b = match faer_ref(b.view()) {
-        Some(r) => r,
-        None => {
-            b_owned = b.as_standard_layout().into_owned();
-            faer_ref(b_owned.view()).expect("standard layout")
-        }
-    };
-    let accumulate = beta != F::zero();
-    if accumulate && beta != F::one() {
-        c.map_inplace(|v| *v *= beta);
-    }
-    let (m, n) = c.dim();
-    match c.as_slice_mut() {
-        Some(slice) => F::faer_matmul(
-            faer::MatMut::from_row_major_slice_mut(slice, m, n),
-            accumulate,
-            a,
-            b,
-            alpha,
-        ),
-        None => {
-            let mut tmp = if accumulate {
-                c.to_owned()
-            } else {
-                ndarray::Array2::zeros((m, n))
-            };
-            let slice = tmp.as_slice_mut().expect("fresh array");
-            F::faer_matmul(
-                faer::MatMut::from_row_major_slice_mut(slice, m, n),
-                accumulate,
-                a,
-                b,
-                alpha,
-            );
-            c.assign(&tmp);
-        }
-    }
-}
-
-/// `x` as a faer matrix without copying, when it is row- or column-major contiguous.
-fn faer_ref<'a, F: Real>(x: ArrayView2<'a, F>) -> Option<faer::MatRef<'a, F>> {
-    let (m, n) = x.dim();
-    if let Some(slice) = x.to_slice() {
-        return Some(faer::MatRef::from_row_major_slice(slice, m, n));
-    }
-    if x.t().is_standard_layout() {
-        let slice = x.to_slice_memory_order()?;
-        return Some(faer::MatRef::from_column_major_slice(slice, m, n));
-    }
-    None
 }

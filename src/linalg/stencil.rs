@@ -7,6 +7,7 @@
 
 use std::ops::Range;
 
+use super::taps::Span;
 use crate::geometry::ConvShape;
 use crate::scalar::Real;
 
@@ -32,24 +33,9 @@ pub(crate) fn for_each_run(
 ) {
     let (sh, sw) = s.stride;
     let (dh, dw) = s.dilation;
-    // For each horizontal tap: the valid output columns [lo, hi) and the input column of lo.
-    let cols: Vec<(usize, usize, usize)> = (0..s.kw)
-        .map(|kj| {
-            let offset = (kj * dw) as isize - s.pad_left as isize;
-            let lo = if offset < 0 {
-                ((-offset) as usize).div_ceil(sw)
-            } else {
-                0
-            };
-            let last_in = s.w as isize - 1 - offset;
-            let hi = if last_in < 0 {
-                0
-            } else {
-                (last_in as usize / sw + 1).min(s.ow)
-            };
-            let first_in = (lo * sw) as isize + offset;
-            (lo, hi.max(lo), first_in.max(0) as usize)
-        })
+    // For each horizontal tap: the valid output columns and the input column of the first.
+    let cols: Vec<Span> = (0..s.kw)
+        .map(|kj| Span::valid((kj * dw) as isize - s.pad_left as isize, sw, s.w, s.ow))
         .collect();
     for (r, oy) in rows.enumerate() {
         for ki in 0..s.kh {
@@ -58,13 +44,13 @@ pub(crate) fn for_each_run(
                 continue;
             }
             let in_row = (iy as usize - in_row0) * s.w;
-            for (kj, &(lo, hi, first_in)) in cols.iter().enumerate() {
-                if hi > lo {
+            for (kj, span) in cols.iter().enumerate() {
+                if !span.is_empty() {
                     f(TapRun {
                         tap: ki * s.kw + kj,
-                        out_start: r * s.ow + lo,
-                        in_start: in_row + first_in,
-                        len: hi - lo,
+                        out_start: r * s.ow + span.lo,
+                        in_start: in_row + span.first_in,
+                        len: span.len(),
                     });
                 }
             }

@@ -1,0 +1,23 @@
+//! The private compute layer every convolution and k-means kernel sits on: GEMM, tiling of
+//! activations, the tap-run and padding arithmetic, im2col, SIMD dispatch and the element
+//! types' engine hooks.
+//!
+//! Nothing here knows about layers, codebooks or networks: `conv`, `clustered` and `kmeans`
+//! import from this module and never from each other's internals (checked by
+//! `tests/layering.rs`).
+
+mod engine;
+mod gemm;
+mod im2col;
+pub(crate) mod simd;
+mod stencil;
+mod taps;
+mod tiles;
+
+pub use engine::Engine;
+pub(crate) use gemm::{gemm, matrix_mut};
+pub(crate) use im2col::{col2im_tile, forward_tile_positions, patch_matrix, tile_positions};
+pub(crate) use stencil::{
+    correlate_add, correlate_kernel_grad, correlate_transpose_add, extract_patches,
+};
+pub(crate) use tiles::{channel_sums, dims4, image, output_tiles};
