@@ -7,7 +7,7 @@
 //! Data: `--data DIR`, else `$FASHION_MNIST_DIR`, else the Debian package
 //! `dataset-fashion-mnist`, else the 6,000 / 1,000-image slice vendored in this repository.
 //!
-//! Run: `cargo run --release --features safetensors --example fashion_mnist -- [--quick]
+//! Run: `cargo run --release --features safetensors,data --example fashion_mnist -- [--quick]
 //! [--data DIR] [--epochs N] [--finetune-epochs N] [--configs C256,C64,C16,C16N]
 //! [--train-limit N] [--out DIR] [--seed N]`.
 //!
@@ -15,16 +15,14 @@
 //! (raw kernels clustered); a `-TIC2`/`-TIC4`/`-TIC8` suffix adds flip/rotation invariance.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use clustered_conv::data::{FashionMnist, LabelledImages, FASHION_MNIST_MEAN_STD};
 use clustered_conv::nn::{
     random_crop_flip, BatchNorm2d, Layer, Linear, LrSchedule, MaxPool2d, Network, Sgd, SgdState,
 };
-use clustered_conv::{
-    CompressionConfig, Conv2d, ConvGeometry, FashionMnist, LabelledImages, ScalePrecision,
-    Symmetry, FASHION_MNIST_MEAN_STD,
-};
+use clustered_conv::{CompressionConfig, Conv2d, ConvGeometry, ScalePrecision, Symmetry};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array1, Array2, Array4};
 use rand::seq::SliceRandom;
@@ -257,7 +255,10 @@ fn main() -> Res<()> {
     };
     let quick = flag("--quick");
     let seed: u64 = arg("--seed").map_or(Ok(2018), |v| v.parse())?;
-    let mut data = FashionMnist::load(arg("--data").map(PathBuf::from).as_deref())?;
+    // The slice vendored in this repository: used when the real data is not installed.
+    let vendored = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist-slice");
+    let explicit = arg("--data").map(PathBuf::from);
+    let mut data = FashionMnist::load(explicit.as_deref(), Some(&vendored))?;
     let limit = arg("--train-limit")
         .map(|v| v.parse::<usize>())
         .transpose()?

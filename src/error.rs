@@ -22,6 +22,18 @@ pub enum Error {
         /// The rejected value.
         value: usize,
     },
+    /// A stride, padding or dilation above [`crate::MAX_GEOMETRY_VALUE`].
+    #[error("{what} ({axis}) is {value}, above the largest accepted value {max}")]
+    GeometryTooLarge {
+        /// Which parameter (`"stride"`, `"padding"`, `"dilation"`).
+        what: &'static str,
+        /// Which axis or side (`"height"`, `"width"`, `"top"`, …).
+        axis: &'static str,
+        /// The rejected value.
+        value: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A tensor has a zero-sized dimension where data is required.
     #[error("{what} has a zero-sized dimension: shape {shape:?}")]
     ZeroSize {

@@ -2,6 +2,12 @@
 
 use crate::error::{Error, Result};
 
+/// Largest stride, padding (per side) or dilation a geometry accepts (65 536).
+///
+/// Far beyond any real network, and small enough that no size computed from a geometry can
+/// overflow; the compressed-model file format applies the same limit.
+pub const MAX_GEOMETRY_VALUE: usize = 1 << 16;
+
 /// Zero padding added around the input, in pixels, per side.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Padding {
@@ -94,20 +100,42 @@ impl ConvGeometry {
         self.dilation
     }
 
-    /// Checks stride ≥ 1 and dilation ≥ 1.
+    /// Checks `1 ≤ stride, dilation ≤ MAX_GEOMETRY_VALUE` and `padding ≤ MAX_GEOMETRY_VALUE`.
+    ///
+    /// ```
+    /// use clustered_conv::{ConvGeometry, Error, MAX_GEOMETRY_VALUE};
+    /// assert!(ConvGeometry::default().stride(2, 2).validate().is_ok());
+    /// let huge = ConvGeometry::default().dilation(1, usize::MAX / 2);
+    /// assert!(matches!(huge.validate(), Err(Error::GeometryTooLarge { .. })));
+    /// # let _ = MAX_GEOMETRY_VALUE;
+    /// ```
     ///
     /// # Errors
-    /// [`Error::InvalidGeometry`] naming the parameter, axis and value.
+    /// [`Error::InvalidGeometry`] for a zero stride or dilation, [`Error::GeometryTooLarge`]
+    /// for a value above [`MAX_GEOMETRY_VALUE`]; both name the parameter, axis and value.
     pub fn validate(&self) -> Result<()> {
+        let p = self.padding;
         let checks = [
-            ("stride", "height", self.stride.0),
-            ("stride", "width", self.stride.1),
-            ("dilation", "height", self.dilation.0),
-            ("dilation", "width", self.dilation.1),
+            ("stride", "height", self.stride.0, 1),
+            ("stride", "width", self.stride.1, 1),
+            ("dilation", "height", self.dilation.0, 1),
+            ("dilation", "width", self.dilation.1, 1),
+            ("padding", "top", p.top, 0),
+            ("padding", "bottom", p.bottom, 0),
+            ("padding", "left", p.left, 0),
+            ("padding", "right", p.right, 0),
         ];
-        for (what, axis, value) in checks {
-            if value == 0 {
+        for (what, axis, value, min) in checks {
+            if value < min {
                 return Err(Error::InvalidGeometry { what, axis, value });
+            }
+            if value > MAX_GEOMETRY_VALUE {
+                return Err(Error::GeometryTooLarge {
+                    what,
+                    axis,
+                    value,
+                    max: MAX_GEOMETRY_VALUE,
+                });
             }
         }
         Ok(())
@@ -308,6 +336,45 @@ mod tests {
                 value: 0
             }
         );
+    }
+
+    #[test]
+    fn values_above_the_limit_are_rejected_and_the_limit_is_accepted() {
+        let at = MAX_GEOMETRY_VALUE;
+        let ok = ConvGeometry::default()
+            .stride(at, at)
+            .dilation(at, at)
+            .padding(at, at);
+        assert!(ok.validate().is_ok());
+        let err = ConvGeometry::default()
+            .padding_asymmetric(Padding {
+                right: at + 1,
+                ..Padding::default()
+            })
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Error::GeometryTooLarge {
+                what: "padding",
+                axis: "right",
+                value: at + 1,
+                max: at
+            }
+        );
+        // Values that used to overflow the tap arithmetic (usize::MAX / 2 as a dilation).
+        let err = ConvGeometry::default()
+            .dilation(usize::MAX / 2, 1)
+            .output_size((8, 8), (3, 3))
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            Error::GeometryTooLarge {
+                what: "dilation",
+                axis: "height",
+                ..
+            }
+        ));
     }
 
     #[test]

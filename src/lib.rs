@@ -6,7 +6,8 @@ mod clustered;
 mod codebook;
 mod compress;
 mod conv;
-mod data;
+#[cfg(feature = "data")]
+pub mod data;
 mod error;
 mod geometry;
 #[cfg(feature = "safetensors")]
@@ -14,7 +15,6 @@ pub mod io;
 mod kmeans;
 mod linalg;
 pub mod nn;
-mod scalar;
 
 pub use clustered::{
     ClusteredConv2d, ClusteredGrads, ForwardStrategy, LayerCost, LayerMemory, StrategyWork,
@@ -29,13 +29,9 @@ pub use compress::{
     LayerGroup, LayerReport, LayerShape, ScalePrecision,
 };
 pub use conv::{Conv2d, Conv2dGrads};
-pub use data::{
-    read_idx, read_idx_file, DataSource, FashionMnist, Idx, LabelledImages, FASHION_MNIST_CLASSES,
-    FASHION_MNIST_MEAN_STD, MAX_IDX_BYTES,
-};
 pub use error::{Error, Result};
-pub use geometry::{ConvGeometry, Padding};
+pub use geometry::{ConvGeometry, Padding, MAX_GEOMETRY_VALUE};
 pub use kmeans::{
     Convergence, Init, IterationStats, KMeans, KMeansFit, KMeansParams, Progress, ValidKMeansParams,
 };
-pub use scalar::Real;
+pub use linalg::Real;

@@ -4,7 +4,11 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use clustered_conv::{read_idx, DataSource, Error, FashionMnist, MAX_IDX_BYTES};
+use clustered_conv::data::{read_idx, DataSource, FashionMnist, MAX_IDX_BYTES};
+use clustered_conv::Error;
+
+/// The 6,000 / 1,000-image slice vendored in this repository.
+const VENDORED_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/fashion-mnist-slice");
 use sha2::{Digest, Sha256};
 
 /// A fresh directory under the system temp dir, unique to this test.
@@ -40,7 +44,7 @@ fn idx_bytes(dims: &[u32], data: &[u8]) -> Vec<u8> {
 
 #[test]
 fn vendored_slice_is_intact_and_loads() {
-    let dir = PathBuf::from(FashionMnist::VENDORED_DIR);
+    let dir = PathBuf::from(VENDORED_DIR);
     let expected = [
         (
             "train-images-idx3-ubyte",
@@ -118,7 +122,7 @@ fn full_debian_data_matches_the_published_hashes() {
             "{name}"
         );
     }
-    let data = FashionMnist::load(Some(&dir)).unwrap();
+    let data = FashionMnist::load(Some(&dir), None).unwrap();
     assert_eq!(data.train.images.dim(), (60_000, 28, 28));
     assert_eq!(data.test.labels.len(), 10_000);
     assert_eq!(data.source, DataSource::Explicit(dir));
@@ -136,7 +140,7 @@ fn raw_and_gzipped_files_read_the_same() {
     assert_eq!(read_idx(&gz).unwrap(), a);
     // A directory of raw files loads like one of gzipped files.
     let dir = temp_dir("raw");
-    let src = PathBuf::from(FashionMnist::VENDORED_DIR);
+    let src = PathBuf::from(VENDORED_DIR);
     for name in [
         "train-images-idx3-ubyte",
         "train-labels-idx1-ubyte",
@@ -149,7 +153,7 @@ fn raw_and_gzipped_files_read_the_same() {
         FashionMnist::load_dir(&dir).unwrap(),
         FashionMnist::load_dir(&src).unwrap()
     );
-    let located = FashionMnist::load(Some(&dir)).unwrap();
+    let located = FashionMnist::load(Some(&dir), None).unwrap();
     assert_eq!(located.source, DataSource::Explicit(dir.clone()));
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -245,7 +249,7 @@ fn inconsistent_files_and_missing_data_are_reported() {
         FashionMnist::load_dir(&dir),
         Err(Error::Io { .. })
     ));
-    match FashionMnist::locate(Some(&dir)) {
+    match FashionMnist::locate(Some(&dir), None) {
         Err(Error::DataNotFound { tried }) => assert_eq!(tried, vec![dir.clone()]),
         other => panic!("{other:?}"),
     }

@@ -9,13 +9,14 @@ mod common;
 
 use std::path::Path;
 
+use clustered_conv::data::{DataSource, FashionMnist, LabelledImages, FASHION_MNIST_MEAN_STD};
 use clustered_conv::nn::{
     random_crop_flip, BatchNorm2d, Layer, Linear, LrSchedule, MaxPool2d, Network, Sgd,
 };
-use clustered_conv::{
-    CompressionConfig, Conv2d, ConvGeometry, DataSource, FashionMnist, LabelledImages,
-    FASHION_MNIST_MEAN_STD,
-};
+use clustered_conv::{CompressionConfig, Conv2d, ConvGeometry};
+
+/// The 6,000 / 1,000-image slice vendored in this repository.
+const VENDORED_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/fashion-mnist-slice");
 use common::in_pool;
 use ndarray::{Array1, Array2, Array4};
 use rand::seq::SliceRandom;
@@ -101,8 +102,7 @@ fn mean(v: &[f64]) -> f64 {
 
 #[test]
 fn tiny_cnn_learns_on_the_vendored_slice_deterministically() {
-    let (train_set, test_set) =
-        FashionMnist::load_dir(Path::new(FashionMnist::VENDORED_DIR)).unwrap();
+    let (train_set, test_set) = FashionMnist::load_dir(Path::new(VENDORED_DIR)).unwrap();
     let sgd = Sgd {
         lr: 0.05,
         momentum: 0.9,
@@ -129,8 +129,8 @@ fn tiny_cnn_learns_on_the_vendored_slice_deterministically() {
 
 #[test]
 fn real_data_baseline_and_fine_tuned_k64() {
-    let source = FashionMnist::locate(None).unwrap();
-    if matches!(source, DataSource::Vendored(_)) {
+    let source = FashionMnist::locate(None, Some(Path::new(VENDORED_DIR))).unwrap();
+    if matches!(source, DataSource::Fallback(_)) {
         let message = "the real Fashion-MNIST is missing: install the Debian package \
                        dataset-fashion-mnist (bash .ci/run does) or set FASHION_MNIST_DIR";
         assert!(

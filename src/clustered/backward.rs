@@ -15,8 +15,8 @@ use super::scales::ScaleStore;
 use super::ClusteredGrads;
 use crate::codebook::KernelCodebook;
 use crate::geometry::ConvShape;
+use crate::linalg::Real;
 use crate::linalg::{channel_sums, correlate_add, correlate_kernel_grad, correlate_transpose_add};
-use crate::scalar::Real;
 
 /// What one input channel contributes: the kernel gradient of each of its groups and the
 /// scale gradient of each member (in plan order).

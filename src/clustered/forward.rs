@@ -8,10 +8,10 @@ use super::plan::{KernelScales, Plan};
 use super::scales::ScaleStore;
 use crate::geometry::ConvShape;
 use crate::linalg::simd::{Kernel, Kernels};
+use crate::linalg::Real;
 use crate::linalg::{
     correlate_add, extract_patches, forward_tile_positions, gemm, image, output_tiles, patch_matrix,
 };
-use crate::scalar::Real;
 use pulp::Simd;
 
 /// Most output positions per input-side tile (whole output rows, at least one): the

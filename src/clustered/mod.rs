@@ -59,7 +59,7 @@ use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, ConvShape};
 use crate::linalg::dims4;
 use crate::linalg::simd::Kernels;
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 pub use cost::{LayerCost, StrategyWork};
 use indices::IndexStore;

@@ -8,7 +8,7 @@ use ndarray::Array2;
 
 use crate::compress::ScalePrecision;
 use crate::error::{Error, Result};
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 /// The `(Cout, Cin)` scales of a layer, row-major (standard layout) in either variant.
 ///

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::kmeans::nearest;
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 pub use params::{CodebookFit, CodebookParams, ValidCodebookParams};
 pub use scale::ScaleMode;

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::kmeans::{
     Convergence, Init, IterationStats, KMeansParams, Progress, Transforms, ValidKMeansParams,
 };
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 /// Unchecked codebook settings (builder); [`CodebookParams::check`] validates them.
 ///

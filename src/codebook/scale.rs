@@ -1,6 +1,6 @@
 //! Per-kernel scales (paper §3.1): `s = sign(w*)·‖w‖₂`, `w*` the centre element.
 
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 /// How kernels are normalised before clustering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -19,7 +19,7 @@ use crate::conv::Conv2d;
 use crate::error::{Error, Result};
 use crate::geometry::ConvGeometry;
 use crate::kmeans::Progress;
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 pub use precision::ScalePrecision;
 pub use report::{CodebookReport, CompressionReport, LayerReport};

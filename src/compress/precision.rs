@@ -1,6 +1,6 @@
 //! How per-kernel scales are stored: rounded once, when a model is compressed.
 
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 /// Storage precision of the per-kernel scales (paper §2.1: 16-bit scales).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

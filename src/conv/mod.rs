@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, ConvShape};
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 use crate::linalg::{
     channel_sums, col2im_tile, dims4, forward_tile_positions, gemm, image, matrix_mut,

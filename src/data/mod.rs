@@ -1,4 +1,9 @@
-//! Data sets for the examples: the IDX reader and Fashion-MNIST.
+//! Data sets (feature `data`): the IDX reader (raw or gzipped) and Fashion-MNIST.
+//!
+//! The crate never embeds a path of the machine it was built on: the data is looked up in a
+//! directory the caller names, `$FASHION_MNIST_DIR`, the Debian package's location, and a
+//! fallback directory the caller may pass (this repository's examples pass their vendored
+//! slice).
 
 mod idx;
 
@@ -73,8 +78,9 @@ pub enum DataSource {
     Environment(PathBuf),
     /// The Debian package `dataset-fashion-mnist`.
     Debian(PathBuf),
-    /// The 6,000 / 1,000-image slice vendored in this repository.
-    Vendored(PathBuf),
+    /// The fallback directory passed by the caller (this repository's examples and tests
+    /// pass their vendored 6,000 / 1,000-image slice).
+    Fallback(PathBuf),
 }
 
 impl DataSource {
@@ -84,7 +90,7 @@ impl DataSource {
             DataSource::Explicit(p)
             | DataSource::Environment(p)
             | DataSource::Debian(p)
-            | DataSource::Vendored(p) => p,
+            | DataSource::Fallback(p) => p,
         }
     }
 }
@@ -116,17 +122,24 @@ impl FashionMnist {
     pub const ENV: &'static str = "FASHION_MNIST_DIR";
     /// Where the Debian package `dataset-fashion-mnist` installs the files.
     pub const DEBIAN_DIR: &'static str = "/usr/share/datasets/fashion-mnist";
-    /// The slice vendored in this repository (absent from the published crate).
-    pub const VENDORED_DIR: &'static str =
-        concat!(env!("CARGO_MANIFEST_DIR"), "/data/fashion-mnist-slice");
-
     /// The first directory, in order `explicit`, `$FASHION_MNIST_DIR`, the Debian location and
-    /// the vendored slice, that holds all four files (gzipped or raw). An explicit directory
-    /// or environment variable that lacks them is an error, not skipped.
+    /// `fallback`, that holds all four files (gzipped or raw). An explicit directory or
+    /// environment variable that lacks them is an error, not skipped.
+    ///
+    /// ```
+    /// use clustered_conv::data::FashionMnist;
+    /// use clustered_conv::Error;
+    /// # if std::env::var_os(FashionMnist::ENV).is_none()
+    /// #     && !std::path::Path::new(FashionMnist::DEBIAN_DIR).exists() {
+    /// let missing = std::env::temp_dir().join("no-fashion-mnist-here");
+    /// let err = FashionMnist::locate(None, Some(&missing)).unwrap_err();
+    /// assert!(matches!(err, Error::DataNotFound { tried } if tried.contains(&missing)));
+    /// # }
+    /// ```
     ///
     /// # Errors
     /// [`Error::DataNotFound`] listing every directory tried.
-    pub fn locate(explicit: Option<&Path>) -> Result<DataSource> {
+    pub fn locate(explicit: Option<&Path>, fallback: Option<&Path>) -> Result<DataSource> {
         let mut tried = Vec::new();
         let chosen = if let Some(dir) = explicit {
             Some(DataSource::Explicit(dir.to_path_buf()))
@@ -140,10 +153,9 @@ impl FashionMnist {
             tried.push(source.dir().to_path_buf());
             return Err(Error::DataNotFound { tried });
         }
-        for source in [
-            DataSource::Debian(PathBuf::from(Self::DEBIAN_DIR)),
-            DataSource::Vendored(PathBuf::from(Self::VENDORED_DIR)),
-        ] {
+        let debian = DataSource::Debian(PathBuf::from(Self::DEBIAN_DIR));
+        let fallback = fallback.map(|d| DataSource::Fallback(d.to_path_buf()));
+        for source in std::iter::once(debian).chain(fallback) {
             if has_all_files(source.dir()) {
                 return Ok(source);
             }
@@ -156,8 +168,8 @@ impl FashionMnist {
     ///
     /// # Errors
     /// As [`FashionMnist::locate`] and [`FashionMnist::load_dir`].
-    pub fn load(explicit: Option<&Path>) -> Result<Self> {
-        let source = Self::locate(explicit)?;
+    pub fn load(explicit: Option<&Path>, fallback: Option<&Path>) -> Result<Self> {
+        let source = Self::locate(explicit, fallback)?;
         let (train, test) = Self::load_dir(source.dir())?;
         Ok(FashionMnist {
             train,

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::row;
 use crate::linalg::simd::Kernel;
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 /// Rows per block: a multiple of [`GROUP`] vectors of every width (8 `f64` with AVX-512), so
 /// a block is a whole number of vector groups.

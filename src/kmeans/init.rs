@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::blocked::{Blocked, CandidateDistances, BLOCK};
 use super::{row, Transforms, CHUNK_ROWS};
 use crate::linalg::simd::Kernels;
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 /// Greedy k-means++ (Arthur & Vassilvitskii 2007, with scikit-learn's greedy variant):
 /// the first centre is a uniform row; each next one is the best of `2 + ⌊ln k⌋` candidates

@@ -10,7 +10,7 @@ use super::neighbours::Neighbours;
 use super::{row, sq_dist, Convergence, IterationStats, Transforms, CHUNK_ROWS};
 use crate::linalg::gemm;
 use crate::linalg::simd::Kernels;
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 /// Rows per assignment block: the block's distance matrix is `ASSIGN_ROWS × k`.
 const ASSIGN_ROWS: usize = 1024;

@@ -44,7 +44,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::error::{Error, Result};
 use crate::linalg::simd::Kernels;
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 pub(crate) use lloyd::nearest;
 

@@ -2,7 +2,7 @@
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-use crate::scalar::Real;
+use super::Real;
 
 /// `c = alpha·a·b + beta·c` on faer's GEMM (single-threaded: callers parallelise over tiles,
 /// which keeps results independent of the thread count). Operands in row- or column-major

@@ -7,8 +7,8 @@
 use ndarray::ArrayView2;
 
 use super::taps::Span;
+use super::Real;
 use crate::geometry::ConvShape;
-use crate::scalar::Real;
 
 /// Scratch budget for one patch-matrix tile, in bytes (per worker thread).
 pub(crate) const TILE_SCRATCH_BYTES: usize = 4 << 20;

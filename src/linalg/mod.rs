@@ -1,6 +1,6 @@
 //! The private compute layer every convolution and k-means kernel sits on: GEMM, tiling of
-//! activations, the tap-run and padding arithmetic, im2col, SIMD dispatch and the element
-//! types' engine hooks.
+//! activations, the tap-run and padding arithmetic, im2col, SIMD dispatch, and the element
+//! types ([`Real`]) with their engine hooks.
 //!
 //! Nothing here knows about layers, codebooks or networks: `conv`, `clustered` and `kmeans`
 //! import from this module and never from each other's internals (checked by
@@ -9,6 +9,7 @@
 mod engine;
 mod gemm;
 mod im2col;
+mod scalar;
 pub(crate) mod simd;
 mod stencil;
 mod taps;
@@ -17,6 +18,7 @@ mod tiles;
 pub use engine::Engine;
 pub(crate) use gemm::{gemm, matrix_mut};
 pub(crate) use im2col::{col2im_tile, forward_tile_positions, patch_matrix, tile_positions};
+pub use scalar::Real;
 pub(crate) use stencil::{
     correlate_add, correlate_kernel_grad, correlate_transpose_add, extract_patches,
 };

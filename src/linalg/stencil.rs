@@ -8,8 +8,8 @@
 use std::ops::Range;
 
 use super::taps::Span;
+use super::Real;
 use crate::geometry::ConvShape;
-use crate::scalar::Real;
 
 /// Output columns `out_start..out_start+len` of one output row read input elements
 /// `in_start, in_start + sw, …` for kernel tap `tap`.

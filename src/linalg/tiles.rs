@@ -4,7 +4,7 @@
 use ndarray::{Array1, ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
-use crate::scalar::Real;
+use super::Real;
 
 /// The shape of a 4-D view as an array.
 pub(crate) fn dims4<F>(x: &ArrayView4<F>) -> [usize; 4] {

@@ -4,7 +4,7 @@ use ndarray::{Array1, Array4, ArrayView4};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 /// `y = γ·(x − μ)/√(σ² + ε) + β` per channel (PyTorch's `nn.BatchNorm2d`): batch statistics
 /// in training (the running averages updated with `momentum`, the variance unbiased), running

@@ -3,7 +3,7 @@
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use crate::error::{Error, Result};
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 /// `y = x·Wᵀ + b` with `W` `(out, in)`, like PyTorch's `nn.Linear`.
 #[derive(Debug, Clone, PartialEq)]

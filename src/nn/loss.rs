@@ -3,7 +3,7 @@
 use ndarray::{Array2, ArrayView2};
 
 use crate::error::{Error, Result};
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 /// Mean softmax cross-entropy of `logits` `(N, C)` against class `labels`, and its gradient
 /// with respect to the logits (`(softmax − one_hot) / N`). Computed with the max-subtraction

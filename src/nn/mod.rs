@@ -23,7 +23,7 @@ pub use pool::MaxPool2d;
 use ndarray::{Array, Array4, ArrayView, ArrayView4, Dimension};
 use rand::Rng;
 
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 /// `max(x, 0)`, element-wise.
 pub fn relu<F: Real, D: Dimension>(x: ArrayView<F, D>) -> Array<F, D> {

@@ -11,7 +11,7 @@ use crate::codebook::KernelCodebook;
 use crate::compress::{compress, CompressedLayer, CompressionConfig, ConvLayer, ScalePrecision};
 use crate::conv::Conv2d;
 use crate::error::{Error, Result};
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 /// One layer of a [`Network`].
 #[derive(Debug, Clone, PartialEq)]

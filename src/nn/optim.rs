@@ -3,7 +3,7 @@
 use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD};
 
 use crate::error::{Error, Result};
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 /// How the learning rate changes over epochs.
 #[derive(Debug, Clone, PartialEq)]

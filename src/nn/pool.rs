@@ -4,7 +4,7 @@ use ndarray::{Array4, ArrayView4};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::scalar::Real;
+use crate::linalg::Real;
 
 /// 2-D max pooling with a square window, no padding (PyTorch's `nn.MaxPool2d(k, s)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

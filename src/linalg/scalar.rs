@@ -7,7 +7,7 @@ use std::ops::{AddAssign, MulAssign, SubAssign};
 use ndarray::{LinalgScalar, ScalarOperand};
 use num_traits::{Float, FromPrimitive};
 
-use crate::linalg::Engine;
+use super::Engine;
 
 /// A floating-point element type: implemented for `f32` (the tuned path) and `f64`
 /// (used by the gradient checks).
