@@ -17,7 +17,8 @@ mod linalg;
 pub mod nn;
 
 pub use clustered::{
-    ClusteredConv2d, ClusteredGrads, ForwardStrategy, LayerCost, LayerMemory, StrategyWork,
+    BackwardRoute, ClusteredConv2d, ClusteredGrads, ForwardStrategy, LayerCost, LayerMemory,
+    StrategyWork,
 };
 pub use codebook::{
     compression_ratio, CodebookFit, CodebookParams, KernelAssignment, KernelCodebook, ScaleMode,

@@ -6,8 +6,8 @@ mod common;
 use std::collections::HashSet;
 
 use clustered_conv::{
-    ClusteredConv2d, Conv2d, ConvGeometry, Error, ForwardStrategy, KernelCodebook, ScaleMode,
-    Symmetry,
+    BackwardRoute, ClusteredConv2d, Conv2d, ConvGeometry, Error, ForwardStrategy, KernelCodebook,
+    ScaleMode, Symmetry,
 };
 use common::{in_pool, naive_conv, paper_transform, random4, random_problem, rng, worst_violation};
 use ndarray::{Array1, Array2, Array3, Array4};
@@ -62,6 +62,12 @@ const STRATEGIES: [ForwardStrategy; 3] = [
     ForwardStrategy::Auto,
 ];
 
+const ROUTES: [BackwardRoute; 3] = [
+    BackwardRoute::Dense,
+    BackwardRoute::Sharing,
+    BackwardRoute::Auto,
+];
+
 #[test]
 fn every_strategy_equals_dense_over_600_random_geometries() {
     let mut r = rng(41);
@@ -84,13 +90,6 @@ fn every_strategy_equals_dense_over_600_random_geometries() {
             let v = worst_violation(&got, &naive, 1e-12, 1e-12);
             worst = worst.max(v);
             assert!(v <= 1.0, "case {case} {strategy:?}: violation {v}");
-            // The portable (non-SIMD) kernels compute the same function.
-            let portable = c
-                .layer
-                .forward_with_portable_kernels(&c.codebook, c.x.view(), strategy)
-                .unwrap();
-            let v = worst_violation(&portable, &naive, 1e-12, 1e-12);
-            assert!(v <= 1.0, "case {case} {strategy:?} portable: violation {v}");
         }
     }
     eprintln!("worst tolerance use: {worst:.3}");
@@ -127,21 +126,13 @@ fn f32_strategies_track_the_f64_oracle() {
             let v = worst_violation(&got, &oracle, 1e-5, 1e-5);
             worst_rel = worst_rel.max(v);
             assert!(v <= 1.0, "{strategy:?}");
-            let portable = l32
-                .forward_with_portable_kernels(&cb32, x32.view(), strategy)
-                .unwrap()
-                .mapv(f64::from);
-            assert!(
-                worst_violation(&portable, &oracle, 1e-5, 1e-5) <= 1.0,
-                "{strategy:?} portable"
-            );
         }
     }
     eprintln!("f32 worst tolerance use: {worst_rel:.3}");
 }
 
-/// Every strategy, with the detected and the portable kernels, equals `Dense` within 1e-4
-/// (relative + absolute) on an `f32` layer.
+/// Every strategy equals `Dense` within 1e-4 (relative + absolute) on an `f32` layer (the
+/// portable kernels are checked by the crate's unit tests).
 fn assert_strategies_match_dense(
     layer: &ClusteredConv2d<f32>,
     codebook: &KernelCodebook<f32>,
@@ -153,18 +144,14 @@ fn assert_strategies_match_dense(
         .unwrap()
         .mapv(f64::from);
     for strategy in STRATEGIES {
-        for portable in [false, true] {
-            let got = if portable {
-                layer.forward_with_portable_kernels(codebook, x.view(), strategy)
-            } else {
-                layer.forward_with(codebook, x.view(), strategy)
-            };
-            let got = got.unwrap().mapv(f64::from);
-            assert!(
-                worst_violation(&got, &oracle, 1e-4, 1e-4) <= 1.0,
-                "{label} {strategy:?} portable={portable}"
-            );
-        }
+        let got = layer
+            .forward_with(codebook, x.view(), strategy)
+            .unwrap()
+            .mapv(f64::from);
+        assert!(
+            worst_violation(&got, &oracle, 1e-4, 1e-4) <= 1.0,
+            "{label} {strategy:?}"
+        );
     }
 }
 
@@ -337,7 +324,7 @@ fn gradients_match_central_finite_differences() {
     let eps = 1e-6;
     // Even cases take the dense-GEMM route, odd ones the weight-sharing stencil.
     for case in 0..60 {
-        let route = [ForwardStrategy::Dense, ForwardStrategy::InputSide][case % 2];
+        let route = [BackwardRoute::Dense, BackwardRoute::Sharing][case % 2];
         let c = random_case(&mut r);
         let y = c.layer.forward(&c.codebook, c.x.view()).unwrap();
         let go = random4(&mut r, y.dim());
@@ -460,7 +447,7 @@ fn masked_kernels_stay_zero_through_forward_and_backward() {
         }
         // Backward: pruned scales get no gradient; the others match finite differences.
         let go = random4(&mut r, expected.dim());
-        let route = [ForwardStrategy::Dense, ForwardStrategy::InputSide][case % 2];
+        let route = [BackwardRoute::Dense, BackwardRoute::Sharing][case % 2];
         let grads = layer
             .backward_with(&c.codebook, c.x.view(), go.view(), route)
             .unwrap();
@@ -518,7 +505,7 @@ fn masked_kernels_stay_zero_through_forward_and_backward() {
 fn centroid_gradient_is_the_scaled_sum_of_dense_weight_gradients() {
     let mut r = rng(46);
     for case in 0..60 {
-        let route = [ForwardStrategy::Dense, ForwardStrategy::InputSide][case % 2];
+        let route = [BackwardRoute::Dense, BackwardRoute::Sharing][case % 2];
         let c = random_case(&mut r);
         let dense = c.layer.to_conv(&c.codebook).unwrap();
         let y = dense.forward(c.x.view()).unwrap();
@@ -594,7 +581,7 @@ fn identical_results_on_1_and_2_threads() {
             .into_iter()
             .map(|s| layer.forward_with(&codebook, x.view(), s).unwrap())
             .collect();
-            let grads: Vec<_> = [ForwardStrategy::Dense, ForwardStrategy::InputSide]
+            let grads: Vec<_> = [BackwardRoute::Dense, BackwardRoute::Sharing]
                 .into_iter()
                 .map(|s| {
                     layer
@@ -733,6 +720,21 @@ fn training_setters_equal_a_rebuilt_layer() {
     .unwrap();
     assert_eq!(layer, rebuilt);
     assert!(layer.set_params(None, layer.bias().cloned()).is_err());
+    // A wrong bias is reported with the bias's shapes, not the scales'.
+    let scales = layer.scales();
+    let wrong_bias = Some(Array1::zeros(cout + 1));
+    match layer.set_params(scales, wrong_bias) {
+        Err(Error::ShapeMismatch {
+            what,
+            expected,
+            got,
+        }) => {
+            assert!(what.contains("bias"), "{what}");
+            let held = layer.bias().map_or(vec![], |b| vec![b.len()]);
+            assert_eq!((expected, got), (held, vec![cout + 1]));
+        }
+        other => panic!("expected a bias shape mismatch, got {other:?}"),
+    }
     let mut cb = c.codebook.clone();
     let doubled = cb.centroids() * 2.0;
     cb.set_centroids(doubled.clone()).unwrap();
@@ -908,7 +910,7 @@ fn the_plan_is_built_on_first_use_and_ignored_by_eq() {
         .unwrap();
     let go = random4(&mut r, dense.dim());
     let _ = layer
-        .backward_with(&codebook, x.view(), go.view(), ForwardStrategy::Dense)
+        .backward_with(&codebook, x.view(), go.view(), BackwardRoute::Dense)
         .unwrap();
     assert_eq!(layer.memory(&codebook).plan_bytes, 0);
     let (sum_u, sum_v) = (
@@ -975,10 +977,10 @@ fn the_plan_is_built_on_first_use_and_ignored_by_eq() {
         );
     }
     let grads = trained
-        .backward_with(&codebook, x.view(), go.view(), ForwardStrategy::InputSide)
+        .backward_with(&codebook, x.view(), go.view(), BackwardRoute::Sharing)
         .unwrap();
     let want = rebuilt
-        .backward_with(&codebook, x.view(), go.view(), ForwardStrategy::InputSide)
+        .backward_with(&codebook, x.view(), go.view(), BackwardRoute::Sharing)
         .unwrap();
     assert_eq!(grads, want);
 }
@@ -1127,29 +1129,22 @@ fn half_scales_compute_bit_for_bit_what_the_same_values_as_f32_compute() {
             let a = full.forward_with(&codebook, x.view(), strategy).unwrap();
             let b = half.forward_with(&codebook, x.view(), strategy).unwrap();
             assert_eq!(bits(&a), bits(&b), "case {case} forward {strategy:?}");
-            let a = full
-                .forward_with_portable_kernels(&codebook, x.view(), strategy)
-                .unwrap();
-            let b = half
-                .forward_with_portable_kernels(&codebook, x.view(), strategy)
-                .unwrap();
-            assert_eq!(bits(&a), bits(&b), "case {case} portable {strategy:?}");
         }
         let y = full.forward(&codebook, x.view()).unwrap();
         let go = y.mapv(|v| v * 0.5 - 0.25);
-        for strategy in STRATEGIES {
+        for route in ROUTES {
             let a = full
-                .backward_with(&codebook, x.view(), go.view(), strategy)
+                .backward_with(&codebook, x.view(), go.view(), route)
                 .unwrap();
             let b = half
-                .backward_with(&codebook, x.view(), go.view(), strategy)
+                .backward_with(&codebook, x.view(), go.view(), route)
                 .unwrap();
-            assert_eq!(bits(&a.input), bits(&b.input), "case {case} {strategy:?}");
+            assert_eq!(bits(&a.input), bits(&b.input), "case {case} {route:?}");
             assert_eq!(bits(&a.centroids), bits(&b.centroids), "case {case}");
             assert_eq!(
                 bits(a.scales.as_ref().unwrap()),
                 bits(b.scales.as_ref().unwrap()),
-                "case {case} {strategy:?}"
+                "case {case} {route:?}"
             );
             assert_eq!(a.bias, b.bias);
         }

@@ -3,7 +3,8 @@
 mod common;
 
 use clustered_conv::{
-    ClusteredConv2d, Conv2d, ConvGeometry, ForwardStrategy, KernelCodebook, ScaleMode, Symmetry,
+    BackwardRoute, ClusteredConv2d, Conv2d, ConvGeometry, ForwardStrategy, KernelCodebook,
+    ScaleMode, Symmetry,
 };
 use common::{in_pool, paper_transform, random4, rng, worst_violation};
 use ndarray::{Array1, Array4};
@@ -167,7 +168,7 @@ fn layer_with_tic_indices_matches_dense_and_its_gradients() {
     // Centroid gradient = Σ s·Φ_t⁻¹(∂L/∂W) over the kernels using the centroid.
     let go = random4(&mut r, expected.dim());
     let dw = dense.backward(x.view(), go.view()).unwrap().weight;
-    for route in [ForwardStrategy::Dense, ForwardStrategy::InputSide] {
+    for route in [BackwardRoute::Dense, BackwardRoute::Sharing] {
         let grads = layer.backward_with(cb, x.view(), go.view(), route).unwrap();
         let k = cb.len();
         let mut want = vec![0.0f64; k * 9];

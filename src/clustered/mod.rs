@@ -48,6 +48,8 @@ mod forward;
 mod indices;
 mod plan;
 mod scales;
+#[cfg(test)]
+mod tests;
 
 use std::sync::OnceLock;
 
@@ -76,6 +78,21 @@ pub enum ForwardStrategy {
     /// Add-then-conv: each (output channel, distinct kernel) convolution computed once.
     OutputSide,
     /// The cheapest of the three by the layer's cost model.
+    #[default]
+    Auto,
+}
+
+/// How [`ClusteredConv2d::backward_with`] computes its gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BackwardRoute {
+    /// Rebuild the dense weight, run the dense GEMM backward, fold the weight gradient into
+    /// centroid and scale gradients.
+    Dense,
+    /// The weight-sharing stencil: each (input channel, distinct kernel) pair's transposed
+    /// convolution and kernel correlation done once.
+    Sharing,
+    /// [`BackwardRoute::Sharing`] when its work is below 1/16 of the dense work (the stencil
+    /// is scalar code, the dense route runs on the tuned GEMM), else [`BackwardRoute::Dense`].
     #[default]
     Auto,
 }
@@ -332,25 +349,19 @@ impl<F: Real> ClusteredConv2d<F> {
     /// Shapes that differ from the current ones (scales and bias must be present exactly when
     /// they were), or non-finite scales.
     pub fn set_params(&mut self, scales: Option<Array2<F>>, bias: Option<Array1<F>>) -> Result<()> {
-        let same = |a: Option<&[usize]>, b: Option<&[usize]>| a == b;
-        let dim = self.scales.as_ref().map(|s| {
-            let (cout, cin) = s.dim();
-            [cout, cin]
-        });
-        if !same(
+        let (cout, cin) = self.indices.dim();
+        let held_scales = self.scales.as_ref().map(|_| vec![cout, cin]);
+        check_same_shape(
+            "new scales vs the layer's (Cout, Cin)",
+            held_scales,
             scales.as_ref().map(|s| s.shape()),
-            dim.as_ref().map(|d| &d[..]),
-        ) || !same(
+        )?;
+        let held_bias = self.bias.as_ref().map(|b| b.shape().to_vec());
+        check_same_shape(
+            "new bias vs the layer's (Cout)",
+            held_bias,
             bias.as_ref().map(|b| b.shape()),
-            self.bias.as_ref().map(|b| b.shape()),
-        ) {
-            let (cout, cin) = self.indices.dim();
-            return Err(Error::ShapeMismatch {
-                what: "new scales/bias vs the layer's",
-                expected: vec![cout, cin],
-                got: scales.as_ref().map_or(vec![], |s| s.shape().to_vec()),
-            });
-        }
+        )?;
         let mut scales = scales.map(standard_layout);
         if let Some(s) = scales.as_mut() {
             check_finite_scales(s)?;
@@ -611,18 +622,6 @@ impl<F: Real> ClusteredConv2d<F> {
         self.forward_impl(codebook, x, strategy, Kernels::detect())
     }
 
-    /// As [`ClusteredConv2d::forward_with`], with the portable (non-SIMD, unfused) kernels
-    /// whatever the CPU: for testing the fallback path on machines that have SIMD.
-    #[doc(hidden)]
-    pub fn forward_with_portable_kernels(
-        &self,
-        codebook: &KernelCodebook<F>,
-        x: ArrayView4<F>,
-        strategy: ForwardStrategy,
-    ) -> Result<Array4<F>> {
-        self.forward_impl(codebook, x, strategy, Kernels::portable())
-    }
-
     fn forward_impl(
         &self,
         codebook: &KernelCodebook<F>,
@@ -681,17 +680,13 @@ impl<F: Real> ClusteredConv2d<F> {
         x: ArrayView4<F>,
         grad_out: ArrayView4<F>,
     ) -> Result<ClusteredGrads<F>> {
-        self.backward_with(codebook, x, grad_out, ForwardStrategy::Auto)
+        self.backward_with(codebook, x, grad_out, BackwardRoute::Auto)
     }
 
-    /// As [`ClusteredConv2d::backward`] with a chosen route: [`ForwardStrategy::Dense`]
-    /// rebuilds the dense weight, runs the dense GEMM backward and folds the weight gradient
-    /// into centroid and scale gradients (`∂L/∂μ_c = Σ s·Φ_t⁻¹(∂L/∂w)`,
-    /// `∂L/∂s = ⟨∂L/∂w, Φ_t(μ_c)⟩`); [`ForwardStrategy::InputSide`] and
-    /// [`ForwardStrategy::OutputSide`] run the weight-sharing stencil described above;
-    /// [`ForwardStrategy::Auto`] takes the stencil only when its work is below 1/16 of the
-    /// dense work (the stencil is scalar code, the dense route runs on the tuned GEMM).
-    /// Both routes compute the same gradients up to float rounding.
+    /// As [`ClusteredConv2d::backward`] with a chosen [`BackwardRoute`]. The dense route
+    /// folds the dense weight gradient into `∂L/∂μ_c = Σ s·Φ_t⁻¹(∂L/∂w)` and
+    /// `∂L/∂s = ⟨∂L/∂w, Φ_t(μ_c)⟩`. Both routes compute the same gradients up to float
+    /// rounding.
     ///
     /// # Errors
     /// As [`ClusteredConv2d::backward`].
@@ -700,33 +695,20 @@ impl<F: Real> ClusteredConv2d<F> {
         codebook: &KernelCodebook<F>,
         x: ArrayView4<F>,
         grad_out: ArrayView4<F>,
-        strategy: ForwardStrategy,
+        route: BackwardRoute,
     ) -> Result<ClusteredGrads<F>> {
         let s = self.resolve(codebook, dims4(&x))?;
         s.check_grad_out(grad_out.shape())?;
-        let dense_route = match strategy {
-            ForwardStrategy::Dense => true,
-            ForwardStrategy::InputSide | ForwardStrategy::OutputSide => false,
-            ForwardStrategy::Auto => {
+        let dense_route = match route {
+            BackwardRoute::Dense => true,
+            BackwardRoute::Sharing => false,
+            BackwardRoute::Auto => {
                 let cost = self.cost_for_shape(&s);
                 cost.input_side.conv_macs.saturating_mul(16) >= cost.dense_macs
             }
         };
         let mut grads = if dense_route {
-            let conv = self.to_conv(codebook)?;
-            let dense = conv.backward(x, grad_out)?;
-            let (centroids, scales) = backward::fold_weight_grad(
-                codebook,
-                &self.indices,
-                self.scales.as_ref(),
-                &dense.weight,
-            );
-            ClusteredGrads {
-                input: dense.input,
-                centroids,
-                scales,
-                bias: dense.bias,
-            }
+            self.backward_dense(codebook, x, grad_out)?
         } else {
             let mut ones = Vec::new();
             backward::backward(
@@ -748,6 +730,28 @@ impl<F: Real> ClusteredConv2d<F> {
             });
         }
         Ok(grads)
+    }
+
+    /// The dense route of [`ClusteredConv2d::backward_with`].
+    fn backward_dense(
+        &self,
+        codebook: &KernelCodebook<F>,
+        x: ArrayView4<F>,
+        grad_out: ArrayView4<F>,
+    ) -> Result<ClusteredGrads<F>> {
+        let dense = self.to_conv(codebook)?.backward(x, grad_out)?;
+        let (centroids, scales) = backward::fold_weight_grad(
+            codebook,
+            &self.indices,
+            self.scales.as_ref(),
+            &dense.weight,
+        );
+        Ok(ClusteredGrads {
+            input: dense.input,
+            centroids,
+            scales,
+            bias: dense.bias,
+        })
     }
 
     /// The layer's work for an input of spatial size `(h, w)` (per image): dense MACs, the
@@ -793,6 +797,23 @@ fn standard_layout<F: Clone>(a: Array2<F>) -> Array2<F> {
     } else {
         a.as_standard_layout().into_owned()
     }
+}
+
+/// Checks that a replacement parameter has the shape of the one held (and is present exactly
+/// when one is held; an absent parameter has the empty shape in the error).
+fn check_same_shape(
+    what: &'static str,
+    held: Option<Vec<usize>>,
+    new: Option<&[usize]>,
+) -> Result<()> {
+    if held.as_deref() == new {
+        return Ok(());
+    }
+    Err(Error::ShapeMismatch {
+        what,
+        expected: held.unwrap_or_default(),
+        got: new.map(<[usize]>::to_vec).unwrap_or_default(),
+    })
 }
 
 /// Rejects the first non-finite scale, naming its flat position `o·Cin + i`.
