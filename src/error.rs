@@ -9,7 +9,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 ///
 /// Every variant names what was wrong and what was expected, so a message such as
 /// `stride must be >= 1, got 0 (height)` can be acted on without reading the source.
-#[derive(Debug, Clone, PartialEq, Error)]
+///
+/// Not `Clone` nor `PartialEq`: the I/O variants keep the [`std::io::Error`] that caused them
+/// (see [`std::error::Error::source`]). Match on variants with [`matches!`] instead.
+#[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A geometry parameter (stride, dilation) is out of its valid range.
@@ -145,12 +148,13 @@ pub enum Error {
         layers: usize,
     },
     /// A file could not be read.
-    #[error("cannot read {path}: {kind}")]
+    #[error("cannot read {path}: {source}")]
     Io {
         /// The file.
         path: std::path::PathBuf,
-        /// What went wrong.
-        kind: std::io::ErrorKind,
+        /// What went wrong, as the operating system reported it.
+        #[source]
+        source: std::io::Error,
     },
     /// A safetensors file is malformed or holds something other than what was asked.
     #[error("invalid safetensors data: {what}")]
@@ -191,12 +195,13 @@ pub enum Error {
         expected: &'static str,
     },
     /// A file could not be written (nothing was left at the destination).
-    #[error("cannot write {path}: {kind}")]
+    #[error("cannot write {path}: {source}")]
     Write {
         /// The destination.
         path: std::path::PathBuf,
-        /// What went wrong.
-        kind: std::io::ErrorKind,
+        /// What went wrong, as the operating system (or the encoder) reported it.
+        #[source]
+        source: std::io::Error,
     },
     /// A compressed-model file is malformed: it parses as safetensors but its metadata or
     /// tensors are not a valid compressed model.
@@ -204,6 +209,14 @@ pub enum Error {
     InvalidModelFile {
         /// What is wrong, with the layer or tensor name where there is one.
         what: String,
+    },
+    /// A safetensors file that is not a compressed-model file (its `__metadata__.format` is
+    /// not `clustered-conv`): typically a plain `state_dict`, which
+    /// [`crate::io::read_safetensors`] reads and `compress` turns into a compressed model.
+    #[error("not a compressed model file: __metadata__.format is {found:?}, expected \"clustered-conv\" (a plain safetensors state_dict must be compressed first)")]
+    NotCompressedModel {
+        /// The `format` entry found, if any.
+        found: Option<String>,
     },
     /// A compressed-model file's payload does not match its recorded checksum (the file was
     /// damaged after it was written).
@@ -233,6 +246,29 @@ pub enum Error {
         limit: u64,
         /// The value found.
         got: u64,
+    },
+    /// A scale of a clustered layer is not representable at the network's scale precision, so
+    /// the model cannot be saved exactly; round the scales first
+    /// ([`crate::CompressedNetwork::round_scales`], typically after fine-tuning).
+    #[error("cannot save the model: layer {layer:?}: scale [{out_channel}, {in_channel}] = {value} is not representable as {precision}; call CompressedNetwork::round_scales after fine-tuning")]
+    UnroundedScale {
+        /// The layer's name.
+        layer: String,
+        /// Output channel of the scale.
+        out_channel: usize,
+        /// Input channel of the scale.
+        in_channel: usize,
+        /// The scale.
+        value: f32,
+        /// The network's scale precision, as written in the file (`f16`, `fixed8`, …).
+        precision: String,
+    },
+    /// Two tensors of a model to be saved have the same name (a layer name collides with a
+    /// pass-through tensor or another layer); rename one of them.
+    #[error("cannot save the model: two tensors are named {name:?} (a layer name collides with a pass-through tensor or another layer)")]
+    DuplicateTensorName {
+        /// The name used twice.
+        name: String,
     },
     /// A model cannot be saved as it is.
     #[error("cannot save the model: {what}")]

@@ -81,6 +81,39 @@ fn write_state_dict(path: &Path) -> Vec<u8> {
 }
 
 #[test]
+fn option_values_are_parsed_by_the_library_types() {
+    let dir = scratch("options");
+    let input = dir.join("model.safetensors");
+    write_state_dict(&input);
+    let output = dir.join("model.ccv.safetensors");
+    let out = run(&[
+        "compress",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+        "--k",
+        "4",
+        "--scope",
+        "per-layer",
+        "--symmetry",
+        "ihvo",
+        "--scales",
+        "fixed8",
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let net = CompressedModel::load(&output).unwrap().network;
+    // Three 3×3 convolutions, one codebook each.
+    assert_eq!(net.codebooks.len(), 3);
+    assert!(net
+        .codebooks
+        .iter()
+        .all(|cb| cb.symmetry() == Symmetry::Flips));
+    assert_eq!(net.scales, ScalePrecision::Fixed(8));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn compress_inspect_decompress_and_bench() {
     let dir = scratch("flow");
     let input = dir.join("model.safetensors");
@@ -258,6 +291,7 @@ fn errors_have_messages_and_exit_codes() {
         vec!["compress", i, "-o", o, "--symmetry", "xyz"],
         vec!["compress", i, "-o", o, "--scales", "f8"],
         vec!["compress", i, "-o", o, "--scope", "0-=3"],
+        vec!["compress", i, "-o", o, "--scope", "per_layer"],
     ] {
         let out = run(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use clustered_conv::io::{
-    import_conv_layers, read_safetensors, CompressedModel, TensorDtype, FORMAT_VERSION,
-    MAX_LAYER_KERNELS,
+    import_conv_layers, read_safetensors, CompressedModel, NamedTensor, TensorDtype,
+    FORMAT_VERSION, MAX_LAYER_KERNELS,
 };
 use clustered_conv::{
     compress, CodebookScope, CompressedLayer, CompressionConfig, ConvGeometry, ConvLayer, Error,
@@ -161,7 +161,18 @@ fn unrepresentable_scales_are_refused_until_rounded() {
     layer.set_params(Some(scales), bias).unwrap();
     // Fine-tuned scales are held as f32 until rounded.
     assert!(!layer.scales_are_half());
-    assert!(matches!(m.to_bytes(), Err(Error::InvalidModel { .. })));
+    // The error names the first scale that is off (every scale is: none is 0) and the fix.
+    let first = layer.scales().unwrap()[[0, 0]];
+    let err = m.to_bytes().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::UnroundedScale { ref layer, out_channel: 0, in_channel: 0, value, ref precision }
+                if layer == "features.0" && value == first && precision == "f16"
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("round_scales"), "{err}");
     m.network.round_scales().unwrap();
     let CompressedLayer::Clustered { layer, .. } = &m.network.layers[0] else {
         panic!("clustered")
@@ -251,7 +262,23 @@ fn name_collisions_are_refused() {
     if let CompressedLayer::Clustered { name, .. } = &mut m.network.layers[1] {
         *name = "features.0".to_string();
     }
-    assert!(matches!(m.to_bytes(), Err(Error::InvalidModel { .. })));
+    // The first tensor of the renamed layer is the first collision.
+    let err = m.to_bytes().unwrap_err();
+    assert!(
+        matches!(err, Error::DuplicateTensorName { ref name } if name == "features.0.weight.indices"),
+        "{err:?}"
+    );
+    // A pass-through tensor named like a layer's tensor collides too.
+    let mut m = golden_model();
+    m.passthrough.push(NamedTensor::from_f32(
+        "features.6.weight.scales".to_string(),
+        TensorDtype::F32,
+        &ndarray::ArrayD::zeros(ndarray::IxDyn(&[2])).view(),
+    ));
+    assert!(matches!(
+        m.to_bytes(),
+        Err(Error::DuplicateTensorName { ref name }) if name == "features.6.weight.scales"
+    ));
 }
 
 /// A state dict with an f16 layer, a bias, BatchNorm and a step counter.
@@ -446,6 +473,21 @@ fn write_golden_v1() {
 }
 
 #[test]
+fn todays_writer_writes_the_golden_v1_bytes() {
+    // The writer is deterministic and unchanged since version 1 was pinned: byte for byte.
+    let golden = std::fs::read(golden_path()).unwrap();
+    let written = golden_model().to_bytes().unwrap();
+    assert_eq!(written.len(), golden.len());
+    assert!(
+        written == golden,
+        "the writer no longer writes the golden v1 file"
+    );
+    // Reading and writing again is the identity on the bytes.
+    let reread = CompressedModel::from_bytes(&golden).unwrap();
+    assert!(reread.to_bytes().unwrap() == golden);
+}
+
+#[test]
 fn golden_v1_file_loads_and_gives_the_recorded_output() {
     let loaded = CompressedModel::load(&golden_path()).unwrap();
     let recorded = std::fs::read_to_string(golden_output_path()).unwrap();
@@ -549,13 +591,22 @@ fn truncated_files_are_rejected() {
 fn a_plain_state_dict_or_another_format_is_rejected_by_its_magic() {
     let (_, state) = imported_model();
     let err = CompressedModel::from_bytes(&state).unwrap_err();
-    assert!(matches!(err, Error::InvalidModelFile { .. }), "{err}");
+    assert!(
+        matches!(err, Error::NotCompressedModel { found: None }),
+        "{err}"
+    );
     assert!(err.to_string().contains("compressed first"), "{err}");
     let mut edit = Edit::of(&valid_file());
     edit.metadata.insert("format".into(), "gguf".into());
     assert!(matches!(
         CompressedModel::from_bytes(&edit.bytes()),
-        Err(Error::InvalidModelFile { .. })
+        Err(Error::NotCompressedModel { found: Some(ref f) }) if f == "gguf"
+    ));
+    // The magic is checked before anything else of the metadata.
+    edit.metadata.remove("format_version");
+    assert!(matches!(
+        CompressedModel::from_bytes(&edit.bytes()),
+        Err(Error::NotCompressedModel { .. })
     ));
 }
 
@@ -698,6 +749,55 @@ fn a_future_version_is_refused_and_garbage_versions_too() {
     }
 }
 
+type JsonEdit = fn(&mut serde_json::Value);
+
+#[test]
+fn unknown_names_in_the_metadata_are_rejected_naming_what_is_accepted() {
+    let cases: [(JsonEdit, &str, &str); 5] = [
+        (
+            |v| v["codebooks"][0]["symmetry"] = "ihv".into(),
+            "codebook 0: invalid symmetry \"ihv\"",
+            "expected i, ih, ihvo or ihvoIHVO",
+        ),
+        (
+            |v| v["codebooks"][0]["scale_mode"] = "L2Norm".into(),
+            "codebook 0: invalid scale mode \"L2Norm\"",
+            "expected l2norm or none",
+        ),
+        (
+            |v| v["scales"] = "fixed0".into(),
+            "__metadata__.model.scales: invalid scale precision \"fixed0\"",
+            "expected f16, f32, none or fixed<bits>",
+        ),
+        (
+            |v| v["layers"][2]["bias_dtype"] = "f32".into(),
+            "layer \"features.6\": invalid element type \"f32\"",
+            "expected F16, BF16, F32 or F64",
+        ),
+        (
+            |v| v["layers"][0]["weight_dtype"] = "I64".into(),
+            "layer \"features.0\": invalid element type \"I64\"",
+            "expected F16, BF16, F32 or F64",
+        ),
+    ];
+    for (edit_json, context, accepted) in cases {
+        let mut edit = Edit::of(&valid_file());
+        edit.model_json(edit_json);
+        let err = CompressedModel::from_bytes(&edit.bytes()).unwrap_err();
+        assert!(matches!(err, Error::InvalidModelFile { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains(context) && text.contains(accepted), "{text}");
+    }
+    // The names as written: the golden file's metadata holds the Display forms.
+    let edit = Edit::of(&valid_file());
+    let v: serde_json::Value = serde_json::from_str(&edit.metadata["model"]).unwrap();
+    assert_eq!(v["scales"], "f16");
+    assert_eq!(v["codebooks"][0]["symmetry"], "ihvo");
+    assert_eq!(v["codebooks"][0]["scale_mode"], "l2norm");
+    assert_eq!(v["layers"][3]["kind"], "dense");
+    assert_eq!(v["layers"][3]["weight_dtype"], "F32");
+}
+
 #[test]
 fn unknown_and_missing_tensors_are_rejected() {
     let mut edit = Edit::of(&valid_file());
@@ -737,9 +837,20 @@ fn a_failed_save_leaves_the_destination_untouched() {
     bad.dtypes.pop();
     assert!(matches!(bad.save(&path), Err(Error::InvalidModel { .. })));
     assert_eq!(std::fs::read(&path).unwrap(), before);
-    // A destination in a missing directory: a write error, nothing created.
+    // A destination in a missing directory: a write error, nothing created; the error keeps
+    // the operating system's error as its source.
     let missing = dir.join("no/such/dir/model.safetensors");
-    assert!(matches!(good.save(&missing), Err(Error::Write { .. })));
+    let err = good.save(&missing).unwrap_err();
+    assert!(
+        matches!(err, Error::Write { ref path, ref source }
+            if path == &missing && source.kind() == std::io::ErrorKind::NotFound),
+        "{err:?}"
+    );
+    let source = std::error::Error::source(&err).expect("a source");
+    assert_eq!(
+        err.to_string(),
+        format!("cannot write {}: {source}", missing.display())
+    );
     assert!(!missing.exists());
     // A destination that is a directory: the rename fails, the temporary file is removed.
     assert!(matches!(good.save(&dir), Err(Error::Write { .. })));
@@ -752,10 +863,19 @@ fn a_failed_save_leaves_the_destination_untouched() {
         vec![std::ffi::OsString::from("model.safetensors")]
     );
     assert_eq!(CompressedModel::load(&path).unwrap(), good);
-    assert!(matches!(
-        CompressedModel::load(&dir.join("absent")),
-        Err(Error::Io { .. })
-    ));
+    let absent = dir.join("absent");
+    let err = CompressedModel::load(&absent).unwrap_err();
+    assert!(
+        matches!(err, Error::Io { ref path, ref source }
+            if path == &absent && source.kind() == std::io::ErrorKind::NotFound),
+        "{err:?}"
+    );
+    let source = std::error::Error::source(&err).expect("a source");
+    assert!(source.downcast_ref::<std::io::Error>().is_some());
+    assert_eq!(
+        err.to_string(),
+        format!("cannot read {}: {source}", absent.display())
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -245,3 +245,25 @@ fn hostile_files_are_rejected() {
         Err(Error::InvalidSafetensors { .. })
     ));
 }
+
+#[test]
+fn element_type_names_are_safetensors_own() {
+    // Independent truth: the safetensors crate's names of the same types.
+    for (dtype, raw) in [
+        (TensorDtype::F16, Dtype::F16),
+        (TensorDtype::BF16, Dtype::BF16),
+        (TensorDtype::F32, Dtype::F32),
+        (TensorDtype::F64, Dtype::F64),
+    ] {
+        let name = format!("{raw:?}");
+        assert_eq!(dtype.to_string(), name);
+        assert_eq!(name.parse::<TensorDtype>().unwrap(), dtype);
+    }
+    for bad in ["", "f32", "I64", "U8", "F32 "] {
+        let err = bad.parse::<TensorDtype>().unwrap_err();
+        assert!(
+            matches!(err, Error::Parse { what: "element type", ref input, .. } if input == bad),
+            "{err:?}"
+        );
+    }
+}

@@ -316,19 +316,19 @@ fn rejects_invalid_settings_and_data() {
     assert!(bad("tol")(
         KMeans::params(2).tol(f64::NAN).fit(x.view()).unwrap_err()
     ));
-    assert_eq!(
+    assert!(matches!(
         KMeans::params(11).fit(x.view()).unwrap_err(),
         Error::TooManyClusters { k: 11, n: 10 }
-    );
+    ));
     let mut y = x.clone();
     y[[7, 2]] = f64::NAN;
-    assert_eq!(
+    assert!(matches!(
         KMeans::params(2).fit(y.view()).unwrap_err(),
         Error::NonFinite {
             what: "k-means data",
             index: 7
         }
-    );
+    ));
     y[[7, 2]] = 0.0;
     y[[4, 0]] = f64::NEG_INFINITY;
     assert!(matches!(

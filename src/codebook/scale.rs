@@ -19,6 +19,42 @@ pub enum ScaleMode {
     L2Norm,
 }
 
+impl std::fmt::Display for ScaleMode {
+    /// `l2norm` or `none` (what [`str::parse`] accepts back).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ScaleMode::L2Norm => "l2norm",
+            ScaleMode::None => "none",
+        })
+    }
+}
+
+impl std::str::FromStr for ScaleMode {
+    type Err = crate::Error;
+
+    /// Parses `l2norm` or `none` (what [`Display`](std::fmt::Display) writes).
+    ///
+    /// ```
+    /// use clustered_conv::ScaleMode;
+    /// assert_eq!("l2norm".parse::<ScaleMode>()?, ScaleMode::L2Norm);
+    /// assert_eq!(ScaleMode::None.to_string(), "none");
+    /// let err = "L2".parse::<ScaleMode>().unwrap_err();
+    /// assert_eq!(err.to_string(), r#"invalid scale mode "L2": expected l2norm or none"#);
+    /// # Ok::<(), clustered_conv::Error>(())
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "l2norm" => Ok(ScaleMode::L2Norm),
+            "none" => Ok(ScaleMode::None),
+            _ => Err(crate::Error::Parse {
+                what: "scale mode",
+                input: s.to_string(),
+                expected: "l2norm or none",
+            }),
+        }
+    }
+}
+
 /// The scale of one flattened kernel under `L2Norm`, or `0` for an all-zero kernel.
 pub(crate) fn l2_scale<F: Real>(kernel: &[F]) -> F {
     let norm = kernel.iter().fold(F::zero(), |a, &v| a + v * v).sqrt();
@@ -33,6 +69,17 @@ pub(crate) fn l2_scale<F: Real>(kernel: &[F]) -> F {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for (text, mode) in [("l2norm", ScaleMode::L2Norm), ("none", ScaleMode::None)] {
+            assert_eq!(text.parse::<ScaleMode>().unwrap(), mode);
+            assert_eq!(mode.to_string(), text);
+        }
+        for bad in ["", "L2Norm", "l2", "None"] {
+            assert!(bad.parse::<ScaleMode>().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn sign_follows_the_centre() {

@@ -46,13 +46,39 @@ impl Symmetry {
         }
     }
 
-    /// The reference code's option string (`i`, `ih`, `ihvo`, `ihvoIHVO`).
+    /// The reference code's option string (`i`, `ih`, `ihvo`, `ihvoIHVO`): the first `S`
+    /// letters of `ihvoIHVO`. The same text as [`Display`](std::fmt::Display), without
+    /// allocating; [`str::parse`] reads it back.
     pub fn letters(self) -> &'static str {
         &"ihvoIHVO"[..self.transforms()]
     }
+}
 
-    /// Parses the reference code's option string.
-    pub fn from_letters(s: &str) -> Option<Self> {
+impl std::fmt::Display for Symmetry {
+    /// The reference code's option string, [`Symmetry::letters`].
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.letters())
+    }
+}
+
+impl std::str::FromStr for Symmetry {
+    type Err = Error;
+
+    /// Parses the reference code's option string: `i`, `ih`, `ihvo` or `ihvoIHVO` (what
+    /// [`Display`](std::fmt::Display) writes).
+    ///
+    /// ```
+    /// use clustered_conv::Symmetry;
+    /// assert_eq!("ihvo".parse::<Symmetry>()?, Symmetry::Flips);
+    /// assert_eq!(Symmetry::Dihedral.to_string(), "ihvoIHVO");
+    /// let err = "iv".parse::<Symmetry>().unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     r#"invalid symmetry "iv": expected i, ih, ihvo or ihvoIHVO"#
+    /// );
+    /// # Ok::<(), clustered_conv::Error>(())
+    /// ```
+    fn from_str(s: &str) -> Result<Self> {
         [
             Symmetry::Identity,
             Symmetry::Flip,
@@ -61,6 +87,11 @@ impl Symmetry {
         ]
         .into_iter()
         .find(|sym| sym.letters() == s)
+        .ok_or_else(|| Error::Parse {
+            what: "symmetry",
+            input: s.to_string(),
+            expected: "i, ih, ihvo or ihvoIHVO",
+        })
     }
 }
 
@@ -162,9 +193,25 @@ mod tests {
 
     #[test]
     fn letters_round_trip() {
-        for s in ["i", "ih", "ihvo", "ihvoIHVO"] {
-            assert_eq!(Symmetry::from_letters(s).unwrap().letters(), s);
+        let cases = [
+            ("i", Symmetry::Identity),
+            ("ih", Symmetry::Flip),
+            ("ihvo", Symmetry::Flips),
+            ("ihvoIHVO", Symmetry::Dihedral),
+        ];
+        for (s, sym) in cases {
+            assert_eq!(s.parse::<Symmetry>().unwrap(), sym);
+            assert_eq!(sym.to_string(), s);
+            assert_eq!(sym.letters(), s);
         }
-        assert_eq!(Symmetry::from_letters("iv"), None);
+        for bad in ["iv", "", "I", "ihvoihvo", " i"] {
+            assert!(
+                matches!(
+                    bad.parse::<Symmetry>(),
+                    Err(Error::Parse { what: "symmetry", ref input, .. }) if input == bad
+                ),
+                "{bad:?}"
+            );
+        }
     }
 }

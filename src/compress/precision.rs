@@ -81,6 +81,7 @@ impl std::str::FromStr for ScalePrecision {
             _ => {
                 let bits: u8 = s
                     .strip_prefix("fixed")
+                    .filter(|b| b.bytes().all(|c| c.is_ascii_digit()))
                     .and_then(|b| b.parse().ok())
                     .ok_or_else(invalid)?;
                 if (1..=32).contains(&bits) {
@@ -130,6 +131,31 @@ mod tests {
         assert_eq!(round_to_f16(-2f64.powi(-24)), -2f64.powi(-24));
         assert_eq!(round_to_f16(2f64.powi(-26)), 0.0);
         assert_eq!(round_to_f16(0.1), 0.0999755859375);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        let cases = [
+            ("f16", ScalePrecision::F16),
+            ("f32", ScalePrecision::F32),
+            ("none", ScalePrecision::None),
+            ("fixed1", ScalePrecision::Fixed(1)),
+            ("fixed8", ScalePrecision::Fixed(8)),
+            ("fixed32", ScalePrecision::Fixed(32)),
+        ];
+        for (text, precision) in cases {
+            assert_eq!(text.parse::<ScalePrecision>().unwrap(), precision);
+            assert_eq!(precision.to_string(), text);
+        }
+        for bad in [
+            "", "F16", "fixed", "fixed0", "fixed33", "fixed+8", "fixed 8", "fixed-1",
+        ] {
+            let err = bad.parse::<ScalePrecision>().unwrap_err();
+            assert!(
+                err.to_string().contains("f16, f32, none or fixed<bits>"),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -87,6 +87,62 @@ impl CodebookScope {
     }
 }
 
+impl std::fmt::Display for CodebookScope {
+    /// `shared`, `per-layer`, or the groups as `first-last=K,…` (what [`str::parse`] accepts
+    /// back).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CodebookScope::Shared => f.write_str("shared"),
+            CodebookScope::PerLayer => f.write_str("per-layer"),
+            CodebookScope::Groups(groups) => {
+                for (n, g) in groups.iter().enumerate() {
+                    let sep = if n == 0 { "" } else { "," };
+                    write!(f, "{sep}{}-{}={}", g.layers.start(), g.layers.end(), g.k)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for CodebookScope {
+    type Err = Error;
+
+    /// Parses `shared`, `per-layer`, or groups as [`CodebookScope::parse_groups`] does (what
+    /// [`Display`](std::fmt::Display) writes).
+    ///
+    /// ```
+    /// use clustered_conv::{CodebookScope, LayerGroup};
+    /// assert_eq!("per-layer".parse::<CodebookScope>()?, CodebookScope::PerLayer);
+    /// let groups = "0-0=64,1-16=256".parse::<CodebookScope>()?;
+    /// assert_eq!(groups, CodebookScope::parse_groups("0-0=64,1-16=256")?);
+    /// assert_eq!(groups.to_string(), "0-0=64,1-16=256");
+    /// let err = "perlayer".parse::<CodebookScope>().unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     r#"invalid codebook scope "perlayer": expected shared, per-layer, or groups of clustered-layer ordinals like 0-0=64,1-16=256"#
+    /// );
+    /// # Ok::<(), clustered_conv::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Parse`] for text that is none of the three forms, [`Error::InvalidGroupSpec`]
+    /// for groups (text with a `=`) that do not parse.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "shared" => Ok(CodebookScope::Shared),
+            "per-layer" => Ok(CodebookScope::PerLayer),
+            groups if groups.contains('=') => CodebookScope::parse_groups(groups),
+            _ => Err(Error::Parse {
+                what: "codebook scope",
+                input: s.to_string(),
+                expected: "shared, per-layer, or groups of clustered-layer ordinals like \
+                           0-0=64,1-16=256",
+            }),
+        }
+    }
+}
+
 /// For every clustered layer, the group it belongs to, checking that the groups cover the
 /// `layers` clustered layers exactly once.
 pub(crate) fn group_of_layers(groups: &[LayerGroup], layers: usize) -> Result<Vec<usize>> {
@@ -118,4 +174,62 @@ pub(crate) fn group_of_layers(groups: &[LayerGroup], layers: usize) -> Result<Ve
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_text_round_trips() {
+        let groups = CodebookScope::Groups(vec![
+            LayerGroup {
+                layers: 0..=0,
+                k: 64,
+            },
+            LayerGroup {
+                layers: 1..=16,
+                k: 256,
+            },
+            LayerGroup {
+                layers: 17..=17,
+                k: 3,
+            },
+        ]);
+        for (text, scope) in [
+            ("shared", CodebookScope::Shared),
+            ("per-layer", CodebookScope::PerLayer),
+            ("0-0=64,1-16=256,17-17=3", groups.clone()),
+        ] {
+            assert_eq!(text.parse::<CodebookScope>().unwrap(), scope);
+            assert_eq!(scope.to_string(), text);
+        }
+        // A single ordinal is accepted and written back as a one-layer range.
+        assert_eq!(
+            "0=64, 1-16=256,17=3".parse::<CodebookScope>().unwrap(),
+            groups
+        );
+    }
+
+    #[test]
+    fn scope_errors_name_what_is_accepted() {
+        for bad in ["", "Shared", "per_layer", "0-16"] {
+            let err = bad.parse::<CodebookScope>().unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::Parse {
+                        what: "codebook scope",
+                        ..
+                    }
+                ),
+                "{bad:?}: {err}"
+            );
+            assert!(err.to_string().contains("shared, per-layer"), "{err}");
+        }
+        assert!(matches!(
+            "0-=3".parse::<CodebookScope>(),
+            Err(Error::InvalidGroupSpec { .. })
+        ));
+    }
 }

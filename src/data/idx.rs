@@ -55,9 +55,9 @@ pub fn read_idx(bytes: &[u8]) -> Result<Idx> {
 /// # Errors
 /// [`Error::Io`] when the file cannot be read, else as [`read_idx`].
 pub fn read_idx_file(path: &Path) -> Result<Idx> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Io {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
-        kind: e.kind(),
+        source,
     })?;
     read_idx(&bytes)
 }

@@ -12,21 +12,24 @@ use crate::error::{Error, Result};
 /// as it was (absent, or its old content) — including when `path` is also the input.
 ///
 /// # Errors
-/// [`Error::Write`] with the destination and the I/O error kind.
+/// [`Error::Write`] with the destination and the I/O error.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let write_error = |kind| Error::Write {
+    let write_error = |source| Error::Write {
         path: path.to_path_buf(),
-        kind,
+        source,
     };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| write_error(std::io::ErrorKind::InvalidInput))?;
+    let file_name = path.file_name().ok_or_else(|| {
+        write_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path does not end in a file name",
+        ))
+    })?;
     let tmp = temporary_sibling(path, file_name);
     let result = write_and_sync(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
     if let Err(e) = result {
         // The temporary file may not exist (creation failed); nothing else to clean.
         let _ = fs::remove_file(&tmp);
-        return Err(write_error(e.kind()));
+        return Err(write_error(e));
     }
     Ok(())
 }

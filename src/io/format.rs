@@ -46,8 +46,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::str::FromStr;
 
 use ndarray::{Array1, Array2, Array3, Array4};
+use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -81,6 +83,10 @@ pub const MAX_KERNEL_AREA: u64 = 1 << 12;
 pub const MAX_GEOMETRY_VALUE: u64 = 1 << 16;
 
 const CODEBOOK_PREFIX: &str = "clustered_conv.codebook.";
+/// `kind` of a clustered layer in the metadata.
+const KIND_CLUSTERED: &str = "clustered";
+/// `kind` of a layer kept dense in the metadata.
+const KIND_DENSE: &str = "dense";
 
 /// The element types a layer's weight and bias had when imported; decompression writes them
 /// back in these types.
@@ -210,11 +216,12 @@ impl CompressedModel {
     /// The file's bytes.
     ///
     /// # Errors
-    /// [`Error::InvalidModel`] when the model cannot be stored exactly: a scale that is not
-    /// representable at the network's scale precision (round the scales after fine-tuning
-    /// with [`CompressedNetwork::round_scales`]), a layer without scales in a network with
-    /// scales, two tensors with the same name, a codebook index out of range, or a `dtypes`
-    /// list of the wrong length.
+    /// [`Error::UnroundedScale`] for a scale that is not representable at the network's scale
+    /// precision (round the scales after fine-tuning with
+    /// [`CompressedNetwork::round_scales`]), [`Error::DuplicateTensorName`] for two tensors
+    /// with the same name, and [`Error::InvalidModel`] when the model cannot be stored
+    /// otherwise: a layer without scales in a network with scales, a codebook index out of
+    /// range, a non-finite bias, or a `dtypes` list of the wrong length.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let net = &self.network;
         if self.dtypes.len() != net.layers.len() {
@@ -237,8 +244,8 @@ impl CompressedModel {
             codebooks.push(CodebookMeta {
                 k: k as u64,
                 kernel: [kh as u64, kw as u64],
-                symmetry: cb.symmetry().letters().to_string(),
-                scale_mode: scale_mode_name(cb.scale_mode()).to_string(),
+                symmetry: cb.symmetry().to_string(),
+                scale_mode: cb.scale_mode().to_string(),
             });
         }
         let mut layers = Vec::with_capacity(net.layers.len());
@@ -248,11 +255,9 @@ impl CompressedModel {
         tensors.extend(self.passthrough.iter().cloned());
         let mut seen = HashSet::new();
         if let Some(dup) = tensors.iter().find(|t| !seen.insert(t.name.as_str())) {
-            return invalid_model(format!(
-                "two tensors are named {:?} (a layer name collides with a pass-through tensor \
-                 or another layer)",
-                dup.name
-            ));
+            return Err(Error::DuplicateTensorName {
+                name: dup.name.clone(),
+            });
         }
         let meta = ModelMeta {
             scales: net.scales.to_string(),
@@ -292,114 +297,34 @@ impl CompressedModel {
     ///
     /// # Errors
     /// [`Error::LimitExceeded`], [`Error::InvalidSafetensors`] (not a safetensors file),
-    /// [`Error::InvalidModelFile`] (a safetensors file that is not a valid compressed model),
-    /// [`Error::UnsupportedVersion`], [`Error::ChecksumMismatch`], or
+    /// [`Error::NotCompressedModel`] (a safetensors file of another kind, e.g. a plain
+    /// `state_dict`), [`Error::InvalidModelFile`] (a compressed-model file whose metadata or
+    /// tensors are not valid), [`Error::UnsupportedVersion`], [`Error::ChecksumMismatch`], or
     /// [`Error::IndexOutOfRange`] for an index beyond its codebook.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         check_limit("file size in bytes", bytes.len() as u64, MAX_FILE_BYTES)?;
-        let metadata = read_safetensors_header(bytes)?;
-        let format = metadata.get("format").map(String::as_str);
-        if format != Some(FORMAT_NAME) {
-            return invalid_file(format!(
-                "__metadata__.format is {format:?}, expected {FORMAT_NAME:?} (a plain \
-                 safetensors state_dict must be compressed first)"
-            ));
-        }
-        let version = metadata
-            .get("format_version")
-            .ok_or_else(|| file_error("__metadata__ has no format_version".to_string()))?;
-        match version.parse::<u32>() {
-            Ok(v) if (1..=FORMAT_VERSION).contains(&v) => {}
-            Ok(v) if v > FORMAT_VERSION => {
-                return Err(Error::UnsupportedVersion {
-                    found: version.clone(),
-                    supported: FORMAT_VERSION,
-                })
-            }
-            _ => return invalid_file(format!("format_version {version:?} is not a version")),
-        }
-        let model_json = metadata
-            .get("model")
-            .ok_or_else(|| file_error("__metadata__ has no model".to_string()))?;
-        let recorded = metadata
-            .get("payload_sha256")
-            .ok_or_else(|| file_error("__metadata__ has no payload_sha256".to_string()))?;
-        let file = SafeTensors::deserialize(bytes).map_err(|e| Error::InvalidSafetensors {
-            what: e.to_string(),
-        })?;
-        let mut payload: BTreeMap<String, safetensors::tensor::TensorView<'_>> =
-            file.tensors().into_iter().collect();
-        let actual = payload_sha256(
-            model_json,
-            payload
-                .iter()
-                .map(|(name, v)| (name.as_str(), v.dtype(), v.shape(), v.data())),
-        );
-        if &actual != recorded {
-            return Err(Error::ChecksumMismatch {
-                expected: recorded.clone(),
-                got: actual,
-            });
-        }
-        let meta: ModelMeta = serde_json::from_str(model_json)
-            .map_err(|e| file_error(format!("__metadata__.model: {e}")))?;
-        check_limit(
-            "number of layers",
-            meta.layers.len() as u64,
-            MAX_LAYERS as u64,
-        )?;
-        check_limit(
-            "number of codebooks",
-            meta.codebooks.len() as u64,
-            MAX_CODEBOOKS as u64,
-        )?;
-        let scales: ScalePrecision = meta
-            .scales
-            .parse()
-            .map_err(|e| file_error(format!("__metadata__.model.scales: {e}")))?;
-        let mut take = |name: &str, dtype: Dtype, shape: &[usize]| -> Result<Vec<u8>> {
-            let view = payload
-                .remove(name)
-                .ok_or_else(|| file_error(format!("tensor {name:?} is missing")))?;
-            if view.dtype() != dtype || view.shape() != shape {
-                return invalid_file(format!(
-                    "tensor {name:?} is {:?} {:?}, expected {dtype:?} {shape:?}",
-                    view.dtype(),
-                    view.shape()
-                ));
-            }
-            Ok(view.data().to_vec())
-        };
+        let header = Header::read(bytes)?;
+        let mut payload = Payload::verified(bytes, &header)?;
+        let meta = ModelMeta::parse(&header.model)?;
+        let scales: ScalePrecision = parse_field("__metadata__.model.scales", &meta.scales)?;
         let codebooks = meta
             .codebooks
             .iter()
             .enumerate()
-            .map(|(c, m)| read_codebook(c, m, &mut take))
+            .map(|(c, m)| read_codebook(c, m, &mut payload))
             .collect::<Result<Vec<_>>>()?;
         let mut layers = Vec::with_capacity(meta.layers.len());
         let mut dtypes = Vec::with_capacity(meta.layers.len());
         for m in &meta.layers {
-            layers.push(read_layer(m, &codebooks, scales, &mut take)?);
-            dtypes.push(LayerDtypes {
-                weight: parse_dtype(&m.weight_dtype, &m.name)?,
-                bias: parse_dtype(&m.bias_dtype, &m.name)?,
-            });
+            layers.push(read_layer(m, &codebooks, scales, &mut payload)?);
+            dtypes.push(m.dtypes()?);
         }
-        let mut passthrough = Vec::with_capacity(meta.passthrough.len());
-        for name in &meta.passthrough {
-            let view = payload
-                .remove(name)
-                .ok_or_else(|| file_error(format!("pass-through tensor {name:?} is missing")))?;
-            passthrough.push(NamedTensor::from_raw(
-                name.clone(),
-                view.dtype(),
-                view.shape().to_vec(),
-                view.data().to_vec(),
-            ));
-        }
-        if let Some(extra) = payload.keys().next() {
-            return invalid_file(format!("tensor {extra:?} is not described by the metadata"));
-        }
+        let passthrough = meta
+            .passthrough
+            .iter()
+            .map(|name| payload.take_passthrough(name))
+            .collect::<Result<Vec<_>>>()?;
+        payload.finish()?;
         Ok(CompressedModel {
             network: CompressedNetwork {
                 codebooks,
@@ -426,9 +351,9 @@ impl CompressedModel {
     /// # Errors
     /// [`Error::Io`], or as [`CompressedModel::from_bytes`].
     pub fn load(path: &Path) -> Result<Self> {
-        let io_error = |e: std::io::Error| Error::Io {
+        let io_error = |source| Error::Io {
             path: path.to_path_buf(),
-            kind: e.kind(),
+            source,
         };
         let size = std::fs::metadata(path).map_err(io_error)?.len();
         check_limit("file size in bytes", size, MAX_FILE_BYTES)?;
@@ -479,54 +404,13 @@ fn write_layer(
     tensors: &mut Vec<NamedTensor>,
 ) -> Result<LayerMeta> {
     let name = layer.name();
-    let (kind, codebook, shape, index_bits, geometry, scales, bias, mask) = match layer {
+    let (mut meta, bias) = match layer {
         CompressedLayer::Clustered {
             codebook, layer, ..
-        } => {
-            let cb = net
-                .codebooks
-                .get(*codebook)
-                .ok_or_else(|| Error::InvalidModel {
-                    what: format!(
-                        "layer {name:?} uses codebook {codebook}, the network has {}",
-                        net.codebooks.len()
-                    ),
-                })?;
-            let bits = cb.index_bits().max(1);
-            let (cout, cin) = layer.indices().dim();
-            let (kh, kw) = cb.kernel_size();
-            let limit = cb.index_limit();
-            if let Some(bad) = layer.iter_indices().find(|&v| v as usize >= limit) {
-                return invalid_model(format!(
-                    "layer {name:?} has index {bad}, its codebook has {limit} entries"
-                ));
-            }
-            tensors.push(NamedTensor::from_raw(
-                format!("{name}.weight.indices"),
-                Dtype::U8,
-                vec![packed_len(cout * cin, bits).unwrap_or(0)],
-                pack(layer.iter_indices(), bits),
-            ));
-            let has_scales = write_scales(name, layer, net.scales, tensors)?;
-            if let Some(mask) = layer.mask() {
-                tensors.push(NamedTensor::from_raw(
-                    format!("{name}.weight.mask"),
-                    Dtype::U8,
-                    vec![packed_len(cout * cin, 1).unwrap_or(0)],
-                    pack(mask.iter().map(|&keep| u32::from(keep)), 1),
-                ));
-            }
-            (
-                "clustered",
-                Some(*codebook),
-                [cout, cin, kh, kw],
-                bits,
-                layer.geometry(),
-                has_scales,
-                layer.bias(),
-                layer.mask().is_some(),
-            )
-        }
+        } => (
+            write_clustered(name, *codebook, layer, net, tensors)?,
+            layer.bias(),
+        ),
         CompressedLayer::Dense { layer, .. } => {
             let (o, i, kh, kw) = layer.weight().dim();
             tensors.push(NamedTensor::from_raw(
@@ -535,17 +419,8 @@ fn write_layer(
                 vec![o, i, kh, kw],
                 f32_bytes(layer.weight().iter()),
             ));
-            let geometry = layer.geometry();
-            (
-                "dense",
-                None,
-                [o, i, kh, kw],
-                0,
-                geometry,
-                false,
-                layer.bias(),
-                false,
-            )
+            let meta = LayerMeta::new(name, KIND_DENSE, [o, i, kh, kw], layer.geometry());
+            (meta, layer.bias())
         }
     };
     if let Some(b) = bias {
@@ -559,24 +434,83 @@ fn write_layer(
             f32_bytes(b.iter()),
         ));
     }
-    let p = geometry.padding_sides();
-    let (sh, sw) = geometry.stride_hw();
-    let (dh, dw) = geometry.dilation_hw();
-    Ok(LayerMeta {
-        name: name.to_string(),
-        kind: kind.to_string(),
-        codebook,
-        shape: shape.map(|d| d as u64),
-        index_bits,
-        stride: [sh as u64, sw as u64],
-        padding: [p.top, p.bottom, p.left, p.right].map(|v| v as u64),
-        dilation: [dh as u64, dw as u64],
-        scales,
-        bias: bias.is_some(),
-        mask,
-        weight_dtype: dtype_name(dtypes.weight).to_string(),
-        bias_dtype: dtype_name(dtypes.bias).to_string(),
-    })
+    meta.bias = bias.is_some();
+    meta.weight_dtype = dtypes.weight.to_string();
+    meta.bias_dtype = dtypes.bias.to_string();
+    Ok(meta)
+}
+
+/// Adds a clustered layer's indices, scales and mask; returns its metadata without bias
+/// and element types.
+fn write_clustered(
+    name: &str,
+    codebook: usize,
+    layer: &ClusteredConv2d<f32>,
+    net: &CompressedNetwork<f32>,
+    tensors: &mut Vec<NamedTensor>,
+) -> Result<LayerMeta> {
+    let cb = net
+        .codebooks
+        .get(codebook)
+        .ok_or_else(|| Error::InvalidModel {
+            what: format!(
+                "layer {name:?} uses codebook {codebook}, the network has {}",
+                net.codebooks.len()
+            ),
+        })?;
+    let bits = cb.index_bits().max(1);
+    let (cout, cin) = layer.indices().dim();
+    let (kh, kw) = cb.kernel_size();
+    let limit = cb.index_limit();
+    if let Some(bad) = layer.iter_indices().find(|&v| v as usize >= limit) {
+        return invalid_model(format!(
+            "layer {name:?} has index {bad}, its codebook has {limit} entries"
+        ));
+    }
+    tensors.push(NamedTensor::from_raw(
+        format!("{name}.weight.indices"),
+        Dtype::U8,
+        vec![packed_len(cout * cin, bits).unwrap_or(0)],
+        pack(layer.iter_indices(), bits),
+    ));
+    let mut meta = LayerMeta::new(name, KIND_CLUSTERED, [cout, cin, kh, kw], layer.geometry());
+    meta.codebook = Some(codebook);
+    meta.index_bits = bits;
+    meta.scales = write_scales(name, layer, net.scales, tensors)?;
+    if let Some(mask) = layer.mask() {
+        tensors.push(NamedTensor::from_raw(
+            format!("{name}.weight.mask"),
+            Dtype::U8,
+            vec![packed_len(cout * cin, 1).unwrap_or(0)],
+            pack(mask.iter().map(|&keep| u32::from(keep)), 1),
+        ));
+        meta.mask = true;
+    }
+    Ok(meta)
+}
+
+impl LayerMeta {
+    /// The metadata of a layer without codebook, scales, bias or mask, of `f32` weights.
+    fn new(name: &str, kind: &str, shape: [usize; 4], geometry: ConvGeometry) -> LayerMeta {
+        let p = geometry.padding_sides();
+        let (sh, sw) = geometry.stride_hw();
+        let (dh, dw) = geometry.dilation_hw();
+        LayerMeta {
+            name: name.to_string(),
+            kind: kind.to_string(),
+            codebook: None,
+            shape: shape.map(|d| d as u64),
+            index_bits: 0,
+            stride: [sh as u64, sw as u64],
+            padding: [p.top, p.bottom, p.left, p.right].map(|v| v as u64),
+            dilation: [dh as u64, dw as u64],
+            scales: false,
+            bias: false,
+            mask: false,
+            weight_dtype: TensorDtype::F32.to_string(),
+            bias_dtype: TensorDtype::F32.to_string(),
+        }
+    }
 }
 
 /// Adds a clustered layer's scales at the network's precision; `false` when none are stored.
@@ -610,21 +544,33 @@ fn write_scales(
             "layer {name:?} has scales but the network's scale precision is none"
         ));
     }
-    let flat = scales.iter().position(|&s| precision.round(s) != s);
-    if let Some(j) = flat {
+    if let Some(j) = scales.iter().position(|&s| precision.round(s) != s) {
         let cin = layer.in_channels();
-        return invalid_model(format!(
-            "layer {name:?}: scale [{}, {}] = {} is not representable as {precision}; call \
-             CompressedNetwork::round_scales after fine-tuning",
-            j / cin,
-            j % cin,
-            scales.iter().nth(j).copied().unwrap_or(f32::NAN)
-        ));
+        return Err(Error::UnroundedScale {
+            layer: name.to_string(),
+            out_channel: j / cin,
+            in_channel: j % cin,
+            value: scales.iter().nth(j).copied().unwrap_or(f32::NAN),
+            precision: precision.to_string(),
+        });
     }
+    let (dtype, shape, bytes) = encode_scales(&scales, precision);
+    tensors.push(NamedTensor::from_raw(
+        format!("{name}.weight.scales"),
+        dtype,
+        shape,
+        bytes,
+    ));
+    Ok(true)
+}
+
+/// The stored form of `scales` at `precision` (not `None`): dtype, shape and bytes.
+fn encode_scales(scales: &Array2<f32>, precision: ScalePrecision) -> (Dtype, Vec<usize>, Vec<u8>) {
     let shape = vec![scales.nrows(), scales.ncols()];
-    let (dtype, bytes) = match precision {
+    match precision {
         ScalePrecision::F16 => (
             Dtype::F16,
+            shape,
             scales
                 .iter()
                 .flat_map(|&s| half::f16::from_f32(s).to_le_bytes())
@@ -643,35 +589,174 @@ fn write_scales(
                     .map(|&s| ((f64::from(s) * step).round() as i64 as u32) & mask),
                 u32::from(bits),
             );
-            (Dtype::U8, packed)
+            (Dtype::U8, vec![packed.len()], packed)
         }
-        ScalePrecision::F32 | ScalePrecision::None => (Dtype::F32, f32_bytes(scales.iter())),
-    };
-    let shape = if dtype == Dtype::U8 {
-        vec![bytes.len()]
-    } else {
-        shape
-    };
-    tensors.push(NamedTensor::from_raw(
-        format!("{name}.weight.scales"),
-        dtype,
-        shape,
-        bytes,
-    ));
-    Ok(true)
+        ScalePrecision::F32 | ScalePrecision::None => (Dtype::F32, shape, f32_bytes(scales.iter())),
+    }
 }
 
-type Take<'t> = dyn FnMut(&str, Dtype, &[usize]) -> Result<Vec<u8>> + 't;
+/// The `__metadata__` entries of a compressed-model file, after the checks every version
+/// shares: the magic and the version.
+struct Header {
+    /// `__metadata__.model`, the JSON of a [`ModelMeta`].
+    model: String,
+    /// `__metadata__.payload_sha256`, as recorded.
+    checksum: String,
+}
 
-fn read_codebook(c: usize, m: &CodebookMeta, take: &mut Take<'_>) -> Result<KernelCodebook<f32>> {
+impl Header {
+    /// Checks, in order: a safetensors header, the magic, a known version, then that `model`
+    /// and `payload_sha256` are present.
+    fn read(bytes: &[u8]) -> Result<Header> {
+        let mut metadata = read_safetensors_header(bytes)?;
+        if metadata.get("format").map(String::as_str) != Some(FORMAT_NAME) {
+            return Err(Error::NotCompressedModel {
+                found: metadata.remove("format"),
+            });
+        }
+        let mut entry = |key: &str| {
+            metadata
+                .remove(key)
+                .ok_or_else(|| file_error(format!("__metadata__ has no {key}")))
+        };
+        check_version(&entry("format_version")?)?;
+        Ok(Header {
+            model: entry("model")?,
+            checksum: entry("payload_sha256")?,
+        })
+    }
+}
+
+/// `Ok` for the versions this build reads; [`Error::UnsupportedVersion`] for a newer one.
+fn check_version(version: &str) -> Result<()> {
+    match version.parse::<u32>() {
+        Ok(v) if (1..=FORMAT_VERSION).contains(&v) => Ok(()),
+        Ok(v) if v > FORMAT_VERSION => Err(Error::UnsupportedVersion {
+            found: version.to_string(),
+            supported: FORMAT_VERSION,
+        }),
+        _ => invalid_file(format!("format_version {version:?} is not a version")),
+    }
+}
+
+impl ModelMeta {
+    /// Parses `__metadata__.model` and bounds its numbers of layers and codebooks.
+    fn parse(json: &str) -> Result<ModelMeta> {
+        let meta: ModelMeta = serde_json::from_str(json)
+            .map_err(|e| file_error(format!("__metadata__.model: {e}")))?;
+        check_limit(
+            "number of layers",
+            meta.layers.len() as u64,
+            MAX_LAYERS as u64,
+        )?;
+        check_limit(
+            "number of codebooks",
+            meta.codebooks.len() as u64,
+            MAX_CODEBOOKS as u64,
+        )?;
+        Ok(meta)
+    }
+}
+
+impl LayerMeta {
+    /// The element types recorded for the layer.
+    fn dtypes(&self) -> Result<LayerDtypes> {
+        let field = format!("layer {:?}", self.name);
+        Ok(LayerDtypes {
+            weight: parse_field(&field, &self.weight_dtype)?,
+            bias: parse_field(&field, &self.bias_dtype)?,
+        })
+    }
+}
+
+/// The tensors of a file whose checksum matched, taken one by one as the metadata names them;
+/// [`Payload::finish`] refuses any left over.
+struct Payload<'a> {
+    tensors: BTreeMap<String, TensorView<'a>>,
+}
+
+impl<'a> Payload<'a> {
+    /// Parses the tensors of `bytes` and checks them against the header's checksum.
+    fn verified(bytes: &'a [u8], header: &Header) -> Result<Self> {
+        let file = SafeTensors::deserialize(bytes).map_err(|e| Error::InvalidSafetensors {
+            what: e.to_string(),
+        })?;
+        let tensors: BTreeMap<String, TensorView<'a>> = file.tensors().into_iter().collect();
+        let actual = payload_sha256(
+            &header.model,
+            tensors
+                .iter()
+                .map(|(name, v)| (name.as_str(), v.dtype(), v.shape(), v.data())),
+        );
+        if actual != header.checksum {
+            return Err(Error::ChecksumMismatch {
+                expected: header.checksum.clone(),
+                got: actual,
+            });
+        }
+        Ok(Payload { tensors })
+    }
+
+    /// The bytes of tensor `name`, which must have type `dtype` and shape `shape`.
+    fn take(&mut self, name: &str, dtype: Dtype, shape: &[usize]) -> Result<&'a [u8]> {
+        let view = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| file_error(format!("tensor {name:?} is missing")))?;
+        if view.dtype() != dtype || view.shape() != shape {
+            return invalid_file(format!(
+                "tensor {name:?} is {:?} {:?}, expected {dtype:?} {shape:?}",
+                view.dtype(),
+                view.shape()
+            ));
+        }
+        Ok(view.data())
+    }
+
+    /// The finite `f32` values of tensor `name` of shape `shape`; errors name `what`.
+    fn take_f32s(&mut self, name: &str, shape: &[usize], what: &str) -> Result<Vec<f32>> {
+        finite_f32s(self.take(name, Dtype::F32, shape)?, what)
+    }
+
+    /// The `count` values of `bits` bits bit-packed in the `U8` tensor `name`.
+    fn take_packed(&mut self, name: &str, bits: u32, count: usize) -> Result<Vec<u32>> {
+        let len = packed_len(count, bits).unwrap_or(usize::MAX);
+        unpack(self.take(name, Dtype::U8, &[len])?, bits, count, name)
+    }
+
+    /// Pass-through tensor `name`, as stored.
+    fn take_passthrough(&mut self, name: &str) -> Result<NamedTensor> {
+        let view = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| file_error(format!("pass-through tensor {name:?} is missing")))?;
+        Ok(NamedTensor::from_raw(
+            name.to_string(),
+            view.dtype(),
+            view.shape().to_vec(),
+            view.data().to_vec(),
+        ))
+    }
+
+    /// Refuses a tensor the metadata did not describe.
+    fn finish(self) -> Result<()> {
+        match self.tensors.keys().next() {
+            Some(extra) => {
+                invalid_file(format!("tensor {extra:?} is not described by the metadata"))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+fn read_codebook(
+    c: usize,
+    m: &CodebookMeta,
+    payload: &mut Payload<'_>,
+) -> Result<KernelCodebook<f32>> {
     let what = format!("codebook {c}");
-    let symmetry = Symmetry::from_letters(&m.symmetry)
-        .ok_or_else(|| file_error(format!("{what}: unknown symmetry {:?}", m.symmetry)))?;
-    let scale_mode = match m.scale_mode.as_str() {
-        "l2norm" => ScaleMode::L2Norm,
-        "none" => ScaleMode::None,
-        other => return invalid_file(format!("{what}: unknown scale mode {other:?}")),
-    };
+    let symmetry: Symmetry = parse_field(&what, &m.symmetry)?;
+    let scale_mode: ScaleMode = parse_field(&what, &m.scale_mode)?;
     let area = m.kernel[0].saturating_mul(m.kernel[1]);
     check_limit(&format!("{what}: kernel area"), area, MAX_KERNEL_AREA)?;
     let entries = m.k.saturating_mul(symmetry.transforms() as u64);
@@ -681,8 +766,7 @@ fn read_codebook(c: usize, m: &CodebookMeta, take: &mut Take<'_>) -> Result<Kern
         MAX_CODEBOOK_ENTRIES,
     )?;
     let shape = [m.k as usize, m.kernel[0] as usize, m.kernel[1] as usize];
-    let bytes = take(&format!("{CODEBOOK_PREFIX}{c}"), Dtype::F32, &shape)?;
-    let values = finite_f32s(&bytes, &what)?;
+    let values = payload.take_f32s(&format!("{CODEBOOK_PREFIX}{c}"), &shape, &what)?;
     let centroids = Array3::from_shape_vec(shape, values).map_err(|e| file_error(e.to_string()))?;
     Ok(KernelCodebook::from_centroids(centroids, symmetry)?.with_scale_mode(scale_mode))
 }
@@ -691,7 +775,7 @@ fn read_layer(
     m: &LayerMeta,
     codebooks: &[KernelCodebook<f32>],
     precision: ScalePrecision,
-    take: &mut Take<'_>,
+    payload: &mut Payload<'_>,
 ) -> Result<CompressedLayer<f32>> {
     let name = &m.name;
     let [o, i, kh, kw] = m.shape;
@@ -710,15 +794,15 @@ fn read_layer(
     let geometry = read_geometry(m)?;
     let (o, i, kh, kw) = (o as usize, i as usize, kh as usize, kw as usize);
     let bias = if m.bias {
-        let bytes = take(&format!("{name}.bias"), Dtype::F32, &[o])?;
-        Some(Array1::from(finite_f32s(&bytes, &format!("{name}.bias"))?))
+        let what = format!("{name}.bias");
+        Some(Array1::from(payload.take_f32s(&what, &[o], &what)?))
     } else {
         None
     };
     match (m.kind.as_str(), m.codebook) {
-        ("dense", None) => {
-            let bytes = take(&format!("{name}.weight"), Dtype::F32, &[o, i, kh, kw])?;
-            let values = finite_f32s(&bytes, &format!("{name}.weight"))?;
+        (KIND_DENSE, None) => {
+            let what = format!("{name}.weight");
+            let values = payload.take_f32s(&what, &[o, i, kh, kw], &what)?;
             let weight = Array4::from_shape_vec((o, i, kh, kw), values)
                 .map_err(|e| file_error(e.to_string()))?;
             Ok(CompressedLayer::Dense {
@@ -726,55 +810,12 @@ fn read_layer(
                 layer: Conv2d::new(weight, bias, geometry)?,
             })
         }
-        ("clustered", Some(c)) => {
-            let cb = codebooks.get(c).ok_or_else(|| {
-                file_error(format!(
-                    "layer {name:?} uses codebook {c}, the file has {}",
-                    codebooks.len()
-                ))
-            })?;
-            if cb.kernel_size() != (kh, kw) {
-                return invalid_file(format!(
-                    "layer {name:?} has {kh}×{kw} kernels, codebook {c} has {:?}",
-                    cb.kernel_size()
-                ));
-            }
-            let bits = cb.index_bits().max(1);
-            if m.index_bits != bits {
-                return invalid_file(format!(
-                    "layer {name:?} records {} index bits, codebook {c} needs {bits}",
-                    m.index_bits
-                ));
-            }
-            let count = o * i;
-            let what = format!("{name}.weight.indices");
-            let len = packed_len(count, bits).unwrap_or(usize::MAX);
-            let bytes = take(&what, Dtype::U8, &[len])?;
-            let flat = unpack(&bytes, bits, count, &what)?;
-            let limit = cb.index_limit();
-            if let Some(j) = flat.iter().position(|&v| v as usize >= limit) {
-                return Err(Error::IndexOutOfRange {
-                    index: flat[j],
-                    out_channel: j / i,
-                    in_channel: j % i,
-                    limit,
-                });
-            }
-            let indices =
-                Array2::from_shape_vec((o, i), flat).map_err(|e| file_error(e.to_string()))?;
-            let scales = read_scales(m, precision, (o, i), take)?;
+        (KIND_CLUSTERED, Some(c)) => {
+            let cb = layer_codebook(m, c, codebooks, (kh, kw))?;
+            let indices = read_indices(m, cb, (o, i), payload)?;
+            let scales = read_scales(m, precision, (o, i), payload)?;
             let mut layer = ClusteredConv2d::new(indices, scales, bias, geometry)?;
-            if m.mask {
-                let what = format!("{name}.weight.mask");
-                let bytes = take(
-                    &what,
-                    Dtype::U8,
-                    &[packed_len(count, 1).unwrap_or(usize::MAX)],
-                )?;
-                let keep = unpack(&bytes, 1, count, &what)?;
-                let mask =
-                    Array2::from_shape_vec((o, i), keep.into_iter().map(|b| b == 1).collect())
-                        .map_err(|e| file_error(e.to_string()))?;
+            if let Some(mask) = read_mask(m, (o, i), payload)? {
                 layer = layer.with_mask(mask)?;
             }
             if precision == ScalePrecision::F16 {
@@ -794,11 +835,78 @@ fn read_layer(
     }
 }
 
+/// Codebook `c` of a clustered layer, checked against the layer's kernel size and recorded
+/// index width.
+fn layer_codebook<'c>(
+    m: &LayerMeta,
+    c: usize,
+    codebooks: &'c [KernelCodebook<f32>],
+    (kh, kw): (usize, usize),
+) -> Result<&'c KernelCodebook<f32>> {
+    let name = &m.name;
+    let cb = codebooks.get(c).ok_or_else(|| {
+        file_error(format!(
+            "layer {name:?} uses codebook {c}, the file has {}",
+            codebooks.len()
+        ))
+    })?;
+    if cb.kernel_size() != (kh, kw) {
+        return invalid_file(format!(
+            "layer {name:?} has {kh}×{kw} kernels, codebook {c} has {:?}",
+            cb.kernel_size()
+        ));
+    }
+    let bits = cb.index_bits().max(1);
+    if m.index_bits != bits {
+        return invalid_file(format!(
+            "layer {name:?} records {} index bits, codebook {c} needs {bits}",
+            m.index_bits
+        ));
+    }
+    Ok(cb)
+}
+
+/// A clustered layer's `(o, i)` indices, each below its codebook's number of entries.
+fn read_indices(
+    m: &LayerMeta,
+    cb: &KernelCodebook<f32>,
+    (o, i): (usize, usize),
+    payload: &mut Payload<'_>,
+) -> Result<Array2<u32>> {
+    let bits = cb.index_bits().max(1);
+    let flat = payload.take_packed(&format!("{}.weight.indices", m.name), bits, o * i)?;
+    let limit = cb.index_limit();
+    if let Some(j) = flat.iter().position(|&v| v as usize >= limit) {
+        return Err(Error::IndexOutOfRange {
+            index: flat[j],
+            out_channel: j / i,
+            in_channel: j % i,
+            limit,
+        });
+    }
+    Array2::from_shape_vec((o, i), flat).map_err(|e| file_error(e.to_string()))
+}
+
+/// A clustered layer's `(o, i)` keep-mask, when the metadata records one.
+fn read_mask(
+    m: &LayerMeta,
+    (o, i): (usize, usize),
+    payload: &mut Payload<'_>,
+) -> Result<Option<Array2<bool>>> {
+    if !m.mask {
+        return Ok(None);
+    }
+    let keep = payload.take_packed(&format!("{}.weight.mask", m.name), 1, o * i)?;
+    let mask = Array2::from_shape_vec((o, i), keep.into_iter().map(|b| b == 1).collect())
+        .map_err(|e| file_error(e.to_string()))?;
+    Ok(Some(mask))
+}
+
 fn read_scales(
     m: &LayerMeta,
     precision: ScalePrecision,
     (o, i): (usize, usize),
-    take: &mut Take<'_>,
+    payload: &mut Payload<'_>,
 ) -> Result<Option<Array2<f32>>> {
     let name = &m.name;
     if m.scales != (precision != ScalePrecision::None) {
@@ -810,18 +918,19 @@ fn read_scales(
     let what = format!("{name}.weight.scales");
     let values: Vec<f32> = match precision {
         ScalePrecision::None => return Ok(None),
-        ScalePrecision::F16 => take(&what, Dtype::F16, &[o, i])?
+        ScalePrecision::F16 => payload
+            .take(&what, Dtype::F16, &[o, i])?
             .chunks_exact(2)
             .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
-        ScalePrecision::F32 => take(&what, Dtype::F32, &[o, i])?
+        ScalePrecision::F32 => payload
+            .take(&what, Dtype::F32, &[o, i])?
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect(),
         ScalePrecision::Fixed(bits) => {
             let bits = u32::from(bits);
-            let len = packed_len(o * i, bits).unwrap_or(usize::MAX);
-            let raw = unpack(&take(&what, Dtype::U8, &[len])?, bits, o * i, &what)?;
+            let raw = payload.take_packed(&what, bits, o * i)?;
             let step = 2f64.powi(bits as i32);
             raw.into_iter()
                 .map(|q| (f64::from(sign_extend(q, bits)) / step) as f32)
@@ -904,30 +1013,11 @@ fn check_finite(values: Vec<f32>, what: &str) -> Result<Vec<f32>> {
     }
 }
 
-fn scale_mode_name(mode: ScaleMode) -> &'static str {
-    match mode {
-        ScaleMode::L2Norm => "l2norm",
-        ScaleMode::None => "none",
-    }
-}
-
-fn dtype_name(dtype: TensorDtype) -> &'static str {
-    match dtype {
-        TensorDtype::F16 => "F16",
-        TensorDtype::BF16 => "BF16",
-        TensorDtype::F32 => "F32",
-        TensorDtype::F64 => "F64",
-    }
-}
-
-fn parse_dtype(name: &str, layer: &str) -> Result<TensorDtype> {
-    match name {
-        "F16" => Ok(TensorDtype::F16),
-        "BF16" => Ok(TensorDtype::BF16),
-        "F32" => Ok(TensorDtype::F32),
-        "F64" => Ok(TensorDtype::F64),
-        other => invalid_file(format!("layer {layer:?}: unknown element type {other:?}")),
-    }
+/// `text`, a field of the metadata, parsed by its type's `FromStr` (the one string form of
+/// every enum the file records); a failure is an [`Error::InvalidModelFile`] naming `field`.
+fn parse_field<T: FromStr<Err = Error>>(field: &str, text: &str) -> Result<T> {
+    text.parse()
+        .map_err(|e: Error| file_error(format!("{field}: {e}")))
 }
 
 fn check_limit(what: &str, got: u64, limit: u64) -> Result<()> {

@@ -119,6 +119,61 @@ pub enum TensorDtype {
     F64,
 }
 
+impl TensorDtype {
+    const ALL: [TensorDtype; 4] = [
+        TensorDtype::F16,
+        TensorDtype::BF16,
+        TensorDtype::F32,
+        TensorDtype::F64,
+    ];
+
+    /// safetensors' name of the type: `F16`, `BF16`, `F32` or `F64`.
+    fn name(self) -> &'static str {
+        match self {
+            TensorDtype::F16 => "F16",
+            TensorDtype::BF16 => "BF16",
+            TensorDtype::F32 => "F32",
+            TensorDtype::F64 => "F64",
+        }
+    }
+}
+
+impl std::fmt::Display for TensorDtype {
+    /// safetensors' name of the type: `F16`, `BF16`, `F32` or `F64`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for TensorDtype {
+    type Err = Error;
+
+    /// Parses safetensors' name of the type, `F16`, `BF16`, `F32` or `F64` (what
+    /// [`Display`](std::fmt::Display) writes).
+    ///
+    /// ```
+    /// use clustered_conv::io::TensorDtype;
+    /// assert_eq!("BF16".parse::<TensorDtype>()?, TensorDtype::BF16);
+    /// assert_eq!(TensorDtype::F64.to_string(), "F64");
+    /// let err = "f32".parse::<TensorDtype>().unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     r#"invalid element type "f32": expected F16, BF16, F32 or F64"#
+    /// );
+    /// # Ok::<(), clustered_conv::Error>(())
+    /// ```
+    fn from_str(s: &str) -> Result<Self> {
+        TensorDtype::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| Error::Parse {
+                what: "element type",
+                input: s.to_string(),
+                expected: "F16, BF16, F32 or F64",
+            })
+    }
+}
+
 /// One tensor of a safetensors file, kept as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NamedTensor {

@@ -178,23 +178,13 @@ fn parse_config(
     symmetry: &str,
     scales: &str,
 ) -> Result<(CodebookScope, Symmetry, ScalePrecision), Error> {
-    let scope = match scope {
-        "shared" => CodebookScope::Shared,
-        "per-layer" => CodebookScope::PerLayer,
-        groups => CodebookScope::parse_groups(groups)?,
-    };
-    let symmetry = Symmetry::from_letters(symmetry).ok_or_else(|| Error::Parse {
-        what: "symmetry",
-        input: symmetry.to_string(),
-        expected: "i, ih, ihvo or ihvoIHVO",
-    })?;
-    Ok((scope, symmetry, scales.parse()?))
+    Ok((scope.parse()?, symmetry.parse()?, scales.parse()?))
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|e| Error::Io {
+    std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
-        kind: e.kind(),
+        source,
     })
 }
 

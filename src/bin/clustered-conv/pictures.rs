@@ -17,9 +17,9 @@ const HISTOGRAM_WIDTH: usize = 1024;
 /// Writes `codebook<c>_centroids.png` and `codebook<c>_usage.png` for every codebook into
 /// `dir` (created if missing) and returns their paths.
 pub fn write_all(model: &CompressedModel, dir: &Path) -> Result<Vec<PathBuf>, Error> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::Write {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Write {
         path: dir.to_path_buf(),
-        kind: e.kind(),
+        source,
     })?;
     let mut written = Vec::new();
     for (c, codebook) in model.network.codebooks.iter().enumerate() {
@@ -113,9 +113,9 @@ fn encode_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result<Ve
     let mut out = Vec::new();
     let as_error = |e: png::EncodingError| Error::Write {
         path: path.to_path_buf(),
-        kind: match e {
-            png::EncodingError::IoError(e) => e.kind(),
-            _ => std::io::ErrorKind::InvalidData,
+        source: match e {
+            png::EncodingError::IoError(e) => e,
+            other => std::io::Error::new(std::io::ErrorKind::InvalidData, other),
         },
     };
     let mut encoder = png::Encoder::new(&mut out, width as u32, height as u32);
