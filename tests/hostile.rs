@@ -37,11 +37,6 @@ fn dims4(max: usize) -> impl Strategy<Value = (usize, usize, usize, usize)> {
     (0..max, 0..max, 0..max, 0..max)
 }
 
-fn array4(d: (usize, usize, usize, usize)) -> impl Strategy<Value = Array4<f32>> {
-    proptest::collection::vec(value(), d.0 * d.1 * d.2 * d.3)
-        .prop_map(move |v| Array4::from_shape_vec(d, v).unwrap())
-}
-
 fn geometry() -> impl Strategy<Value = ConvGeometry> {
     (
         [geometry_value(), geometry_value()],
@@ -85,9 +80,13 @@ proptest! {
         xd in dims4(7),
         g in geometry(),
         seed in any::<u64>(),
+        poison in value(),
     ) {
         let w = Array4::from_shape_fn(wd, |(o, i, r, c)| ((seed as usize + o + 2 * i + 3 * r + c) % 7) as f32 - 3.0);
-        let x = Array4::from_shape_fn(xd, |(n, c, y, z)| ((n + c + y * z) % 5) as f32);
+        let mut x = Array4::from_shape_fn(xd, |(n, c, y, z)| ((n + c + y * z) % 5) as f32);
+        if let Some(first) = x.iter_mut().next() {
+            *first = poison;
+        }
         let conv = Conv2d::new(w.clone(), None, g);
         if !geometry_is_valid(&g) || w.is_empty() {
             prop_assert!(conv.is_err());
@@ -129,7 +128,7 @@ proptest! {
         let limit = codebook.index_limit() as u32;
         let indices = Array2::from_shape_fn((cout, cin), |(o, i)| ((o + i) as u32 % limit) + index_offset);
         let scales = scales.and_then(|v| Array2::from_shape_vec((cout, cin), v).ok());
-        let bias = bias_len.map(|n| Array1::<f32>::ones(n));
+        let bias = bias_len.map(Array1::<f32>::ones);
         let Ok(layer) = ClusteredConv2d::new(indices.clone(), scales.clone(), bias.clone(), g) else {
             return Ok(());
         };

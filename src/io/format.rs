@@ -80,7 +80,7 @@ pub const MAX_CODEBOOK_ENTRIES: u64 = 1 << 24;
 /// Largest kernel area `kh·kw`.
 pub const MAX_KERNEL_AREA: u64 = 1 << 12;
 /// Largest stride, padding or dilation.
-pub const MAX_GEOMETRY_VALUE: u64 = 1 << 16;
+pub use crate::geometry::MAX_GEOMETRY_VALUE;
 
 const CODEBOOK_PREFIX: &str = "clustered_conv.codebook.";
 /// `kind` of a clustered layer in the metadata.
@@ -953,7 +953,7 @@ fn read_geometry(m: &LayerMeta) -> Result<ConvGeometry> {
         check_limit(
             &format!("layer {:?}: stride, padding or dilation", m.name),
             *v,
-            MAX_GEOMETRY_VALUE,
+            MAX_GEOMETRY_VALUE as u64,
         )?;
     }
     let [top, bottom, left, right] = m.padding.map(|v| v as usize);
