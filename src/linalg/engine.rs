@@ -7,7 +7,7 @@
 use pulp::Simd;
 
 /// The engine hooks of an element type (crate-internal; unnameable outside the crate).
-pub trait Engine: Copy + Send + Sync + 'static {
+pub trait Engine: faer::traits::ComplexField + Copy + Send + Sync + 'static {
     /// `c ← alpha·a·b` (`accumulate = false`) or `c ← c + alpha·a·b`, single-threaded, on
     /// faer's packed GEMM kernels (AVX2/AVX-512 chosen at run time).
     fn faer_matmul(
@@ -16,7 +16,14 @@ pub trait Engine: Copy + Send + Sync + 'static {
         a: faer::MatRef<'_, Self>,
         b: faer::MatRef<'_, Self>,
         alpha: Self,
-    );
+    ) {
+        let accum = if accumulate {
+            faer::Accum::Add
+        } else {
+            faer::Accum::Replace
+        };
+        faer::linalg::matmul::matmul(c, accum, a, b, alpha, faer::Par::Seq);
+    }
     /// A vector of this type for instruction set `S` (crate-internal kernels).
     type Lanes<S: Simd>: Copy;
     /// All lanes set to `v`.
@@ -62,28 +69,7 @@ macro_rules! lanes_impl {
     };
 }
 
-/// The GEMM entry point, the same for both types.
-macro_rules! faer_impl {
-    () => {
-        fn faer_matmul(
-            c: faer::MatMut<'_, Self>,
-            accumulate: bool,
-            a: faer::MatRef<'_, Self>,
-            b: faer::MatRef<'_, Self>,
-            alpha: Self,
-        ) {
-            let accum = if accumulate {
-                faer::Accum::Add
-            } else {
-                faer::Accum::Replace
-            };
-            faer::linalg::matmul::matmul(c, accum, a, b, alpha, faer::Par::Seq);
-        }
-    };
-}
-
 impl Engine for f32 {
-    faer_impl!();
     lanes_impl!(
         f32,
         f32s,
@@ -96,7 +82,6 @@ impl Engine for f32 {
 }
 
 impl Engine for f64 {
-    faer_impl!();
     lanes_impl!(
         f64,
         f64s,

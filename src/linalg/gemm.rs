@@ -14,22 +14,9 @@ pub(crate) fn gemm<F: Real>(
     beta: F,
     c: &mut ArrayViewMut2<F>,
 ) {
-    let a_owned;
-    let a = match faer_ref(a.view()) {
-        Some(r) => r,
-        None => {
-            a_owned = a.as_standard_layout().into_owned();
-            faer_ref(a_owned.view()).expect("standard layout")
-        }
-    };
-    let b_owned;
-    let b = match faer_ref(b.view()) {
-        Some(r) => r,
-        None => {
-            b_owned = b.as_standard_layout().into_owned();
-            faer_ref(b_owned.view()).expect("standard layout")
-        }
-    };
+    let (mut a_copy, mut b_copy) = (None, None);
+    let a = faer_operand(a, &mut a_copy);
+    let b = faer_operand(b, &mut b_copy);
     let accumulate = beta != F::zero();
     if accumulate && beta != F::one() {
         c.map_inplace(|v| *v *= beta);
@@ -60,6 +47,19 @@ pub(crate) fn gemm<F: Real>(
             c.assign(&tmp);
         }
     }
+}
+
+/// `x` as a faer matrix: in place when it is row- or column-major, else through a
+/// standard-layout copy kept in `copy`.
+fn faer_operand<'a, F: Real>(
+    x: &'a ArrayView2<'a, F>,
+    copy: &'a mut Option<ndarray::Array2<F>>,
+) -> faer::MatRef<'a, F> {
+    if let Some(r) = faer_ref(x.view()) {
+        return r;
+    }
+    let owned = copy.insert(x.as_standard_layout().into_owned());
+    faer_ref(owned.view()).expect("standard layout")
 }
 
 /// `x` as a faer matrix without copying, when it is row- or column-major contiguous.
