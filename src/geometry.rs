@@ -431,9 +431,16 @@ mod tests {
 
     #[test]
     fn huge_dilation_overflows_cleanly() {
+        // A dilation this large is refused by the limit; a huge kernel extent still overflows
+        // cleanly.
         let g = ConvGeometry::default().dilation(usize::MAX, 1);
         assert!(matches!(
             g.output_size((4, 4), (3, 1)),
+            Err(Error::GeometryTooLarge { .. })
+        ));
+        let g = ConvGeometry::default().dilation(2, 1);
+        assert!(matches!(
+            g.output_size((4, 4), (usize::MAX, 1)),
             Err(Error::Overflow { .. })
         ));
     }
