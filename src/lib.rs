@@ -20,13 +20,14 @@ pub use clustered::{
     ClusteredConv2d, ClusteredGrads, ForwardStrategy, LayerCost, LayerMemory, StrategyWork,
 };
 pub use codebook::{
-    compression_ratio, CodebookFit, CodebookParams, KernelAssignment, KernelCodebook, ScaleMode,
-    Symmetry, Usage, ValidCodebookParams,
+    compression_ratio, CodebookFit, CodebookFitter, CodebookParams, Codebooks, FixedBits,
+    KernelAssignment, KernelCodebook, ScaleScheme, ScaleStorage, Symmetry, Usage,
+    ValidCodebookParams,
 };
 pub use compress::{
-    compress, compress_with_progress, CodebookReport, CodebookScope, CompressProgress,
-    CompressedLayer, CompressedNetwork, CompressionConfig, CompressionReport, ConvLayer,
-    LayerGroup, LayerReport, LayerShape, ScalePrecision,
+    compress, CodebookReport, CodebookScope, CompressProgress, CompressedLayer, CompressedNetwork,
+    CompressionConfig, CompressionReport, Compressor, ConvLayer, LayerGroup, LayerReport,
+    LayerShape, ReportBuilder,
 };
 pub use conv::{Conv2d, Conv2dGrads};
 pub use data::{
@@ -36,6 +37,7 @@ pub use data::{
 pub use error::{Error, Result};
 pub use geometry::{ConvGeometry, Padding};
 pub use kmeans::{
-    Convergence, Init, IterationStats, KMeans, KMeansFit, KMeansParams, Progress, ValidKMeansParams,
+    Convergence, Init, IterationStats, KMeans, KMeansFit, KMeansParams, KMeansProgress,
+    ValidKMeansParams,
 };
 pub use scalar::Real;

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use clustered_conv::io::{import_conv_layers, read_safetensors, CompressedModel};
-use clustered_conv::{compress, CodebookScope, CompressionConfig, ScalePrecision, Symmetry};
+use clustered_conv::{
+    compress, CodebookScope, CompressionConfig, KernelCodebook, ScaleScheme, ScaleStorage, Symmetry,
+};
 use common::{random4, rng};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -113,11 +115,11 @@ fn compress_inspect_decompress_and_bench() {
     let loaded = CompressedModel::load(&output).unwrap();
     let imported = import_conv_layers(&read_safetensors(&state).unwrap(), &HashMap::new()).unwrap();
     let config = CompressionConfig {
-        k: 16,
-        symmetry: Symmetry::Flip,
-        seed: 3,
+        codebook: KernelCodebook::params(16)
+            .symmetry(Symmetry::Flip)
+            .seed(3)
+            .scale_scheme(ScaleScheme::L2(ScaleStorage::F16)),
         scope: CodebookScope::Shared,
-        scales: ScalePrecision::F16,
         ..Default::default()
     };
     let net = compress(&imported.layers, &config).unwrap();

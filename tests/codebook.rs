@@ -2,7 +2,7 @@
 
 mod common;
 
-use clustered_conv::{Error, KernelCodebook, ScaleMode, Symmetry};
+use clustered_conv::{Error, KernelCodebook, ScaleScheme, Symmetry};
 use common::{in_pool, random4, rng};
 use ndarray::{concatenate, Array2, Array3, Array4, Axis};
 
@@ -39,7 +39,7 @@ fn k_equal_to_kernel_count_reconstructs_exactly() {
     let w = random4(&mut r, (4, 3, 3, 3));
     // Raw kernels: every centroid is its single member, so reconstruction is exact.
     let fit = KernelCodebook::params(12)
-        .scale_mode(ScaleMode::None)
+        .scale_scheme(ScaleScheme::None)
         .fit(&[w.view()])
         .unwrap();
     assert_eq!(fit.assignments[0].reconstruct(&fit.codebook).unwrap(), w);
@@ -129,9 +129,9 @@ fn assign_reproduces_the_fitted_assignments() {
     let mut r = rng(25);
     let w1 = random4(&mut r, (16, 8, 3, 3));
     let w2 = random4(&mut r, (8, 16, 3, 3));
-    for mode in [ScaleMode::L2Norm, ScaleMode::None] {
+    for mode in [ScaleScheme::default(), ScaleScheme::None] {
         let fit = KernelCodebook::params(10)
-            .scale_mode(mode)
+            .scale_scheme(mode)
             .fit(&[w1.view(), w2.view()])
             .unwrap();
         assert_eq!(fit.codebook.assign(w1.view()).unwrap(), fit.assignments[0]);
@@ -207,7 +207,7 @@ fn other_kernel_sizes_work() {
     for (kh, kw) in [(5, 5), (1, 3), (2, 2), (7, 7)] {
         let w = random4(&mut r, (6, 4, kh, kw));
         let fit = KernelCodebook::params(24)
-            .scale_mode(ScaleMode::None)
+            .scale_scheme(ScaleScheme::None)
             .fit(&[w.view()])
             .unwrap();
         assert_eq!(fit.codebook.kernel_size(), (kh, kw));

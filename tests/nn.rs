@@ -260,7 +260,8 @@ fn learning_rate_schedules() {
 
 use clustered_conv::nn::{Layer, Network};
 use clustered_conv::{
-    ClusteredConv2d, CompressionConfig, Conv2d, ConvGeometry, KernelCodebook, ScalePrecision,
+    ClusteredConv2d, Codebooks, CompressionConfig, Conv2d, ConvGeometry, KernelCodebook,
+    ScaleScheme, ScaleStorage,
 };
 
 /// conv(bias) → BN → ReLU → pool → clustered(scales, bias) → ReLU → flatten → linear, in f64,
@@ -320,7 +321,7 @@ fn small_network(r: &mut rand_chacha::ChaCha8Rng) -> Network<f64> {
             Layer::Flatten,
             Layer::Linear(fc),
         ],
-        codebooks: vec![codebook],
+        codebooks: Codebooks::from(vec![codebook]),
     }
 }
 
@@ -348,9 +349,9 @@ fn whole_network_gradients_match_finite_differences() {
         "&grads.input (1)",
     );
     // Shared centroids: the sum over both clustered layers.
-    let numeric = numeric_grad(net.codebooks[0].centroids(), |c| {
+    let numeric = numeric_grad(net.codebooks.get(0).unwrap().centroids(), |c| {
         let mut n = net.clone();
-        n.codebooks[0].set_centroids(c.clone()).unwrap();
+        n.codebooks.set_centroids(0, c.clone()).unwrap();
         network_loss(&n, &x, &labels)
     });
     assert_close(&numeric, &grads.codebooks[0], "&grads.codebooks[0] (2)");
@@ -462,11 +463,9 @@ fn fine_tuning_keeps_assignments_and_at_most_k_distinct_kernels() {
             bias: Array1::zeros(3),
         }),
     ]);
-    let config = CompressionConfig {
-        k: 5,
-        scales: ScalePrecision::F16,
-        ..Default::default()
-    };
+    let config = CompressionConfig::new(
+        KernelCodebook::params(5).scale_scheme(ScaleScheme::L2(ScaleStorage::F16)),
+    );
     let mut net = dense.compress(&config).unwrap();
     assert_eq!(net.codebooks.len(), 1);
     let clustered_layers = |net: &Network<f64>| -> Vec<ClusteredConv2d<f64>> {
@@ -508,7 +507,7 @@ fn fine_tuning_keeps_assignments_and_at_most_k_distinct_kernels() {
             .unwrap();
     }
     assert!(last < first * 0.5, "loss {first} → {last}");
-    let cb = &net.codebooks[0];
+    let cb = net.codebooks.get(0).unwrap();
     let mut clustered = 0;
     for layer in &net.layers {
         if let Layer::Clustered { layer, .. } = layer {
@@ -532,17 +531,20 @@ fn fine_tuning_keeps_assignments_and_at_most_k_distinct_kernels() {
     }
     // The centroids did move.
     let original = dense.compress(&config).unwrap();
-    assert_ne!(original.codebooks[0].centroids(), cb.centroids());
+    assert_ne!(
+        original.codebooks.get(0).unwrap().centroids(),
+        cb.centroids()
+    );
     // Trained scales are held as f64; rounding to f16 holds them as f16 again.
     let trained = clustered_layers(&net);
     assert!(trained.iter().all(|l| !l.scales_are_half()));
-    net.round_scales(ScalePrecision::F16).unwrap();
+    net.round_scales().unwrap();
     for (layer, before) in clustered_layers(&net).iter().zip(&trained) {
         assert!(layer.scales_are_half());
         let want = before
             .scales()
             .unwrap()
-            .mapv(|s| ScalePrecision::F16.round(s));
+            .mapv(|s| ScaleScheme::L2(ScaleStorage::F16).round(s));
         assert_eq!(layer.scales().unwrap(), want);
     }
 }

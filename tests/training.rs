@@ -13,8 +13,8 @@ use clustered_conv::nn::{
     random_crop_flip, BatchNorm2d, Layer, Linear, LrSchedule, MaxPool2d, Network, Sgd,
 };
 use clustered_conv::{
-    CompressionConfig, Conv2d, ConvGeometry, DataSource, FashionMnist, LabelledImages,
-    FASHION_MNIST_MEAN_STD,
+    CompressionConfig, Conv2d, ConvGeometry, DataSource, FashionMnist, KernelCodebook,
+    LabelledImages, FASHION_MNIST_MEAN_STD,
 };
 use common::in_pool;
 use ndarray::{Array1, Array2, Array4};
@@ -154,11 +154,7 @@ fn real_data_baseline_and_fine_tuned_k64() {
     let baseline = accuracy(&net, &test_set);
     assert!(baseline >= 0.80, "baseline {baseline}");
 
-    let config = CompressionConfig {
-        k: 64,
-        seed: 13,
-        ..Default::default()
-    };
+    let config = CompressionConfig::new(KernelCodebook::params(64).seed(13));
     let mut compressed = net.compress(&config).unwrap();
     let fine_tune = Sgd {
         lr: 0.01,
@@ -174,7 +170,7 @@ fn real_data_baseline_and_fine_tuned_k64() {
         &fine_tune,
         14,
     );
-    compressed.round_scales(config.scales).unwrap();
+    compressed.round_scales().unwrap();
     let tuned = accuracy(&compressed, &test_set);
     eprintln!("baseline {baseline:.4}, K = 64 fine-tuned {tuned:.4}");
     assert!(

@@ -55,8 +55,8 @@ use sha2::{Digest, Sha256};
 use super::bitpack::{pack, packed_len, unpack};
 use super::{read_safetensors_header, write_atomic, ImportedModel, NamedTensor, TensorDtype};
 use crate::clustered::ClusteredConv2d;
-use crate::codebook::{KernelCodebook, ScaleMode, Symmetry};
-use crate::compress::{CompressedLayer, CompressedNetwork, ScalePrecision};
+use crate::codebook::{Codebooks, KernelCodebook, ScaleScheme, ScaleStorage, Symmetry};
+use crate::compress::{CompressedLayer, CompressedNetwork};
 use crate::conv::Conv2d;
 use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, Padding};
@@ -106,7 +106,7 @@ impl Default for LayerDtypes {
 ///
 /// ```
 /// use clustered_conv::io::CompressedModel;
-/// use clustered_conv::{compress, CompressionConfig, ConvGeometry, ConvLayer};
+/// use clustered_conv::{compress, CompressionConfig, ConvGeometry, ConvLayer, KernelCodebook};
 /// use ndarray::Array4;
 ///
 /// let layer = ConvLayer {
@@ -116,7 +116,7 @@ impl Default for LayerDtypes {
 ///     geometry: ConvGeometry::default().padding(1, 1),
 ///     mask: None,
 /// };
-/// let config = CompressionConfig { k: 4, ..Default::default() };
+/// let config = CompressionConfig::new(KernelCodebook::params(4));
 /// let model = CompressedModel::new(compress(&[layer], &config)?);
 /// let bytes = model.to_bytes()?;
 /// assert_eq!(CompressedModel::from_bytes(&bytes)?, model);
@@ -168,7 +168,7 @@ struct LayerMeta {
 impl CompressedModel {
     /// A model of `network` alone: every layer was `f32`, nothing passes through.
     pub fn new(network: CompressedNetwork<f32>) -> Self {
-        let dtypes = vec![LayerDtypes::default(); network.layers.len()];
+        let dtypes = vec![LayerDtypes::default(); network.layers().len()];
         CompressedModel {
             network,
             dtypes,
@@ -182,11 +182,11 @@ impl CompressedModel {
     /// # Errors
     /// [`Error::ShapeMismatch`] when the network does not have one layer per imported layer.
     pub fn from_import(network: CompressedNetwork<f32>, imported: &ImportedModel) -> Result<Self> {
-        if network.layers.len() != imported.layer_tensors.len() {
+        if network.layers().len() != imported.layer_tensors.len() {
             return Err(Error::ShapeMismatch {
                 what: "compressed layers vs imported layers",
                 expected: vec![imported.layer_tensors.len()],
-                got: vec![network.layers.len()],
+                got: vec![network.layers().len()],
             });
         }
         let dtypes = imported
@@ -217,16 +217,16 @@ impl CompressedModel {
     /// list of the wrong length.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let net = &self.network;
-        if self.dtypes.len() != net.layers.len() {
+        if self.dtypes.len() != net.layers().len() {
             return invalid_model(format!(
                 "{} dtype entries for {} layers",
                 self.dtypes.len(),
-                net.layers.len()
+                net.layers().len()
             ));
         }
         let mut tensors: Vec<NamedTensor> = Vec::new();
-        let mut codebooks = Vec::with_capacity(net.codebooks.len());
-        for (c, cb) in net.codebooks.iter().enumerate() {
+        let mut codebooks = Vec::with_capacity(net.codebooks().len());
+        for (c, cb) in net.codebooks().iter().enumerate() {
             let (k, kh, kw) = cb.centroids().dim();
             tensors.push(NamedTensor::from_raw(
                 format!("{CODEBOOK_PREFIX}{c}"),
@@ -238,11 +238,11 @@ impl CompressedModel {
                 k: k as u64,
                 kernel: [kh as u64, kw as u64],
                 symmetry: cb.symmetry().letters().to_string(),
-                scale_mode: scale_mode_name(cb.scale_mode()).to_string(),
+                scale_mode: scale_mode_name(cb.scale_scheme()).to_string(),
             });
         }
-        let mut layers = Vec::with_capacity(net.layers.len());
-        for (layer, dtypes) in net.layers.iter().zip(&self.dtypes) {
+        let mut layers = Vec::with_capacity(net.layers().len());
+        for (layer, dtypes) in net.layers().iter().zip(&self.dtypes) {
             layers.push(write_layer(layer, *dtypes, net, &mut tensors)?);
         }
         tensors.extend(self.passthrough.iter().cloned());
@@ -255,7 +255,7 @@ impl CompressedModel {
             ));
         }
         let meta = ModelMeta {
-            scales: net.scales.to_string(),
+            scales: net.scale_scheme().to_string(),
             codebooks,
             layers,
             passthrough: self.passthrough.iter().map(|t| t.name.clone()).collect(),
@@ -353,7 +353,7 @@ impl CompressedModel {
             meta.codebooks.len() as u64,
             MAX_CODEBOOKS as u64,
         )?;
-        let scales: ScalePrecision = meta
+        let scales: ScaleScheme = meta
             .scales
             .parse()
             .map_err(|e| file_error(format!("__metadata__.model.scales: {e}")))?;
@@ -374,7 +374,7 @@ impl CompressedModel {
             .codebooks
             .iter()
             .enumerate()
-            .map(|(c, m)| read_codebook(c, m, &mut take))
+            .map(|(c, m)| read_codebook(c, m, scales, &mut take))
             .collect::<Result<Vec<_>>>()?;
         let mut layers = Vec::with_capacity(meta.layers.len());
         let mut dtypes = Vec::with_capacity(meta.layers.len());
@@ -401,11 +401,7 @@ impl CompressedModel {
             return invalid_file(format!("tensor {extra:?} is not described by the metadata"));
         }
         Ok(CompressedModel {
-            network: CompressedNetwork {
-                codebooks,
-                layers,
-                scales,
-            },
+            network: CompressedNetwork::new(Codebooks::from(codebooks), layers, scales)?,
             dtypes,
             passthrough,
         })
@@ -442,15 +438,15 @@ impl CompressedModel {
     /// # Errors
     /// A `dtypes` list of the wrong length, or a layer that cannot be reconstructed.
     pub fn to_dense_safetensors(&self) -> Result<Vec<u8>> {
-        if self.dtypes.len() != self.network.layers.len() {
+        if self.dtypes.len() != self.network.layers().len() {
             return invalid_model(format!(
                 "{} dtype entries for {} layers",
                 self.dtypes.len(),
-                self.network.layers.len()
+                self.network.layers().len()
             ));
         }
         let mut out: Vec<NamedTensor> = Vec::new();
-        for (l, (layer, dtypes)) in self.network.layers.iter().zip(&self.dtypes).enumerate() {
+        for (l, (layer, dtypes)) in self.network.layers().iter().zip(&self.dtypes).enumerate() {
             let dense = self.network.dense_layer(l)?;
             let name = layer.name();
             out.push(NamedTensor::from_f32(
@@ -483,16 +479,8 @@ fn write_layer(
         CompressedLayer::Clustered {
             codebook, layer, ..
         } => {
-            let cb = net
-                .codebooks
-                .get(*codebook)
-                .ok_or_else(|| Error::InvalidModel {
-                    what: format!(
-                        "layer {name:?} uses codebook {codebook}, the network has {}",
-                        net.codebooks.len()
-                    ),
-                })?;
-            let bits = cb.index_bits().max(1);
+            let cb = net.codebooks().get(*codebook)?;
+            let bits = cb.packed_index_bits().max(1);
             let (cout, cin) = layer.indices().dim();
             let (kh, kw) = cb.kernel_size();
             let limit = cb.index_limit();
@@ -507,7 +495,7 @@ fn write_layer(
                 vec![packed_len(cout * cin, bits).unwrap_or(0)],
                 pack(layer.iter_indices(), bits),
             ));
-            let has_scales = write_scales(name, layer, net.scales, tensors)?;
+            let has_scales = write_scales(name, layer, net.scale_scheme(), tensors)?;
             if let Some(mask) = layer.mask() {
                 tensors.push(NamedTensor::from_raw(
                     format!("{name}.weight.mask"),
@@ -583,18 +571,18 @@ fn write_layer(
 fn write_scales(
     name: &str,
     layer: &ClusteredConv2d<f32>,
-    precision: ScalePrecision,
+    precision: ScaleScheme,
     tensors: &mut Vec<NamedTensor>,
 ) -> Result<bool> {
     let Some(scales) = layer.scales() else {
-        if precision == ScalePrecision::None {
+        if precision == ScaleScheme::None {
             return Ok(false);
         }
         return invalid_model(format!(
             "layer {name:?} has no scales but the network stores {precision} scales"
         ));
     };
-    if precision == ScalePrecision::None {
+    let Some(storage) = precision.storage() else {
         // A pruned layer without scales carries its mask as scales of 1 and 0: the mask
         // tensor restores them.
         let from_mask = layer.mask().is_some_and(|mask| {
@@ -609,8 +597,8 @@ fn write_scales(
         return invalid_model(format!(
             "layer {name:?} has scales but the network's scale precision is none"
         ));
-    }
-    let flat = scales.iter().position(|&s| precision.round(s) != s);
+    };
+    let flat = scales.iter().position(|&s| storage.round(s) != s);
     if let Some(j) = flat {
         let cin = layer.in_channels();
         return invalid_model(format!(
@@ -622,30 +610,22 @@ fn write_scales(
         ));
     }
     let shape = vec![scales.nrows(), scales.ncols()];
-    let (dtype, bytes) = match precision {
-        ScalePrecision::F16 => (
+    let (dtype, bytes) = match storage {
+        ScaleStorage::F16 => (
             Dtype::F16,
             scales
                 .iter()
                 .flat_map(|&s| half::f16::from_f32(s).to_le_bytes())
                 .collect(),
         ),
-        ScalePrecision::Fixed(bits) => {
-            let step = 2f64.powi(i32::from(bits));
-            let mask = if bits == 32 {
-                u32::MAX
-            } else {
-                (1u32 << bits) - 1
-            };
+        ScaleStorage::Fixed(bits) => {
             let packed = pack(
-                scales
-                    .iter()
-                    .map(|&s| ((f64::from(s) * step).round() as i64 as u32) & mask),
-                u32::from(bits),
+                scales.iter().map(|&s| bits.encode(f64::from(s))),
+                u32::from(bits.get()),
             );
             (Dtype::U8, packed)
         }
-        ScalePrecision::F32 | ScalePrecision::None => (Dtype::F32, f32_bytes(scales.iter())),
+        ScaleStorage::F32 => (Dtype::F32, f32_bytes(scales.iter())),
     };
     let shape = if dtype == Dtype::U8 {
         vec![bytes.len()]
@@ -663,14 +643,24 @@ fn write_scales(
 
 type Take<'t> = dyn FnMut(&str, Dtype, &[usize]) -> Result<Vec<u8>> + 't;
 
-fn read_codebook(c: usize, m: &CodebookMeta, take: &mut Take<'_>) -> Result<KernelCodebook<f32>> {
+fn read_codebook(
+    c: usize,
+    m: &CodebookMeta,
+    scales: ScaleScheme,
+    take: &mut Take<'_>,
+) -> Result<KernelCodebook<f32>> {
     let what = format!("codebook {c}");
     let symmetry = Symmetry::from_letters(&m.symmetry)
         .ok_or_else(|| file_error(format!("{what}: unknown symmetry {:?}", m.symmetry)))?;
-    let scale_mode = match m.scale_mode.as_str() {
-        "l2norm" => ScaleMode::L2Norm,
-        "none" => ScaleMode::None,
-        other => return invalid_file(format!("{what}: unknown scale mode {other:?}")),
+    let scale_scheme = match (m.scale_mode.as_str(), scales) {
+        ("l2norm", ScaleScheme::L2(_)) | ("none", ScaleScheme::None) => scales,
+        ("l2norm" | "none", _) => {
+            return invalid_file(format!(
+                "{what}: scale mode {:?} with {scales} scales",
+                m.scale_mode
+            ))
+        }
+        (other, _) => return invalid_file(format!("{what}: unknown scale mode {other:?}")),
     };
     let area = m.kernel[0].saturating_mul(m.kernel[1]);
     check_limit(&format!("{what}: kernel area"), area, MAX_KERNEL_AREA)?;
@@ -684,13 +674,13 @@ fn read_codebook(c: usize, m: &CodebookMeta, take: &mut Take<'_>) -> Result<Kern
     let bytes = take(&format!("{CODEBOOK_PREFIX}{c}"), Dtype::F32, &shape)?;
     let values = finite_f32s(&bytes, &what)?;
     let centroids = Array3::from_shape_vec(shape, values).map_err(|e| file_error(e.to_string()))?;
-    Ok(KernelCodebook::from_centroids(centroids, symmetry)?.with_scale_mode(scale_mode))
+    Ok(KernelCodebook::from_centroids(centroids, symmetry)?.with_scale_scheme(scale_scheme))
 }
 
 fn read_layer(
     m: &LayerMeta,
     codebooks: &[KernelCodebook<f32>],
-    precision: ScalePrecision,
+    precision: ScaleScheme,
     take: &mut Take<'_>,
 ) -> Result<CompressedLayer<f32>> {
     let name = &m.name;
@@ -739,7 +729,7 @@ fn read_layer(
                     cb.kernel_size()
                 ));
             }
-            let bits = cb.index_bits().max(1);
+            let bits = cb.packed_index_bits().max(1);
             if m.index_bits != bits {
                 return invalid_file(format!(
                     "layer {name:?} records {} index bits, codebook {c} needs {bits}",
@@ -777,7 +767,7 @@ fn read_layer(
                         .map_err(|e| file_error(e.to_string()))?;
                 layer = layer.with_mask(mask)?;
             }
-            if precision == ScalePrecision::F16 {
+            if precision == ScaleScheme::L2(ScaleStorage::F16) {
                 // Held as stored: the values are f16 already, so nothing is rounded.
                 layer = layer.with_half_scales()?;
             }
@@ -796,47 +786,41 @@ fn read_layer(
 
 fn read_scales(
     m: &LayerMeta,
-    precision: ScalePrecision,
+    precision: ScaleScheme,
     (o, i): (usize, usize),
     take: &mut Take<'_>,
 ) -> Result<Option<Array2<f32>>> {
     let name = &m.name;
-    if m.scales != (precision != ScalePrecision::None) {
+    if m.scales != precision.has_scales() {
         return invalid_file(format!(
             "layer {name:?}: scales present = {}, but the scale precision is {precision}",
             m.scales
         ));
     }
     let what = format!("{name}.weight.scales");
-    let values: Vec<f32> = match precision {
-        ScalePrecision::None => return Ok(None),
-        ScalePrecision::F16 => take(&what, Dtype::F16, &[o, i])?
+    let Some(storage) = precision.storage() else {
+        return Ok(None);
+    };
+    let values: Vec<f32> = match storage {
+        ScaleStorage::F16 => take(&what, Dtype::F16, &[o, i])?
             .chunks_exact(2)
             .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
-        ScalePrecision::F32 => take(&what, Dtype::F32, &[o, i])?
+        ScaleStorage::F32 => take(&what, Dtype::F32, &[o, i])?
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect(),
-        ScalePrecision::Fixed(bits) => {
-            let bits = u32::from(bits);
+        ScaleStorage::Fixed(fixed) => {
+            let bits = u32::from(fixed.get());
             let len = packed_len(o * i, bits).unwrap_or(usize::MAX);
             let raw = unpack(&take(&what, Dtype::U8, &[len])?, bits, o * i, &what)?;
-            let step = 2f64.powi(bits as i32);
-            raw.into_iter()
-                .map(|q| (f64::from(sign_extend(q, bits)) / step) as f32)
-                .collect()
+            raw.into_iter().map(|q| fixed.decode(q) as f32).collect()
         }
     };
     let values = check_finite(values, &what)?;
     Ok(Some(
         Array2::from_shape_vec((o, i), values).map_err(|e| file_error(e.to_string()))?,
     ))
-}
-
-fn sign_extend(q: u32, bits: u32) -> i32 {
-    let shift = 32 - bits;
-    ((q << shift) as i32) >> shift
 }
 
 fn read_geometry(m: &LayerMeta) -> Result<ConvGeometry> {
@@ -904,10 +888,11 @@ fn check_finite(values: Vec<f32>, what: &str) -> Result<Vec<f32>> {
     }
 }
 
-fn scale_mode_name(mode: ScaleMode) -> &'static str {
-    match mode {
-        ScaleMode::L2Norm => "l2norm",
-        ScaleMode::None => "none",
+fn scale_mode_name(scheme: ScaleScheme) -> &'static str {
+    if scheme.has_scales() {
+        "l2norm"
+    } else {
+        "none"
     }
 }
 
