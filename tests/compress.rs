@@ -484,3 +484,84 @@ fn rejects_bad_settings_and_mismatched_originals() {
         Err(Error::ShapeMismatch { .. })
     ));
 }
+
+#[test]
+fn a_network_checks_its_codebook_ids_indices_and_scale_scheme_when_made() {
+    let layers = small_network(78);
+    let net = compress(&layers, &CompressionConfig::new(KernelCodebook::params(4))).unwrap();
+    assert_eq!(
+        net.dense_layer(4).unwrap_err(),
+        Error::LayerOutOfRange {
+            layer: 4,
+            layers: 4
+        }
+    );
+    let (codebooks, layers_c, scheme) = net.clone().into_parts();
+    assert_eq!(scheme, ScaleScheme::L2(ScaleStorage::F16));
+    // A layer pointing at codebook 2 of 2.
+    let mut bad = layers_c.clone();
+    if let CompressedLayer::Clustered { codebook, .. } = &mut bad[1] {
+        *codebook = 2;
+    }
+    assert_eq!(
+        clustered_conv::CompressedNetwork::new(codebooks.clone(), bad, scheme).unwrap_err(),
+        Error::CodebookOutOfRange {
+            codebook: 2,
+            codebooks: 2
+        }
+    );
+    // Layer 1 uses the 3×3 codebook of K = 4 entries: index 4 is out of range.
+    let mut bad = layers_c.clone();
+    if let CompressedLayer::Clustered { layer, .. } = &mut bad[1] {
+        let mut idx = layer.indices();
+        idx[[2, 3]] = 4;
+        **layer = clustered_conv::ClusteredConv2d::new(
+            idx,
+            layer.scales(),
+            layer.bias().cloned(),
+            layer.geometry(),
+        )
+        .unwrap();
+    }
+    assert!(matches!(
+        clustered_conv::CompressedNetwork::new(codebooks.clone(), bad, scheme),
+        Err(Error::IndexOutOfRange {
+            out_channel: 2,
+            in_channel: 3,
+            index: 4,
+            limit: 4
+        })
+    ));
+    assert!(matches!(
+        clustered_conv::CompressedNetwork::new(codebooks, layers_c, ScaleScheme::None),
+        Err(Error::ScaleSchemeMismatch { codebook: 0, .. })
+    ));
+}
+
+#[test]
+fn a_report_without_originals_has_everything_but_the_errors() {
+    let layers = small_network(79);
+    let net = compress(&layers, &CompressionConfig::new(KernelCodebook::params(8))).unwrap();
+    let alone = net.report().build().unwrap();
+    let mut against = net.report().against(&layers).build().unwrap();
+    assert!(against.layers[1].relative_error.unwrap() > 0.0);
+    assert!(alone.layers.iter().all(|l| l.relative_error.is_none()));
+    for l in &mut against.layers {
+        l.relative_error = None;
+    }
+    assert_eq!(alone, against);
+    // Entropy of layer 1's indices, counted by hand.
+    let CompressedLayer::Clustered { layer, .. } = &net.layers()[1] else {
+        panic!("clustered")
+    };
+    let mut counts = std::collections::HashMap::new();
+    for &i in layer.indices().iter() {
+        *counts.entry(i).or_insert(0usize) += 1;
+    }
+    let n = layer.indices().len() as f64;
+    let h: f64 = counts
+        .values()
+        .map(|&c| -(c as f64 / n) * (c as f64 / n).log2())
+        .sum();
+    assert!((alone.layers[1].entropy_bits.unwrap() - h).abs() < 1e-12);
+}

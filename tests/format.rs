@@ -105,6 +105,9 @@ fn round_trip_is_exact_for_every_symmetry_and_scale_precision() {
         ScaleScheme::L2(ScaleStorage::F32),
         ScaleScheme::None,
         ScaleScheme::L2(ScaleStorage::Fixed(FixedBits::new(6).unwrap())),
+        // The extremes of the fixed-point format.
+        ScaleScheme::L2(ScaleStorage::Fixed(FixedBits::new(1).unwrap())),
+        ScaleScheme::L2(ScaleStorage::Fixed(FixedBits::new(32).unwrap())),
     ];
     for symmetry in symmetries {
         for scales in precisions {

@@ -633,3 +633,116 @@ fn batch_norm_recalibration_averages_the_batch_statistics() {
         .is_err());
     assert_eq!(net, before);
 }
+
+#[test]
+fn sgd_updates_half_scales_in_place_and_holds_them_as_f_until_rounded() {
+    use clustered_conv::nn::LayerGrads;
+    let mut r = rng(94);
+    let mut net = small_network(&mut r);
+    // Layer 4 holds its scales as f16, with one kernel pruned.
+    let Layer::Clustered { layer, .. } = &mut net.layers[4] else {
+        panic!("clustered")
+    };
+    let mask = Array2::from_shape_fn((4, 3), |(o, i)| (o, i) != (1, 2));
+    **layer = (**layer)
+        .clone()
+        .with_mask(mask)
+        .unwrap()
+        .with_half_scales()
+        .unwrap();
+    let before = layer.scales().unwrap();
+    let bias_before = layer.bias().unwrap().clone();
+    let x = random4(&mut r, (3, 2, 4, 4));
+    let (logits, tape) = net.forward_train(x.view()).unwrap();
+    let (_, grad) = softmax_cross_entropy(logits.view(), &[0, 3, 4]).unwrap();
+    let grads = net.backward(&tape, grad).unwrap();
+    let LayerGrads::Clustered(Some(gs), Some(gb)) = &grads.layers[4] else {
+        panic!("clustered gradients")
+    };
+    let sgd = Sgd {
+        lr: 0.1,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        schedule: LrSchedule::Constant,
+    };
+    net.sgd_step(&grads, &sgd, 0, &mut Vec::new()).unwrap();
+    let Layer::Clustered { layer, .. } = &net.layers[4] else {
+        panic!("clustered")
+    };
+    // p − lr·g from the (exactly widened) f16 values; the pruned kernel stays 0.
+    let want = &before - &(gs * 0.1);
+    assert_eq!(want[[1, 2]], 0.0);
+    assert_eq!(layer.scales().unwrap(), want);
+    assert_eq!(layer.bias().unwrap(), &(&bias_before - &(gb * 0.1)));
+    assert!(!layer.scales_are_half());
+    // Rounding brings them back to f16 (the codebook's default storage).
+    net.round_scales().unwrap();
+    let Layer::Clustered { layer, .. } = &net.layers[4] else {
+        panic!("clustered")
+    };
+    assert!(layer.scales_are_half());
+    assert_eq!(
+        layer.scales().unwrap(),
+        want.mapv(|s| f64::from(half::f16::from_f64(s)))
+    );
+}
+
+#[test]
+fn a_missing_codebook_or_foreign_gradients_are_errors_not_panics() {
+    let mut r = rng(95);
+    let net = small_network(&mut r);
+    let x = random4(&mut r, (3, 2, 4, 4));
+    let mut trained = net.clone();
+    let (logits, tape) = trained.forward_train(x.view()).unwrap();
+    let (_, grad) = softmax_cross_entropy(logits.view(), &[0, 3, 4]).unwrap();
+    let grads = net.backward(&tape, grad.clone()).unwrap();
+
+    let mut broken = net.clone();
+    if let Layer::Clustered { codebook, .. } = &mut broken.layers[6] {
+        *codebook = 3;
+    }
+    let missing = Error::CodebookOutOfRange {
+        codebook: 3,
+        codebooks: 1,
+    };
+    assert_eq!(broken.forward(x.view()).unwrap_err(), missing);
+    assert_eq!(broken.clone().forward_train(x.view()).unwrap_err(), missing);
+    assert_eq!(broken.backward(&tape, grad).unwrap_err(), missing);
+    assert_eq!(broken.clone().round_scales().unwrap_err(), missing);
+    assert_eq!(
+        broken
+            .codebooks
+            .set_centroids(1, ndarray::Array3::zeros((3, 3, 3))),
+        Err(Error::CodebookOutOfRange {
+            codebook: 1,
+            codebooks: 1
+        })
+    );
+
+    // Gradients of a network whose layer 0 is a convolution, not a batch norm.
+    let sgd = Sgd {
+        lr: 0.1,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        schedule: LrSchedule::Constant,
+    };
+    let mut other = net.clone();
+    other.layers.swap(0, 1);
+    assert_eq!(
+        other
+            .sgd_step(&grads, &sgd, 0, &mut Vec::new())
+            .unwrap_err(),
+        Error::LayerMismatch {
+            what: "the gradients",
+            layer: 0,
+            expected: "a batch norm",
+            got: "convolution gradients",
+        }
+    );
+    let mut fewer = grads.clone();
+    fewer.layers.pop();
+    assert!(matches!(
+        net.clone().sgd_step(&fewer, &sgd, 0, &mut Vec::new()),
+        Err(Error::ShapeMismatch { .. })
+    ));
+}
