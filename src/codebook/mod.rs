@@ -441,19 +441,27 @@ pub(crate) fn prepare_kernels<F: Real>(
             index: bad / area,
         });
     }
-    let n = kernels.len() / area;
-    let scales: Option<Vec<F>> = match scheme {
-        ScaleScheme::None => None,
-        ScaleScheme::L2(_) => Some(
-            kernels
-                .chunks_exact(area)
-                .zip(&kept)
-                .map(|(k, &keep)| if keep { l2_scale(k) } else { F::zero() })
-                .collect(),
-        ),
-    };
+    Ok(normalise(&kernels, &kept, area, scheme, tensor_dims))
+}
+
+/// Divides every kept kernel by its scale (when `scheme` has scales); all-zero and pruned
+/// kernels are left out of the rows.
+fn normalise<F: Real>(
+    kernels: &[F],
+    kept: &[bool],
+    area: usize,
+    scheme: ScaleScheme,
+    tensor_dims: Vec<(usize, usize)>,
+) -> PreparedKernels<F> {
+    let scales: Option<Vec<F>> = scheme.has_scales().then(|| {
+        kernels
+            .chunks_exact(area)
+            .zip(kept)
+            .map(|(k, &keep)| if keep { l2_scale(k) } else { F::zero() })
+            .collect()
+    });
     let mut rows = Vec::with_capacity(kernels.len());
-    let mut source = Vec::with_capacity(n);
+    let mut source = Vec::with_capacity(kernels.len() / area);
     for (pos, kernel) in kernels.chunks_exact(area).enumerate() {
         let s = scales.as_ref().map_or(F::one(), |s| s[pos]);
         if kept[pos] && s != F::zero() {
@@ -462,10 +470,10 @@ pub(crate) fn prepare_kernels<F: Real>(
         }
     }
     let rows = Array2::from_shape_vec((source.len(), area), rows).expect("rows of kernel area");
-    Ok(PreparedKernels {
+    PreparedKernels {
         rows,
         source,
         scales,
         tensor_dims,
-    })
+    }
 }

@@ -4,7 +4,7 @@ use ndarray::Array4;
 
 use super::report;
 use super::{CodebookPlan, CompressionReport, ConvLayer, LayerShape};
-use crate::clustered::ClusteredConv2d;
+use crate::clustered::{ClusteredConv2d, LayerCost};
 use crate::codebook::{Codebooks, ScaleScheme, Symmetry};
 use crate::conv::Conv2d;
 use crate::error::{Error, Result};
@@ -194,21 +194,7 @@ impl<'a, F: Real> ReportBuilder<'a, F> {
     pub fn build(self) -> Result<CompressionReport> {
         let net = self.net;
         let n = net.layers.len();
-        for (what, len) in [
-            (
-                "original layers vs compressed layers",
-                self.original.map(<[_]>::len),
-            ),
-            ("input sizes vs layers", self.input_hw.map(<[_]>::len)),
-        ] {
-            if let Some(len) = len.filter(|&len| len != n) {
-                return Err(Error::ShapeMismatch {
-                    what,
-                    expected: vec![n],
-                    got: vec![len],
-                });
-            }
-        }
+        self.check_lengths()?;
         let mut shapes = Vec::with_capacity(n);
         let mut plans: Vec<CodebookPlan> = net
             .codebooks
@@ -229,25 +215,12 @@ impl<'a, F: Real> ReportBuilder<'a, F> {
                 codebook, layer, ..
             } = layer
             {
-                let cb = net.codebooks.get(*codebook)?;
                 mask_bits[l] = u32::from(layer.mask().is_some());
                 codebook_of[l] = Some(*codebook);
                 plans[*codebook].layers.push(l);
-                let entropy = cb.usage(&[layer.indices().view()])?.entropy_bits();
-                let error = match self.original {
-                    Some(original) => Some(relative_error(
-                        layer.to_conv(cb)?.weight(),
-                        &original[l].weight,
-                    )),
-                    None => None,
-                };
-                measured.push(Some(report::Measured {
-                    relative_error: error,
-                    entropy_bits: entropy,
-                }));
-                if let Some(hw) = shape.input_hw {
-                    costs[l] = Some(layer.cost(cb, hw)?);
-                }
+                let (m, cost) = self.measure(l, *codebook, layer, shape.input_hw)?;
+                measured.push(Some(m));
+                costs[l] = cost;
             } else {
                 measured.push(None);
             }
@@ -277,6 +250,56 @@ impl<'a, F: Real> ReportBuilder<'a, F> {
             }
         }
         Ok(report)
+    }
+
+    /// Original layers and input sizes, when given, have one entry per layer.
+    fn check_lengths(&self) -> Result<()> {
+        let n = self.net.layers.len();
+        for (what, len) in [
+            (
+                "original layers vs compressed layers",
+                self.original.map(<[_]>::len),
+            ),
+            ("input sizes vs layers", self.input_hw.map(<[_]>::len)),
+        ] {
+            if let Some(len) = len.filter(|&len| len != n) {
+                return Err(Error::ShapeMismatch {
+                    what,
+                    expected: vec![n],
+                    got: vec![len],
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Clustered layer `l`'s index entropy, its error against the original (reconstructing
+    /// its weight once, and only then) and its cost at `input_hw`.
+    fn measure(
+        &self,
+        l: usize,
+        codebook: usize,
+        layer: &ClusteredConv2d<F>,
+        input_hw: Option<(usize, usize)>,
+    ) -> Result<(report::Measured, Option<LayerCost>)> {
+        let cb = self.net.codebooks.get(codebook)?;
+        let entropy_bits = cb.usage(&[layer.indices().view()])?.entropy_bits();
+        let relative_error = match self.original {
+            Some(original) => Some(relative_error(
+                layer.to_conv(cb)?.weight(),
+                &original[l].weight,
+            )),
+            None => None,
+        };
+        let cost = match input_hw {
+            Some(hw) => Some(layer.cost(cb, hw)?),
+            None => None,
+        };
+        let measured = report::Measured {
+            relative_error,
+            entropy_bits,
+        };
+        Ok((measured, cost))
     }
 
     /// Layer `l`'s shape as stored, checked against the original layer when given.
