@@ -22,7 +22,9 @@ use clustered_conv::data::{FashionMnist, LabelledImages, FASHION_MNIST_MEAN_STD}
 use clustered_conv::nn::{
     random_crop_flip, BatchNorm2d, Layer, Linear, LrSchedule, MaxPool2d, Network, Sgd, SgdState,
 };
-use clustered_conv::{CompressionConfig, Conv2d, ConvGeometry, ScalePrecision, Symmetry};
+use clustered_conv::{
+    CompressionConfig, Conv2d, ConvGeometry, KernelCodebook, ScaleScheme, Symmetry,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array1, Array2, Array4};
 use rand::seq::SliceRandom;
@@ -91,18 +93,18 @@ fn parse_setting(spec: &str, seed: u64) -> Res<Setting> {
         .strip_prefix('C')
         .ok_or_else(|| format!("setting {spec:?} must look like C256, C16N or C64-TIC2"))?;
     let (k, scales) = match body.strip_suffix('N') {
-        Some(k) => (k, ScalePrecision::None),
-        None => (body, ScalePrecision::F16),
+        Some(k) => (k, ScaleScheme::None),
+        None => (body, ScaleScheme::default()),
     };
     Ok(Setting {
         name: spec.to_string(),
         config: CompressionConfig {
-            k: k.parse()?,
-            symmetry,
-            scales,
-            seed,
-            n_init: 2,
-            max_iter: 100,
+            codebook: KernelCodebook::params(k.parse()?)
+                .symmetry(symmetry)
+                .scale_scheme(scales)
+                .seed(seed)
+                .n_init(2)
+                .max_iter(100),
             ..CompressionConfig::default()
         },
     })
@@ -212,10 +214,11 @@ struct Row {
 /// 32-bit codebooks after, plus any convolution left dense) and of the whole model (batch norm
 /// and the classifier at 32 bits on both sides).
 fn ratios(net: &Network<f32>, setting: &Setting) -> (f64, f64) {
-    let index_bits = ((setting.config.k * setting.config.symmetry.transforms()) as f64)
+    let codebook = setting.config.codebook.check().expect("valid settings");
+    let index_bits = ((codebook.k() * codebook.symmetry().transforms()) as f64)
         .log2()
         .ceil();
-    let scale_bits = f64::from(setting.config.scales.bits());
+    let scale_bits = f64::from(codebook.scale_scheme().bits());
     let (mut conv_before, mut conv_after, mut other) = (0.0, 0.0, 0.0);
     for layer in &net.layers {
         match layer {
@@ -358,14 +361,14 @@ fn main() -> Res<()> {
             &label,
         )?;
         let train_s = t.elapsed().as_secs_f64();
-        compressed.round_scales(setting.config.scales)?;
+        compressed.round_scales()?;
         let (acc, time) = timed_accuracy(&compressed, &data.test)?;
         let (ratio_3x3, ratio_model) = ratios(&compressed, setting);
         #[cfg(feature = "safetensors")]
         save::save(
             &compressed,
             &out_dir.join(format!("{}.safetensors", setting.name)),
-            Some(setting.config.scales),
+            Some(setting.config.codebook.check()?.scale_scheme()),
         )?;
         rows.push(Row {
             model: setting.name.clone(),
@@ -444,12 +447,12 @@ fn print_and_write(rows: &[Row], out_dir: &std::path::Path) -> Res<()> {
 mod save {
     use clustered_conv::io::{CompressedModel, NamedTensor, TensorDtype};
     use clustered_conv::nn::{Layer, Network};
-    use clustered_conv::{CompressedLayer, CompressedNetwork, ScalePrecision};
+    use clustered_conv::{CompressedLayer, CompressedNetwork, ScaleScheme, ScaleStorage};
 
     pub fn save(
         net: &Network<f32>,
         path: &std::path::Path,
-        scales: Option<ScalePrecision>,
+        scales: Option<ScaleScheme>,
     ) -> Result<(), clustered_conv::Error> {
         let mut layers = Vec::new();
         let mut passthrough = Vec::new();
@@ -487,11 +490,11 @@ mod save {
                 Layer::Relu | Layer::MaxPool(_) | Layer::Flatten => {}
             }
         }
-        let mut network = CompressedNetwork {
-            codebooks: net.codebooks.clone(),
+        let mut network = CompressedNetwork::new(
+            net.codebooks.clone(),
             layers,
-            scales: scales.unwrap_or(ScalePrecision::F32),
-        };
+            scales.unwrap_or(ScaleScheme::L2(ScaleStorage::F32)),
+        )?;
         // Fine-tuning moved the scales off the f16 grid: store them rounded.
         network.round_scales()?;
         let mut model = CompressedModel::new(network);
@@ -523,7 +526,7 @@ mod save {
                 Layer::Conv(c) => {
                     let stored = model
                         .network
-                        .layers
+                        .layers()
                         .iter()
                         .position(|s| s.name() == name)
                         .ok_or_else(|| format!("{} has no layer {name}", path.display()))?;

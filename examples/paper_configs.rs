@@ -12,7 +12,8 @@
 use std::time::Instant;
 
 use clustered_conv::{
-    compress, CodebookScope, CompressionConfig, ConvGeometry, ConvLayer, ScalePrecision, Symmetry,
+    compress, CodebookScope, CompressionConfig, ConvGeometry, ConvLayer, KernelCodebook,
+    ScaleScheme, Symmetry,
 };
 use ndarray::Array4;
 use rand::SeedableRng;
@@ -102,11 +103,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_default();
     let mut rng = ChaCha8Rng::seed_from_u64(2018);
-    let base = CompressionConfig {
-        max_iter: 20,
-        seed: 1,
-        ..Default::default()
-    };
+    let params = |k: usize| KernelCodebook::params(k).max_iter(20).seed(1);
+    let base = CompressionConfig::default();
     let mut rows = Vec::new();
     let mut run = |name: &str,
                    layers: &[ConvLayer<f32>],
@@ -114,7 +112,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
      -> Result<(), Box<dyn std::error::Error>> {
         let start = Instant::now();
         let net = compress(layers, &config)?;
-        let report = net.report(layers)?;
+        let report = net.report().against(layers).build()?;
         let seconds = start.elapsed().as_secs_f64();
         println!("== {name} ({seconds:.1} s)\n{report}\n");
         let kernels3: u64 = report
@@ -145,7 +143,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "VGG-16-C256",
             &vgg,
             CompressionConfig {
-                k: 256,
+                codebook: params(256),
                 ..base.clone()
             },
         )?;
@@ -153,8 +151,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "VGG-16-C128-TIC2",
             &vgg,
             CompressionConfig {
-                k: 128,
-                symmetry: Symmetry::Flip,
+                codebook: params(128).symmetry(Symmetry::Flip),
                 ..base.clone()
             },
         )?;
@@ -162,8 +159,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "VGG-16-C32-TIC8",
             &vgg,
             CompressionConfig {
-                k: 32,
-                symmetry: Symmetry::Dihedral,
+                codebook: params(32).symmetry(Symmetry::Dihedral),
                 ..base.clone()
             },
         )?;
@@ -171,7 +167,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "VGG-16-C64-M13 (per layer)",
             &vgg,
             CompressionConfig {
-                k: 64,
+                codebook: params(64),
                 scope: CodebookScope::PerLayer,
                 ..base.clone()
             },
@@ -180,18 +176,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if only.is_empty() || only == "resnet" {
         let resnet = resnet18(&mut rng);
         for (name, k, scales) in [
-            ("ResNet-18-C256", 256, ScalePrecision::F16),
-            ("ResNet-18-C1024", 1024, ScalePrecision::F16),
-            ("ResNet-18-C1024N", 1024, ScalePrecision::None),
+            ("ResNet-18-C256", 256, ScaleScheme::default()),
+            ("ResNet-18-C1024", 1024, ScaleScheme::default()),
+            ("ResNet-18-C1024N", 1024, ScaleScheme::None),
         ] {
             let scope = CodebookScope::parse_groups(&format!("0-0=64,1-16={k}"))?;
             run(
                 name,
                 &resnet,
                 CompressionConfig {
-                    k,
+                    codebook: params(k).scale_scheme(scales),
                     scope,
-                    scales,
                     ..base.clone()
                 },
             )?;

@@ -92,7 +92,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         let w_hat = assignment.reconstruct(codebook)?;
         let weight_err = rel_err(&weight, &w_hat);
         let entropy = codebook.usage(&[assignment.indices.view()])?.entropy_bits();
-        let ratio = compression_ratio(n_kernels, 9, codebook.index_bits(), SCALE_BITS, k);
+        let ratio = compression_ratio(n_kernels, 9, codebook.packed_index_bits(), SCALE_BITS, k);
 
         let layer = ClusteredConv2d::from_conv(&dense, codebook)?;
         let (y_hat, t_hat) = timed(|| layer.forward(codebook, input.view()))?;
@@ -105,7 +105,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             ms(fit_time),
             fit.n_iter,
             weight_err,
-            codebook.index_bits(),
+            codebook.packed_index_bits(),
             entropy,
             ratio,
             out_err,

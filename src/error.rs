@@ -276,4 +276,42 @@ pub enum Error {
         /// What is wrong and how to fix it.
         what: String,
     },
+    /// A layer refers to a codebook the network does not have.
+    #[error("codebook {codebook} does not exist: there are {codebooks} codebooks")]
+    CodebookOutOfRange {
+        /// The codebook id.
+        codebook: usize,
+        /// Number of codebooks.
+        codebooks: usize,
+    },
+    /// A layer index beyond the network's layers.
+    #[error("layer {layer} does not exist: there are {layers} layers")]
+    LayerOutOfRange {
+        /// The layer index.
+        layer: usize,
+        /// Number of layers.
+        layers: usize,
+    },
+    /// Gradients, a tape or other per-layer data made for a different network.
+    #[error("{what} does not match layer {layer}: the layer is {expected}, got {got}")]
+    LayerMismatch {
+        /// What was given (e.g. "gradients").
+        what: &'static str,
+        /// The layer index.
+        layer: usize,
+        /// The kind of the network's layer.
+        expected: &'static str,
+        /// What was found for it.
+        got: &'static str,
+    },
+    /// Layers that share one network store their scales differently.
+    #[error("codebook {codebook} has scale scheme {got}, the network stores {expected} scales")]
+    ScaleSchemeMismatch {
+        /// The codebook id.
+        codebook: usize,
+        /// The network's scheme (string form).
+        expected: String,
+        /// The codebook's scheme (string form).
+        got: String,
+    },
 }

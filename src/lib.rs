@@ -21,18 +21,20 @@ pub use clustered::{
     StrategyWork,
 };
 pub use codebook::{
-    compression_ratio, CodebookFit, CodebookParams, KernelAssignment, KernelCodebook, ScaleMode,
-    Symmetry, Usage, ValidCodebookParams,
+    compression_ratio, CodebookFit, CodebookFitter, CodebookParams, Codebooks, FixedBits,
+    KernelAssignment, KernelCodebook, ScaleScheme, ScaleStorage, Symmetry, Usage,
+    ValidCodebookParams,
 };
 pub use compress::{
-    compress, compress_with_progress, CodebookReport, CodebookScope, CompressProgress,
-    CompressedLayer, CompressedNetwork, CompressionConfig, CompressionReport, ConvLayer,
-    LayerGroup, LayerReport, LayerShape, ScalePrecision,
+    compress, CodebookReport, CodebookScope, CompressProgress, CompressedLayer, CompressedNetwork,
+    CompressionConfig, CompressionReport, Compressor, ConvLayer, LayerGroup, LayerReport,
+    LayerShape, ReportBuilder,
 };
 pub use conv::{Conv2d, Conv2dGrads};
 pub use error::{Error, Result};
 pub use geometry::{ConvGeometry, Padding, MAX_GEOMETRY_VALUE};
 pub use kmeans::{
-    Convergence, Init, IterationStats, KMeans, KMeansFit, KMeansParams, Progress, ValidKMeansParams,
+    Convergence, Init, IterationStats, KMeans, KMeansFit, KMeansParams, KMeansProgress,
+    ValidKMeansParams,
 };
 pub use linalg::Real;

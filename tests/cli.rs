@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use clustered_conv::io::{import_conv_layers, read_safetensors, CompressedModel};
-use clustered_conv::{compress, CodebookScope, CompressionConfig, ScalePrecision, Symmetry};
+use clustered_conv::{
+    compress, CodebookScope, CompressionConfig, KernelCodebook, ScaleScheme, ScaleStorage, Symmetry,
+};
 use common::{random4, rng};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -104,12 +106,12 @@ fn option_values_are_parsed_by_the_library_types() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let net = CompressedModel::load(&output).unwrap().network;
     // Three 3×3 convolutions, one codebook each.
-    assert_eq!(net.codebooks.len(), 3);
+    assert_eq!(net.codebooks().len(), 3);
     assert!(net
-        .codebooks
+        .codebooks()
         .iter()
         .all(|cb| cb.symmetry() == Symmetry::Flips));
-    assert_eq!(net.scales, ScalePrecision::Fixed(8));
+    assert_eq!(net.scale_scheme(), "fixed8".parse::<ScaleScheme>().unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -146,11 +148,11 @@ fn compress_inspect_decompress_and_bench() {
     let loaded = CompressedModel::load(&output).unwrap();
     let imported = import_conv_layers(&read_safetensors(&state).unwrap(), &HashMap::new()).unwrap();
     let config = CompressionConfig {
-        k: 16,
-        symmetry: Symmetry::Flip,
-        seed: 3,
+        codebook: KernelCodebook::params(16)
+            .symmetry(Symmetry::Flip)
+            .seed(3)
+            .scale_scheme(ScaleScheme::L2(ScaleStorage::F16)),
         scope: CodebookScope::Shared,
-        scales: ScalePrecision::F16,
         ..Default::default()
     };
     let net = compress(&imported.layers, &config).unwrap();

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 
 use clustered_conv::{
     BackwardRoute, ClusteredConv2d, Conv2d, ConvGeometry, Error, ForwardStrategy, KernelCodebook,
-    ScaleMode, Symmetry,
+    ScaleScheme, Symmetry,
 };
 use common::{in_pool, naive_conv, paper_transform, random4, random_problem, rng, worst_violation};
 use ndarray::{Array1, Array2, Array3, Array4};
@@ -605,14 +605,14 @@ fn from_conv_and_to_conv_round_trip() {
         ConvGeometry::default().stride(2, 1),
     )
     .unwrap();
-    for mode in [ScaleMode::L2Norm, ScaleMode::None] {
+    for mode in [ScaleScheme::default(), ScaleScheme::None] {
         let fit = KernelCodebook::params(30)
-            .scale_mode(mode)
+            .scale_scheme(mode)
             .fit(&[w.view()])
             .unwrap();
         let layer = ClusteredConv2d::from_conv(&conv, &fit.codebook).unwrap();
         assert_eq!(layer.indices(), fit.assignments[0].indices);
-        assert_eq!(layer.scales().is_some(), mode == ScaleMode::L2Norm);
+        assert_eq!(layer.scales().is_some(), mode == ScaleScheme::default());
         let back = layer.to_conv(&fit.codebook).unwrap();
         assert_eq!(
             back.weight(),

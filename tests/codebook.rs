@@ -2,7 +2,7 @@
 
 mod common;
 
-use clustered_conv::{Error, KernelCodebook, ScaleMode, Symmetry};
+use clustered_conv::{Error, KernelCodebook, ScaleScheme, Symmetry};
 use common::{in_pool, random4, rng};
 use ndarray::{concatenate, Array2, Array3, Array4, Axis};
 
@@ -39,7 +39,7 @@ fn k_equal_to_kernel_count_reconstructs_exactly() {
     let w = random4(&mut r, (4, 3, 3, 3));
     // Raw kernels: every centroid is its single member, so reconstruction is exact.
     let fit = KernelCodebook::params(12)
-        .scale_mode(ScaleMode::None)
+        .scale_scheme(ScaleScheme::None)
         .fit(&[w.view()])
         .unwrap();
     assert_eq!(fit.assignments[0].reconstruct(&fit.codebook).unwrap(), w);
@@ -129,9 +129,9 @@ fn assign_reproduces_the_fitted_assignments() {
     let mut r = rng(25);
     let w1 = random4(&mut r, (16, 8, 3, 3));
     let w2 = random4(&mut r, (8, 16, 3, 3));
-    for mode in [ScaleMode::L2Norm, ScaleMode::None] {
+    for mode in [ScaleScheme::default(), ScaleScheme::None] {
         let fit = KernelCodebook::params(10)
-            .scale_mode(mode)
+            .scale_scheme(mode)
             .fit(&[w1.view(), w2.view()])
             .unwrap();
         assert_eq!(fit.codebook.assign(w1.view()).unwrap(), fit.assignments[0]);
@@ -207,7 +207,7 @@ fn other_kernel_sizes_work() {
     for (kh, kw) in [(5, 5), (1, 3), (2, 2), (7, 7)] {
         let w = random4(&mut r, (6, 4, kh, kw));
         let fit = KernelCodebook::params(24)
-            .scale_mode(ScaleMode::None)
+            .scale_scheme(ScaleScheme::None)
             .fit(&[w.view()])
             .unwrap();
         assert_eq!(fit.codebook.kernel_size(), (kh, kw));
@@ -301,4 +301,82 @@ fn rejects_bad_inputs() {
 fn codebook_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<KernelCodebook<f32>>();
+}
+
+/// 64 kernels (8×8) of f32: 20 copies of a kernel `p`, 20 copies of `p` moved by 3e-4 in one
+/// element (two clusters that nearly tie for every one of their members), 8 all-zero
+/// (pruned) kernels and 16 random ones.
+fn near_ties() -> Array4<f32> {
+    let mut r = rng(31);
+    let random = random4(&mut r, (16, 1, 3, 3)).mapv(|v| v as f32);
+    let p: Vec<f32> = (0..9).map(|j| 0.9 - 0.13 * j as f32).collect();
+    Array4::from_shape_fn((8, 8, 3, 3), |(o, i, y, x)| {
+        let n = o * 8 + i;
+        let j = y * 3 + x;
+        match n % 4 {
+            0 if n < 40 => p[j],
+            1 if n < 40 => p[j] + if j == 4 { 3e-4 } else { 0.0 },
+            2 if n < 40 => 0.0,
+            _ => random[[n % 16, 0, y, x]],
+        }
+    })
+}
+
+#[test]
+fn assign_gives_the_fit_indices_and_scales_on_near_ties() {
+    let w = near_ties();
+    // Distinct clusterable kernels: p, p + ε and the random ones (the zero kernel too
+    // without scales); K equal to that count makes every centroid one distinct kernel, so
+    // every copy of p is at distance 0 from its centroid and ~3e-4 from the next.
+    let distinct_random: std::collections::HashSet<Vec<u32>> = w
+        .outer_iter()
+        .flat_map(|o| {
+            o.outer_iter()
+                .map(|k| k.iter().map(|v| v.to_bits()).collect())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let nonzero = distinct_random.len() - 1;
+    for symmetry in [Symmetry::Identity, Symmetry::Flip] {
+        for (scheme, k) in [
+            (ScaleScheme::default(), nonzero),
+            (ScaleScheme::None, nonzero + 1),
+        ] {
+            let fit = KernelCodebook::params(k)
+                .seed(5)
+                .symmetry(symmetry)
+                .scale_scheme(scheme)
+                .fit(&[w.view()])
+                .unwrap();
+            let assigned = fit.codebook.assign(w.view()).unwrap();
+            assert_eq!(assigned, fit.assignments[0], "{symmetry:?} {scheme}");
+            // Copies of p and of p + ε sit in two different clusters.
+            let idx = &assigned.indices;
+            assert_ne!(idx[[0, 0]], idx[[0, 1]], "{symmetry:?} {scheme}");
+            // f64 weights too.
+            let w64 = w.mapv(f64::from);
+            let fit = KernelCodebook::params(k)
+                .seed(5)
+                .symmetry(symmetry)
+                .scale_scheme(scheme)
+                .fit(&[w64.view()])
+                .unwrap();
+            assert_eq!(fit.codebook.assign(w64.view()).unwrap(), fit.assignments[0]);
+        }
+    }
+}
+
+#[test]
+fn zero_kernel_height_or_width_is_an_error() {
+    for shape in [(2, 2, 0, 3), (2, 2, 3, 0), (1, 1, 0, 0)] {
+        let w = Array4::<f32>::zeros(shape);
+        let err = KernelCodebook::params(1).fit(&[w.view()]).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::ZeroSize { what: "kernel (kh, kw)", shape: s } if s == &vec![shape.2, shape.3]
+            ),
+            "{shape:?}: {err:?}"
+        );
+    }
 }

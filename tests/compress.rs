@@ -5,7 +5,7 @@ mod common;
 
 use clustered_conv::{
     compress, CodebookScope, CompressedLayer, CompressionConfig, ConvGeometry, ConvLayer, Error,
-    LayerGroup, LayerShape, ScalePrecision, Symmetry,
+    FixedBits, KernelCodebook, LayerGroup, LayerShape, ScaleScheme, ScaleStorage, Symmetry,
 };
 use common::{random4, rng};
 use ndarray::Array1;
@@ -64,10 +64,7 @@ fn resnet18() -> Vec<LayerShape> {
 
 #[test]
 fn vgg16_cifar_arithmetic_matches_the_paper() {
-    let config = CompressionConfig {
-        k: 256,
-        ..Default::default()
-    };
+    let config = CompressionConfig::new(KernelCodebook::params(256));
     let r = config.plan(&vgg16_cifar()).unwrap();
     assert_eq!(r.clustered_kernels(), 1_634_496);
     assert_eq!(r.clustered_bytes_before(), 58_841_856); // 58.84 MB
@@ -78,23 +75,16 @@ fn vgg16_cifar_arithmetic_matches_the_paper() {
     assert_eq!(format!("{:.1}", r.ratio()), "12.0");
     // C128-TIC2 and C32-TIC8 cost the same index bits as C256.
     for (k, symmetry) in [(128, Symmetry::Flip), (32, Symmetry::Dihedral)] {
-        let r = CompressionConfig {
-            k,
-            symmetry,
-            ..Default::default()
-        }
-        .plan(&vgg16_cifar())
-        .unwrap();
+        let r = CompressionConfig::new(KernelCodebook::params(k).symmetry(symmetry))
+            .plan(&vgg16_cifar())
+            .unwrap();
         assert!(r.layers.iter().all(|l| l.index_bits == 8));
         assert_eq!(format!("{:.1}", r.ratio()), "12.0");
     }
     // C512: 5.11–5.13 MB, 11.5×.
-    let r = CompressionConfig {
-        k: 512,
-        ..Default::default()
-    }
-    .plan(&vgg16_cifar())
-    .unwrap();
+    let r = CompressionConfig::new(KernelCodebook::params(512))
+        .plan(&vgg16_cifar())
+        .unwrap();
     assert_eq!(format!("{:.1}", r.ratio()), "11.5");
     assert!((5.11e6..5.14e6).contains(&(r.clustered_bytes_after() as f64)));
 }
@@ -106,29 +96,28 @@ fn asymptotic_ratios_of_section_2_1() {
         .map(|i| shape(&format!("c{i}"), 2048, 2048, 3, 1, 4))
         .collect();
     let ratio = |k, scales| {
-        CompressionConfig {
-            k,
-            scales,
-            ..Default::default()
-        }
-        .plan(&big)
-        .unwrap()
-        .ratio()
+        CompressionConfig::new(KernelCodebook::params(k).scale_scheme(scales))
+            .plan(&big)
+            .unwrap()
+            .ratio()
     };
-    assert_eq!(format!("{:.1}", ratio(1024, ScalePrecision::None)), "28.8");
-    assert_eq!(format!("{:.1}", ratio(128, ScalePrecision::None)), "41.1");
-    assert_eq!(format!("{:.1}", ratio(64, ScalePrecision::F16)), "13.1");
-    assert_eq!(format!("{:.1}", ratio(1024, ScalePrecision::F16)), "11.1");
+    assert_eq!(format!("{:.1}", ratio(1024, ScaleScheme::None)), "28.8");
+    assert_eq!(format!("{:.1}", ratio(128, ScaleScheme::None)), "41.1");
+    assert_eq!(
+        format!("{:.1}", ratio(64, ScaleScheme::L2(ScaleStorage::F16))),
+        "13.1"
+    );
+    assert_eq!(
+        format!("{:.1}", ratio(1024, ScaleScheme::L2(ScaleStorage::F16))),
+        "11.1"
+    );
 }
 
 #[test]
 fn resnet18_has_1_220_608_kernels_and_a_separate_stem_codebook() {
-    let shared = CompressionConfig {
-        k: 256,
-        ..Default::default()
-    }
-    .plan(&resnet18())
-    .unwrap();
+    let shared = CompressionConfig::new(KernelCodebook::params(256))
+        .plan(&resnet18())
+        .unwrap();
     // One 7×7 codebook (K capped at the stem's 192 kernels), one 3×3; 1×1 downsamples dense.
     assert_eq!(shared.codebooks.len(), 2);
     assert_eq!(shared.codebooks[0].kernel_size, (7, 7));
@@ -258,21 +247,17 @@ fn small_network(seed: u64) -> Vec<ConvLayer<f32>> {
 #[test]
 fn compressed_network_matches_its_dense_export_and_stores_f16_scales() {
     let layers = small_network(71);
-    let config = CompressionConfig {
-        k: 16,
-        seed: 3,
-        ..Default::default()
-    };
+    let config = CompressionConfig::new(KernelCodebook::params(16).seed(3));
     let net = compress(&layers, &config).unwrap();
     // Codebooks per kernel size: 5×5 and 3×3; the 1×1 layer stays dense.
-    assert_eq!(net.codebooks.len(), 2);
-    assert!(matches!(net.layers[2], CompressedLayer::Dense { .. }));
+    assert_eq!(net.codebooks().len(), 2);
+    assert!(matches!(net.layers()[2], CompressedLayer::Dense { .. }));
     assert_eq!(
-        net.layers.iter().map(|l| l.name()).collect::<Vec<_>>(),
+        net.layers().iter().map(|l| l.name()).collect::<Vec<_>>(),
         ["stem", "a", "pw", "b"]
     );
     let x = random4(&mut rng(72), (2, 3, 9, 9)).mapv(|v| v as f32);
-    for (i, l) in net.layers.iter().enumerate() {
+    for (i, l) in net.layers().iter().enumerate() {
         if let CompressedLayer::Clustered {
             codebook, layer, ..
         } = l
@@ -285,13 +270,15 @@ fn compressed_network_matches_its_dense_export_and_stores_f16_scales() {
             assert_eq!(
                 dense.weight(),
                 &layer
-                    .to_conv(&net.codebooks[*codebook])
+                    .to_conv(net.codebooks().get(*codebook).unwrap())
                     .unwrap()
                     .weight()
                     .clone()
             );
             if i == 0 {
-                let y = layer.forward(&net.codebooks[*codebook], x.view()).unwrap();
+                let y = layer
+                    .forward(net.codebooks().get(*codebook).unwrap(), x.view())
+                    .unwrap();
                 let y_dense = dense.forward(x.view()).unwrap();
                 for (a, b) in y.iter().zip(y_dense.iter()) {
                     assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()));
@@ -299,7 +286,7 @@ fn compressed_network_matches_its_dense_export_and_stores_f16_scales() {
             }
         }
     }
-    let report = net.report(&layers).unwrap();
+    let report = net.report().against(&layers).build().unwrap();
     assert_eq!(report.layers[2].codebook, None);
     assert_eq!(report.layers[2].bytes_after, 24 * 16 * 4);
     // Independent check of one layer's reported error.
@@ -342,21 +329,20 @@ fn compressed_network_matches_its_dense_export_and_stores_f16_scales() {
 fn scale_precision_none_stores_no_scales_and_per_layer_caps_k() {
     let layers = small_network(73);
     let config = CompressionConfig {
-        k: 200,
+        codebook: KernelCodebook::params(200).scale_scheme(ScaleScheme::None),
         scope: CodebookScope::PerLayer,
-        scales: ScalePrecision::None,
         ..Default::default()
     };
     let net = compress(&layers, &config).unwrap();
     // Per layer: the stem has 48 kernels, so K = 48 (and reconstruction is exact).
-    assert_eq!(net.codebooks[0].len(), 48);
-    assert_eq!(net.codebooks.len(), 3);
-    for l in &net.layers {
+    assert_eq!(net.codebooks().get(0).unwrap().len(), 48);
+    assert_eq!(net.codebooks().len(), 3);
+    for l in net.layers() {
         if let CompressedLayer::Clustered { layer, .. } = l {
             assert!(layer.scales().is_none());
         }
     }
-    let report = net.report(&layers).unwrap();
+    let report = net.report().against(&layers).build().unwrap();
     assert!(report.layers[0].relative_error.unwrap() < 1e-6);
     assert!(report.layers.iter().all(|l| l.scale_bits == 0));
 }
@@ -368,7 +354,7 @@ fn f16_rounding_of_f32_matches_the_half_crate() {
     for _ in 0..20_000 {
         let e = r.random_range(-30..17);
         let v = (r.random_range(-1.0f64..1.0) * 2f64.powi(e)) as f32;
-        let ours = ScalePrecision::F16.round(v);
+        let ours = ScaleScheme::L2(ScaleStorage::F16).round(v);
         let reference = half::f16::from_f32(v).to_f32();
         assert!(ours == reference, "{v}: {ours} vs {reference}");
     }
@@ -388,12 +374,11 @@ fn pruned_kernels_are_left_out_of_clustering_and_stay_zero() {
             zeroed.slice_mut(ndarray::s![o, i, .., ..]).fill(0.0);
         }
     }
-    let params = clustered_conv::KernelCodebook::params(6)
-        .seed(4)
-        .check()
-        .unwrap();
+    let params = KernelCodebook::params(6).seed(4).check().unwrap();
     let masked = params
-        .fit_masked(&[outliers.view()], &[mask.view()])
+        .fitter(&[outliers.view()])
+        .masks(&[mask.view()])
+        .run()
         .unwrap();
     // Zero kernels are left out under L2Norm too, so fitting the zeroed tensor is the truth.
     let truth = params.fit(&[zeroed.view()]).unwrap();
@@ -404,11 +389,7 @@ fn pruned_kernels_are_left_out_of_clustering_and_stay_zero() {
     layers[1].mask = Some(mask.clone());
     let net = compress(
         &layers,
-        &CompressionConfig {
-            k: 6,
-            seed: 4,
-            ..Default::default()
-        },
+        &CompressionConfig::new(KernelCodebook::params(6).seed(4)),
     )
     .unwrap();
     let dense = net.dense_layer(1).unwrap();
@@ -416,7 +397,7 @@ fn pruned_kernels_are_left_out_of_clustering_and_stay_zero() {
         let kernel = dense.weight().slice(ndarray::s![o, i, .., ..]);
         assert_eq!(kernel.iter().all(|&v| v == 0.0), !keep, "kernel ({o}, {i})");
     }
-    let report = net.report(&layers).unwrap();
+    let report = net.report().against(&layers).build().unwrap();
     assert_eq!(report.layers[1].mask_bits, 1);
     assert_eq!(report.layers[3].mask_bits, 0);
 }
@@ -425,16 +406,14 @@ fn pruned_kernels_are_left_out_of_clustering_and_stay_zero() {
 fn report_with_inputs_counts_the_paper_flops() {
     use std::collections::HashSet;
     let layers = small_network(76);
-    let net = compress(
-        &layers,
-        &CompressionConfig {
-            k: 8,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let report = net.report_with_inputs(&layers, &[(9, 9); 4]).unwrap();
-    let CompressedLayer::Clustered { layer, .. } = &net.layers[3] else {
+    let net = compress(&layers, &CompressionConfig::new(KernelCodebook::params(8))).unwrap();
+    let report = net
+        .report()
+        .against(&layers)
+        .input_sizes(&[(9, 9); 4])
+        .build()
+        .unwrap();
+    let CompressedLayer::Clustered { layer, .. } = &net.layers()[3] else {
         panic!("layer 3 is clustered")
     };
     let idx = layer.indices();
@@ -460,7 +439,12 @@ fn report_with_inputs_counts_the_paper_flops() {
         .fold((0, 0), |(d, p), (a, b)| (d + a, p + b));
     assert!((report.paper_speedup().unwrap() - dense as f64 / paper as f64).abs() < 1e-12);
     assert!(report.to_string().contains("paper FLOPs"));
-    assert!(net.report_with_inputs(&layers, &[(9, 9); 3]).is_err());
+    assert!(net
+        .report()
+        .against(&layers)
+        .input_sizes(&[(9, 9); 3])
+        .build()
+        .is_err());
 }
 
 #[cfg(feature = "json")]
@@ -478,35 +462,106 @@ fn report_serialises_to_json() {
 fn rejects_bad_settings_and_mismatched_originals() {
     let layers = small_network(77);
     for bits in [0, 33] {
-        let config = CompressionConfig {
-            scales: ScalePrecision::Fixed(bits),
-            ..Default::default()
-        };
         assert!(matches!(
-            compress(&layers, &config),
+            FixedBits::new(bits),
             Err(Error::InvalidParameter { .. })
         ));
+        assert!(format!("fixed{bits}").parse::<ScaleScheme>().is_err());
     }
     assert!(matches!(
         compress::<f32>(&[], &CompressionConfig::default()),
         Err(Error::Empty { .. })
     ));
-    let net = compress(
-        &layers,
-        &CompressionConfig {
-            k: 4,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let net = compress(&layers, &CompressionConfig::new(KernelCodebook::params(4))).unwrap();
     let mut other = layers.clone();
     other.swap(1, 3);
     assert!(matches!(
-        net.report(&other),
+        net.report().against(&other).build(),
         Err(Error::ShapeMismatch { .. })
     ));
     assert!(matches!(
-        net.report(&layers[..2]),
+        net.report().against(&layers[..2]).build(),
         Err(Error::ShapeMismatch { .. })
     ));
+}
+
+#[test]
+fn a_network_checks_its_codebook_ids_indices_and_scale_scheme_when_made() {
+    let layers = small_network(78);
+    let net = compress(&layers, &CompressionConfig::new(KernelCodebook::params(4))).unwrap();
+    assert!(matches!(
+        net.dense_layer(4).unwrap_err(),
+        Error::LayerOutOfRange {
+            layer: 4,
+            layers: 4
+        }
+    ));
+    let (codebooks, layers_c, scheme) = net.clone().into_parts();
+    assert_eq!(scheme, ScaleScheme::L2(ScaleStorage::F16));
+    // A layer pointing at codebook 2 of 2.
+    let mut bad = layers_c.clone();
+    if let CompressedLayer::Clustered { codebook, .. } = &mut bad[1] {
+        *codebook = 2;
+    }
+    assert!(matches!(
+        clustered_conv::CompressedNetwork::new(codebooks.clone(), bad, scheme).unwrap_err(),
+        Error::CodebookOutOfRange {
+            codebook: 2,
+            codebooks: 2
+        }
+    ));
+    // Layer 1 uses the 3×3 codebook of K = 4 entries: index 4 is out of range.
+    let mut bad = layers_c.clone();
+    if let CompressedLayer::Clustered { layer, .. } = &mut bad[1] {
+        let mut idx = layer.indices();
+        idx[[2, 3]] = 4;
+        **layer = clustered_conv::ClusteredConv2d::new(
+            idx,
+            layer.scales(),
+            layer.bias().cloned(),
+            layer.geometry(),
+        )
+        .unwrap();
+    }
+    assert!(matches!(
+        clustered_conv::CompressedNetwork::new(codebooks.clone(), bad, scheme),
+        Err(Error::IndexOutOfRange {
+            out_channel: 2,
+            in_channel: 3,
+            index: 4,
+            limit: 4
+        })
+    ));
+    assert!(matches!(
+        clustered_conv::CompressedNetwork::new(codebooks, layers_c, ScaleScheme::None),
+        Err(Error::ScaleSchemeMismatch { codebook: 0, .. })
+    ));
+}
+
+#[test]
+fn a_report_without_originals_has_everything_but_the_errors() {
+    let layers = small_network(79);
+    let net = compress(&layers, &CompressionConfig::new(KernelCodebook::params(8))).unwrap();
+    let alone = net.report().build().unwrap();
+    let mut against = net.report().against(&layers).build().unwrap();
+    assert!(against.layers[1].relative_error.unwrap() > 0.0);
+    assert!(alone.layers.iter().all(|l| l.relative_error.is_none()));
+    for l in &mut against.layers {
+        l.relative_error = None;
+    }
+    assert_eq!(alone, against);
+    // Entropy of layer 1's indices, counted by hand.
+    let CompressedLayer::Clustered { layer, .. } = &net.layers()[1] else {
+        panic!("clustered")
+    };
+    let mut counts = std::collections::HashMap::new();
+    for &i in layer.indices().iter() {
+        *counts.entry(i).or_insert(0usize) += 1;
+    }
+    let n = layer.indices().len() as f64;
+    let h: f64 = counts
+        .values()
+        .map(|&c| -(c as f64 / n) * (c as f64 / n).log2())
+        .sum();
+    assert!((alone.layers[1].entropy_bits.unwrap() - h).abs() < 1e-12);
 }

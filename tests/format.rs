@@ -12,8 +12,8 @@ use clustered_conv::io::{
     FORMAT_VERSION, MAX_LAYER_KERNELS,
 };
 use clustered_conv::{
-    compress, CodebookScope, CompressedLayer, CompressionConfig, ConvGeometry, ConvLayer, Error,
-    ScalePrecision, Symmetry,
+    compress, CodebookScope, CompressedLayer, CompressedNetwork, CompressionConfig, ConvGeometry,
+    ConvLayer, Error, FixedBits, KernelCodebook, ScaleScheme, ScaleStorage, Symmetry,
 };
 use common::{random4, rng};
 use ndarray::{Array1, Array2, Array4};
@@ -47,16 +47,23 @@ fn layers() -> Vec<ConvLayer<f32>> {
     vec![a, b, c, d]
 }
 
-fn model(symmetry: Symmetry, scales: ScalePrecision, scope: CodebookScope) -> CompressedModel {
+fn model(symmetry: Symmetry, scales: ScaleScheme, scope: CodebookScope) -> CompressedModel {
     let config = CompressionConfig {
-        k: 7,
-        symmetry,
-        scales,
+        codebook: KernelCodebook::params(7)
+            .symmetry(symmetry)
+            .scale_scheme(scales)
+            .seed(3),
         scope,
-        seed: 3,
         ..Default::default()
     };
     CompressedModel::new(compress(&layers(), &config).unwrap())
+}
+
+/// `m` with its layers edited by `edit` (a network checks its layers when made).
+fn edit_layers(m: &mut CompressedModel, edit: impl FnOnce(&mut [CompressedLayer<f32>])) {
+    let (codebooks, mut layers, scheme) = m.network.clone().into_parts();
+    edit(&mut layers);
+    m.network = CompressedNetwork::new(codebooks, layers, scheme).unwrap();
 }
 
 fn input(c: usize) -> Array4<f32> {
@@ -67,7 +74,7 @@ fn input(c: usize) -> Array4<f32> {
 /// Every layer's forward output on a fixed input.
 fn outputs(m: &CompressedModel) -> Vec<Array4<f32>> {
     m.network
-        .layers
+        .layers()
         .iter()
         .map(|layer| match layer {
             CompressedLayer::Clustered {
@@ -75,7 +82,7 @@ fn outputs(m: &CompressedModel) -> Vec<Array4<f32>> {
             } => {
                 let x = input(layer.in_channels());
                 layer
-                    .forward(&m.network.codebooks[*codebook], x.view())
+                    .forward(m.network.codebooks().get(*codebook).unwrap(), x.view())
                     .unwrap()
             }
             CompressedLayer::Dense { layer, .. } => {
@@ -94,10 +101,13 @@ fn round_trip_is_exact_for_every_symmetry_and_scale_precision() {
         Symmetry::Dihedral,
     ];
     let precisions = [
-        ScalePrecision::F16,
-        ScalePrecision::F32,
-        ScalePrecision::None,
-        ScalePrecision::Fixed(6),
+        ScaleScheme::L2(ScaleStorage::F16),
+        ScaleScheme::L2(ScaleStorage::F32),
+        ScaleScheme::None,
+        ScaleScheme::L2(ScaleStorage::Fixed(FixedBits::new(6).unwrap())),
+        // The extremes of the fixed-point format.
+        ScaleScheme::L2(ScaleStorage::Fixed(FixedBits::new(1).unwrap())),
+        ScaleScheme::L2(ScaleStorage::Fixed(FixedBits::new(32).unwrap())),
     ];
     for symmetry in symmetries {
         for scales in precisions {
@@ -124,14 +134,18 @@ fn round_trip_is_exact_for_every_symmetry_and_scale_precision() {
 #[test]
 fn indices_take_the_documented_number_of_bits() {
     // K = 7 with TIC4 → K·S = 28 → 5 bits; 12·8 kernels → 60 bytes.
-    let m = model(Symmetry::Flips, ScalePrecision::F16, CodebookScope::Shared);
+    let m = model(
+        Symmetry::Flips,
+        ScaleScheme::L2(ScaleStorage::F16),
+        CodebookScope::Shared,
+    );
     let bytes = m.to_bytes().unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let idx = file.tensor("features.3.weight.indices").unwrap();
     assert_eq!(idx.dtype(), Dtype::U8);
     assert_eq!(idx.shape(), &[60]);
     // Unpack by hand (LSB first) and compare with the layer's indices.
-    let CompressedLayer::Clustered { layer, .. } = &m.network.layers[1] else {
+    let CompressedLayer::Clustered { layer, .. } = &m.network.layers()[1] else {
         panic!("clustered")
     };
     let data = idx.data();
@@ -150,19 +164,22 @@ fn indices_take_the_documented_number_of_bits() {
 fn unrepresentable_scales_are_refused_until_rounded() {
     let mut m = model(
         Symmetry::Identity,
-        ScalePrecision::F16,
+        ScaleScheme::L2(ScaleStorage::F16),
         CodebookScope::Shared,
     );
-    let CompressedLayer::Clustered { layer, .. } = &mut m.network.layers[0] else {
-        panic!("clustered")
-    };
-    let scales = layer.scales().unwrap().mapv(|s| s * 1.000_01);
-    let bias = layer.bias().cloned();
-    layer.set_params(Some(scales), bias).unwrap();
-    // Fine-tuned scales are held as f32 until rounded.
-    assert!(!layer.scales_are_half());
+    let mut first = f32::NAN;
+    edit_layers(&mut m, |layers| {
+        let CompressedLayer::Clustered { layer, .. } = &mut layers[0] else {
+            panic!("clustered")
+        };
+        let scales = layer.scales().unwrap().mapv(|s| s * 1.000_01);
+        let bias = layer.bias().cloned();
+        layer.set_params(Some(scales), bias).unwrap();
+        // Fine-tuned scales are held as f32 until rounded.
+        assert!(!layer.scales_are_half());
+        first = layer.scales().unwrap()[[0, 0]];
+    });
     // The error names the first scale that is off (every scale is: none is 0) and the fix.
-    let first = layer.scales().unwrap()[[0, 0]];
     let err = m.to_bytes().unwrap_err();
     assert!(
         matches!(
@@ -174,7 +191,7 @@ fn unrepresentable_scales_are_refused_until_rounded() {
     );
     assert!(err.to_string().contains("round_scales"), "{err}");
     m.network.round_scales().unwrap();
-    let CompressedLayer::Clustered { layer, .. } = &m.network.layers[0] else {
+    let CompressedLayer::Clustered { layer, .. } = &m.network.layers()[0] else {
         panic!("clustered")
     };
     assert!(layer.scales_are_half());
@@ -185,13 +202,13 @@ fn unrepresentable_scales_are_refused_until_rounded() {
 /// Every clustered layer: (scales held as f16, index bytes, scale bytes, kernels).
 fn scale_storage(m: &CompressedModel) -> Vec<(bool, usize, usize, usize)> {
     m.network
-        .layers
+        .layers()
         .iter()
         .filter_map(|layer| match layer {
             CompressedLayer::Clustered {
                 codebook, layer, ..
             } => {
-                let mem = layer.memory(&m.network.codebooks[*codebook]);
+                let mem = layer.memory(m.network.codebooks().get(*codebook).unwrap());
                 let kernels = layer.out_channels() * layer.in_channels();
                 Some((
                     layer.scales_are_half(),
@@ -208,7 +225,7 @@ fn scale_storage(m: &CompressedModel) -> Vec<(bool, usize, usize, usize)> {
 #[test]
 fn f16_scales_are_held_as_f16_after_compression_and_loading() {
     for scope in [CodebookScope::Shared, CodebookScope::PerLayer] {
-        let original = model(Symmetry::Flip, ScalePrecision::F16, scope);
+        let original = model(Symmetry::Flip, ScaleScheme::L2(ScaleStorage::F16), scope);
         let bytes = original.to_bytes().unwrap();
         let loaded = CompressedModel::from_bytes(&bytes).unwrap();
         let storage = scale_storage(&loaded);
@@ -224,7 +241,7 @@ fn f16_scales_are_held_as_f16_after_compression_and_loading() {
         assert_eq!(loaded.to_bytes().unwrap(), bytes);
         // The values are the file's f16 values.
         let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let CompressedLayer::Clustered { layer, .. } = &loaded.network.layers[1] else {
+        let CompressedLayer::Clustered { layer, .. } = &loaded.network.layers()[1] else {
             panic!("clustered")
         };
         let stored: Vec<f32> = file
@@ -240,7 +257,10 @@ fn f16_scales_are_held_as_f16_after_compression_and_loading() {
         );
     }
     // Other precisions are held as f32.
-    for precision in [ScalePrecision::F32, ScalePrecision::Fixed(6)] {
+    for precision in [
+        ScaleScheme::L2(ScaleStorage::F32),
+        ScaleScheme::L2(ScaleStorage::Fixed(FixedBits::new(6).unwrap())),
+    ] {
         let original = model(Symmetry::Identity, precision, CodebookScope::Shared);
         let loaded = CompressedModel::from_bytes(&original.to_bytes().unwrap()).unwrap();
         for m in [&original, &loaded] {
@@ -256,12 +276,14 @@ fn f16_scales_are_held_as_f16_after_compression_and_loading() {
 fn name_collisions_are_refused() {
     let mut m = model(
         Symmetry::Identity,
-        ScalePrecision::F16,
+        ScaleScheme::L2(ScaleStorage::F16),
         CodebookScope::Shared,
     );
-    if let CompressedLayer::Clustered { name, .. } = &mut m.network.layers[1] {
-        *name = "features.0".to_string();
-    }
+    edit_layers(&mut m, |layers| {
+        if let CompressedLayer::Clustered { name, .. } = &mut layers[1] {
+            *name = "features.0".to_string();
+        }
+    });
     // The first tensor of the renamed layer is the first collision.
     let err = m.to_bytes().unwrap_err();
     assert!(
@@ -324,10 +346,7 @@ fn imported_model() -> (CompressedModel, Vec<u8>) {
     )
     .unwrap();
     let imported = import_conv_layers(&read_safetensors(&state).unwrap(), &HashMap::new()).unwrap();
-    let config = CompressionConfig {
-        k: 5,
-        ..Default::default()
-    };
+    let config = CompressionConfig::new(KernelCodebook::params(5));
     let net = compress(&imported.layers, &config).unwrap();
     (CompressedModel::from_import(net, &imported).unwrap(), state)
 }
@@ -451,7 +470,11 @@ fn golden_output_path() -> PathBuf {
 
 /// The golden model: TIC4, f16 scales, shared codebook, a pruned layer and a dense 1×1.
 fn golden_model() -> CompressedModel {
-    model(Symmetry::Flips, ScalePrecision::F16, CodebookScope::Shared)
+    model(
+        Symmetry::Flips,
+        ScaleScheme::L2(ScaleStorage::F16),
+        CodebookScope::Shared,
+    )
 }
 
 /// Every layer's output on the fixed input, as text (one value per line, bits in hex).

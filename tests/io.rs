@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use clustered_conv::io::{
     import_conv_layers, read_safetensors, write_dense_safetensors, GeometryMap, TensorDtype,
 };
-use clustered_conv::{compress, CompressionConfig, ConvGeometry, Error};
+use clustered_conv::{compress, CompressionConfig, ConvGeometry, Error, KernelCodebook};
 use common::{random4, rng};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -153,10 +153,7 @@ fn dense_export_keeps_names_dtypes_and_passthrough_bytes() {
     let model = import_conv_layers(&state, &HashMap::new()).unwrap();
     let net = compress(
         &model.layers,
-        &CompressionConfig {
-            k: 8,
-            ..Default::default()
-        },
+        &CompressionConfig::new(KernelCodebook::params(8)),
     )
     .unwrap();
     let out = write_dense_safetensors(&net, &model).unwrap();

@@ -400,18 +400,3 @@ fn pruned_assignment_gives_the_exact_nearest_centroid_at_every_stop() {
         );
     }
 }
-
-#[test]
-fn portable_kernels_give_the_same_bits() {
-    let x = overlapping(9_000, 41);
-    let params = KMeans::params(40).seed(2).max_iter(25).check().unwrap();
-    let fast = params.fit(x.view()).unwrap();
-    let portable = params.fit_with_portable_kernels(x.view()).unwrap();
-    assert_eq!(fast, portable);
-    // f64 data too.
-    let x = x.mapv(f64::from);
-    assert_eq!(
-        params.fit(x.view()).unwrap(),
-        params.fit_with_portable_kernels(x.view()).unwrap()
-    );
-}

@@ -260,7 +260,8 @@ fn learning_rate_schedules() {
 
 use clustered_conv::nn::{Layer, Network};
 use clustered_conv::{
-    ClusteredConv2d, CompressionConfig, Conv2d, ConvGeometry, KernelCodebook, ScalePrecision,
+    ClusteredConv2d, Codebooks, CompressionConfig, Conv2d, ConvGeometry, KernelCodebook,
+    ScaleScheme, ScaleStorage,
 };
 
 /// conv(bias) → BN → ReLU → pool → clustered(scales, bias) → ReLU → flatten → linear, in f64,
@@ -320,7 +321,7 @@ fn small_network(r: &mut rand_chacha::ChaCha8Rng) -> Network<f64> {
             Layer::Flatten,
             Layer::Linear(fc),
         ],
-        codebooks: vec![codebook],
+        codebooks: Codebooks::from(vec![codebook]),
     }
 }
 
@@ -348,9 +349,9 @@ fn whole_network_gradients_match_finite_differences() {
         "&grads.input (1)",
     );
     // Shared centroids: the sum over both clustered layers.
-    let numeric = numeric_grad(net.codebooks[0].centroids(), |c| {
+    let numeric = numeric_grad(net.codebooks.get(0).unwrap().centroids(), |c| {
         let mut n = net.clone();
-        n.codebooks[0].set_centroids(c.clone()).unwrap();
+        n.codebooks.set_centroids(0, c.clone()).unwrap();
         network_loss(&n, &x, &labels)
     });
     assert_close(&numeric, &grads.codebooks[0], "&grads.codebooks[0] (2)");
@@ -462,11 +463,9 @@ fn fine_tuning_keeps_assignments_and_at_most_k_distinct_kernels() {
             bias: Array1::zeros(3),
         }),
     ]);
-    let config = CompressionConfig {
-        k: 5,
-        scales: ScalePrecision::F16,
-        ..Default::default()
-    };
+    let config = CompressionConfig::new(
+        KernelCodebook::params(5).scale_scheme(ScaleScheme::L2(ScaleStorage::F16)),
+    );
     let mut net = dense.compress(&config).unwrap();
     assert_eq!(net.codebooks.len(), 1);
     let clustered_layers = |net: &Network<f64>| -> Vec<ClusteredConv2d<f64>> {
@@ -508,7 +507,7 @@ fn fine_tuning_keeps_assignments_and_at_most_k_distinct_kernels() {
             .unwrap();
     }
     assert!(last < first * 0.5, "loss {first} → {last}");
-    let cb = &net.codebooks[0];
+    let cb = net.codebooks.get(0).unwrap();
     let mut clustered = 0;
     for layer in &net.layers {
         if let Layer::Clustered { layer, .. } = layer {
@@ -532,17 +531,20 @@ fn fine_tuning_keeps_assignments_and_at_most_k_distinct_kernels() {
     }
     // The centroids did move.
     let original = dense.compress(&config).unwrap();
-    assert_ne!(original.codebooks[0].centroids(), cb.centroids());
+    assert_ne!(
+        original.codebooks.get(0).unwrap().centroids(),
+        cb.centroids()
+    );
     // Trained scales are held as f64; rounding to f16 holds them as f16 again.
     let trained = clustered_layers(&net);
     assert!(trained.iter().all(|l| !l.scales_are_half()));
-    net.round_scales(ScalePrecision::F16).unwrap();
+    net.round_scales().unwrap();
     for (layer, before) in clustered_layers(&net).iter().zip(&trained) {
         assert!(layer.scales_are_half());
         let want = before
             .scales()
             .unwrap()
-            .mapv(|s| ScalePrecision::F16.round(s));
+            .mapv(|s| ScaleScheme::L2(ScaleStorage::F16).round(s));
         assert_eq!(layer.scales().unwrap(), want);
     }
 }
@@ -630,4 +632,122 @@ fn batch_norm_recalibration_averages_the_batch_statistics() {
         .recalibrate_batch_norm([batches[0].view(), wrong.view()])
         .is_err());
     assert_eq!(net, before);
+}
+
+#[test]
+fn sgd_updates_half_scales_in_place_and_holds_them_as_f_until_rounded() {
+    use clustered_conv::nn::LayerGrads;
+    let mut r = rng(94);
+    let mut net = small_network(&mut r);
+    // Layer 4 holds its scales as f16, with one kernel pruned.
+    let Layer::Clustered { layer, .. } = &mut net.layers[4] else {
+        panic!("clustered")
+    };
+    let mask = Array2::from_shape_fn((4, 3), |(o, i)| (o, i) != (1, 2));
+    **layer = (**layer)
+        .clone()
+        .with_mask(mask)
+        .unwrap()
+        .with_half_scales()
+        .unwrap();
+    let before = layer.scales().unwrap();
+    let bias_before = layer.bias().unwrap().clone();
+    let x = random4(&mut r, (3, 2, 4, 4));
+    let (logits, tape) = net.forward_train(x.view()).unwrap();
+    let (_, grad) = softmax_cross_entropy(logits.view(), &[0, 3, 4]).unwrap();
+    let grads = net.backward(&tape, grad).unwrap();
+    let LayerGrads::Clustered(Some(gs), Some(gb)) = &grads.layers[4] else {
+        panic!("clustered gradients")
+    };
+    let sgd = Sgd {
+        lr: 0.1,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        schedule: LrSchedule::Constant,
+    };
+    net.sgd_step(&grads, &sgd, 0, &mut Vec::new()).unwrap();
+    let Layer::Clustered { layer, .. } = &net.layers[4] else {
+        panic!("clustered")
+    };
+    // p − lr·g from the (exactly widened) f16 values; the pruned kernel stays 0.
+    let want = &before - &(gs * 0.1);
+    assert_eq!(want[[1, 2]], 0.0);
+    assert_eq!(layer.scales().unwrap(), want);
+    assert_eq!(layer.bias().unwrap(), &(&bias_before - &(gb * 0.1)));
+    assert!(!layer.scales_are_half());
+    // Rounding brings them back to f16 (the codebook's default storage).
+    net.round_scales().unwrap();
+    let Layer::Clustered { layer, .. } = &net.layers[4] else {
+        panic!("clustered")
+    };
+    assert!(layer.scales_are_half());
+    assert_eq!(
+        layer.scales().unwrap(),
+        want.mapv(|s| f64::from(half::f16::from_f64(s)))
+    );
+}
+
+#[test]
+fn a_missing_codebook_or_foreign_gradients_are_errors_not_panics() {
+    let mut r = rng(95);
+    let net = small_network(&mut r);
+    let x = random4(&mut r, (3, 2, 4, 4));
+    let mut trained = net.clone();
+    let (logits, tape) = trained.forward_train(x.view()).unwrap();
+    let (_, grad) = softmax_cross_entropy(logits.view(), &[0, 3, 4]).unwrap();
+    let grads = net.backward(&tape, grad.clone()).unwrap();
+
+    let mut broken = net.clone();
+    if let Layer::Clustered { codebook, .. } = &mut broken.layers[6] {
+        *codebook = 3;
+    }
+    let missing = |e: Error| {
+        matches!(
+            e,
+            Error::CodebookOutOfRange {
+                codebook: 3,
+                codebooks: 1
+            }
+        )
+    };
+    assert!(missing(broken.forward(x.view()).unwrap_err()));
+    assert!(missing(broken.clone().forward_train(x.view()).unwrap_err()));
+    assert!(missing(broken.backward(&tape, grad).unwrap_err()));
+    assert!(missing(broken.clone().round_scales().unwrap_err()));
+    assert!(matches!(
+        broken
+            .codebooks
+            .set_centroids(1, ndarray::Array3::zeros((3, 3, 3))),
+        Err(Error::CodebookOutOfRange {
+            codebook: 1,
+            codebooks: 1
+        })
+    ));
+
+    // Gradients of a network whose layer 0 is a convolution, not a batch norm.
+    let sgd = Sgd {
+        lr: 0.1,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        schedule: LrSchedule::Constant,
+    };
+    let mut other = net.clone();
+    other.layers.swap(0, 1);
+    assert!(matches!(
+        other
+            .sgd_step(&grads, &sgd, 0, &mut Vec::new())
+            .unwrap_err(),
+        Error::LayerMismatch {
+            what: "the gradients",
+            layer: 0,
+            expected: "a batch norm",
+            got: "convolution gradients",
+        }
+    ));
+    let mut fewer = grads.clone();
+    fewer.layers.pop();
+    assert!(matches!(
+        net.clone().sgd_step(&fewer, &sgd, 0, &mut Vec::new()),
+        Err(Error::ShapeMismatch { .. })
+    ));
 }

@@ -4,7 +4,7 @@ mod common;
 
 use clustered_conv::{
     BackwardRoute, ClusteredConv2d, Conv2d, ConvGeometry, ForwardStrategy, KernelCodebook,
-    ScaleMode, Symmetry,
+    ScaleScheme, Symmetry,
 };
 use common::{in_pool, paper_transform, random4, rng, worst_violation};
 use ndarray::{Array1, Array4};
@@ -127,7 +127,7 @@ fn rectangular_kernels_use_flips() {
     });
     let fit = KernelCodebook::params(2)
         .symmetry(Symmetry::Flip)
-        .scale_mode(ScaleMode::L2Norm)
+        .scale_scheme(ScaleScheme::default())
         .fit(&[w.view()])
         .unwrap();
     let back = fit.assignments[0].reconstruct(&fit.codebook).unwrap();

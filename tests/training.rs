@@ -13,7 +13,7 @@ use clustered_conv::data::{DataSource, FashionMnist, LabelledImages, FASHION_MNI
 use clustered_conv::nn::{
     random_crop_flip, BatchNorm2d, Layer, Linear, LrSchedule, MaxPool2d, Network, Sgd,
 };
-use clustered_conv::{CompressionConfig, Conv2d, ConvGeometry};
+use clustered_conv::{CompressionConfig, Conv2d, ConvGeometry, KernelCodebook};
 
 /// The 6,000 / 1,000-image slice vendored in this repository.
 const VENDORED_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/fashion-mnist-slice");
@@ -154,11 +154,7 @@ fn real_data_baseline_and_fine_tuned_k64() {
     let baseline = accuracy(&net, &test_set);
     assert!(baseline >= 0.80, "baseline {baseline}");
 
-    let config = CompressionConfig {
-        k: 64,
-        seed: 13,
-        ..Default::default()
-    };
+    let config = CompressionConfig::new(KernelCodebook::params(64).seed(13));
     let mut compressed = net.compress(&config).unwrap();
     let fine_tune = Sgd {
         lr: 0.01,
@@ -174,7 +170,7 @@ fn real_data_baseline_and_fine_tuned_k64() {
         &fine_tune,
         14,
     );
-    compressed.round_scales(config.scales).unwrap();
+    compressed.round_scales().unwrap();
     let tuned = accuracy(&compressed, &test_set);
     eprintln!("baseline {baseline:.4}, K = 64 fine-tuned {tuned:.4}");
     assert!(

@@ -25,7 +25,7 @@
 //! # Memory
 //! A layer stores its indices in the narrowest of `u8`, `u16`, `u32` that holds them, its
 //! scales as `F` or, after [`ClusteredConv2d::with_half_scales`] (and in layers compressed or
-//! loaded with [`ScalePrecision::F16`](crate::ScalePrecision::F16) scales), as `f16`, its bias
+//! loaded with [`ScaleStorage::F16`](crate::ScaleStorage::F16) scales), as `f16`, its bias
 //! as given, and a mask as one `bool` per kernel; [`ClusteredConv2d::memory`] counts the bytes:
 //! a 3×3 kernel of `f32` weights (36 bytes) is held in 1 + 4 bytes with `u8` indices and `f32`
 //! scales (7.2×), in 1 + 2 with `f16` scales (12×). The plan of the sharing strategies (`O(Cout·Cin)`, a few bytes per kernel)
@@ -55,7 +55,7 @@ use std::sync::OnceLock;
 
 use ndarray::{Array1, Array2, Array3, Array4, ArrayView4};
 
-use crate::codebook::KernelCodebook;
+use crate::codebook::{KernelCodebook, ScaleScheme, ScaleStorage};
 use crate::conv::Conv2d;
 use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, ConvShape};
@@ -487,7 +487,7 @@ impl<F: Real> ClusteredConv2d<F> {
 
     /// The layer with its scales held at half precision: every scale is rounded to the
     /// nearest IEEE `f16` (ties to even — the rounding of
-    /// [`ScalePrecision::F16`](crate::ScalePrecision::F16), so the values are those a
+    /// [`ScaleStorage::F16`](crate::ScaleStorage::F16), so the values are those a
     /// compressed file stores) and kept as `f16`, 2 bytes per kernel instead of
     /// `size_of::<F>()`. Every pass reads them widened (exactly) to `F`: the layer computes
     /// what a layer holding the rounded values as `F` computes, bit for bit. A layer without
@@ -529,6 +529,51 @@ impl<F: Real> ClusteredConv2d<F> {
                 let half = s.to_half()?;
                 self.scales = Some(half);
             }
+        }
+        Ok(())
+    }
+
+    /// Rounds the scales to `scheme`'s storage, as a compressed network stores them: held as
+    /// `f16` for [`ScaleStorage::F16`], as `F` on the storage grid otherwise (unchanged
+    /// without scales). On error the layer is unchanged.
+    pub(crate) fn round_scales_to(&mut self, scheme: ScaleScheme) -> Result<()> {
+        match (scheme.storage(), &self.scales) {
+            (Some(ScaleStorage::F16), _) => self.make_scales_half(),
+            (Some(storage), Some(s)) => {
+                let rounded = s.as_full().mapv(|v| storage.round(v));
+                check_finite_scales(&rounded)?;
+                self.scales = Some(ScaleStore::Full(rounded));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The scales and bias for an in-place training update. Scales held as `f16` are first
+    /// widened (exactly) to `F`: updated scales are off the f16 grid, so they stay `F` until
+    /// rounded again. Call [`ClusteredConv2d::check_updated_scales`] after the update.
+    pub(crate) fn params_mut(&mut self) -> (Option<&mut Array2<F>>, Option<&mut Array1<F>>) {
+        if let Some(ScaleStore::Half(_)) = &self.scales {
+            self.scales = self
+                .scales
+                .as_ref()
+                .map(|s| ScaleStore::Full(s.as_full().into_owned()));
+        }
+        let scales = match &mut self.scales {
+            Some(ScaleStore::Full(s)) => Some(s),
+            _ => None,
+        };
+        (scales, self.bias.as_mut())
+    }
+
+    /// After [`ClusteredConv2d::params_mut`]: pruned kernels back to scale 0, and an error
+    /// for a non-finite scale.
+    pub(crate) fn check_updated_scales(&mut self) -> Result<()> {
+        if let Some(s) = &mut self.scales {
+            if let Some(mask) = &self.mask {
+                s.zero_where_not(mask);
+            }
+            check_finite_scales(&s.as_full())?;
         }
         Ok(())
     }

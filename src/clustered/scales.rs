@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use half::f16;
 use ndarray::Array2;
 
-use crate::compress::ScalePrecision;
+use crate::codebook::ScaleStorage;
 use crate::error::{Error, Result};
 use crate::linalg::Real;
 
@@ -91,7 +91,7 @@ impl<F: Real> ScaleStore<F> {
     }
 
     /// The store at half precision: every scale rounded to the nearest `f16` (ties to even,
-    /// [`ScalePrecision::F16`]'s rounding). A `Half` store is copied as is.
+    /// [`ScaleStorage::F16`]'s rounding). A `Half` store is copied as is.
     ///
     /// # Errors
     /// [`Error::NonFinite`] for a scale that rounds to infinity (beyond ±65 504), naming its
@@ -104,7 +104,7 @@ impl<F: Real> ScaleStore<F> {
         let mut overflow = None;
         let half = Array2::from_shape_fn(s.dim(), |(o, i)| {
             // `round` lands on an f16 value (or ±∞), so the conversion below is exact.
-            let rounded = ScalePrecision::F16.round(s[[o, i]]);
+            let rounded = ScaleStorage::F16.round(s[[o, i]]);
             if !rounded.is_finite() && overflow.is_none() {
                 overflow = Some(o * s.ncols() + i);
             }

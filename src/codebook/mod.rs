@@ -4,12 +4,14 @@
 //! A *kernel* is one `kh×kw` slice `W[o, i]` of an OIHW weight. Fitting a codebook
 //! ([`KernelCodebook::params`]) flattens every kernel of every given tensor (output-major,
 //! input-minor, tensors in the order given), optionally divides it by its scale
-//! ([`ScaleMode`]), runs k-means, and re-orders the centroids by usage, most used first
-//! (paper §1.5). A layer then stores one index per kernel, and a scale when the scale mode
+//! ([`ScaleScheme`]), runs k-means, and re-orders the centroids by usage, most used first
+//! (paper §1.5). A layer then stores one index per kernel, and a scale when the scale scheme
 //! asks for one; [`KernelCodebook::reconstruct`] turns them back into a dense weight.
+//! [`Codebooks`] owns the codebooks of a network and hands them to layers by id.
 
 mod params;
 mod scale;
+mod set;
 mod stats;
 mod symmetry;
 
@@ -17,21 +19,22 @@ use ndarray::{Array2, Array3, Array4, ArrayView2, ArrayView4};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::kmeans::nearest;
+use crate::kmeans::nearest_exact;
 use crate::linalg::Real;
 
-pub use params::{CodebookFit, CodebookParams, ValidCodebookParams};
-pub use scale::ScaleMode;
+pub use params::{CodebookFit, CodebookFitter, CodebookParams, ValidCodebookParams};
+pub use scale::{FixedBits, ScaleScheme, ScaleStorage};
+pub use set::Codebooks;
 pub use stats::{compression_ratio, Usage};
 pub use symmetry::Symmetry;
 
 pub(crate) use scale::l2_scale;
 pub(crate) use stats::bits_for;
 
-/// `K` centroid kernels of size `kh×kw`, a symmetry and a scale mode.
+/// `K` centroid kernels of size `kh×kw`, a symmetry and a scale scheme.
 ///
 /// ```
-/// use clustered_conv::{KernelCodebook, ScaleMode};
+/// use clustered_conv::{KernelCodebook, ScaleScheme};
 /// use ndarray::Array4;
 ///
 /// // 16 output × 8 input channels of 3×3 kernels: 128 kernels.
@@ -41,7 +44,7 @@ pub(crate) use stats::bits_for;
 /// let fit = KernelCodebook::params(8).seed(1).fit(&[w.view()])?;
 /// let codebook = &fit.codebook;
 /// assert_eq!(codebook.len(), 8);
-/// assert_eq!(codebook.scale_mode(), ScaleMode::L2Norm);
+/// assert_eq!(codebook.scale_scheme(), ScaleScheme::default()); // L2 norms, stored as f16
 ///
 /// // Every kernel is one index (3 bits) and one scale.
 /// let a = &fit.assignments[0];
@@ -54,16 +57,16 @@ pub(crate) use stats::bits_for;
 pub struct KernelCodebook<F> {
     centroids: Array3<F>,
     symmetry: Symmetry,
-    scale_mode: ScaleMode,
+    scale_scheme: ScaleScheme,
 }
 
 /// The stored form of one weight tensor: an index per kernel and, with
-/// [`ScaleMode::L2Norm`], a scale per kernel.
+/// [`ScaleScheme::L2`], a scale per kernel (exact, not yet rounded to its storage).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KernelAssignment<F> {
     /// `(Cout, Cin)` indices, each `centroid + K·transform < K·S`.
     pub indices: Array2<u32>,
-    /// `(Cout, Cin)` scales, or `None` for [`ScaleMode::None`].
+    /// `(Cout, Cin)` scales, or `None` for [`ScaleScheme::None`].
     pub scales: Option<Array2<F>>,
 }
 
@@ -88,8 +91,8 @@ impl KernelCodebook<f32> {
 }
 
 impl<F: Real> KernelCodebook<F> {
-    /// A codebook from given centroids `(K, kh, kw)`, with [`ScaleMode::L2Norm`]
-    /// (change it with [`KernelCodebook::with_scale_mode`]).
+    /// A codebook from given centroids `(K, kh, kw)`, with the default [`ScaleScheme`]
+    /// (L2-norm scales stored as f16; change it with [`KernelCodebook::with_scale_scheme`]).
     ///
     /// # Errors
     /// Zero-sized centroids, non-finite values, or [`Symmetry::Dihedral`] with non-square
@@ -107,7 +110,7 @@ impl<F: Real> KernelCodebook<F> {
         Ok(Self {
             centroids: centroids.as_standard_layout().into_owned(),
             symmetry,
-            scale_mode: ScaleMode::L2Norm,
+            scale_scheme: ScaleScheme::default(),
         })
     }
 
@@ -128,10 +131,11 @@ impl<F: Real> KernelCodebook<F> {
         Ok(())
     }
 
-    /// Sets how [`KernelCodebook::assign`] normalises kernels.
+    /// Sets whether [`KernelCodebook::assign`] normalises kernels, and how the layers that
+    /// use this codebook store their scales.
     #[must_use]
-    pub fn with_scale_mode(mut self, scale_mode: ScaleMode) -> Self {
-        self.scale_mode = scale_mode;
+    pub fn with_scale_scheme(mut self, scale_scheme: ScaleScheme) -> Self {
+        self.scale_scheme = scale_scheme;
         self
     }
 
@@ -161,9 +165,9 @@ impl<F: Real> KernelCodebook<F> {
         self.symmetry
     }
 
-    /// The scale mode.
-    pub fn scale_mode(&self) -> ScaleMode {
-        self.scale_mode
+    /// The scale scheme.
+    pub fn scale_scheme(&self) -> ScaleScheme {
+        self.scale_scheme
     }
 
     /// Number of valid stored indices, `K·S`.
@@ -171,8 +175,10 @@ impl<F: Real> KernelCodebook<F> {
         self.len() * self.symmetry.transforms()
     }
 
-    /// Bits of a fixed-width stored index, `⌈log2(K·S)⌉`.
-    pub fn index_bits(&self) -> u32 {
+    /// Bits of a bit-packed stored index, `⌈log2(K·S)⌉` (the paper's size formula; the
+    /// compressed-model file stores at least 1 bit). A layer's in-memory index width is
+    /// [`ClusteredConv2d::index_bits`](crate::ClusteredConv2d::index_bits).
+    pub fn packed_index_bits(&self) -> u32 {
         bits_for(self.index_limit())
     }
 
@@ -213,7 +219,10 @@ impl<F: Real> KernelCodebook<F> {
     }
 
     /// Assigns every kernel of an OIHW weight to its nearest centroid (after normalising it
-    /// by the codebook's scale mode).
+    /// by the codebook's scale scheme), by the rule of fitting: the exact `f64` squared
+    /// distance, lowest stored index on ties. Assigning the weights a codebook was fitted to
+    /// gives the fit's indices and scales (up to exact distance ties between two distinct
+    /// centroids, which fitting breaks in k-means order, before centroids are sorted by use).
     ///
     /// With a transform-invariant codebook, the nearest of all `K·S` transformed centroids is
     /// chosen and the stored index is `centroid + K·transform`.
@@ -221,12 +230,12 @@ impl<F: Real> KernelCodebook<F> {
     /// # Errors
     /// A kernel size different from the codebook's, zero sizes, or non-finite weights.
     pub fn assign(&self, weight: ArrayView4<F>) -> Result<KernelAssignment<F>> {
-        let prepared = prepare_kernels(&[weight], &[], self.kernel_size(), self.scale_mode)?;
+        let prepared = prepare_kernels(&[weight], &[], self.kernel_size(), self.scale_scheme)?;
         // Every stored index decodes to one kernel; the nearest decoded kernel is the index.
         let (kh, kw) = self.kernel_size();
         let decoded = Array2::from_shape_vec((self.index_limit(), kh * kw), self.decoded_kernels())
             .expect("K·S decoded kernels");
-        let (labels, _) = nearest(&prepared.rows.view(), &decoded.view());
+        let labels = nearest_exact(&prepared.rows.view(), &decoded.view());
         let identity: Vec<usize> = (0..self.index_limit()).collect();
         Ok(prepared.assignments(&labels, &identity).remove(0))
     }
@@ -369,17 +378,23 @@ impl<F: Real> PreparedKernels<F> {
     }
 }
 
-/// Flattens, validates and (per `mode`) normalises the kernels of `weights`.
+/// Flattens, validates and (per `scheme`) normalises the kernels of `weights`.
 ///
 /// `masks` is empty or has one `(Cout, Cin)` mask per tensor (`false` = pruned): pruned
-/// kernels are left out of clustering like all-zero ones (scale 0 under `L2Norm`).
+/// kernels are left out of clustering like all-zero ones (scale 0 under L2 scales).
 pub(crate) fn prepare_kernels<F: Real>(
     weights: &[ArrayView4<F>],
     masks: &[ArrayView2<bool>],
     kernel: (usize, usize),
-    mode: ScaleMode,
+    scheme: ScaleScheme,
 ) -> Result<PreparedKernels<F>> {
     let area = kernel.0 * kernel.1;
+    if area == 0 {
+        return Err(Error::ZeroSize {
+            what: "kernel (kh, kw)",
+            shape: vec![kernel.0, kernel.1],
+        });
+    }
     let mut kernels: Vec<F> = Vec::new();
     let mut kept: Vec<bool> = Vec::new();
     let mut tensor_dims = Vec::with_capacity(weights.len());
@@ -426,19 +441,27 @@ pub(crate) fn prepare_kernels<F: Real>(
             index: bad / area,
         });
     }
-    let n = kernels.len() / area;
-    let scales: Option<Vec<F>> = match mode {
-        ScaleMode::None => None,
-        ScaleMode::L2Norm => Some(
-            kernels
-                .chunks_exact(area)
-                .zip(&kept)
-                .map(|(k, &keep)| if keep { l2_scale(k) } else { F::zero() })
-                .collect(),
-        ),
-    };
+    Ok(normalise(&kernels, &kept, area, scheme, tensor_dims))
+}
+
+/// Divides every kept kernel by its scale (when `scheme` has scales); all-zero and pruned
+/// kernels are left out of the rows.
+fn normalise<F: Real>(
+    kernels: &[F],
+    kept: &[bool],
+    area: usize,
+    scheme: ScaleScheme,
+    tensor_dims: Vec<(usize, usize)>,
+) -> PreparedKernels<F> {
+    let scales: Option<Vec<F>> = scheme.has_scales().then(|| {
+        kernels
+            .chunks_exact(area)
+            .zip(kept)
+            .map(|(k, &keep)| if keep { l2_scale(k) } else { F::zero() })
+            .collect()
+    });
     let mut rows = Vec::with_capacity(kernels.len());
-    let mut source = Vec::with_capacity(n);
+    let mut source = Vec::with_capacity(kernels.len() / area);
     for (pos, kernel) in kernels.chunks_exact(area).enumerate() {
         let s = scales.as_ref().map_or(F::one(), |s| s[pos]);
         if kept[pos] && s != F::zero() {
@@ -447,10 +470,10 @@ pub(crate) fn prepare_kernels<F: Real>(
         }
     }
     let rows = Array2::from_shape_vec((source.len(), area), rows).expect("rows of kernel area");
-    Ok(PreparedKernels {
+    PreparedKernels {
         rows,
         source,
         scales,
         tensor_dims,
-    })
+    }
 }

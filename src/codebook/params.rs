@@ -1,21 +1,23 @@
-//! Fitting a codebook: builder → validated params → `fit`.
+//! Fitting a codebook: builder → validated params → `fit` (or a [`CodebookFitter`] for
+//! masks and a progress callback).
 
 use ndarray::{Array3, ArrayView2, ArrayView4};
 
-use super::{prepare_kernels, KernelAssignment, KernelCodebook, ScaleMode, Symmetry};
+use super::{prepare_kernels, KernelAssignment, KernelCodebook, ScaleScheme, Symmetry};
 use crate::error::{Error, Result};
 use crate::kmeans::{
-    Convergence, Init, IterationStats, KMeansParams, Progress, Transforms, ValidKMeansParams,
+    Convergence, Init, IterationStats, KMeansParams, KMeansProgress, Transforms, ValidKMeansParams,
 };
 use crate::linalg::Real;
 
 /// Unchecked codebook settings (builder); [`CodebookParams::check`] validates them.
 ///
 /// Defaults: seed 0, `n_init` 1, `max_iter` 300, `tol` 1e-4, greedy k-means++,
-/// [`ScaleMode::L2Norm`] (the paper's default), [`Symmetry::Identity`].
+/// L2-norm scales stored as f16 ([`ScaleScheme::default`], the paper's default),
+/// [`Symmetry::Identity`].
 ///
 /// ```
-/// use clustered_conv::{KernelCodebook, ScaleMode};
+/// use clustered_conv::{KernelCodebook, ScaleScheme};
 /// use ndarray::Array4;
 ///
 /// let conv1 = Array4::<f32>::from_shape_fn((8, 4, 3, 3), |(o, i, r, c)| (o + 2 * i + r * c) as f32 - 6.0);
@@ -24,7 +26,7 @@ use crate::linalg::Real;
 /// let fit = KernelCodebook::params(6)
 ///     .seed(7)
 ///     .n_init(3)
-///     .scale_mode(ScaleMode::None)
+///     .scale_scheme(ScaleScheme::None)
 ///     .fit(&[conv1.view(), conv2.view()])?;
 /// assert_eq!(fit.assignments.len(), 2);
 /// assert_eq!(fit.assignments[1].indices.dim(), (8, 8));
@@ -34,7 +36,7 @@ use crate::linalg::Real;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CodebookParams {
     kmeans: KMeansParams,
-    scale_mode: ScaleMode,
+    scale_scheme: ScaleScheme,
     symmetry: Symmetry,
 }
 
@@ -42,8 +44,35 @@ pub struct CodebookParams {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ValidCodebookParams {
     kmeans: ValidKMeansParams,
-    scale_mode: ScaleMode,
+    scale_scheme: ScaleScheme,
     symmetry: Symmetry,
+}
+
+/// A fit with options: pruning masks and a progress callback. Made by
+/// [`CodebookParams::fitter`]; [`CodebookFitter::run`] fits.
+///
+/// ```
+/// use clustered_conv::KernelCodebook;
+/// use ndarray::{Array2, Array4};
+///
+/// let w = Array4::<f32>::from_shape_fn((6, 4, 3, 3), |(o, i, r, c)| (o * 5 + i * 3 + r + 2 * c) as f32 % 7.0 - 3.0);
+/// let keep = Array2::from_shape_fn((6, 4), |(o, i)| (o + i) % 3 != 0);
+/// let mut iterations = 0;
+/// let fit = KernelCodebook::params(4)
+///     .fitter(&[w.view()])
+///     .masks(&[keep.view()])
+///     .progress(|_| iterations += 1)
+///     .run()?;
+/// assert_eq!(fit.n_iter, iterations);
+/// // Pruned kernels: index 0, scale 0.
+/// assert_eq!(fit.assignments[0].scales.as_ref().unwrap()[[0, 0]], 0.0);
+/// # Ok::<(), clustered_conv::Error>(())
+/// ```
+pub struct CodebookFitter<'a, F, P> {
+    params: CodebookParams,
+    weights: &'a [ArrayView4<'a, F>],
+    masks: &'a [ArrayView2<'a, bool>],
+    progress: P,
 }
 
 /// The outcome of fitting a codebook.
@@ -51,7 +80,8 @@ pub struct ValidCodebookParams {
 pub struct CodebookFit<F> {
     /// The codebook, centroids sorted by usage (most used first).
     pub codebook: KernelCodebook<F>,
-    /// The stored form of every input tensor, in the order given.
+    /// The stored form of every input tensor, in the order given; scales are exact (not
+    /// rounded to the scheme's storage).
     pub assignments: Vec<KernelAssignment<F>>,
     /// k-means inertia of the clustered (normalised) kernels.
     pub inertia: f64,
@@ -68,9 +98,31 @@ impl CodebookParams {
     pub fn new(k: usize) -> Self {
         Self {
             kmeans: KMeansParams::new(k),
-            scale_mode: ScaleMode::L2Norm,
+            scale_scheme: ScaleScheme::default(),
             symmetry: Symmetry::Identity,
         }
+    }
+
+    /// The same settings with `k` centroids (for per-group K).
+    #[must_use]
+    pub(crate) fn with_k(mut self, k: usize) -> Self {
+        self.kmeans = self.kmeans.with_k(k);
+        self
+    }
+
+    /// Number of centroids.
+    pub fn k(&self) -> usize {
+        self.kmeans.k()
+    }
+
+    /// The scale scheme the codebook will have.
+    pub(crate) fn scheme(&self) -> ScaleScheme {
+        self.scale_scheme
+    }
+
+    /// The symmetry the codebook will have.
+    pub(crate) fn symmetry_setting(&self) -> Symmetry {
+        self.symmetry
     }
 
     /// Seed of the k-means random number generator.
@@ -108,10 +160,11 @@ impl CodebookParams {
         self
     }
 
-    /// How kernels are normalised before clustering.
+    /// Whether kernels are normalised by a scale before clustering, and how compressed
+    /// layers store the scales.
     #[must_use]
-    pub fn scale_mode(mut self, scale_mode: ScaleMode) -> Self {
-        self.scale_mode = scale_mode;
+    pub fn scale_scheme(mut self, scale_scheme: ScaleScheme) -> Self {
+        self.scale_scheme = scale_scheme;
         self
     }
 
@@ -129,7 +182,7 @@ impl CodebookParams {
     pub fn check(&self) -> Result<ValidCodebookParams> {
         Ok(ValidCodebookParams {
             kmeans: self.kmeans.check()?,
-            scale_mode: self.scale_mode,
+            scale_scheme: self.scale_scheme,
             symmetry: self.symmetry,
         })
     }
@@ -140,66 +193,111 @@ impl CodebookParams {
     /// # Errors
     /// See [`CodebookParams::check`] and [`ValidCodebookParams::fit`].
     pub fn fit<F: Real>(&self, weights: &[ArrayView4<F>]) -> Result<CodebookFit<F>> {
-        self.check()?.fit(weights)
+        self.fitter(weights).run()
+    }
+
+    /// A fit of `weights` with options ([`CodebookFitter::masks`],
+    /// [`CodebookFitter::progress`]); settings are validated by [`CodebookFitter::run`].
+    pub fn fitter<'a, F: Real>(
+        &self,
+        weights: &'a [ArrayView4<'a, F>],
+    ) -> CodebookFitter<'a, F, fn(&KMeansProgress)> {
+        CodebookFitter {
+            params: *self,
+            weights,
+            masks: &[],
+            progress: |_| {},
+        }
+    }
+}
+
+impl<'a, F: Real, P: FnMut(&KMeansProgress)> CodebookFitter<'a, F, P> {
+    /// One `(Cout, Cin)` pruning mask per tensor (`false` = pruned): pruned kernels are left
+    /// out of clustering and stored with index 0 (and scale 0 under L2 scales). Empty: no
+    /// masks.
+    #[must_use]
+    pub fn masks(mut self, masks: &'a [ArrayView2<'a, bool>]) -> Self {
+        self.masks = masks;
+        self
+    }
+
+    /// Calls `progress` after every Lloyd iteration (from the calling thread).
+    pub fn progress<Q: FnMut(&KMeansProgress)>(self, progress: Q) -> CodebookFitter<'a, F, Q> {
+        CodebookFitter {
+            params: self.params,
+            weights: self.weights,
+            masks: self.masks,
+            progress,
+        }
+    }
+
+    /// Validates the settings and fits.
+    ///
+    /// # Errors
+    /// As [`CodebookParams::check`] and [`ValidCodebookParams::fit`], plus masks whose number
+    /// or shapes do not match the weights.
+    pub fn run(self) -> Result<CodebookFit<F>> {
+        self.params
+            .check()?
+            .fit_impl(self.weights, self.masks, self.progress)
     }
 }
 
 impl ValidCodebookParams {
+    /// Number of centroids.
+    pub fn k(&self) -> usize {
+        self.kmeans.params().k()
+    }
+
+    /// The scale scheme the codebook will have.
+    pub fn scale_scheme(&self) -> ScaleScheme {
+        self.scale_scheme
+    }
+
+    /// The symmetry the codebook will have.
+    pub fn symmetry(&self) -> Symmetry {
+        self.symmetry
+    }
+
     /// Fits one codebook to all kernels of `weights`.
     ///
     /// # Errors
     /// An empty list, differing kernel sizes ([`Error::KernelSizeMismatch`]), zero-sized or
-    /// non-finite weights, or fewer clusterable kernels than `k` ([`Error::TooManyClusters`];
-    /// all-zero kernels do not count under [`ScaleMode::L2Norm`]).
+    /// non-finite weights (a kernel height or width of 0 is [`Error::ZeroSize`]), or fewer
+    /// clusterable kernels than `k` ([`Error::TooManyClusters`]; all-zero kernels do not
+    /// count under L2 scales).
     ///
     /// # Determinism
     /// Bit-identical results for the same seed and inputs, whatever the number of threads.
     pub fn fit<F: Real>(&self, weights: &[ArrayView4<F>]) -> Result<CodebookFit<F>> {
-        self.fit_with_progress(weights, |_| {})
+        self.fit_impl(weights, &[], |_| {})
     }
 
-    /// As [`ValidCodebookParams::fit`], calling `progress` after every Lloyd iteration.
-    ///
-    /// # Errors
-    /// As [`ValidCodebookParams::fit`].
-    pub fn fit_with_progress<F: Real>(
+    /// A fit of `weights` with options, as [`CodebookParams::fitter`].
+    pub fn fitter<'a, F: Real>(
         &self,
-        weights: &[ArrayView4<F>],
-        progress: impl FnMut(&Progress),
-    ) -> Result<CodebookFit<F>> {
-        self.fit_masked_with_progress(weights, &[], progress)
+        weights: &'a [ArrayView4<'a, F>],
+    ) -> CodebookFitter<'a, F, fn(&KMeansProgress)> {
+        CodebookParams {
+            kmeans: *self.kmeans.params(),
+            scale_scheme: self.scale_scheme,
+            symmetry: self.symmetry,
+        }
+        .fitter(weights)
     }
 
-    /// As [`ValidCodebookParams::fit`], with one `(Cout, Cin)` pruning mask per tensor
-    /// (`false` = pruned): pruned kernels are left out of clustering and stored with index 0
-    /// (and scale 0 under [`ScaleMode::L2Norm`]).
-    ///
-    /// # Errors
-    /// As [`ValidCodebookParams::fit`], plus masks whose number or shapes do not match.
-    pub fn fit_masked<F: Real>(
+    fn fit_impl<F: Real>(
         &self,
         weights: &[ArrayView4<F>],
         masks: &[ArrayView2<bool>],
-    ) -> Result<CodebookFit<F>> {
-        self.fit_masked_with_progress(weights, masks, |_| {})
-    }
-
-    /// As [`ValidCodebookParams::fit_masked`], calling `progress` after every Lloyd iteration.
-    ///
-    /// # Errors
-    /// As [`ValidCodebookParams::fit_masked`].
-    pub fn fit_masked_with_progress<F: Real>(
-        &self,
-        weights: &[ArrayView4<F>],
-        masks: &[ArrayView2<bool>],
-        progress: impl FnMut(&Progress),
+        progress: impl FnMut(&KMeansProgress),
     ) -> Result<CodebookFit<F>> {
         let first = weights.first().ok_or(Error::Empty {
             what: "the list of weight tensors",
         })?;
         let (_, _, kh, kw) = first.dim();
+        let prepared = prepare_kernels(weights, masks, (kh, kw), self.scale_scheme)?;
         let transforms = Transforms::new(self.symmetry.permutations(kh, kw)?);
-        let prepared = prepare_kernels(weights, masks, (kh, kw), self.scale_mode)?;
         let km = self
             .kmeans
             .fit_invariant(prepared.rows.view(), &transforms, progress)?;
@@ -226,7 +324,7 @@ impl ValidCodebookParams {
         let codebook = KernelCodebook {
             centroids,
             symmetry: self.symmetry,
-            scale_mode: self.scale_mode,
+            scale_scheme: self.scale_scheme,
         };
         Ok(CodebookFit {
             assignments: prepared.assignments(&km.labels, &remap),

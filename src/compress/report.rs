@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use super::{CodebookPlan, CompressionConfig, LayerShape};
-use crate::codebook::bits_for;
+use super::{CodebookPlan, LayerShape};
+use crate::codebook::{bits_for, CodebookParams, Symmetry};
 use crate::error::Result;
 
 /// One layer's line of a [`CompressionReport`].
@@ -193,17 +193,43 @@ fn area((kh, kw): (usize, usize)) -> f64 {
     (kh * kw) as f64
 }
 
-/// Builds the report from the codebook plan; `measured` carries each layer's
-/// (relative error, entropy) when the report is made from weights.
+/// What a report needs of the codebook settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub symmetry: Symmetry,
+    pub scale_bits: u32,
+}
+
+impl Settings {
+    pub fn of(params: &CodebookParams) -> Self {
+        Settings {
+            symmetry: params.symmetry_setting(),
+            scale_bits: params.scheme().bits(),
+        }
+    }
+}
+
+/// What was measured of one clustered layer of a network.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Measured {
+    /// Relative reconstruction error, when measured against the original weights.
+    pub relative_error: Option<f64>,
+    /// Entropy of the stored indices, bits per kernel.
+    pub entropy_bits: f64,
+}
+
+/// Builds the report from the codebook plan; `measured` carries each clustered layer's
+/// (relative error, when measured against weights, and entropy) when the report is made
+/// from a network.
 pub(crate) fn from_plan(
-    config: &CompressionConfig,
+    settings: Settings,
     shapes: &[LayerShape],
     plans: &[CodebookPlan],
     codebook_of: &[Option<usize>],
-    measured: Option<&[Option<(f64, f64)>]>,
+    measured: Option<&[Option<Measured>]>,
     mask_bits: &[u32],
 ) -> Result<CompressionReport> {
-    let transforms = config.symmetry.transforms();
+    let transforms = settings.symmetry.transforms();
     let mut layers = Vec::with_capacity(shapes.len());
     for (l, shape) in shapes.iter().enumerate() {
         let (cout, cin, kh, kw) = shape.weight;
@@ -219,14 +245,14 @@ pub(crate) fn from_plan(
         let (index_bits, scale_bits, bytes_after) = match codebook_of[l] {
             Some(c) => {
                 let index_bits = bits_for(plans[c].k * transforms);
-                let scale_bits = config.scales.bits();
+                let scale_bits = settings.scale_bits;
                 let bits = u64::from(index_bits + scale_bits + mask_bits[l]);
                 (index_bits, scale_bits, (kernels * bits).div_ceil(8))
             }
             None => (0, 0, bytes_before),
         };
         let (relative_error, entropy_bits) = match measured.and_then(|m| m[l]) {
-            Some((e, h)) => (Some(e), Some(h)),
+            Some(m) => (m.relative_error, Some(m.entropy_bits)),
             None => (None, None),
         };
         layers.push(LayerReport {

@@ -57,8 +57,8 @@ use sha2::{Digest, Sha256};
 use super::bitpack::{pack, packed_len, unpack};
 use super::{read_safetensors_header, write_atomic, ImportedModel, NamedTensor, TensorDtype};
 use crate::clustered::ClusteredConv2d;
-use crate::codebook::{KernelCodebook, ScaleMode, Symmetry};
-use crate::compress::{CompressedLayer, CompressedNetwork, ScalePrecision};
+use crate::codebook::{Codebooks, KernelCodebook, ScaleScheme, ScaleStorage, Symmetry};
+use crate::compress::{CompressedLayer, CompressedNetwork};
 use crate::conv::Conv2d;
 use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, Padding};
@@ -87,6 +87,19 @@ const CODEBOOK_PREFIX: &str = "clustered_conv.codebook.";
 const KIND_CLUSTERED: &str = "clustered";
 /// `kind` of a layer kept dense in the metadata.
 const KIND_DENSE: &str = "dense";
+/// A codebook's `scale_mode` in the model JSON: its kernels were L2-normalised …
+const SCALE_MODE_L2: &str = "l2norm";
+/// … or clustered raw.
+const SCALE_MODE_NONE: &str = "none";
+
+/// The `scale_mode` a codebook of this scheme records.
+fn scale_mode_name(scheme: ScaleScheme) -> &'static str {
+    if scheme.has_scales() {
+        SCALE_MODE_L2
+    } else {
+        SCALE_MODE_NONE
+    }
+}
 
 /// The element types a layer's weight and bias had when imported; decompression writes them
 /// back in these types.
@@ -174,7 +187,7 @@ struct LayerMeta {
 impl CompressedModel {
     /// A model of `network` alone: every layer was `f32`, nothing passes through.
     pub fn new(network: CompressedNetwork<f32>) -> Self {
-        let dtypes = vec![LayerDtypes::default(); network.layers.len()];
+        let dtypes = vec![LayerDtypes::default(); network.layers().len()];
         CompressedModel {
             network,
             dtypes,
@@ -188,11 +201,11 @@ impl CompressedModel {
     /// # Errors
     /// [`Error::ShapeMismatch`] when the network does not have one layer per imported layer.
     pub fn from_import(network: CompressedNetwork<f32>, imported: &ImportedModel) -> Result<Self> {
-        if network.layers.len() != imported.layer_tensors.len() {
+        if network.layers().len() != imported.layer_tensors.len() {
             return Err(Error::ShapeMismatch {
                 what: "compressed layers vs imported layers",
                 expected: vec![imported.layer_tensors.len()],
-                got: vec![network.layers.len()],
+                got: vec![network.layers().len()],
             });
         }
         let dtypes = imported
@@ -224,16 +237,16 @@ impl CompressedModel {
     /// range, a non-finite bias, or a `dtypes` list of the wrong length.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let net = &self.network;
-        if self.dtypes.len() != net.layers.len() {
+        if self.dtypes.len() != net.layers().len() {
             return invalid_model(format!(
                 "{} dtype entries for {} layers",
                 self.dtypes.len(),
-                net.layers.len()
+                net.layers().len()
             ));
         }
         let mut tensors: Vec<NamedTensor> = Vec::new();
-        let mut codebooks = Vec::with_capacity(net.codebooks.len());
-        for (c, cb) in net.codebooks.iter().enumerate() {
+        let mut codebooks = Vec::with_capacity(net.codebooks().len());
+        for (c, cb) in net.codebooks().iter().enumerate() {
             let (k, kh, kw) = cb.centroids().dim();
             tensors.push(NamedTensor::from_raw(
                 format!("{CODEBOOK_PREFIX}{c}"),
@@ -245,11 +258,11 @@ impl CompressedModel {
                 k: k as u64,
                 kernel: [kh as u64, kw as u64],
                 symmetry: cb.symmetry().to_string(),
-                scale_mode: cb.scale_mode().to_string(),
+                scale_mode: scale_mode_name(cb.scale_scheme()).to_string(),
             });
         }
-        let mut layers = Vec::with_capacity(net.layers.len());
-        for (layer, dtypes) in net.layers.iter().zip(&self.dtypes) {
+        let mut layers = Vec::with_capacity(net.layers().len());
+        for (layer, dtypes) in net.layers().iter().zip(&self.dtypes) {
             layers.push(write_layer(layer, *dtypes, net, &mut tensors)?);
         }
         tensors.extend(self.passthrough.iter().cloned());
@@ -260,7 +273,7 @@ impl CompressedModel {
             });
         }
         let meta = ModelMeta {
-            scales: net.scales.to_string(),
+            scales: net.scale_scheme().to_string(),
             codebooks,
             layers,
             passthrough: self.passthrough.iter().map(|t| t.name.clone()).collect(),
@@ -306,12 +319,12 @@ impl CompressedModel {
         let header = Header::read(bytes)?;
         let mut payload = Payload::verified(bytes, &header)?;
         let meta = ModelMeta::parse(&header.model)?;
-        let scales: ScalePrecision = parse_field("__metadata__.model.scales", &meta.scales)?;
+        let scales: ScaleScheme = parse_field("__metadata__.model.scales", &meta.scales)?;
         let codebooks = meta
             .codebooks
             .iter()
             .enumerate()
-            .map(|(c, m)| read_codebook(c, m, &mut payload))
+            .map(|(c, m)| read_codebook(c, m, scales, &mut payload))
             .collect::<Result<Vec<_>>>()?;
         let mut layers = Vec::with_capacity(meta.layers.len());
         let mut dtypes = Vec::with_capacity(meta.layers.len());
@@ -326,11 +339,7 @@ impl CompressedModel {
             .collect::<Result<Vec<_>>>()?;
         payload.finish()?;
         Ok(CompressedModel {
-            network: CompressedNetwork {
-                codebooks,
-                layers,
-                scales,
-            },
+            network: CompressedNetwork::new(Codebooks::from(codebooks), layers, scales)?,
             dtypes,
             passthrough,
         })
@@ -367,15 +376,15 @@ impl CompressedModel {
     /// # Errors
     /// A `dtypes` list of the wrong length, or a layer that cannot be reconstructed.
     pub fn to_dense_safetensors(&self) -> Result<Vec<u8>> {
-        if self.dtypes.len() != self.network.layers.len() {
+        if self.dtypes.len() != self.network.layers().len() {
             return invalid_model(format!(
                 "{} dtype entries for {} layers",
                 self.dtypes.len(),
-                self.network.layers.len()
+                self.network.layers().len()
             ));
         }
         let mut out: Vec<NamedTensor> = Vec::new();
-        for (l, (layer, dtypes)) in self.network.layers.iter().zip(&self.dtypes).enumerate() {
+        for (l, (layer, dtypes)) in self.network.layers().iter().zip(&self.dtypes).enumerate() {
             let dense = self.network.dense_layer(l)?;
             let name = layer.name();
             out.push(NamedTensor::from_f32(
@@ -449,16 +458,8 @@ fn write_clustered(
     net: &CompressedNetwork<f32>,
     tensors: &mut Vec<NamedTensor>,
 ) -> Result<LayerMeta> {
-    let cb = net
-        .codebooks
-        .get(codebook)
-        .ok_or_else(|| Error::InvalidModel {
-            what: format!(
-                "layer {name:?} uses codebook {codebook}, the network has {}",
-                net.codebooks.len()
-            ),
-        })?;
-    let bits = cb.index_bits().max(1);
+    let cb = net.codebooks().get(codebook)?;
+    let bits = cb.packed_index_bits().max(1);
     let (cout, cin) = layer.indices().dim();
     let (kh, kw) = cb.kernel_size();
     let limit = cb.index_limit();
@@ -476,7 +477,7 @@ fn write_clustered(
     let mut meta = LayerMeta::new(name, KIND_CLUSTERED, [cout, cin, kh, kw], layer.geometry());
     meta.codebook = Some(codebook);
     meta.index_bits = bits;
-    meta.scales = write_scales(name, layer, net.scales, tensors)?;
+    meta.scales = write_scales(name, layer, net.scale_scheme(), tensors)?;
     if let Some(mask) = layer.mask() {
         tensors.push(NamedTensor::from_raw(
             format!("{name}.weight.mask"),
@@ -517,18 +518,18 @@ impl LayerMeta {
 fn write_scales(
     name: &str,
     layer: &ClusteredConv2d<f32>,
-    precision: ScalePrecision,
+    precision: ScaleScheme,
     tensors: &mut Vec<NamedTensor>,
 ) -> Result<bool> {
     let Some(scales) = layer.scales() else {
-        if precision == ScalePrecision::None {
+        if precision == ScaleScheme::None {
             return Ok(false);
         }
         return invalid_model(format!(
             "layer {name:?} has no scales but the network stores {precision} scales"
         ));
     };
-    if precision == ScalePrecision::None {
+    let Some(storage) = precision.storage() else {
         // A pruned layer without scales carries its mask as scales of 1 and 0: the mask
         // tensor restores them.
         let from_mask = layer.mask().is_some_and(|mask| {
@@ -543,8 +544,8 @@ fn write_scales(
         return invalid_model(format!(
             "layer {name:?} has scales but the network's scale precision is none"
         ));
-    }
-    if let Some(j) = scales.iter().position(|&s| precision.round(s) != s) {
+    };
+    if let Some(j) = scales.iter().position(|&s| storage.round(s) != s) {
         let cin = layer.in_channels();
         return Err(Error::UnroundedScale {
             layer: name.to_string(),
@@ -554,7 +555,7 @@ fn write_scales(
             precision: precision.to_string(),
         });
     }
-    let (dtype, shape, bytes) = encode_scales(&scales, precision);
+    let (dtype, shape, bytes) = encode_scales(&scales, storage);
     tensors.push(NamedTensor::from_raw(
         format!("{name}.weight.scales"),
         dtype,
@@ -564,11 +565,11 @@ fn write_scales(
     Ok(true)
 }
 
-/// The stored form of `scales` at `precision` (not `None`): dtype, shape and bytes.
-fn encode_scales(scales: &Array2<f32>, precision: ScalePrecision) -> (Dtype, Vec<usize>, Vec<u8>) {
+/// The stored form of `scales` at `storage`: dtype, shape and bytes.
+fn encode_scales(scales: &Array2<f32>, storage: ScaleStorage) -> (Dtype, Vec<usize>, Vec<u8>) {
     let shape = vec![scales.nrows(), scales.ncols()];
-    match precision {
-        ScalePrecision::F16 => (
+    match storage {
+        ScaleStorage::F16 => (
             Dtype::F16,
             shape,
             scales
@@ -576,22 +577,14 @@ fn encode_scales(scales: &Array2<f32>, precision: ScalePrecision) -> (Dtype, Vec
                 .flat_map(|&s| half::f16::from_f32(s).to_le_bytes())
                 .collect(),
         ),
-        ScalePrecision::Fixed(bits) => {
-            let step = 2f64.powi(i32::from(bits));
-            let mask = if bits == 32 {
-                u32::MAX
-            } else {
-                (1u32 << bits) - 1
-            };
+        ScaleStorage::Fixed(bits) => {
             let packed = pack(
-                scales
-                    .iter()
-                    .map(|&s| ((f64::from(s) * step).round() as i64 as u32) & mask),
-                u32::from(bits),
+                scales.iter().map(|&s| bits.encode(f64::from(s))),
+                u32::from(bits.get()),
             );
             (Dtype::U8, vec![packed.len()], packed)
         }
-        ScalePrecision::F32 | ScalePrecision::None => (Dtype::F32, shape, f32_bytes(scales.iter())),
+        ScaleStorage::F32 => (Dtype::F32, shape, f32_bytes(scales.iter())),
     }
 }
 
@@ -752,11 +745,29 @@ impl<'a> Payload<'a> {
 fn read_codebook(
     c: usize,
     m: &CodebookMeta,
+    scales: ScaleScheme,
     payload: &mut Payload<'_>,
 ) -> Result<KernelCodebook<f32>> {
     let what = format!("codebook {c}");
     let symmetry: Symmetry = parse_field(&what, &m.symmetry)?;
-    let scale_mode: ScaleMode = parse_field(&what, &m.scale_mode)?;
+    // The codebook records whether its kernels were normalised; that must agree with the
+    // network's scales.
+    let scale_scheme = match (m.scale_mode.as_str(), scales) {
+        (SCALE_MODE_L2, ScaleScheme::L2(_)) | (SCALE_MODE_NONE, ScaleScheme::None) => scales,
+        (SCALE_MODE_L2 | SCALE_MODE_NONE, _) => {
+            return invalid_file(format!(
+                "{what}: scale mode {:?} with {scales} scales",
+                m.scale_mode
+            ))
+        }
+        (other, _) => {
+            return Err(Error::Parse {
+                what: "codebook scale mode",
+                input: other.to_string(),
+                expected: "l2norm or none",
+            })
+        }
+    };
     let area = m.kernel[0].saturating_mul(m.kernel[1]);
     check_limit(&format!("{what}: kernel area"), area, MAX_KERNEL_AREA)?;
     let entries = m.k.saturating_mul(symmetry.transforms() as u64);
@@ -768,13 +779,13 @@ fn read_codebook(
     let shape = [m.k as usize, m.kernel[0] as usize, m.kernel[1] as usize];
     let values = payload.take_f32s(&format!("{CODEBOOK_PREFIX}{c}"), &shape, &what)?;
     let centroids = Array3::from_shape_vec(shape, values).map_err(|e| file_error(e.to_string()))?;
-    Ok(KernelCodebook::from_centroids(centroids, symmetry)?.with_scale_mode(scale_mode))
+    Ok(KernelCodebook::from_centroids(centroids, symmetry)?.with_scale_scheme(scale_scheme))
 }
 
 fn read_layer(
     m: &LayerMeta,
     codebooks: &[KernelCodebook<f32>],
-    precision: ScalePrecision,
+    precision: ScaleScheme,
     payload: &mut Payload<'_>,
 ) -> Result<CompressedLayer<f32>> {
     let name = &m.name;
@@ -818,7 +829,7 @@ fn read_layer(
             if let Some(mask) = read_mask(m, (o, i), payload)? {
                 layer = layer.with_mask(mask)?;
             }
-            if precision == ScalePrecision::F16 {
+            if precision == ScaleScheme::L2(ScaleStorage::F16) {
                 // Held as stored: the values are f16 already, so nothing is rounded.
                 layer = layer.with_half_scales()?;
             }
@@ -856,7 +867,7 @@ fn layer_codebook<'c>(
             cb.kernel_size()
         ));
     }
-    let bits = cb.index_bits().max(1);
+    let bits = cb.packed_index_bits().max(1);
     if m.index_bits != bits {
         return invalid_file(format!(
             "layer {name:?} records {} index bits, codebook {c} needs {bits}",
@@ -873,7 +884,7 @@ fn read_indices(
     (o, i): (usize, usize),
     payload: &mut Payload<'_>,
 ) -> Result<Array2<u32>> {
-    let bits = cb.index_bits().max(1);
+    let bits = cb.packed_index_bits().max(1);
     let flat = payload.take_packed(&format!("{}.weight.indices", m.name), bits, o * i)?;
     let limit = cb.index_limit();
     if let Some(j) = flat.iter().position(|&v| v as usize >= limit) {
@@ -904,48 +915,41 @@ fn read_mask(
 
 fn read_scales(
     m: &LayerMeta,
-    precision: ScalePrecision,
+    precision: ScaleScheme,
     (o, i): (usize, usize),
     payload: &mut Payload<'_>,
 ) -> Result<Option<Array2<f32>>> {
     let name = &m.name;
-    if m.scales != (precision != ScalePrecision::None) {
+    if m.scales != precision.has_scales() {
         return invalid_file(format!(
             "layer {name:?}: scales present = {}, but the scale precision is {precision}",
             m.scales
         ));
     }
     let what = format!("{name}.weight.scales");
-    let values: Vec<f32> = match precision {
-        ScalePrecision::None => return Ok(None),
-        ScalePrecision::F16 => payload
+    let Some(storage) = precision.storage() else {
+        return Ok(None);
+    };
+    let values: Vec<f32> = match storage {
+        ScaleStorage::F16 => payload
             .take(&what, Dtype::F16, &[o, i])?
             .chunks_exact(2)
             .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
-        ScalePrecision::F32 => payload
+        ScaleStorage::F32 => payload
             .take(&what, Dtype::F32, &[o, i])?
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect(),
-        ScalePrecision::Fixed(bits) => {
-            let bits = u32::from(bits);
-            let raw = payload.take_packed(&what, bits, o * i)?;
-            let step = 2f64.powi(bits as i32);
-            raw.into_iter()
-                .map(|q| (f64::from(sign_extend(q, bits)) / step) as f32)
-                .collect()
+        ScaleStorage::Fixed(fixed) => {
+            let raw = payload.take_packed(&what, u32::from(fixed.get()), o * i)?;
+            raw.into_iter().map(|q| fixed.decode(q) as f32).collect()
         }
     };
     let values = check_finite(values, &what)?;
     Ok(Some(
         Array2::from_shape_vec((o, i), values).map_err(|e| file_error(e.to_string()))?,
     ))
-}
-
-fn sign_extend(q: u32, bits: u32) -> i32 {
-    let shift = 32 - bits;
-    ((q << shift) as i32) >> shift
 }
 
 fn read_geometry(m: &LayerMeta) -> Result<ConvGeometry> {

@@ -1,19 +1,14 @@
 //! Lloyd iterations: nearest-centroid assignment with Hamerly's bounds and the mean update
-//! with deterministic empty-cluster re-seeding; and a GEMM-based nearest-centroid search for
-//! new data.
+//! with deterministic empty-cluster re-seeding.
 
-use ndarray::{Array1, Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
 use super::blocked::{NearestTwo, BLOCK};
 use super::neighbours::Neighbours;
 use super::{row, sq_dist, Convergence, IterationStats, Transforms, CHUNK_ROWS};
-use crate::linalg::gemm;
 use crate::linalg::simd::Kernels;
 use crate::linalg::Real;
-
-/// Rows per assignment block: the block's distance matrix is `ASSIGN_ROWS × k`.
-const ASSIGN_ROWS: usize = 1024;
 
 /// One finished Lloyd run.
 pub(crate) struct Outcome<F> {
@@ -261,82 +256,6 @@ impl<F: Real> ChunkContext<'_, F> {
         }
         (dist.iter().sum(), changes)
     }
-}
-
-/// Nearest centroid of every row (lowest index on ties) and the exact squared distance.
-pub(crate) fn nearest<F: Real>(
-    data: &ArrayView2<F>,
-    centers: &ArrayView2<F>,
-) -> (Vec<usize>, Vec<f64>) {
-    let n = data.nrows();
-    let mut labels = vec![usize::MAX; n];
-    let mut dist = vec![0.0; n];
-    let data = data.as_standard_layout();
-    assign_by_gemm(&data.view(), centers, &mut labels, &mut dist);
-    (labels, dist)
-}
-
-/// Assigns every row to its nearest centroid, writing `labels` and exact squared distances
-/// `dist`; returns (inertia, number of labels that changed).
-///
-/// Scores `‖c‖² − 2·x·c` come from one GEMM per block of [`ASSIGN_ROWS`] rows; the reported
-/// distance to the chosen centroid is recomputed exactly in `f64`.
-fn assign_by_gemm<F: Real>(
-    data: &ArrayView2<F>,
-    centers: &ArrayView2<F>,
-    labels: &mut [usize],
-    dist: &mut [f64],
-) -> (f64, usize) {
-    let centers = centers.as_standard_layout();
-    let centers = centers.view();
-    let center_norms: Array1<F> = centers
-        .outer_iter()
-        .map(|c| c.iter().fold(F::zero(), |a, &v| a + v * v))
-        .collect();
-    let k = centers.nrows();
-    let partials: Vec<(f64, usize)> = labels
-        .par_chunks_mut(ASSIGN_ROWS)
-        .zip(dist.par_chunks_mut(ASSIGN_ROWS))
-        .enumerate()
-        .map(|(b, (labels, dist))| {
-            let r0 = b * ASSIGN_ROWS;
-            let rows = data.slice_axis(
-                ndarray::Axis(0),
-                ndarray::Slice::from(r0..r0 + labels.len()),
-            );
-            let mut scores = Array2::<F>::zeros((labels.len(), k));
-            gemm(
-                F::one(),
-                &rows,
-                &centers.t(),
-                F::zero(),
-                &mut scores.view_mut(),
-            );
-            let mut inertia = 0.0;
-            let mut changes = 0;
-            for (i, score_row) in scores.outer_iter().enumerate() {
-                let mut best = 0;
-                let mut best_score = F::infinity();
-                for (j, (&g, &cn)) in score_row.iter().zip(center_norms.iter()).enumerate() {
-                    let s = cn - (g + g);
-                    if s < best_score {
-                        best_score = s;
-                        best = j;
-                    }
-                }
-                if labels[i] != best {
-                    changes += 1;
-                    labels[i] = best;
-                }
-                dist[i] = sq_dist(row(data, r0 + i), row(&centers, best));
-                inertia += dist[i];
-            }
-            (inertia, changes)
-        })
-        .collect();
-    partials
-        .iter()
-        .fold((0.0, 0), |(i, c), &(pi, pc)| (i + pi, c + pc))
 }
 
 /// New centroids = means of their rows with their transforms undone (summed in `f64`: per

@@ -41,12 +41,11 @@ mod neighbours;
 use ndarray::{Array2, ArrayView2};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::linalg::simd::Kernels;
 use crate::linalg::Real;
-
-pub(crate) use lloyd::nearest;
 
 /// How the initial centroids are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -87,7 +86,7 @@ pub struct IterationStats {
 
 /// What a progress callback receives after every Lloyd iteration.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Progress {
+pub struct KMeansProgress {
     /// 0-based restart index.
     pub run: usize,
     /// Total number of restarts.
@@ -214,6 +213,13 @@ impl KMeansParams {
         self.k
     }
 
+    /// The same settings with `k` clusters.
+    #[must_use]
+    pub(crate) fn with_k(mut self, k: usize) -> Self {
+        self.k = k;
+        self
+    }
+
     /// Validates the settings.
     ///
     /// # Errors
@@ -276,7 +282,7 @@ impl ValidKMeansParams {
     pub fn fit_with_progress<F: Real>(
         &self,
         data: ArrayView2<F>,
-        progress: impl FnMut(&Progress),
+        progress: impl FnMut(&KMeansProgress),
     ) -> Result<KMeansFit<F>> {
         self.fit_invariant(data, &Transforms::identity(data.ncols()), progress)
     }
@@ -287,15 +293,18 @@ impl ValidKMeansParams {
         &self,
         data: ArrayView2<F>,
         transforms: &Transforms,
-        progress: impl FnMut(&Progress),
+        progress: impl FnMut(&KMeansProgress),
     ) -> Result<KMeansFit<F>> {
         self.fit_impl(data, transforms, progress, Kernels::detect())
     }
 
     /// As [`ValidKMeansParams::fit`], with the portable (non-SIMD) distance kernels whatever
     /// the CPU: for testing that the fallback gives the same bits.
-    #[doc(hidden)]
-    pub fn fit_with_portable_kernels<F: Real>(&self, data: ArrayView2<F>) -> Result<KMeansFit<F>> {
+    #[cfg(test)]
+    pub(crate) fn fit_with_portable_kernels<F: Real>(
+        &self,
+        data: ArrayView2<F>,
+    ) -> Result<KMeansFit<F>> {
         let transforms = Transforms::identity(data.ncols());
         self.fit_impl(data, &transforms, |_| {}, Kernels::portable())
     }
@@ -304,7 +313,7 @@ impl ValidKMeansParams {
         &self,
         data: ArrayView2<F>,
         transforms: &Transforms,
-        mut progress: impl FnMut(&Progress),
+        mut progress: impl FnMut(&KMeansProgress),
         kernels: Kernels,
     ) -> Result<KMeansFit<F>> {
         let p = &self.0;
@@ -328,7 +337,7 @@ impl ValidKMeansParams {
                 tol_abs,
             };
             let outcome = lloyd::run(&data, seeds, transforms, limits, kernels, |stats| {
-                progress(&Progress {
+                progress(&KMeansProgress {
                     run,
                     n_init: p.n_init,
                     max_iter: p.max_iter,
@@ -457,9 +466,125 @@ pub(crate) fn sq_dist<F: Real>(a: &[F], b: &[F]) -> f64 {
         .sum()
 }
 
+/// The nearest row of `centers` to every row of `data` by the rule of Lloyd's assignment:
+/// the exact `f64` squared distance of [`sq_dist`], computed by the same vectorised kernel,
+/// lowest index on ties.
+pub(crate) fn nearest_exact<F: Real>(data: &ArrayView2<F>, centers: &ArrayView2<F>) -> Vec<usize> {
+    nearest_exact_with(data, centers, Kernels::detect())
+}
+
+fn nearest_exact_with<F: Real>(
+    data: &ArrayView2<F>,
+    centers: &ArrayView2<F>,
+    kernels: Kernels,
+) -> Vec<usize> {
+    let n = data.nrows();
+    if n == 0 {
+        return Vec::new();
+    }
+    let data = data.as_standard_layout();
+    let blocked = blocked::Blocked::new(&data.view());
+    let flat: Vec<f64> = centers.iter().map(|v| v.to_f64_exact()).collect();
+    let mut labels = vec![0usize; n];
+    labels
+        .par_chunks_mut(blocked::BLOCK)
+        .enumerate()
+        .for_each(|(b, out)| {
+            let (mut best, mut second, mut label) = (
+                [0.0; blocked::BLOCK],
+                [0.0; blocked::BLOCK],
+                [0.0; blocked::BLOCK],
+            );
+            kernels.dispatch(blocked::NearestTwo {
+                block: blocked.block(b),
+                centers: &flat,
+                best: &mut best,
+                second: &mut second,
+                label: &mut label,
+            });
+            for (o, &l) in out.iter_mut().zip(&label) {
+                *o = l as usize;
+            }
+        });
+    labels
+}
+
 /// Row `i` of a standard-layout matrix as a slice.
 #[inline]
 pub(crate) fn row<'a, F>(data: &'a ArrayView2<'a, F>, i: usize) -> &'a [F] {
     let d = data.ncols();
     &data.as_slice().expect("standard layout")[i * d..(i + 1) * d]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+
+    /// Rows around 48 random centres (noisy, overlapping): many near-ties.
+    fn overlapping(n: usize, seed: u64) -> Array2<f32> {
+        let mut r = ChaCha8Rng::seed_from_u64(seed);
+        let centres = Array2::from_shape_simple_fn((48, 9), || r.random_range(-1.0f32..1.0));
+        Array2::from_shape_fn((n, 9), |(i, j)| {
+            centres[[(i * 7919) % 48, j]] + r.random_range(-0.6f32..0.6)
+        })
+    }
+
+    #[test]
+    fn portable_kernels_give_the_same_bits() {
+        let x = overlapping(9_000, 41);
+        let params = KMeans::params(40).seed(2).max_iter(25).check().unwrap();
+        let fast = params.fit(x.view()).unwrap();
+        let portable = params.fit_with_portable_kernels(x.view()).unwrap();
+        assert_eq!(fast, portable);
+        // f64 data too.
+        let x = x.mapv(f64::from);
+        assert_eq!(
+            params.fit(x.view()).unwrap(),
+            params.fit_with_portable_kernels(x.view()).unwrap()
+        );
+    }
+
+    /// The naive rule: smallest `sq_dist`, first index on ties.
+    fn naive_nearest(x: &Array2<f32>, c: &Array2<f32>) -> Vec<usize> {
+        x.outer_iter()
+            .map(|row| {
+                let row = row.to_vec();
+                let mut best = (f64::INFINITY, 0);
+                for (j, centre) in c.outer_iter().enumerate() {
+                    let d = sq_dist(&row, &centre.to_vec());
+                    if d < best.0 {
+                        best = (d, j);
+                    }
+                }
+                best.1
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nearest_exact_is_the_naive_rule_with_lowest_index_on_ties() {
+        let x = overlapping(1_000, 7);
+        // Centres: 20 data rows, each twice (exact ties), plus a copy of row 0 at the end.
+        let mut c = Array2::zeros((41, 9));
+        for j in 0..20 {
+            c.row_mut(2 * j).assign(&x.row(j * 13));
+            c.row_mut(2 * j + 1).assign(&x.row(j * 13));
+        }
+        c.row_mut(40).assign(&x.row(0));
+        let expected = naive_nearest(&x, &c);
+        assert!(expected.iter().all(|&l| l % 2 == 0 && l < 40));
+        assert_eq!(nearest_exact(&x.view(), &c.view()), expected);
+        assert_eq!(
+            nearest_exact_with(&x.view(), &c.view(), Kernels::portable()),
+            expected
+        );
+        // Fewer rows than a block, and a column-major input.
+        let small = x.slice_axis(ndarray::Axis(0), (0..5).into()).to_owned();
+        let fortran = small.t().as_standard_layout().t().to_owned();
+        assert_eq!(
+            nearest_exact(&fortran.view(), &c.view()),
+            naive_nearest(&small, &c)
+        );
+    }
 }

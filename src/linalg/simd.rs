@@ -25,7 +25,9 @@ impl Kernels {
         Kernels(pulp::Arch::new())
     }
 
-    /// Scalar lanes, no fused multiply-add: the portable fallback, tested explicitly.
+    /// Scalar lanes, no fused multiply-add: the portable fallback, tested explicitly (unit
+    /// tests select it; no public call does).
+    #[cfg(test)]
     pub fn portable() -> Self {
         Kernels(pulp::Arch::Scalar)
     }

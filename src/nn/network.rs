@@ -7,8 +7,8 @@ use super::{
     Sgd, SgdState,
 };
 use crate::clustered::ClusteredConv2d;
-use crate::codebook::KernelCodebook;
-use crate::compress::{compress, CompressedLayer, CompressionConfig, ConvLayer, ScalePrecision};
+use crate::codebook::Codebooks;
+use crate::compress::{compress, CompressedLayer, CompressionConfig, ConvLayer};
 use crate::conv::Conv2d;
 use crate::error::{Error, Result};
 use crate::linalg::Real;
@@ -18,7 +18,8 @@ use crate::linalg::Real;
 pub enum Layer<F> {
     /// Dense convolution.
     Conv(Conv2d<F>),
-    /// Clustered convolution over `Network::codebooks[codebook]`.
+    /// Clustered convolution over codebook `codebook` of [`Network::codebooks`] (an id that
+    /// does not exist is an error in every pass).
     Clustered {
         /// The layer.
         layer: Box<ClusteredConv2d<F>>,
@@ -64,7 +65,7 @@ pub struct Network<F> {
     /// The layers, in order.
     pub layers: Vec<Layer<F>>,
     /// Codebooks of the clustered layers.
-    pub codebooks: Vec<KernelCodebook<F>>,
+    pub codebooks: Codebooks<F>,
 }
 
 /// What a training forward pass keeps for the backward pass.
@@ -107,7 +108,7 @@ impl<F: Real> Network<F> {
     pub fn new(layers: Vec<Layer<F>>) -> Self {
         Network {
             layers,
-            codebooks: Vec::new(),
+            codebooks: Codebooks::new(),
         }
     }
 
@@ -154,7 +155,7 @@ impl<F: Real> Network<F> {
         Ok(match &self.layers[l] {
             Layer::Conv(c) => c.forward(view4(h)?)?.into_dyn(),
             Layer::Clustered { layer, codebook } => layer
-                .forward(self.codebook(*codebook)?, view4(h)?)?
+                .forward(self.codebooks.get(*codebook)?, view4(h)?)?
                 .into_dyn(),
             Layer::BatchNorm(bn) => bn.forward_eval(view4(h)?)?.into_dyn(),
             Layer::Relu => relu(h.view()),
@@ -171,14 +172,6 @@ impl<F: Real> Network<F> {
                     .into_owned()
             }
             Layer::Linear(lin) => lin.forward(view2(h)?)?.into_dyn(),
-        })
-    }
-
-    fn codebook(&self, c: usize) -> Result<&KernelCodebook<F>> {
-        self.codebooks.get(c).ok_or(Error::ShapeMismatch {
-            what: "codebook index vs number of codebooks",
-            expected: vec![self.codebooks.len()],
-            got: vec![c],
         })
     }
 
@@ -210,17 +203,19 @@ impl<F: Real> Network<F> {
                     grads.input.into_dyn()
                 }
                 Layer::Clustered { layer, codebook } => {
-                    let cb = self.codebook(*codebook)?;
+                    let cb = self.codebooks.get(*codebook)?;
                     let grads = layer.backward(cb, view4(x)?, view4(&g)?)?;
+                    // `get` checked the id; `codebooks` has one buffer per codebook.
                     grads.accumulate_centroids_into(&mut codebooks[*codebook])?;
                     layers[l] = LayerGrads::Clustered(grads.scales, grads.bias);
                     grads.input.into_dyn()
                 }
                 Layer::BatchNorm(bn) => {
-                    let cache = tape.norms[l].as_ref().ok_or(Error::ShapeMismatch {
-                        what: "tape: batch-norm cache missing",
-                        expected: vec![],
-                        got: vec![l],
+                    let cache = tape.norms[l].as_ref().ok_or(Error::LayerMismatch {
+                        what: "the tape",
+                        layer: l,
+                        expected: "a batch norm",
+                        got: "no batch-norm cache (recorded by another network?)",
                     })?;
                     let grads = bn.backward(cache, view4(&g)?)?;
                     layers[l] = LayerGrads::BatchNorm(grads.gamma, grads.beta);
@@ -229,11 +224,12 @@ impl<F: Real> Network<F> {
                 Layer::Relu => relu_backward(x.view(), g.view()),
                 Layer::MaxPool(p) => p.backward(view4(x)?, view4(&g)?)?.into_dyn(),
                 Layer::Flatten => {
+                    let got = g.shape().to_vec();
                     g.into_shape_with_order(IxDyn(x.shape()))
                         .map_err(|_| Error::ShapeMismatch {
-                            what: "flatten gradient",
+                            what: "flatten gradient vs its input",
                             expected: x.shape().to_vec(),
-                            got: vec![],
+                            got,
                         })?
                 }
                 Layer::Linear(lin) => {
@@ -271,7 +267,15 @@ impl<F: Real> Network<F> {
             param += 1;
             Ok(())
         };
-        for (layer, g) in self.layers.iter_mut().zip(&grads.layers) {
+        if grads.layers.len() != self.layers.len() || grads.codebooks.len() != self.codebooks.len()
+        {
+            return Err(Error::ShapeMismatch {
+                what: "gradients (layers, codebooks) vs the network's",
+                expected: vec![self.layers.len(), self.codebooks.len()],
+                got: vec![grads.layers.len(), grads.codebooks.len()],
+            });
+        }
+        for (l, (layer, g)) in self.layers.iter_mut().zip(&grads.layers).enumerate() {
             match (layer, g) {
                 (Layer::Conv(c), LayerGrads::Conv(gw, gb)) => {
                     let (w, b) = c.params_mut();
@@ -281,15 +285,15 @@ impl<F: Real> Network<F> {
                     }
                 }
                 (Layer::Clustered { layer, .. }, LayerGrads::Clustered(gs, gb)) => {
-                    let mut scales = layer.scales();
-                    let mut bias = layer.bias().cloned();
-                    if let (Some(s), Some(gs)) = (scales.as_mut(), gs) {
+                    // In place; f16-held scales become `F` (see `Network::round_scales`).
+                    let (scales, bias) = layer.params_mut();
+                    if let (Some(s), Some(gs)) = (scales, gs) {
                         step(s.view_mut().into_dyn(), gs.view().into_dyn())?;
                     }
-                    if let (Some(b), Some(gb)) = (bias.as_mut(), gb) {
+                    if let (Some(b), Some(gb)) = (bias, gb) {
                         step(b.view_mut().into_dyn(), gb.view().into_dyn())?;
                     }
-                    layer.set_params(scales, bias)?;
+                    layer.check_updated_scales()?;
                 }
                 (Layer::BatchNorm(bn), LayerGrads::BatchNorm(gg, gb)) => {
                     step(bn.gamma.view_mut().into_dyn(), gg.view().into_dyn())?;
@@ -300,19 +304,20 @@ impl<F: Real> Network<F> {
                     step(lin.bias.view_mut().into_dyn(), gb.view().into_dyn())?;
                 }
                 (Layer::Relu | Layer::MaxPool(_) | Layer::Flatten, LayerGrads::None) => {}
-                _ => {
-                    return Err(Error::ShapeMismatch {
-                        what: "gradients vs layers (a different network?)",
-                        expected: vec![],
-                        got: vec![],
+                (layer, g) => {
+                    return Err(Error::LayerMismatch {
+                        what: "the gradients",
+                        layer: l,
+                        expected: layer.kind(),
+                        got: g.kind(),
                     })
                 }
             }
         }
-        for (cb, g) in self.codebooks.iter_mut().zip(&grads.codebooks) {
-            let mut centroids = cb.centroids().clone();
+        for (c, g) in grads.codebooks.iter().enumerate() {
+            let mut centroids = self.codebooks.get(c)?.centroids().clone();
             step(centroids.view_mut().into_dyn(), g.view().into_dyn())?;
-            cb.set_centroids(centroids)?;
+            self.codebooks.set_centroids(c, centroids)?;
         }
         Ok(())
     }
@@ -397,23 +402,19 @@ impl<F: Real> Network<F> {
         result
     }
 
-    /// Rounds every clustered layer's scales to `precision` (fine-tuning moves them off the
-    /// storage grid; round before evaluating, so the measured model is the stored one). With
-    /// [`ScalePrecision::F16`] the layers then hold their scales as `f16`
+    /// Rounds every clustered layer's scales to the storage of its codebook's
+    /// [`ScaleScheme`](crate::ScaleScheme) (fine-tuning moves them off the storage grid, and
+    /// [`Network::sgd_step`] holds updated f16 scales as `F`; round before evaluating, so the
+    /// measured model is the stored one). With f16 storage the layers then hold their scales
+    /// as `f16` again
     /// ([`ClusteredConv2d::with_half_scales`](crate::ClusteredConv2d::with_half_scales)).
     ///
     /// # Errors
-    /// A scale that rounds to infinity.
-    pub fn round_scales(&mut self, precision: ScalePrecision) -> Result<()> {
+    /// A codebook id that does not exist, or a scale that rounds to infinity.
+    pub fn round_scales(&mut self) -> Result<()> {
         for layer in &mut self.layers {
-            if let Layer::Clustered { layer, .. } = layer {
-                if precision == ScalePrecision::F16 {
-                    layer.make_scales_half()?;
-                } else if let Some(s) = layer.scales() {
-                    let rounded = s.mapv(|v| precision.round(v));
-                    let bias = layer.bias().cloned();
-                    layer.set_params(Some(rounded), bias)?;
-                }
+            if let Layer::Clustered { layer, codebook } = layer {
+                layer.round_scales_to(self.codebooks.get(*codebook)?.scale_scheme())?;
             }
         }
         Ok(())
@@ -490,11 +491,10 @@ impl<F: Real> Network<F> {
             })
             .collect();
         let originals: Vec<ConvLayer<F>> = convs.iter().map(|(_, c)| c.clone()).collect();
-        let net = compress(&originals, config)?;
+        let (codebooks, layers, _) = compress(&originals, config)?.into_parts();
         let mut out = self.clone();
-        let offset = out.codebooks.len();
-        out.codebooks.extend(net.codebooks);
-        for ((l, _), compressed) in convs.iter().zip(net.layers) {
+        let offset = out.codebooks.append(codebooks);
+        for ((l, _), compressed) in convs.iter().zip(layers) {
             if let CompressedLayer::Clustered {
                 codebook, layer, ..
             } = compressed
@@ -506,6 +506,34 @@ impl<F: Real> Network<F> {
             }
         }
         Ok(out)
+    }
+}
+
+impl<F> Layer<F> {
+    /// The layer's kind, for error messages.
+    fn kind(&self) -> &'static str {
+        match self {
+            Layer::Conv(_) => "a convolution",
+            Layer::Clustered { .. } => "a clustered convolution",
+            Layer::BatchNorm(_) => "a batch norm",
+            Layer::Relu => "a ReLU",
+            Layer::MaxPool(_) => "a max pool",
+            Layer::Flatten => "a flatten",
+            Layer::Linear(_) => "a linear layer",
+        }
+    }
+}
+
+impl<F> LayerGrads<F> {
+    /// The kind of layer these gradients are for, for error messages.
+    fn kind(&self) -> &'static str {
+        match self {
+            LayerGrads::None => "gradients of a layer without parameters",
+            LayerGrads::Conv(..) => "convolution gradients",
+            LayerGrads::Clustered(..) => "clustered convolution gradients",
+            LayerGrads::BatchNorm(..) => "batch-norm gradients",
+            LayerGrads::Linear(..) => "linear gradients",
+        }
     }
 }
 

@@ -58,7 +58,7 @@ pub fn run(file: &Path, input: &str, batch: usize, repeats: usize) -> Result<(),
     );
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let (mut total_dense, mut total_clustered) = (0.0, 0.0);
-    for (l, layer) in net.layers.iter().enumerate() {
+    for (l, layer) in net.layers().iter().enumerate() {
         let CompressedLayer::Clustered {
             name,
             codebook,
@@ -67,7 +67,7 @@ pub fn run(file: &Path, input: &str, batch: usize, repeats: usize) -> Result<(),
         else {
             continue;
         };
-        let codebook = &net.codebooks[*codebook];
+        let codebook = net.codebooks().get(*codebook)?;
         let dense = net.dense_layer(l)?;
         let x = Array4::from_shape_simple_fn((batch, layer.in_channels(), h, w), || {
             rng.random_range(-1.0f32..1.0)

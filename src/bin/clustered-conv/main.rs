@@ -17,8 +17,8 @@ use clustered_conv::io::{
     GeometryMap,
 };
 use clustered_conv::{
-    compress_with_progress, CodebookScope, CompressedLayer, CompressedNetwork, CompressionConfig,
-    Error, ScalePrecision, Symmetry,
+    CodebookScope, CompressedLayer, CompressedNetwork, CompressionConfig, Error, KernelCodebook,
+    ScaleScheme, Symmetry,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -137,13 +137,13 @@ fn main() -> ExitCode {
             quiet,
         } => parse_config(&scope, &symmetry, &scales).and_then(|(scope, symmetry, scales)| {
             let config = CompressionConfig {
-                k,
+                codebook: KernelCodebook::params(k)
+                    .symmetry(symmetry)
+                    .scale_scheme(scales)
+                    .seed(seed)
+                    .n_init(n_init)
+                    .max_iter(max_iter),
                 scope,
-                symmetry,
-                scales,
-                seed,
-                n_init,
-                max_iter,
                 ..CompressionConfig::default()
             };
             run_compress(
@@ -177,7 +177,7 @@ fn parse_config(
     scope: &str,
     symmetry: &str,
     scales: &str,
-) -> Result<(CodebookScope, Symmetry, ScalePrecision), Error> {
+) -> Result<(CodebookScope, Symmetry, ScaleScheme), Error> {
     Ok((scope.parse()?, symmetry.parse()?, scales.parse()?))
 }
 
@@ -228,28 +228,32 @@ fn run_compress(
         imported.passthrough.len()
     );
     let start = Instant::now();
-    let bar = progress_bar(quiet, config.max_iter * config.n_init);
+    let bar = progress_bar(quiet);
     let mut current = usize::MAX;
-    let net = compress_with_progress(&imported.layers, config, |p| {
-        if p.codebook != current {
-            current = p.codebook;
-            let names: Vec<&str> = p
-                .layers
-                .iter()
-                .map(|&l| imported.layers[l].name.as_str())
-                .collect();
-            bar.reset();
-            bar.set_message(format!(
-                "codebook {}/{} ({})",
-                p.codebook + 1,
-                p.codebooks,
-                abbreviate(&names)
-            ));
-        }
-        bar.set_position((p.kmeans.run * p.kmeans.max_iter + p.kmeans.stats.iteration) as u64);
-    })?;
+    let net = config
+        .compressor(&imported.layers)
+        .progress(|p| {
+            if p.codebook != current {
+                current = p.codebook;
+                bar.set_length((p.kmeans.n_init * p.kmeans.max_iter) as u64);
+                let names: Vec<&str> = p
+                    .layers
+                    .iter()
+                    .map(|&l| imported.layers[l].name.as_str())
+                    .collect();
+                bar.reset();
+                bar.set_message(format!(
+                    "codebook {}/{} ({})",
+                    p.codebook + 1,
+                    p.codebooks,
+                    abbreviate(&names)
+                ));
+            }
+            bar.set_position((p.kmeans.run * p.kmeans.max_iter + p.kmeans.stats.iteration) as u64);
+        })
+        .run()?;
     bar.finish_and_clear();
-    let report = net.report(&imported.layers)?;
+    let report = net.report().against(&imported.layers).build()?;
     let model = CompressedModel::from_import(net, &imported)?;
     let bytes = model.to_bytes()?;
     write_atomic(output, &bytes)?;
@@ -270,11 +274,11 @@ fn run_compress(
 }
 
 /// A bar over k-means iterations, hidden with `--quiet` or when stderr is not a terminal.
-fn progress_bar(quiet: bool, len: usize) -> ProgressBar {
+fn progress_bar(quiet: bool) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::new(len as u64);
+    let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{msg:40} [{bar:30}] k-means iteration {pos}/{len} {elapsed}")
             .expect("valid template")
@@ -295,7 +299,7 @@ fn abbreviate(names: &[&str]) -> String {
 
 fn run_inspect(file: &Path, json: bool, png: Option<&Path>) -> Result<(), Error> {
     let model = CompressedModel::load(file)?;
-    let report = model.network.summary()?;
+    let report = model.network.report().build()?;
     if json {
         println!("{}", report.to_json());
     } else {
@@ -303,7 +307,7 @@ fn run_inspect(file: &Path, json: bool, png: Option<&Path>) -> Result<(), Error>
         print_memory(&model.network);
         println!(
             "scales: {}; pass-through tensors: {}; file: {} bytes",
-            model.network.scales,
+            model.network.scale_scheme(),
             model.passthrough.len(),
             std::fs::metadata(file).map(|m| m.len()).unwrap_or(0)
         );
@@ -320,12 +324,15 @@ fn run_inspect(file: &Path, json: bool, png: Option<&Path>) -> Result<(), Error>
 /// weights.
 fn print_memory(network: &CompressedNetwork<f32>) {
     let (mut index, mut scale, mut dense) = (0, 0, 0);
-    for layer in &network.layers {
+    for layer in network.layers() {
         if let CompressedLayer::Clustered {
             codebook, layer, ..
         } = layer
         {
-            let m = layer.memory(&network.codebooks[*codebook]);
+            let Ok(codebook) = network.codebooks().get(*codebook) else {
+                continue;
+            };
+            let m = layer.memory(codebook);
             index += m.index_bytes;
             scale += m.scale_bytes;
             dense += m.dense_weight_bytes;
@@ -347,7 +354,7 @@ fn run_decompress(input: &Path, output: &Path) -> Result<(), Error> {
     println!(
         "wrote {} ({} layers reconstructed, {} tensors passed through, {} bytes)",
         output.display(),
-        model.network.layers.len(),
+        model.network.layers().len(),
         model.passthrough.len(),
         bytes.len()
     );

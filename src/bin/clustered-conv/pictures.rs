@@ -22,10 +22,10 @@ pub fn write_all(model: &CompressedModel, dir: &Path) -> Result<Vec<PathBuf>, Er
         source,
     })?;
     let mut written = Vec::new();
-    for (c, codebook) in model.network.codebooks.iter().enumerate() {
+    for (c, codebook) in model.network.codebooks().iter().enumerate() {
         let indices: Vec<Array2<u32>> = model
             .network
-            .layers
+            .layers()
             .iter()
             .filter_map(|layer| match layer {
                 CompressedLayer::Clustered {
