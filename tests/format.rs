@@ -789,7 +789,7 @@ fn unknown_names_in_the_metadata_are_rejected_naming_what_is_accepted() {
         ),
         (
             |v| v["scales"] = "fixed0".into(),
-            "__metadata__.model.scales: invalid scale precision \"fixed0\"",
+            "__metadata__.model.scales: invalid scale scheme \"fixed0\"",
             "expected f16, f32, none or fixed<bits>",
         ),
         (

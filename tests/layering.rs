@@ -33,11 +33,17 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Every `crate::<name>` in `text` whose name is a module of the level table.
+/// Every `crate::<name>` in the code of `text` (comments and doc links are not dependencies)
+/// whose name is a module of the level table.
 fn referenced_modules(text: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
-    for (at, _) in text.match_indices("crate::") {
-        let name: String = text[at + 7..]
+    let code = text
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for (at, _) in code.match_indices("crate::") {
+        let name: String = code[at + 7..]
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
@@ -108,7 +114,7 @@ fn the_check_sees_a_forbidden_import() {
     std::fs::create_dir_all(dir.join("kmeans")).unwrap();
     std::fs::write(
         dir.join("kmeans/lloyd.rs"),
-        "use crate::linalg::gemm;\nuse crate::conv::gemm;\n",
+        "/// See [`x`](crate::compress).\nuse crate::linalg::gemm;\nuse crate::conv::gemm;\n",
     )
     .unwrap();
     std::fs::write(dir.join("conv.rs"), "use crate::error::Result;\n").unwrap();

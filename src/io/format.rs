@@ -125,7 +125,7 @@ impl Default for LayerDtypes {
 ///
 /// ```
 /// use clustered_conv::io::CompressedModel;
-/// use clustered_conv::{compress, CompressionConfig, ConvGeometry, ConvLayer};
+/// use clustered_conv::{compress, CompressionConfig, ConvGeometry, ConvLayer, KernelCodebook};
 /// use ndarray::Array4;
 ///
 /// let layer = ConvLayer {
@@ -135,7 +135,7 @@ impl Default for LayerDtypes {
 ///     geometry: ConvGeometry::default().padding(1, 1),
 ///     mask: None,
 /// };
-/// let config = CompressionConfig { k: 4, ..Default::default() };
+/// let config = CompressionConfig::new(KernelCodebook::params(4));
 /// let model = CompressedModel::new(compress(&[layer], &config)?);
 /// let bytes = model.to_bytes()?;
 /// assert_eq!(CompressedModel::from_bytes(&bytes)?, model);
@@ -761,11 +761,12 @@ fn read_codebook(
             ))
         }
         (other, _) => {
-            return Err(Error::Parse {
-                what: "codebook scale mode",
+            let parse = Error::Parse {
+                what: "scale mode",
                 input: other.to_string(),
                 expected: "l2norm or none",
-            })
+            };
+            return Err(file_error(format!("{what}: {parse}")));
         }
     };
     let area = m.kernel[0].saturating_mul(m.kernel[1]);
