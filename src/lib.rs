@@ -17,8 +17,8 @@ mod linalg;
 pub mod nn;
 
 pub use clustered::{
-    BackwardRoute, ClusteredConv2d, ClusteredGrads, ForwardStrategy, LayerCost, LayerMemory,
-    StrategyWork,
+    BackwardRoute, ClusteredConv2d, ClusteredGrads, ForwardStrategy, Indices, LayerCost,
+    LayerMemory, Scales, StrategyWork,
 };
 pub use codebook::{
     compression_ratio, CodebookFit, CodebookFitter, CodebookParams, Codebooks, FixedBits,

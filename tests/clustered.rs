@@ -111,8 +111,11 @@ fn f32_strategies_track_the_f64_oracle() {
         )
         .unwrap();
         let l32 = ClusteredConv2d::new(
-            c.layer.indices(),
-            c.layer.scales().map(|s| s.mapv(|v| v as f32)),
+            c.layer.indices().to_array(),
+            c.layer
+                .scales()
+                .map(|s| s.to_array())
+                .map(|s| s.mapv(|v| v as f32)),
             c.layer.bias().map(|b| b.mapv(|v| v as f32)),
             c.layer.geometry(),
         )
@@ -226,7 +229,7 @@ fn plan_counts_match_brute_force() {
     let mut r = rng(44);
     for _ in 0..50 {
         let c = random_case(&mut r);
-        let idx = c.layer.indices();
+        let idx = c.layer.indices().to_array();
         let sum_u: usize = idx
             .outer_iter()
             .map(|row| row.iter().collect::<HashSet<_>>().len())
@@ -359,7 +362,7 @@ fn gradients_match_central_finite_differences() {
                 "case {case} dμ{idx:?}: {numeric} vs {analytic}"
             );
         }
-        match (c.layer.scales(), &grads.scales) {
+        match (c.layer.scales().map(|s| s.to_array()), &grads.scales) {
             (None, None) => {}
             (Some(s), Some(gs)) => {
                 for ((o, i), &analytic) in gs.indexed_iter() {
@@ -367,7 +370,7 @@ fn gradients_match_central_finite_differences() {
                         let mut s2 = s.clone();
                         s2[[o, i]] += d;
                         ClusteredConv2d::new(
-                            c.layer.indices(),
+                            c.layer.indices().to_array(),
                             Some(s2),
                             c.layer.bias().cloned(),
                             c.layer.geometry(),
@@ -393,8 +396,8 @@ fn gradients_match_central_finite_differences() {
                         let mut b2 = b.clone();
                         b2[o] += d;
                         ClusteredConv2d::new(
-                            c.layer.indices(),
-                            c.layer.scales(),
+                            c.layer.indices().to_array(),
+                            c.layer.scales().map(|s| s.to_array()),
                             Some(b2),
                             c.layer.geometry(),
                         )
@@ -417,7 +420,8 @@ fn masked_kernels_stay_zero_through_forward_and_backward() {
     let eps = 1e-6;
     for case in 0..20 {
         let c = random_case(&mut r);
-        let mask = Array2::from_shape_fn(c.layer.indices().dim(), |_| r.random_bool(0.6));
+        let mask =
+            Array2::from_shape_fn(c.layer.indices().to_array().dim(), |_| r.random_bool(0.6));
         let layer = c.layer.clone().with_mask(mask.clone()).unwrap();
         // Forward: the dense export has zero kernels where pruned, and every strategy agrees.
         let dense = layer.to_conv(&c.codebook).unwrap();
@@ -452,7 +456,7 @@ fn masked_kernels_stay_zero_through_forward_and_backward() {
             .backward_with(&c.codebook, c.x.view(), go.view(), route)
             .unwrap();
         let gs = grads.scales.as_ref().unwrap();
-        let scales = layer.scales().unwrap();
+        let scales = layer.scales().map(|s| s.to_array()).unwrap();
         for ((o, i), &g) in gs.indexed_iter() {
             if !mask[[o, i]] {
                 assert_eq!(g, 0.0);
@@ -462,7 +466,7 @@ fn masked_kernels_stay_zero_through_forward_and_backward() {
                 let mut s2 = scales.clone();
                 s2[[o, i]] += d;
                 ClusteredConv2d::new(
-                    layer.indices(),
+                    layer.indices().to_array(),
                     Some(s2),
                     layer.bias().cloned(),
                     layer.geometry(),
@@ -520,8 +524,8 @@ fn centroid_gradient_is_the_scaled_sum_of_dense_weight_gradients() {
         let (k, kh, kw) = c.codebook.centroids().dim();
         let ids: Vec<f64> = (0..kh * kw).map(|v| v as f64).collect();
         let mut expected = Array3::<f64>::zeros((k, kh, kw));
-        for ((o, i), &index) in c.layer.indices().indexed_iter() {
-            let s = c.layer.scale(o, i);
+        for ((o, i), &index) in c.layer.indices().to_array().indexed_iter() {
+            let s = c.layer.scales().map_or(1.0, |sc| sc.get(o, i).unwrap());
             let (centroid, t) = (index as usize % k, index as usize / k);
             let perm = paper_transform(t, kh, kw, &ids);
             for (j, &src) in perm.iter().enumerate() {
@@ -611,8 +615,11 @@ fn from_conv_and_to_conv_round_trip() {
             .fit(&[w.view()])
             .unwrap();
         let layer = ClusteredConv2d::from_conv(&conv, &fit.codebook).unwrap();
-        assert_eq!(layer.indices(), fit.assignments[0].indices);
-        assert_eq!(layer.scales().is_some(), mode == ScaleScheme::default());
+        assert_eq!(layer.indices().to_array(), fit.assignments[0].indices);
+        assert_eq!(
+            layer.scales().map(|s| s.to_array()).is_some(),
+            mode == ScaleScheme::default()
+        );
         let back = layer.to_conv(&fit.codebook).unwrap();
         assert_eq!(
             back.weight(),
@@ -694,7 +701,7 @@ fn layer_is_send_and_sync() {
 fn training_setters_equal_a_rebuilt_layer() {
     let mut r = rng(53);
     let c = random_case(&mut r);
-    let (cout, cin) = c.layer.indices().dim();
+    let (cout, cin) = c.layer.indices().to_array().dim();
     let new_scales = Array2::from_shape_simple_fn((cout, cin), || r.random_range(-1.0..1.0));
     let new_bias = Array1::from_shape_simple_fn(cout, || r.random_range(-1.0..1.0));
     let mut layer = c
@@ -710,7 +717,7 @@ fn training_setters_equal_a_rebuilt_layer() {
         .set_params(Some(new_scales.clone()), bias.clone())
         .unwrap();
     let rebuilt = ClusteredConv2d::new(
-        c.layer.indices(),
+        c.layer.indices().to_array(),
         Some(new_scales),
         bias,
         c.layer.geometry(),
@@ -721,7 +728,7 @@ fn training_setters_equal_a_rebuilt_layer() {
     assert_eq!(layer, rebuilt);
     assert!(layer.set_params(None, layer.bias().cloned()).is_err());
     // A wrong bias is reported with the bias's shapes, not the scales'.
-    let scales = layer.scales();
+    let scales = layer.scales().map(|s| s.to_array());
     let wrong_bias = Some(Array1::zeros(cout + 1));
     match layer.set_params(scales, wrong_bias) {
         Err(Error::ShapeMismatch {
@@ -782,13 +789,18 @@ fn indices_are_stored_as_u8_u16_or_u32_and_round_trip() {
         (65_537, 32),
     ] {
         let (layer, codebook) = layer_with_index_limit(limit, (6, 7), &mut r);
-        let wide = Array2::from_shape_vec((6, 7), layer.iter_indices().collect()).unwrap();
-        assert_eq!(layer.index_bits(), bits, "K·S = {limit}");
-        assert_eq!(layer.indices(), wide);
-        assert_eq!(layer.indices()[[3, 2]], limit as u32 - 1);
+        let wide = Array2::from_shape_vec((6, 7), layer.indices().iter().collect()).unwrap();
+        assert_eq!(layer.indices().bits_in_memory(), bits, "K·S = {limit}");
+        assert_eq!(layer.indices().to_array(), wide);
+        assert_eq!(layer.indices().to_array()[[3, 2]], limit as u32 - 1);
         // Values survive exactly: a rebuilt layer is equal, and so is its dense weight.
-        let again =
-            ClusteredConv2d::new(layer.indices(), layer.scales(), None, layer.geometry()).unwrap();
+        let again = ClusteredConv2d::new(
+            layer.indices().to_array(),
+            layer.scales().map(|s| s.to_array()),
+            None,
+            layer.geometry(),
+        )
+        .unwrap();
         assert_eq!(again, layer);
         let m = layer.memory(&codebook);
         assert_eq!(m.index_bytes, 42 * bits as usize / 8, "K·S = {limit}");
@@ -818,7 +830,7 @@ fn indices_are_stored_as_u8_u16_or_u32_and_round_trip() {
         let mut indices = indices;
         indices[[0, 0]] = limit - 1;
         let layer = ClusteredConv2d::new(indices, None, None, ConvGeometry::default()).unwrap();
-        assert_eq!(layer.index_bits(), bits, "K = {k}");
+        assert_eq!(layer.indices().bits_in_memory(), bits, "K = {k}");
         assert_eq!(layer.memory(&codebook).index_bytes, 16 * bits as usize / 8);
     }
 }
@@ -964,11 +976,20 @@ fn the_plan_is_built_on_first_use_and_ignored_by_eq() {
 
     // New scales keep the plan (it holds none) and are used at once.
     let mut trained = layer.clone();
-    let scales = layer.scales().unwrap().mapv(|s| s * 0.5 - 0.25);
+    let scales = layer
+        .scales()
+        .map(|s| s.to_array())
+        .unwrap()
+        .mapv(|s| s * 0.5 - 0.25);
     trained.set_params(Some(scales.clone()), None).unwrap();
     assert_eq!(trained.memory(&codebook).plan_bytes, plan);
-    let rebuilt =
-        ClusteredConv2d::new(layer.indices(), Some(scales), None, layer.geometry()).unwrap();
+    let rebuilt = ClusteredConv2d::new(
+        layer.indices().to_array(),
+        Some(scales),
+        None,
+        layer.geometry(),
+    )
+    .unwrap();
     assert_eq!(trained, rebuilt);
     for strategy in [ForwardStrategy::InputSide, ForwardStrategy::OutputSide] {
         assert_eq!(
@@ -992,14 +1013,20 @@ fn column_major_scales_are_read_as_given() {
     // The same scales, stored transposed (column-major).
     let scales = layer
         .scales()
+        .map(|s| s.to_array())
         .unwrap()
         .t()
         .as_standard_layout()
         .into_owned()
         .reversed_axes();
     assert!(!scales.is_standard_layout());
-    let other =
-        ClusteredConv2d::new(layer.indices(), Some(scales), None, layer.geometry()).unwrap();
+    let other = ClusteredConv2d::new(
+        layer.indices().to_array(),
+        Some(scales),
+        None,
+        layer.geometry(),
+    )
+    .unwrap();
     assert_eq!(other, layer);
     let x = random4(&mut r, (1, 4, 5, 5));
     for strategy in [ForwardStrategy::InputSide, ForwardStrategy::OutputSide] {
@@ -1034,18 +1061,26 @@ fn half_scales_hold_exactly_the_f16_rounded_values() {
     scales[[0, 3]] = 2f32.powi(-25); // half the smallest subnormal: to even, 0
     scales[[0, 4]] = 0.1;
     let full = ClusteredConv2d::new(indices.clone(), Some(scales.clone()), None, g).unwrap();
-    assert!(!full.scales_are_half());
+    assert!(!full.scales().is_some_and(|s| s.are_half()));
     let half = full.clone().with_half_scales().unwrap();
-    assert!(half.scales_are_half());
+    assert!(half.scales().is_some_and(|s| s.are_half()));
 
     let expected = f16_rounded(&scales);
     assert_eq!(expected[[0, 1]], -65504.0);
     assert_eq!(expected[[0, 2]], 1.0);
     assert_eq!(expected[[0, 3]], 0.0);
     assert_eq!(expected[[0, 4]], 0.099_975_586);
-    assert_eq!(bits(&half.scales().unwrap()), bits(&expected));
+    assert_eq!(
+        bits(&half.scales().map(|s| s.to_array()).unwrap()),
+        bits(&expected)
+    );
     for ((o, i), &e) in expected.indexed_iter() {
-        assert_eq!(half.scale(o, i).to_bits(), e.to_bits(), "({o}, {i})");
+        let held = half.scales().unwrap();
+        assert_eq!(
+            held.get(o, i).map(f32::to_bits),
+            Some(e.to_bits()),
+            "({o}, {i})"
+        );
     }
     assert_ne!(expected, scales, "some values must actually round");
 
@@ -1053,7 +1088,10 @@ fn half_scales_hold_exactly_the_f16_rounded_values() {
     // halving them gives the same one; halving twice changes nothing.
     let as_f32 = ClusteredConv2d::new(indices.clone(), Some(expected.clone()), None, g).unwrap();
     assert_ne!(as_f32, half);
-    assert_eq!(as_f32.scales(), half.scales());
+    assert_eq!(
+        as_f32.scales().map(|s| s.to_array()),
+        half.scales().map(|s| s.to_array())
+    );
     assert_eq!(as_f32.with_half_scales().unwrap(), half);
     assert_eq!(half.clone().with_half_scales().unwrap(), half);
 
@@ -1067,14 +1105,17 @@ fn half_scales_hold_exactly_the_f16_rounded_values() {
         .unwrap();
     let mut wide_expected = expected.mapv(f64::from);
     wide_expected[[1, 0]] = 1.0 + 2f64.powi(-10);
-    assert_eq!(wide.scales().unwrap(), wide_expected);
+    assert_eq!(wide.scales().map(|s| s.to_array()).unwrap(), wide_expected);
 
     // Without scales there is nothing to hold.
     let plain = ClusteredConv2d::<f32>::new(indices.clone(), None, None, g).unwrap();
     let plain_half = plain.clone().with_half_scales().unwrap();
-    assert!(!plain_half.scales_are_half());
+    assert!(!plain_half.scales().is_some_and(|s| s.are_half()));
     assert_eq!(plain_half, plain);
-    assert_eq!(plain.scale(3, 4), 1.0);
+    assert!(plain.scales().is_none());
+    // Reads outside the layer are refused, not a panic.
+    assert_eq!(half.scales().unwrap().get(99, 0), None);
+    assert_eq!(half.indices().get(0, 99), None);
 
     // Beyond the f16 range: refused, naming the kernel.
     scales[[2, 5]] = 65520.0;
@@ -1099,15 +1140,16 @@ fn half_scales_compute_bit_for_bit_what_the_same_values_as_f32_compute() {
             c.codebook.symmetry(),
         )
         .unwrap();
-        let (cout, cin) = c.layer.indices().dim();
+        let (cout, cin) = c.layer.indices().to_array().dim();
         let scales = f16_rounded(
             &c.layer
                 .scales()
+                .map(|s| s.to_array())
                 .unwrap_or_else(|| Array2::from_elem((cout, cin), 0.75))
                 .mapv(|v| v as f32),
         );
         let mut full = ClusteredConv2d::new(
-            c.layer.indices(),
+            c.layer.indices().to_array(),
             Some(scales),
             c.layer.bias().map(|b| b.mapv(|v| v as f32)),
             c.layer.geometry(),
@@ -1121,8 +1163,15 @@ fn half_scales_compute_bit_for_bit_what_the_same_values_as_f32_compute() {
                 .unwrap();
         }
         let half = full.clone().with_half_scales().unwrap();
-        assert!(half.scales_are_half() && !full.scales_are_half());
-        assert_eq!(half.scales(), full.scales(), "case {case}");
+        assert!(
+            half.scales().is_some_and(|s| s.are_half())
+                && !full.scales().is_some_and(|s| s.are_half())
+        );
+        assert_eq!(
+            half.scales().map(|s| s.to_array()),
+            full.scales().map(|s| s.to_array()),
+            "case {case}"
+        );
         assert_eq!(half.mask(), full.mask());
         let x = c.x.mapv(|v| v as f32);
         for strategy in STRATEGIES {
@@ -1241,23 +1290,23 @@ fn new_scales_from_training_are_held_as_f32_and_masks_keep_f16() {
             .with_mask(mask.clone())
             .unwrap();
     // Pruning keeps the f16 store and zeroes the pruned kernels.
-    assert!(layer.scales_are_half());
+    assert!(layer.scales().is_some_and(|s| s.are_half()));
     let mut expected = f16_rounded(&scales);
     expected.zip_mut_with(&mask, |s, &keep| {
         if !keep {
             *s = 0.0;
         }
     });
-    assert_eq!(layer.scales().unwrap(), expected);
+    assert_eq!(layer.scales().map(|s| s.to_array()).unwrap(), expected);
 
     // A training step writes f32 scales: held as given (pruned ones still 0).
     let stepped = scales.mapv(|s| s * 1.000_01);
     layer.set_params(Some(stepped.clone()), None).unwrap();
-    assert!(!layer.scales_are_half());
+    assert!(!layer.scales().is_some_and(|s| s.are_half()));
     let codebook =
         KernelCodebook::from_centroids(Array3::<f32>::ones((4, 3, 3)), Symmetry::Identity).unwrap();
     assert_eq!(layer.memory(&codebook).scale_bytes, cout * cin * 4);
-    let held = layer.scales().unwrap();
+    let held = layer.scales().map(|s| s.to_array()).unwrap();
     for ((o, i), &s) in held.indexed_iter() {
         let want = if mask[[o, i]] { stepped[[o, i]] } else { 0.0 };
         assert_eq!(s.to_bits(), want.to_bits());
@@ -1265,5 +1314,8 @@ fn new_scales_from_training_are_held_as_f32_and_masks_keep_f16() {
     // Halving again rounds the new values.
     let layer = layer.with_half_scales().unwrap();
     assert_eq!(layer.memory(&codebook).scale_bytes, cout * cin * 2);
-    assert_eq!(bits(&layer.scales().unwrap()), bits(&f16_rounded(&held)));
+    assert_eq!(
+        bits(&layer.scales().map(|s| s.to_array()).unwrap()),
+        bits(&f16_rounded(&held))
+    );
 }

@@ -263,7 +263,7 @@ fn compressed_network_matches_its_dense_export_and_stores_f16_scales() {
         } = l
         {
             // Scales are exactly representable in f16.
-            for &s in layer.scales().unwrap().iter() {
+            for &s in layer.scales().map(|s| s.to_array()).unwrap().iter() {
                 assert_eq!(half::f16::from_f32(s).to_f32(), s);
             }
             let dense = net.dense_layer(i).unwrap();
@@ -339,7 +339,7 @@ fn scale_precision_none_stores_no_scales_and_per_layer_caps_k() {
     assert_eq!(net.codebooks().len(), 3);
     for l in net.layers() {
         if let CompressedLayer::Clustered { layer, .. } = l {
-            assert!(layer.scales().is_none());
+            assert!(layer.scales().map(|s| s.to_array()).is_none());
         }
     }
     let report = net.report().against(&layers).build().unwrap();
@@ -416,7 +416,7 @@ fn report_with_inputs_counts_the_paper_flops() {
     let CompressedLayer::Clustered { layer, .. } = &net.layers()[3] else {
         panic!("layer 3 is clustered")
     };
-    let idx = layer.indices();
+    let idx = layer.indices().to_array();
     let sum_u: usize = idx
         .outer_iter()
         .map(|r| r.iter().collect::<HashSet<_>>().len())
@@ -513,11 +513,11 @@ fn a_network_checks_its_codebook_ids_indices_and_scale_scheme_when_made() {
     // Layer 1 uses the 3×3 codebook of K = 4 entries: index 4 is out of range.
     let mut bad = layers_c.clone();
     if let CompressedLayer::Clustered { layer, .. } = &mut bad[1] {
-        let mut idx = layer.indices();
+        let mut idx = layer.indices().to_array();
         idx[[2, 3]] = 4;
         **layer = clustered_conv::ClusteredConv2d::new(
             idx,
-            layer.scales(),
+            layer.scales().map(|s| s.to_array()),
             layer.bias().cloned(),
             layer.geometry(),
         )
@@ -555,10 +555,10 @@ fn a_report_without_originals_has_everything_but_the_errors() {
         panic!("clustered")
     };
     let mut counts = std::collections::HashMap::new();
-    for &i in layer.indices().iter() {
+    for &i in layer.indices().to_array().iter() {
         *counts.entry(i).or_insert(0usize) += 1;
     }
-    let n = layer.indices().len() as f64;
+    let n = layer.indices().to_array().len() as f64;
     let h: f64 = counts
         .values()
         .map(|&c| -(c as f64 / n) * (c as f64 / n).log2())

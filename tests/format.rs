@@ -150,7 +150,7 @@ fn indices_take_the_documented_number_of_bits() {
     };
     let data = idx.data();
     let bit = |n: usize| (data[n / 8] >> (n % 8)) & 1;
-    for (j, &want) in layer.indices().iter().enumerate() {
+    for (j, &want) in layer.indices().to_array().iter().enumerate() {
         let got: u32 = (0..5).map(|t| u32::from(bit(j * 5 + t)) << t).sum();
         assert_eq!(got, want, "kernel {j}");
     }
@@ -172,12 +172,16 @@ fn unrepresentable_scales_are_refused_until_rounded() {
         let CompressedLayer::Clustered { layer, .. } = &mut layers[0] else {
             panic!("clustered")
         };
-        let scales = layer.scales().unwrap().mapv(|s| s * 1.000_01);
+        let scales = layer
+            .scales()
+            .map(|s| s.to_array())
+            .unwrap()
+            .mapv(|s| s * 1.000_01);
         let bias = layer.bias().cloned();
         layer.set_params(Some(scales), bias).unwrap();
         // Fine-tuned scales are held as f32 until rounded.
-        assert!(!layer.scales_are_half());
-        first = layer.scales().unwrap()[[0, 0]];
+        assert!(!layer.scales().is_some_and(|s| s.are_half()));
+        first = layer.scales().map(|s| s.to_array()).unwrap()[[0, 0]];
     });
     // The error names the first scale that is off (every scale is: none is 0) and the fix.
     let err = m.to_bytes().unwrap_err();
@@ -194,7 +198,7 @@ fn unrepresentable_scales_are_refused_until_rounded() {
     let CompressedLayer::Clustered { layer, .. } = &m.network.layers()[0] else {
         panic!("clustered")
     };
-    assert!(layer.scales_are_half());
+    assert!(layer.scales().is_some_and(|s| s.are_half()));
     let loaded = CompressedModel::from_bytes(&m.to_bytes().unwrap()).unwrap();
     assert_eq!(loaded, m);
 }
@@ -211,7 +215,7 @@ fn scale_storage(m: &CompressedModel) -> Vec<(bool, usize, usize, usize)> {
                 let mem = layer.memory(m.network.codebooks().get(*codebook).unwrap());
                 let kernels = layer.out_channels() * layer.in_channels();
                 Some((
-                    layer.scales_are_half(),
+                    layer.scales().is_some_and(|s| s.are_half()),
                     mem.index_bytes,
                     mem.scale_bytes,
                     kernels,
@@ -252,7 +256,13 @@ fn f16_scales_are_held_as_f16_after_compression_and_loading() {
             .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect();
         assert_eq!(
-            layer.scales().unwrap().iter().copied().collect::<Vec<_>>(),
+            layer
+                .scales()
+                .map(|s| s.to_array())
+                .unwrap()
+                .iter()
+                .copied()
+                .collect::<Vec<_>>(),
             stored
         );
     }

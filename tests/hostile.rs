@@ -12,11 +12,25 @@ use clustered_conv::{
 use ndarray::{Array1, Array2, Array3, Array4};
 use proptest::prelude::*;
 
-/// Geometry values: ordinary ones, the limit, just above it, and values near `usize::MAX`.
-fn geometry_value() -> impl Strategy<Value = usize> {
+/// Strides and dilations: mostly ordinary, then zero, the limit, just above it, and values near
+/// `usize::MAX`.
+fn step_value() -> impl Strategy<Value = usize> {
     prop_oneof![
-        4 => 0usize..4,
+        30 => 1usize..4,
+        2 => Just(0usize),
         1 => Just(MAX_GEOMETRY_VALUE),
+        1 => Just(MAX_GEOMETRY_VALUE + 1),
+        1 => Just(usize::MAX / 2),
+        1 => Just(usize::MAX),
+    ]
+}
+
+/// Paddings: mostly ordinary, then just above the limit and near `usize::MAX`. (A padding at
+/// the limit is valid and asks for an output of 2^34 elements: an allocation the caller asked
+/// for, not a hostile input.)
+fn padding_value() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        30 => 0usize..3,
         1 => Just(MAX_GEOMETRY_VALUE + 1),
         1 => Just(usize::MAX / 2),
         1 => Just(usize::MAX),
@@ -39,13 +53,13 @@ fn dims4(max: usize) -> impl Strategy<Value = (usize, usize, usize, usize)> {
 
 fn geometry() -> impl Strategy<Value = ConvGeometry> {
     (
-        [geometry_value(), geometry_value()],
-        [geometry_value(), geometry_value()],
+        [step_value(), step_value()],
+        [step_value(), step_value()],
         [
-            geometry_value(),
-            geometry_value(),
-            geometry_value(),
-            geometry_value(),
+            padding_value(),
+            padding_value(),
+            padding_value(),
+            padding_value(),
         ],
     )
         .prop_map(|(stride, dilation, [top, bottom, left, right])| {

@@ -396,7 +396,7 @@ fn whole_network_gradients_match_finite_differences() {
                 assert_close(&numeric, gb, "gb (6)");
             }
             (Layer::Clustered { layer, .. }, LayerGrads::Clustered(gs, gb)) => {
-                let numeric = numeric_grad(&layer.scales().unwrap(), |s| {
+                let numeric = numeric_grad(&layer.scales().map(|s| s.to_array()).unwrap(), |s| {
                     let mut n = net.clone();
                     if let Layer::Clustered { layer, .. } = &mut n.layers[l] {
                         layer
@@ -409,7 +409,9 @@ fn whole_network_gradients_match_finite_differences() {
                 let numeric = numeric_grad(layer.bias().unwrap(), |b| {
                     let mut n = net.clone();
                     if let Layer::Clustered { layer, .. } = &mut n.layers[l] {
-                        layer.set_params(layer.scales(), Some(b.clone())).unwrap();
+                        layer
+                            .set_params(layer.scales().map(|s| s.to_array()), Some(b.clone()))
+                            .unwrap();
                     }
                     network_loss(&n, &x, &labels)
                 });
@@ -478,12 +480,14 @@ fn fine_tuning_keeps_assignments_and_at_most_k_distinct_kernels() {
             .collect()
     };
     // f16 scales are held as f16 until training writes new ones.
-    assert!(clustered_layers(&net).iter().all(|l| l.scales_are_half()));
+    assert!(clustered_layers(&net)
+        .iter()
+        .all(|l| l.scales().is_some_and(|s| s.are_half())));
     let indices_before: Vec<Array2<u32>> = net
         .layers
         .iter()
         .filter_map(|l| match l {
-            Layer::Clustered { layer, .. } => Some(layer.indices()),
+            Layer::Clustered { layer, .. } => Some(layer.indices().to_array()),
             _ => None,
         })
         .collect();
@@ -511,12 +515,12 @@ fn fine_tuning_keeps_assignments_and_at_most_k_distinct_kernels() {
     let mut clustered = 0;
     for layer in &net.layers {
         if let Layer::Clustered { layer, .. } = layer {
-            assert_eq!(layer.indices(), indices_before[clustered]);
+            assert_eq!(layer.indices().to_array(), indices_before[clustered]);
             clustered += 1;
             // Every kernel divided by its scale is one of the K centroids.
             let w = layer.to_conv(cb).unwrap().weight().clone();
             let mut distinct: Vec<Vec<i64>> = Vec::new();
-            for ((o, i), &s) in layer.scales().unwrap().indexed_iter() {
+            for ((o, i), &s) in layer.scales().map(|s| s.to_array()).unwrap().indexed_iter() {
                 let k: Vec<i64> = w
                     .slice(ndarray::s![o, i, .., ..])
                     .iter()
@@ -537,15 +541,18 @@ fn fine_tuning_keeps_assignments_and_at_most_k_distinct_kernels() {
     );
     // Trained scales are held as f64; rounding to f16 holds them as f16 again.
     let trained = clustered_layers(&net);
-    assert!(trained.iter().all(|l| !l.scales_are_half()));
+    assert!(trained
+        .iter()
+        .all(|l| !l.scales().is_some_and(|s| s.are_half())));
     net.round_scales().unwrap();
     for (layer, before) in clustered_layers(&net).iter().zip(&trained) {
-        assert!(layer.scales_are_half());
+        assert!(layer.scales().is_some_and(|s| s.are_half()));
         let want = before
             .scales()
+            .map(|s| s.to_array())
             .unwrap()
             .mapv(|s| ScaleScheme::L2(ScaleStorage::F16).round(s));
-        assert_eq!(layer.scales().unwrap(), want);
+        assert_eq!(layer.scales().map(|s| s.to_array()).unwrap(), want);
     }
 }
 
@@ -650,7 +657,7 @@ fn sgd_updates_half_scales_in_place_and_holds_them_as_f_until_rounded() {
         .unwrap()
         .with_half_scales()
         .unwrap();
-    let before = layer.scales().unwrap();
+    let before = layer.scales().map(|s| s.to_array()).unwrap();
     let bias_before = layer.bias().unwrap().clone();
     let x = random4(&mut r, (3, 2, 4, 4));
     let (logits, tape) = net.forward_train(x.view()).unwrap();
@@ -672,17 +679,17 @@ fn sgd_updates_half_scales_in_place_and_holds_them_as_f_until_rounded() {
     // p − lr·g from the (exactly widened) f16 values; the pruned kernel stays 0.
     let want = &before - &(gs * 0.1);
     assert_eq!(want[[1, 2]], 0.0);
-    assert_eq!(layer.scales().unwrap(), want);
+    assert_eq!(layer.scales().map(|s| s.to_array()).unwrap(), want);
     assert_eq!(layer.bias().unwrap(), &(&bias_before - &(gb * 0.1)));
-    assert!(!layer.scales_are_half());
+    assert!(!layer.scales().is_some_and(|s| s.are_half()));
     // Rounding brings them back to f16 (the codebook's default storage).
     net.round_scales().unwrap();
     let Layer::Clustered { layer, .. } = &net.layers[4] else {
         panic!("clustered")
     };
-    assert!(layer.scales_are_half());
+    assert!(layer.scales().is_some_and(|s| s.are_half()));
     assert_eq!(
-        layer.scales().unwrap(),
+        layer.scales().map(|s| s.to_array()).unwrap(),
         want.mapv(|s| f64::from(half::f16::from_f64(s)))
     );
 }

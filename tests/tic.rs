@@ -172,9 +172,9 @@ fn layer_with_tic_indices_matches_dense_and_its_gradients() {
         let grads = layer.backward_with(cb, x.view(), go.view(), route).unwrap();
         let k = cb.len();
         let mut want = vec![0.0f64; k * 9];
-        for ((o, i), &index) in layer.indices().indexed_iter() {
+        for ((o, i), &index) in layer.indices().to_array().indexed_iter() {
             let (c, t) = (index as usize % k, index as usize / k);
-            let s = layer.scale(o, i);
+            let s = layer.scales().map_or(1.0, |sc| sc.get(o, i).unwrap());
             // Φ_t is a permutation P; ∂L/∂μ[P(j)] += s·∂L/∂w[j].
             let ids: Vec<f64> = (0..9).map(|v| v as f64).collect();
             let perm = paper_transform(t, 3, 3, &ids);

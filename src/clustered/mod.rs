@@ -50,6 +50,7 @@ mod plan;
 mod scales;
 #[cfg(test)]
 mod tests;
+mod views;
 
 use std::sync::OnceLock;
 
@@ -67,6 +68,7 @@ pub use cost::{LayerCost, StrategyWork};
 use indices::IndexStore;
 use plan::{KernelScales, Plan};
 use scales::ScaleStore;
+pub use views::{Indices, Scales};
 
 /// How [`ClusteredConv2d::forward_with`] computes its output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -181,7 +183,7 @@ impl<F: std::fmt::Debug> std::fmt::Debug for ClusteredConv2d<F> {
 impl<F: PartialEq> PartialEq for ClusteredConv2d<F> {
     /// Compares the parameters (indices, scales, bias, geometry, mask), not whether the
     /// execution plan has been built. Scales compare as held: a layer with `f16` scales
-    /// ([`ClusteredConv2d::scales_are_half`]) differs from one holding the same values as `F`
+    /// ([`Scales::are_half`]) differs from one holding the same values as `F`
     /// (compare [`ClusteredConv2d::scales`] for the values alone).
     fn eq(&self, other: &Self) -> bool {
         self.indices == other.indices
@@ -215,10 +217,10 @@ impl<F: PartialEq> PartialEq for ClusteredConv2d<F> {
 #[non_exhaustive]
 pub struct LayerMemory {
     /// Stored indices: one `u8`, `u16` or `u32` per kernel
-    /// ([`ClusteredConv2d::index_bits`]).
+    /// ([`Indices::bits_in_memory`]).
     pub index_bytes: usize,
     /// Scales, one `F` per kernel, or 2 bytes per kernel when they are held as `f16`
-    /// ([`ClusteredConv2d::scales_are_half`]); 0 without scales.
+    /// ([`Scales::are_half`]); 0 without scales.
     pub scale_bytes: usize,
     /// Bias, one `F` per output channel (0 without bias).
     pub bias_bytes: usize,
@@ -252,7 +254,7 @@ impl<F: Real> ClusteredConv2d<F> {
     /// Creates a layer from `(Cout, Cin)` indices (`centroid + K·transform`), optional
     /// `(Cout, Cin)` scales, an optional bias of length `Cout` and a geometry. The indices are
     /// stored in the narrowest of `u8`, `u16`, `u32` that holds the largest
-    /// ([`ClusteredConv2d::index_bits`]); they are checked against a codebook when one is
+    /// ([`Indices::bits_in_memory`]); they are checked against a codebook when one is
     /// used. The execution plan is built on first use.
     ///
     /// # Errors
@@ -414,34 +416,10 @@ impl<F: Real> ClusteredConv2d<F> {
         )
     }
 
-    /// The stored indices `(Cout, Cin)`, widened to `u32` (a copy: the layer keeps them as
-    /// narrow as [`ClusteredConv2d::index_bits`]; [`ClusteredConv2d::iter_indices`] reads
-    /// them without copying).
-    ///
-    /// ```
-    /// use clustered_conv::{ClusteredConv2d, ConvGeometry};
-    /// use ndarray::array;
-    ///
-    /// let layer = ClusteredConv2d::<f32>::new(array![[3, 0], [300, 3]], None, None, ConvGeometry::default())?;
-    /// assert_eq!(layer.indices(), array![[3, 0], [300, 3]]);
-    /// assert_eq!(layer.index_bits(), 16); // 300 does not fit in a u8
-    /// assert_eq!(layer.iter_indices().collect::<Vec<_>>(), vec![3, 0, 300, 3]);
-    /// # Ok::<(), clustered_conv::Error>(())
-    /// ```
-    pub fn indices(&self) -> Array2<u32> {
-        self.indices.to_array()
-    }
-
-    /// The stored indices in row-major order (`(o, i)` is item `o·Cin + i`), widened to `u32`.
-    pub fn iter_indices(&self) -> impl ExactSizeIterator<Item = u32> + '_ {
-        self.indices.iter()
-    }
-
-    /// Bits per stored index in memory: 8 when every index is below 256 (always the case
-    /// when `K·S ≤ 256`), 16 when below 65 536, else 32. The file format packs indices to
-    /// `⌈log2(K·S)⌉` bits instead.
-    pub fn index_bits(&self) -> u32 {
-        self.indices.bits()
+    /// The stored indices `(Cout, Cin)`, borrowed (see [`Indices`] for reading them; the
+    /// layer keeps them as narrow as `u8`).
+    pub fn indices(&self) -> Indices<'_> {
+        Indices(&self.indices)
     }
 
     /// The bytes the layer holds, parameter by parameter, with its plan (0 until a pass
@@ -464,25 +442,10 @@ impl<F: Real> ClusteredConv2d<F> {
         }
     }
 
-    /// Scales `(Cout, Cin)`, if any, as `F`: a copy, widened (exactly) from `f16` when the
-    /// layer holds them at half precision ([`ClusteredConv2d::scales_are_half`]).
-    /// [`ClusteredConv2d::scale`] reads one without copying.
-    pub fn scales(&self) -> Option<Array2<F>> {
-        self.scales.as_ref().map(|s| s.as_full().into_owned())
-    }
-
-    /// The scale kernel `(o, i)` is multiplied by: its stored scale as `F`, or 1 for a layer
-    /// without scales.
-    ///
-    /// # Panics
-    /// When `o ≥ Cout` or `i ≥ Cin`.
-    pub fn scale(&self, o: usize, i: usize) -> F {
-        let (cout, cin) = self.indices.dim();
-        assert!(
-            o < cout && i < cin,
-            "kernel ({o}, {i}) out of range for a {cout} × {cin} layer"
-        );
-        self.scales.as_ref().map_or(F::one(), |s| s.get(o, i))
+    /// The stored scales `(Cout, Cin)`, if any, borrowed (see [`Scales`]: read as `F`,
+    /// widened exactly when held as `f16`).
+    pub fn scales(&self) -> Option<Scales<'_, F>> {
+        self.scales.as_ref().map(Scales)
     }
 
     /// The layer with its scales held at half precision: every scale is rounded to the
@@ -504,8 +467,8 @@ impl<F: Real> ClusteredConv2d<F> {
     /// let scales = Array2::from_shape_fn((64, 64), |(o, i)| 0.1 + (o + i) as f32 / 128.0);
     /// let layer = ClusteredConv2d::new(indices, Some(scales.clone()), None, ConvGeometry::default())?
     ///     .with_half_scales()?;
-    /// assert!(layer.scales_are_half());
-    /// assert_eq!(layer.scale(0, 0), half::f16::from_f32(0.1).to_f32()); // 0.0999755859375
+    /// assert!(layer.scales().unwrap().are_half());
+    /// assert_eq!(layer.scales().unwrap().get(0, 0), Some(half::f16::from_f32(0.1).to_f32())); // 0.0999755859375
     ///
     /// let m = layer.memory(&codebook);
     /// assert_eq!((m.index_bytes, m.scale_bytes), (4096, 8192)); // a u8 and an f16 per kernel
@@ -578,12 +541,6 @@ impl<F: Real> ClusteredConv2d<F> {
         Ok(())
     }
 
-    /// Whether the layer holds its scales as `f16` ([`ClusteredConv2d::with_half_scales`]);
-    /// `false` for scales held as `F` and for a layer without scales.
-    pub fn scales_are_half(&self) -> bool {
-        self.scales.as_ref().is_some_and(ScaleStore::is_half)
-    }
-
     /// Bias, if any.
     pub fn bias(&self) -> Option<&Array1<F>> {
         self.bias.as_ref()
@@ -631,11 +588,21 @@ impl<F: Real> ClusteredConv2d<F> {
         }
     }
 
-    /// Checks the codebook against the layer and resolves the call's shapes.
-    fn resolve(&self, codebook: &KernelCodebook<F>, input: [usize; 4]) -> Result<ConvShape> {
+    /// Checks that every stored index is an entry of `codebook` (below `K·S`).
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`] naming the first index beyond the codebook.
+    pub fn check_codebook(&self, codebook: &KernelCodebook<F>) -> Result<()> {
         if self.indices.max() as usize >= codebook.index_limit() {
+            // Only on failure: widen to find and name the first offending kernel.
             codebook.check_indices(&self.indices.to_array().view())?;
         }
+        Ok(())
+    }
+
+    /// Checks the codebook against the layer and resolves the call's shapes.
+    fn resolve(&self, codebook: &KernelCodebook<F>, input: [usize; 4]) -> Result<ConvShape> {
+        self.check_codebook(codebook)?;
         let (kh, kw) = codebook.kernel_size();
         self.geometry
             .resolve(input, [self.out_channels(), self.in_channels(), kh, kw])

@@ -102,9 +102,15 @@ fn portable_kernels_read_f16_scales_exactly() {
             .layer
             .scales()
             .unwrap()
+            .to_array()
             .mapv(|v| half::f16::from_f64(v).to_f32());
-        let full = ClusteredConv2d::new(c.layer.indices(), Some(scales), None, c.layer.geometry())
-            .unwrap();
+        let full = ClusteredConv2d::new(
+            c.layer.indices().to_array(),
+            Some(scales),
+            None,
+            c.layer.geometry(),
+        )
+        .unwrap();
         let half = full.clone().with_half_scales().unwrap();
         let x = c.x.mapv(|v| v as f32);
         for strategy in SHARING {

@@ -66,7 +66,7 @@ impl<F: Real> CompressedNetwork<F> {
                 codebook, layer, ..
             } = layer
             {
-                codebooks.check(*codebook, layer.indices().view())?;
+                layer.check_codebook(codebooks.get(*codebook)?)?;
             }
         }
         if let Some((c, cb)) = codebooks
@@ -283,7 +283,9 @@ impl<'a, F: Real> ReportBuilder<'a, F> {
         input_hw: Option<(usize, usize)>,
     ) -> Result<(report::Measured, Option<LayerCost>)> {
         let cb = self.net.codebooks.get(codebook)?;
-        let entropy_bits = cb.usage(&[layer.indices().view()])?.entropy_bits();
+        let entropy_bits = cb
+            .usage(&[layer.indices().to_array().view()])?
+            .entropy_bits();
         let relative_error = match self.original {
             Some(original) => Some(relative_error(
                 layer.to_conv(cb)?.weight(),

@@ -44,6 +44,7 @@
 //! `MAX_*` constants before anything of that size is allocated, and every packed tensor's byte
 //! length is checked against its claimed shape before it is unpacked.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
@@ -56,7 +57,7 @@ use sha2::{Digest, Sha256};
 
 use super::bitpack::{pack, packed_len, unpack};
 use super::{read_safetensors_header, write_atomic, ImportedModel, NamedTensor, TensorDtype};
-use crate::clustered::ClusteredConv2d;
+use crate::clustered::{ClusteredConv2d, Scales};
 use crate::codebook::{Codebooks, KernelCodebook, ScaleScheme, ScaleStorage, Symmetry};
 use crate::compress::{CompressedLayer, CompressedNetwork};
 use crate::conv::Conv2d;
@@ -463,7 +464,7 @@ fn write_clustered(
     let (cout, cin) = layer.indices().dim();
     let (kh, kw) = cb.kernel_size();
     let limit = cb.index_limit();
-    if let Some(bad) = layer.iter_indices().find(|&v| v as usize >= limit) {
+    if let Some(bad) = layer.indices().iter().find(|&v| v as usize >= limit) {
         return invalid_model(format!(
             "layer {name:?} has index {bad}, its codebook has {limit} entries"
         ));
@@ -472,7 +473,7 @@ fn write_clustered(
         format!("{name}.weight.indices"),
         Dtype::U8,
         vec![packed_len(cout * cin, bits).unwrap_or(0)],
-        pack(layer.iter_indices(), bits),
+        pack(layer.indices().iter(), bits),
     ));
     let mut meta = LayerMeta::new(name, KIND_CLUSTERED, [cout, cin, kh, kw], layer.geometry());
     meta.codebook = Some(codebook);
@@ -536,7 +537,7 @@ fn write_scales(
             scales
                 .iter()
                 .zip(mask)
-                .all(|(&s, &keep)| s == if keep { 1.0 } else { 0.0 })
+                .all(|(s, &keep)| s == if keep { 1.0 } else { 0.0 })
         });
         if from_mask {
             return Ok(false);
@@ -545,17 +546,17 @@ fn write_scales(
             "layer {name:?} has scales but the network's scale precision is none"
         ));
     };
-    if let Some(j) = scales.iter().position(|&s| storage.round(s) != s) {
+    if let Some(j) = scales.iter().position(|s| storage.round(s) != s) {
         let cin = layer.in_channels();
         return Err(Error::UnroundedScale {
             layer: name.to_string(),
             out_channel: j / cin,
             in_channel: j % cin,
-            value: scales.iter().nth(j).copied().unwrap_or(f32::NAN),
+            value: scales.iter().nth(j).unwrap_or(f32::NAN),
             precision: precision.to_string(),
         });
     }
-    let (dtype, shape, bytes) = encode_scales(&scales, storage);
+    let (dtype, shape, bytes) = encode_scales(scales, storage);
     tensors.push(NamedTensor::from_raw(
         format!("{name}.weight.scales"),
         dtype,
@@ -566,20 +567,21 @@ fn write_scales(
 }
 
 /// The stored form of `scales` at `storage`: dtype, shape and bytes.
-fn encode_scales(scales: &Array2<f32>, storage: ScaleStorage) -> (Dtype, Vec<usize>, Vec<u8>) {
-    let shape = vec![scales.nrows(), scales.ncols()];
+fn encode_scales(scales: Scales<'_, f32>, storage: ScaleStorage) -> (Dtype, Vec<usize>, Vec<u8>) {
+    let (cout, cin) = scales.dim();
+    let shape = vec![cout, cin];
     match storage {
         ScaleStorage::F16 => (
             Dtype::F16,
             shape,
             scales
                 .iter()
-                .flat_map(|&s| half::f16::from_f32(s).to_le_bytes())
+                .flat_map(|s| half::f16::from_f32(s).to_le_bytes())
                 .collect(),
         ),
         ScaleStorage::Fixed(bits) => {
             let packed = pack(
-                scales.iter().map(|&s| bits.encode(f64::from(s))),
+                scales.iter().map(|s| bits.encode(f64::from(s))),
                 u32::from(bits.get()),
             );
             (Dtype::U8, vec![packed.len()], packed)
@@ -998,8 +1000,8 @@ fn payload_sha256<'a>(
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn f32_bytes<'a>(values: impl Iterator<Item = &'a f32>) -> Vec<u8> {
-    values.flat_map(|v| v.to_le_bytes()).collect()
+fn f32_bytes<V: Borrow<f32>>(values: impl Iterator<Item = V>) -> Vec<u8> {
+    values.flat_map(|v| v.borrow().to_le_bytes()).collect()
 }
 
 fn finite_f32s(bytes: &[u8], what: &str) -> Result<Vec<f32>> {

@@ -30,7 +30,7 @@ pub fn write_all(model: &CompressedModel, dir: &Path) -> Result<Vec<PathBuf>, Er
             .filter_map(|layer| match layer {
                 CompressedLayer::Clustered {
                     codebook, layer, ..
-                } if *codebook == c => Some(layer.indices()),
+                } if *codebook == c => Some(layer.indices().to_array()),
                 _ => None,
             })
             .collect();
