@@ -25,19 +25,26 @@ pub struct Padding {
 ///
 /// `ConvGeometry::default()` is stride 1, padding 0, dilation 1. The builder methods never
 /// fail; every value is checked when the geometry is used (layer construction or forward),
-/// and a bad one is reported as an [`Error`].
+/// and a bad one is reported as an [`Error`]. The fields are read directly (`g.stride`); the
+/// builder methods of the same names set them.
 ///
 /// ```
 /// use clustered_conv::ConvGeometry;
 /// let g = ConvGeometry::default().stride(2, 2).padding(1, 1);
+/// assert_eq!(g.stride, (2, 2));
+/// assert_eq!((g.padding.top, g.padding.left), (1, 1));
 /// // A 3×3 kernel over a 32×32 input with stride 2 and padding 1 gives 16×16.
 /// assert_eq!(g.output_size((32, 32), (3, 3)).unwrap(), (16, 16));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct ConvGeometry {
-    stride: (usize, usize),
-    padding: Padding,
-    dilation: (usize, usize),
+    /// Stride `(sh, sw)`.
+    pub stride: (usize, usize),
+    /// Zero padding per side.
+    pub padding: Padding,
+    /// Dilation `(dh, dw)`.
+    pub dilation: (usize, usize),
 }
 
 impl Default for ConvGeometry {
@@ -83,21 +90,6 @@ impl ConvGeometry {
     pub fn dilation(mut self, dh: usize, dw: usize) -> Self {
         self.dilation = (dh, dw);
         self
-    }
-
-    /// The stride `(sh, sw)`.
-    pub fn stride_hw(&self) -> (usize, usize) {
-        self.stride
-    }
-
-    /// The padding per side.
-    pub fn padding_sides(&self) -> Padding {
-        self.padding
-    }
-
-    /// The dilation `(dh, dw)`.
-    pub fn dilation_hw(&self) -> (usize, usize) {
-        self.dilation
     }
 
     /// Checks `1 ≤ stride, dilation ≤ MAX_GEOMETRY_VALUE` and `padding ≤ MAX_GEOMETRY_VALUE`.

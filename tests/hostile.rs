@@ -77,7 +77,7 @@ fn geometry() -> impl Strategy<Value = ConvGeometry> {
 
 /// Whether a geometry is valid by the documented rule.
 fn geometry_is_valid(g: &ConvGeometry) -> bool {
-    let (s, d, p) = (g.stride_hw(), g.dilation_hw(), g.padding_sides());
+    let (s, d, p) = (g.stride, g.dilation, g.padding);
     let in_range = |v: usize, min: usize| (min..=MAX_GEOMETRY_VALUE).contains(&v);
     [s.0, s.1, d.0, d.1].iter().all(|&v| in_range(v, 1))
         && [p.top, p.bottom, p.left, p.right]

@@ -177,7 +177,7 @@ impl<F: Real> KernelCodebook<F> {
 
     /// Bits of a bit-packed stored index, `⌈log2(K·S)⌉` (the paper's size formula; the
     /// compressed-model file stores at least 1 bit). A layer's in-memory index width is
-    /// [`ClusteredConv2d::index_bits`](crate::ClusteredConv2d::index_bits).
+    /// [`Indices::bits_in_memory`](crate::Indices::bits_in_memory).
     pub fn packed_index_bits(&self) -> u32 {
         bits_for(self.index_limit())
     }

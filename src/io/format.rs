@@ -307,7 +307,7 @@ impl CompressedModel {
 
     /// Parses a file's bytes, checking everything listed in the module docs. Clustered layers
     /// of a file with `f16` scales hold them as `f16`, as stored
-    /// ([`ClusteredConv2d::scales_are_half`]).
+    /// ([`Scales::are_half`](crate::Scales::are_half)).
     ///
     /// # Errors
     /// [`Error::LimitExceeded`], [`Error::InvalidSafetensors`] (not a safetensors file),
@@ -494,9 +494,9 @@ fn write_clustered(
 impl LayerMeta {
     /// The metadata of a layer without codebook, scales, bias or mask, of `f32` weights.
     fn new(name: &str, kind: &str, shape: [usize; 4], geometry: ConvGeometry) -> LayerMeta {
-        let p = geometry.padding_sides();
-        let (sh, sw) = geometry.stride_hw();
-        let (dh, dw) = geometry.dilation_hw();
+        let p = geometry.padding;
+        let (sh, sw) = geometry.stride;
+        let (dh, dw) = geometry.dilation;
         LayerMeta {
             name: name.to_string(),
             kind: kind.to_string(),

@@ -26,9 +26,9 @@ pub fn naive_conv(
 ) -> Array4<f64> {
     let (n, cin, h, wd) = x.dim();
     let (cout, _, kh, kw) = w.dim();
-    let (sh, sw) = g.stride_hw();
-    let (dh, dw) = g.dilation_hw();
-    let Padding { top, left, .. } = g.padding_sides();
+    let (sh, sw) = g.stride;
+    let (dh, dw) = g.dilation;
+    let Padding { top, left, .. } = g.padding;
     let (oh, ow) = g.output_size((h, wd), (kh, kw)).unwrap();
     let mut y = Array4::<f64>::zeros((n, cout, oh, ow));
     for b in 0..n {

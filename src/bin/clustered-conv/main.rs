@@ -14,7 +14,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use clustered_conv::io::{
     import_conv_layers, parse_geometry_map, read_safetensors, write_atomic, CompressedModel,
-    GeometryMap,
+    GeometryMap, ImportedModel,
 };
 use clustered_conv::{
     CodebookScope, CompressedLayer, CompressedNetwork, CompressionConfig, Error, KernelCodebook,
@@ -196,6 +196,32 @@ fn run_compress(
     report_json: Option<&Path>,
     quiet: bool,
 ) -> Result<(), Error> {
+    let imported = import_layers(input, geometry)?;
+    let start = Instant::now();
+    let net = compress_with_bar(&imported, config, quiet)?;
+    let report = net.report().against(&imported.layers).build()?;
+    let model = CompressedModel::from_import(net, &imported)?;
+    let bytes = model.to_bytes()?;
+    write_atomic(output, &bytes)?;
+    if let Some(path) = report_json {
+        write_atomic(path, report.to_json().as_bytes())?;
+    }
+    println!("{report}");
+    let input_bytes = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "wrote {} ({} bytes; input {} bytes, {:.2}× smaller) in {:.1} s",
+        output.display(),
+        bytes.len(),
+        input_bytes,
+        input_bytes as f64 / bytes.len() as f64,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The convolution layers of a `state_dict`, with the geometry sidecar applied; every name in
+/// the sidecar must be one of them.
+fn import_layers(input: &Path, geometry: Option<&Path>) -> Result<ImportedModel, Error> {
     let geometry: GeometryMap = match geometry {
         Some(path) => {
             let text = String::from_utf8_lossy(&read_file(path)?).into_owned();
@@ -227,7 +253,15 @@ fn run_compress(
         imported.layers.len(),
         imported.passthrough.len()
     );
-    let start = Instant::now();
+    Ok(imported)
+}
+
+/// Compression with a progress bar per codebook over its k-means iterations.
+fn compress_with_bar(
+    imported: &ImportedModel,
+    config: &CompressionConfig,
+    quiet: bool,
+) -> Result<CompressedNetwork<f32>, Error> {
     let bar = progress_bar(quiet);
     let mut current = usize::MAX;
     let net = config
@@ -253,24 +287,7 @@ fn run_compress(
         })
         .run()?;
     bar.finish_and_clear();
-    let report = net.report().against(&imported.layers).build()?;
-    let model = CompressedModel::from_import(net, &imported)?;
-    let bytes = model.to_bytes()?;
-    write_atomic(output, &bytes)?;
-    if let Some(path) = report_json {
-        write_atomic(path, report.to_json().as_bytes())?;
-    }
-    println!("{report}");
-    let input_bytes = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
-    println!(
-        "wrote {} ({} bytes; input {} bytes, {:.2}× smaller) in {:.1} s",
-        output.display(),
-        bytes.len(),
-        input_bytes,
-        input_bytes as f64 / bytes.len() as f64,
-        start.elapsed().as_secs_f64()
-    );
-    Ok(())
+    Ok(net)
 }
 
 /// A bar over k-means iterations, hidden with `--quiet` or when stderr is not a terminal.
