@@ -10,7 +10,8 @@ use crate::geometry::ConvShape;
 use crate::linalg::simd::{Kernel, Kernels};
 use crate::linalg::Real;
 use crate::linalg::{
-    correlate_add, extract_patches, forward_tile_positions, gemm, image, output_tiles, patch_matrix,
+    add_bias, correlate_add, extract_patches, forward_tile_positions, gemm, image, output_tiles,
+    patch_matrix,
 };
 use pulp::Simd;
 
@@ -433,12 +434,8 @@ pub(crate) fn dense_fallback<F: Real>(
                 gemm(F::one(), &w, &patches, beta, &mut out_tile);
             });
     }
-    if let Some(b) = &bias {
-        for mut image in out.outer_iter_mut() {
-            for (mut row, &bo) in image.outer_iter_mut().zip(b.iter()) {
-                row += bo;
-            }
-        }
+    for image in out.outer_iter_mut() {
+        add_bias(image, bias.as_ref());
     }
     out.into_shape_with_order((s.batch, s.cout, s.oh, s.ow))
         .expect("N·Cout·OH·OW outputs")

@@ -21,7 +21,7 @@ use crate::geometry::{ConvGeometry, ConvShape};
 use crate::linalg::Real;
 
 use crate::linalg::{
-    channel_sums, col2im_tile, dims4, forward_tile_positions, gemm, image, matrix_mut,
+    add_bias, channel_sums, col2im_tile, dims4, forward_tile_positions, gemm, image, matrix_mut,
     output_tiles, patch_matrix, tile_positions,
 };
 
@@ -225,11 +225,7 @@ pub(crate) fn forward_im2col<F: Real>(
             let width = out_tile.ncols();
             let patches = patch_matrix(image(&x, n), s, p0, width, buf);
             gemm(F::one(), &w2, &patches, F::zero(), &mut out_tile);
-            if let Some(b) = &bias {
-                for (mut row, &bo) in out_tile.outer_iter_mut().zip(b.iter()) {
-                    row += bo;
-                }
-            }
+            add_bias(out_tile, bias.as_ref());
         });
     out.into_shape_with_order((s.batch, s.cout, s.oh, s.ow))
         .expect("output has N·Cout·OH·OW elements")

@@ -22,4 +22,4 @@ pub use scalar::Real;
 pub(crate) use stencil::{
     correlate_add, correlate_kernel_grad, correlate_transpose_add, extract_patches,
 };
-pub(crate) use tiles::{channel_sums, dims4, image, output_tiles};
+pub(crate) use tiles::{add_bias, channel_sums, dims4, image, output_tiles};

@@ -1,7 +1,7 @@
 //! How NCHW activations are cut into per-task pieces: images as flat slices, output tiles of
 //! positions, per-channel reductions.
 
-use ndarray::{Array1, ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis};
+use ndarray::{Array1, ArrayView1, ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
 use super::Real;
@@ -55,4 +55,13 @@ pub(crate) fn channel_sums<F: Real>(go: ArrayView4<F>) -> Array1<F> {
         })
         .collect::<Vec<F>>()
         .into()
+}
+
+/// `out[c, ·] += bias[c]` on a `(C, positions)` block of an output, when there is a bias.
+pub(crate) fn add_bias<F: Real>(mut out: ArrayViewMut2<'_, F>, bias: Option<&ArrayView1<'_, F>>) {
+    if let Some(b) = bias {
+        for (mut row, &bo) in out.outer_iter_mut().zip(b.iter()) {
+            row += bo;
+        }
+    }
 }
