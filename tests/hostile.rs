@@ -6,8 +6,9 @@
 //! (`cargo test --all-features --test hostile`) besides the release run of the whole suite.
 
 use clustered_conv::{
-    ClusteredConv2d, Conv2d, ConvGeometry, Error, ForwardStrategy, KernelCodebook, Padding,
-    Symmetry, MAX_GEOMETRY_VALUE,
+    compress, ClusteredConv2d, CodebookScope, CompressedLayer, CompressedNetwork,
+    CompressionConfig, Conv2d, ConvGeometry, ConvLayer, Error, ForwardStrategy, KernelCodebook,
+    Padding, ScaleScheme, Symmetry, MAX_GEOMETRY_VALUE,
 };
 use ndarray::{Array1, Array2, Array3, Array4};
 use proptest::prelude::*;
@@ -49,6 +50,17 @@ fn value() -> impl Strategy<Value = f32> {
 
 fn dims4(max: usize) -> impl Strategy<Value = (usize, usize, usize, usize)> {
     (0..max, 0..max, 0..max, 0..max)
+}
+
+/// Weight shapes of a network's layers: mostly ordinary, sometimes with a zero size.
+fn layer_dims() -> impl Strategy<Value = (usize, usize, usize, usize)> {
+    let side = prop_oneof![6 => Just(3usize), 1 => 0usize..4];
+    (
+        prop_oneof![6 => 1usize..4, 1 => Just(0usize)],
+        1usize..4,
+        side.clone(),
+        side,
+    )
 }
 
 fn geometry() -> impl Strategy<Value = ConvGeometry> {
@@ -185,6 +197,54 @@ proptest! {
         if let Ok(fit) = fit {
             prop_assert!(fit.codebook.len() <= k);
             prop_assert!(fit.codebook.assign(w.view()).is_ok());
+        }
+    }
+
+    #[test]
+    fn network_compression_never_panics(
+        shapes in proptest::collection::vec(layer_dims(), 1..4),
+        k in 0usize..6,
+        scheme in prop_oneof![3 => "none|f16|f32", 1 => "fixed[0-9]{1,2}"],
+        scope in prop_oneof![3 => "shared|per-layer", 1 => "[0-9]-[0-9]=[0-9]{1,2}(,[0-9]-[0-9]=[0-9])?"],
+        mask_at in proptest::option::of(0usize..4),
+        poison in proptest::option::of(value()),
+        bad_id in 0usize..4,
+    ) {
+        let layers: Vec<ConvLayer<f32>> = shapes
+            .iter()
+            .enumerate()
+            .map(|(l, &d)| {
+                let mut weight = Array4::from_shape_fn(d, |(o, i, r, c)| ((l + o * 5 + i * 3 + r + c) % 9) as f32 - 4.0);
+                if let (Some(p), Some(first)) = (poison, weight.iter_mut().next()) {
+                    *first = p;
+                }
+                // A mask that fits some layers and not others.
+                let mask = (mask_at == Some(l)).then(|| Array2::from_elem((d.0, d.1 + l % 2), true));
+                ConvLayer { name: format!("conv{l}"), weight, bias: None, geometry: ConvGeometry::default().padding(1, 1), mask }
+            })
+            .collect();
+        // Scale schemes and scopes from text, as the CLI reads them: bad text is an error.
+        let Ok(scheme) = scheme.parse::<ScaleScheme>() else { return Ok(()) };
+        let Ok(scope) = scope.parse::<CodebookScope>() else { return Ok(()) };
+        let mut config = CompressionConfig::new(KernelCodebook::params(k).scale_scheme(scheme).max_iter(5));
+        config.scope = scope;
+        let Ok(net) = compress(&layers, &config) else { return Ok(()) };
+        // A network that was made answers every query without panicking, and refuses a
+        // codebook id it does not have.
+        let _ = net.report().against(&layers).build();
+        for l in 0..net.layers().len() + 1 {
+            let _ = net.dense_layer(l);
+        }
+        let (codebooks, mut parts, scheme) = net.into_parts();
+        let ids = codebooks.len();
+        prop_assert!(codebooks.get(ids + bad_id).is_err());
+        if let Some(CompressedLayer::Clustered { codebook, .. }) = parts.iter_mut().find(|l| matches!(l, CompressedLayer::Clustered { .. })) {
+            *codebook = ids + bad_id;
+            let made = CompressedNetwork::new(codebooks, parts, scheme);
+            prop_assert!(
+                matches!(made, Err(Error::CodebookOutOfRange { .. })),
+                "a codebook id beyond the network was accepted"
+            );
         }
     }
 }
