@@ -143,7 +143,7 @@ fn train(
         let bar = batch_bar(batches, &format!("{label} epoch {}/{epochs}", epoch + 1));
         let mut total = 0.0;
         for (b, rows) in order.chunks_exact(BATCH).take(batches).enumerate() {
-            let (x, labels) = data.train.batch(rows, mean, std);
+            let (x, labels) = data.train.batch(rows, mean, std)?;
             let x = random_crop_flip(x.view(), 2, -mean / std, &mut rng);
             total += net.train_step(x.view(), &labels, sgd, epoch, &mut states)?;
             bar.inc(1);
@@ -171,7 +171,7 @@ fn train(
 fn accuracy(net: &Network<f32>, data: &LabelledImages) -> Res<f64> {
     let (mean, std) = FASHION_MNIST_MEAN_STD;
     let rows: Vec<usize> = (0..data.len()).collect();
-    let (x, labels) = data.batch(&rows, mean, std);
+    let (x, labels) = data.batch(&rows, mean, std)?;
     Ok(net.accuracy(x.view(), &labels, 500)?)
 }
 
@@ -183,8 +183,8 @@ fn recalibrate(net: &mut Network<f32>, train: &LabelledImages, seed: u64) -> Res
     let batches: Vec<Array4<f32>> = rows
         .chunks_exact(BATCH)
         .take(32)
-        .map(|r| train.batch(r, mean, std).0)
-        .collect();
+        .map(|r| train.batch(r, mean, std).map(|(x, _)| x))
+        .collect::<Result<_, _>>()?;
     net.recalibrate_batch_norm(batches.iter().map(|b| b.view()))?;
     Ok(())
 }

@@ -172,6 +172,21 @@ pub enum Error {
         /// The value found.
         got: u64,
     },
+    /// A row (image) index beyond a data set.
+    #[error("row {row} is beyond the data set's {len} rows")]
+    RowOutOfRange {
+        /// The index asked for.
+        row: usize,
+        /// Number of rows.
+        len: usize,
+    },
+    /// A gzipped file whose stream is corrupt or truncated.
+    #[error("corrupt or truncated gzip stream: {source}")]
+    CorruptGzip {
+        /// What the decoder reported.
+        #[source]
+        source: std::io::Error,
+    },
     /// No data set was found in any of the places searched.
     #[error("Fashion-MNIST not found; looked in {tried:?}")]
     DataNotFound {

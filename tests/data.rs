@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use clustered_conv::data::{read_idx, DataSource, FashionMnist, MAX_IDX_BYTES};
+use clustered_conv::data::{read_idx, DataSource, FashionMnist, LabelledImages, MAX_IDX_BYTES};
 use clustered_conv::Error;
 
 /// The 6,000 / 1,000-image slice vendored in this repository.
@@ -201,10 +201,14 @@ fn malformed_idx_is_rejected_without_panicking() {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&good).unwrap();
     let gz = gz.finish().unwrap();
-    assert_eq!(
-        idx_error(&gz[..gz.len() / 2]),
-        "gzip stream (corrupt or truncated)"
-    );
+    match read_idx(&gz[..gz.len() / 2]) {
+        Err(err @ Error::CorruptGzip { .. }) => {
+            // The decoder's own error is kept as the source.
+            let source = std::error::Error::source(&err).expect("the decoder's error");
+            assert!(err.to_string().contains(&source.to_string()), "{err}");
+        }
+        other => panic!("expected CorruptGzip, got {other:?}"),
+    }
 }
 
 #[test]
@@ -254,4 +258,23 @@ fn inconsistent_files_and_missing_data_are_reported() {
         other => panic!("{other:?}"),
     }
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn batches_normalise_pixels_and_refuse_rows_beyond_the_set() {
+    let images = ndarray::Array3::from_shape_fn((3, 2, 2), |(n, y, x)| (n * 100 + y * 2 + x) as u8);
+    let set = LabelledImages {
+        images,
+        labels: ndarray::Array1::from_vec(vec![7, 8, 9]),
+    };
+    let (x, labels) = set.batch(&[2, 0], 0.5, 0.25).unwrap();
+    assert_eq!(x.dim(), (2, 1, 2, 2));
+    assert_eq!(labels, vec![9, 7]);
+    // Pixel 203 of image 2 at (1, 1): (203/255 − 0.5) / 0.25.
+    assert!((x[[0, 0, 1, 1]] - (203.0 / 255.0 - 0.5) / 0.25).abs() < 1e-6);
+    assert!((x[[1, 0, 0, 0]] - (0.0 - 0.5) / 0.25).abs() < 1e-6);
+    assert!(matches!(
+        set.batch(&[0, 3], 0.5, 0.25),
+        Err(Error::RowOutOfRange { row: 3, len: 3 })
+    ));
 }

@@ -78,7 +78,7 @@ fn train(
             order.shuffle(&mut rng);
         }
         let rows = &order[(step % per_epoch) * batch..][..batch];
-        let (x, labels) = data.batch(rows, mean, std);
+        let (x, labels) = data.batch(rows, mean, std).unwrap();
         let x = random_crop_flip(x.view(), 2, -mean / std, &mut rng);
         let epoch = step / per_epoch;
         losses.push(
@@ -92,7 +92,7 @@ fn train(
 fn accuracy(net: &Network<f32>, data: &LabelledImages) -> f64 {
     let (mean, std) = FASHION_MNIST_MEAN_STD;
     let rows: Vec<usize> = (0..data.len()).collect();
-    let (x, labels) = data.batch(&rows, mean, std);
+    let (x, labels) = data.batch(&rows, mean, std).unwrap();
     net.accuracy(x.view(), &labels, 500).unwrap()
 }
 

@@ -33,18 +33,15 @@ pub struct Idx {
 ///
 /// # Errors
 /// [`Error::InvalidIdx`] for a bad magic, element type or dimension count, a payload larger than
-/// [`MAX_IDX_BYTES`], a length that does not match the dimensions, or a corrupt gzip stream.
+/// [`MAX_IDX_BYTES`], or a length that does not match the dimensions;
+/// [`Error::CorruptGzip`] for a corrupt or truncated gzip stream.
 pub fn read_idx(bytes: &[u8]) -> Result<Idx> {
     if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut raw = Vec::new();
         flate2::read::GzDecoder::new(bytes)
             .take(MAX_IDX_BYTES + 64)
             .read_to_end(&mut raw)
-            .map_err(|e| Error::InvalidIdx {
-                what: "gzip stream (corrupt or truncated)",
-                expected: 0,
-                got: e.kind() as u64,
-            })?;
+            .map_err(|source| Error::CorruptGzip { source })?;
         return parse(&raw);
     }
     parse(bytes)

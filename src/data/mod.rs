@@ -38,15 +38,26 @@ impl LabelledImages {
     /// Images `rows` (indices into the set, in the order given) as `(n, 1, H, W)` floats
     /// `(v/255 − mean) / std`, and their labels.
     ///
-    /// # Panics
-    /// Never for indices `< len()`; an index beyond the set panics (caller bug, like slicing).
-    pub fn batch(&self, rows: &[usize], mean: f32, std: f32) -> (ndarray::Array4<f32>, Vec<usize>) {
+    /// # Errors
+    /// [`Error::RowOutOfRange`] for an index `≥ len()`.
+    pub fn batch(
+        &self,
+        rows: &[usize],
+        mean: f32,
+        std: f32,
+    ) -> Result<(ndarray::Array4<f32>, Vec<usize>)> {
+        if let Some(&row) = rows.iter().find(|&&r| r >= self.len()) {
+            return Err(Error::RowOutOfRange {
+                row,
+                len: self.len(),
+            });
+        }
         let (_, h, w) = self.images.dim();
         let x = ndarray::Array4::from_shape_fn((rows.len(), 1, h, w), |(b, _, y, x)| {
             (f32::from(self.images[[rows[b], y, x]]) / 255.0 - mean) / std
         });
         let labels = rows.iter().map(|&r| usize::from(self.labels[r])).collect();
-        (x, labels)
+        Ok((x, labels))
     }
 
     /// The first `n` images (all of them when `n ≥ len()`).
