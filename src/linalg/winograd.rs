@@ -124,40 +124,6 @@ fn output_1d<F: Real>(m: [F; N]) -> [F; M] {
     ]
 }
 
-/// `Bᵀ d B` of a row-major 6×6 tile.
-fn input_tile<F: Real>(d: &[F; XI]) -> [F; XI] {
-    let mut t = [F::zero(); XI];
-    for c in 0..N {
-        let col = input_1d(std::array::from_fn(|r| d[r * N + c]));
-        for r in 0..N {
-            t[r * N + c] = col[r];
-        }
-    }
-    let mut v = [F::zero(); XI];
-    for r in 0..N {
-        let row = input_1d(std::array::from_fn(|c| t[r * N + c]));
-        v[r * N..(r + 1) * N].copy_from_slice(&row);
-    }
-    v
-}
-
-/// `Aᵀ m A` of a row-major 6×6 tile, as a row-major 4×4 tile.
-fn output_tile<F: Real>(m: &[F; XI]) -> [F; M * M] {
-    let mut t = [F::zero(); M * N];
-    for c in 0..N {
-        let col = output_1d(std::array::from_fn(|r| m[r * N + c]));
-        for r in 0..M {
-            t[r * N + c] = col[r];
-        }
-    }
-    let mut y = [F::zero(); M * M];
-    for r in 0..M {
-        let row = output_1d(std::array::from_fn(|c| t[r * N + c]));
-        y[r * M..(r + 1) * M].copy_from_slice(&row);
-    }
-    y
-}
-
 /// One band of the output: image `n`, tile row `ty`, and its `(Cout, ≤4, OW)` view.
 type Band<'a, F> = (usize, usize, ArrayViewMut3<'a, F>);
 
@@ -375,6 +341,40 @@ fn inverse_band<F: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Bᵀ d B` of a row-major 6×6 tile.
+    fn input_tile<F: Real>(d: &[F; XI]) -> [F; XI] {
+        let mut t = [F::zero(); XI];
+        for c in 0..N {
+            let col = input_1d(std::array::from_fn(|r| d[r * N + c]));
+            for r in 0..N {
+                t[r * N + c] = col[r];
+            }
+        }
+        let mut v = [F::zero(); XI];
+        for r in 0..N {
+            let row = input_1d(std::array::from_fn(|c| t[r * N + c]));
+            v[r * N..(r + 1) * N].copy_from_slice(&row);
+        }
+        v
+    }
+
+    /// `Aᵀ m A` of a row-major 6×6 tile, as a row-major 4×4 tile.
+    fn output_tile<F: Real>(m: &[F; XI]) -> [F; M * M] {
+        let mut t = [F::zero(); M * N];
+        for c in 0..N {
+            let col = output_1d(std::array::from_fn(|r| m[r * N + c]));
+            for r in 0..M {
+                t[r * N + c] = col[r];
+            }
+        }
+        let mut y = [F::zero(); M * M];
+        for r in 0..M {
+            let row = output_1d(std::array::from_fn(|c| t[r * N + c]));
+            y[r * M..(r + 1) * M].copy_from_slice(&row);
+        }
+        y
+    }
 
     /// Direct 3×3 correlation of a 6×6 tile (valid part, 4×4).
     fn direct(d: &[f64; XI], g: &[f64; 9]) -> [f64; 16] {
