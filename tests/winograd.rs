@@ -128,6 +128,19 @@ fn bit_identical_on_one_and_two_threads() {
         .iter()
         .zip(three.iter())
         .all(|(a, b)| a.to_bits() == b.to_bits()));
+    // A single block (7×7 maps): its 36 GEMMs run as parallel tasks.
+    let x = random4(&mut r, (2, 48, 7, 7)).mapv(|v| v as f32);
+    let w = random4(&mut r, (40, 48, 3, 3)).mapv(|v| v as f32);
+    let conv = Conv2d::new(w, None, ConvGeometry::default().padding(1, 1))
+        .unwrap()
+        .with_algorithm(ConvAlgorithm::Winograd)
+        .unwrap();
+    let one = in_pool(1, || conv.forward(x.view()).unwrap());
+    let two = in_pool(2, || conv.forward(x.view()).unwrap());
+    assert!(one
+        .iter()
+        .zip(two.iter())
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
 }
 
 #[test]

@@ -12,7 +12,8 @@
 //! [`BLOCK_BYTES`]. Per block, the input transform, the 36 GEMMs and the output transform
 //! (bias fused, written straight into the output) run back to back on one worker, so the
 //! transformed tensors never exist for the whole input. Scratch per worker is `V` plus `M`
-//! (36 × Cout × tiles).
+//! (36 × Cout × tiles). A call with a single block runs its 36 GEMMs as parallel tasks
+//! instead.
 //!
 //! # Determinism
 //! Blocks depend only on the shapes, and every output element is produced by one block with a
@@ -168,10 +169,13 @@ pub(crate) fn forward_winograd<F: Real>(
     while iter.peek().is_some() {
         blocks.push(iter.by_ref().take(rows).collect());
     }
+    // One block (few tiles, many channels): its 36 GEMMs run as parallel tasks instead. Never
+    // both, so a waiting worker cannot pick up a second block and its scratch.
+    let gemms_in_parallel = blocks.len() == 1;
     blocks
         .into_par_iter()
         .for_each_init(Scratch::default, |scratch, block| {
-            run_block(&x, u, bias.as_ref(), s, block, scratch);
+            run_block(&x, u, bias.as_ref(), s, block, scratch, gemms_in_parallel);
         });
     out
 }
@@ -192,6 +196,7 @@ fn run_block<F: Real>(
     s: &ConvShape,
     mut block: Vec<Band<'_, F>>,
     scratch: &mut Scratch<F>,
+    gemms_in_parallel: bool,
 ) {
     let tw = s.ow.div_ceil(M);
     let tiles = block.len() * tw;
@@ -209,20 +214,22 @@ fn run_block<F: Real>(
             &mut scratch.rows,
         );
     }
-    // The 36 products are independent: run them as parallel tasks too, so a layer with a
-    // single block (few tiles, many channels) still uses every thread. Each product is one
-    // single-threaded GEMM, so the result does not depend on the thread count.
+    // The 36 products are independent, each one single-threaded GEMM, so running them as
+    // parallel tasks does not change the result.
     let (v_len, m_len) = (s.cin * tiles, s.cout * tiles);
     let v_all = &scratch.v;
-    scratch.m[..XI * m_len]
-        .par_chunks_mut(m_len)
-        .enumerate()
-        .for_each(|(xi, m)| {
-            let v = ArrayView2::from_shape((s.cin, tiles), &v_all[xi * v_len..(xi + 1) * v_len])
-                .expect("V holds 36 Cin×tiles matrices");
-            let mut m = matrix_mut(m, s.cout, tiles);
-            gemm(F::one(), &u.matrix(xi), &v, F::zero(), &mut m);
-        });
+    let product = |(xi, m): (usize, &mut [F])| {
+        let v = ArrayView2::from_shape((s.cin, tiles), &v_all[xi * v_len..(xi + 1) * v_len])
+            .expect("V holds 36 Cin×tiles matrices");
+        let mut m = matrix_mut(m, s.cout, tiles);
+        gemm(F::one(), &u.matrix(xi), &v, F::zero(), &mut m);
+    };
+    let products = &mut scratch.m[..XI * m_len];
+    if gemms_in_parallel {
+        products.par_chunks_mut(m_len).enumerate().for_each(product);
+    } else {
+        products.chunks_mut(m_len).enumerate().for_each(product);
+    }
     for (b, (_, _, band)) in block.iter_mut().enumerate() {
         inverse_band(
             &scratch.m,
