@@ -114,10 +114,12 @@ impl<F: PartialEq> PartialEq for Conv2d<F> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum ConvAlgorithm {
-    /// The layer chooses. For now this is always im2col: measured side by side (f32, batch 8,
-    /// 3×3 pad 1, Cin = Cout, median of 9 alternating runs, AMD EPYC, 1 and 2 threads),
-    /// this Winograd forward ran at 0.81–1.02× im2col's speed on 64@56, 128@28, 256@14 and
-    /// 512@7 at 2 threads and 0.90–1.22× at 1 thread, which is no consistent win to choose.
+    /// The layer chooses. For now this is always im2col. Measured side by side
+    /// (`examples/winograd_vs_im2col.rs`: f32, batch 8, 3×3 pad 1, Cin = Cout, median of 9
+    /// alternating runs, 2-core AMD EPYC), Winograd's speed relative to im2col was, at 2 / 1
+    /// threads: 64@56 0.92–0.97× / 0.89–0.92×, 128@28 0.95–1.00× / 0.98–1.00×, 256@14
+    /// 1.06–1.14× / 1.04–1.16×, 512@7 0.83–1.36× / 1.17–1.20×. That is no consistent win
+    /// to choose it automatically; ask for [`ConvAlgorithm::Winograd`] explicitly.
     #[default]
     Auto,
     /// Tiled im2col + GEMM (any geometry).
