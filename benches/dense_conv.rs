@@ -1,8 +1,9 @@
 //! Dense `Conv2d<f32>` (im2col + GEMM) on the 3×3, stride-1, padding-1 layers of VGG-16
 //! (CIFAR-10, 32×32 input) and ResNet-18 (ImageNet, 224×224 input), batch 1 and 8.
 //!
-//! Bench ids: `dense_forward/{family}_{cin}x{cout}@{hw}/b{batch}` and
-//! `dense_backward/{family}_{cin}x{cout}@{hw}/b8`. Throughput is reported in elements =
+//! Bench ids: `dense_forward/{family}_{cin}x{cout}@{hw}/b{batch}` (the default algorithm),
+//! `winograd_forward/{family}_{cin}x{cout}@{hw}/b{batch}` (`ConvAlgorithm::Winograd`, same
+//! layers and data) and `dense_backward/{family}_{cin}x{cout}@{hw}/b8`. Throughput is reported in elements =
 //! multiply-accumulates (`N·Cout·Cin·9·OH·OW`), so criterion's "Melem/s" is MMAC/s;
 //! multiply by 2 for FLOP/s. A backward pass does two such products (∂x and ∂W), so its
 //! throughput is counted as `2·MACs`.
@@ -11,7 +12,7 @@
 
 use std::time::Duration;
 
-use clustered_conv::{Conv2d, ConvGeometry};
+use clustered_conv::{Conv2d, ConvAlgorithm, ConvGeometry};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ndarray::Array4;
 use rand::{Rng, SeedableRng};
@@ -98,6 +99,30 @@ fn bench_forward(c: &mut Criterion) {
     group.finish();
 }
 
+/// The forward pass of the same layers through Winograd F(4×4, 3×3). Its throughput is
+/// counted in the direct convolution's MACs, so it compares with `dense_forward` directly.
+fn bench_winograd_forward(c: &mut Criterion) {
+    let mut group = c.benchmark_group("winograd_forward");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    for (i, layer) in LAYERS.iter().enumerate() {
+        let mut rng = ChaCha8Rng::seed_from_u64(i as u64);
+        let conv = make_layer(layer, &mut rng)
+            .with_algorithm(ConvAlgorithm::Winograd)
+            .expect("3×3, stride 1");
+        for &n in &BATCHES {
+            let x = normal(&mut rng, (n, layer.cin, layer.hw, layer.hw), 1.0);
+            group.throughput(Throughput::Elements(layer.macs(n)));
+            group.bench_function(BenchmarkId::new(layer.name(), format!("b{n}")), |b| {
+                b.iter(|| conv.forward(x.view()).expect("forward"))
+            });
+        }
+    }
+    group.finish();
+}
+
 fn bench_backward(c: &mut Criterion) {
     let mut group = c.benchmark_group("dense_backward");
     group
@@ -119,5 +144,10 @@ fn bench_backward(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_forward, bench_backward);
+criterion_group!(
+    benches,
+    bench_forward,
+    bench_winograd_forward,
+    bench_backward
+);
 criterion_main!(benches);

@@ -30,7 +30,7 @@ pub use compress::{
     CompressionConfig, CompressionReport, Compressor, ConvLayer, LayerGroup, LayerReport,
     LayerShape, ReportBuilder,
 };
-pub use conv::{Conv2d, Conv2dGrads};
+pub use conv::{Conv2d, Conv2dGrads, ConvAlgorithm};
 pub use error::{Error, Result};
 pub use geometry::{ConvGeometry, Padding, MAX_GEOMETRY_VALUE};
 pub use kmeans::{

@@ -14,6 +14,7 @@ pub(crate) mod simd;
 mod stencil;
 mod taps;
 mod tiles;
+mod winograd;
 
 pub use engine::Engine;
 pub(crate) use gemm::{gemm, matrix_mut};
@@ -23,3 +24,4 @@ pub(crate) use stencil::{
     correlate_add, correlate_kernel_grad, correlate_transpose_add, extract_patches,
 };
 pub(crate) use tiles::{add_bias, channel_sums, dims4, image, output_tiles};
+pub(crate) use winograd::{forward_winograd, WinogradWeight};

@@ -1,0 +1,413 @@
+//! Winograd minimal filtering F(4×4, 3×3) for dense 3×3, stride-1, dilation-1 correlations
+//! (Lavin & Gray, 2016), forward only.
+//!
+//! `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` per 6×6 input tile `d` and 4×4 output tile `Y`, with the
+//! matrices of the interpolation points `[0, 1, −1, 2, −2, ∞]`. Summed over input channels,
+//! the element-wise product becomes 36 independent GEMMs `M_ξ = U_ξ · V_ξ` of
+//! `(Cout × Cin) · (Cin × tiles)`.
+//!
+//! # Blocking
+//! The output is cut into bands of one tile row (4 output rows of one image); consecutive
+//! bands form a block whose transformed input `V` (36 × Cin × tiles) takes about
+//! [`BLOCK_BYTES`]. Per block, the input transform, the 36 GEMMs and the output transform
+//! (bias fused, written straight into the output) run back to back on one worker, so the
+//! transformed tensors never exist for the whole input. Scratch per worker is `V` plus `M`
+//! (36 × Cout × tiles). A call with a single block runs its 36 GEMMs as parallel tasks
+//! instead.
+//!
+//! # Determinism
+//! Blocks depend only on the shapes, and every output element is produced by one block with a
+//! fixed summation order, so results are bit-identical on any number of threads.
+
+use ndarray::{Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut3, Axis};
+use rayon::prelude::*;
+
+use super::{gemm, matrix_mut, Real};
+use crate::geometry::ConvShape;
+
+/// Output tile side `m` of F(m×m, 3×3).
+const M: usize = 4;
+/// Input tile side `n = m + 2`.
+const N: usize = 6;
+/// Positions ξ of the transformed tile.
+const XI: usize = N * N;
+/// Target size of one block's transformed input `V`, in bytes. With `M` and the hot part of
+/// `U` it must share the 2 MiB L2: 1 MiB blocks measured up to 1.6× slower than 256 KiB ones
+/// on 64@56 (one thread, batch 8).
+const BLOCK_BYTES: usize = 1 << 18;
+/// Fewest tiles per block: narrower GEMMs re-read `U` too often and run faer's masked
+/// micro-kernels (64 measured up to 1.4× faster than 16 on 512@7, no slower elsewhere).
+const MIN_BLOCK_TILES: usize = 64;
+
+/// The transformed weight `U = G g Gᵀ` of every (o, i), as 36 row-major `Cout × Cin`
+/// matrices (`u[(ξ·Cout + o)·Cin + i]`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct WinogradWeight<F> {
+    u: Vec<F>,
+    cout: usize,
+    cin: usize,
+}
+
+impl<F: Real> WinogradWeight<F> {
+    /// Transforms an OIHW 3×3 weight (computed in f64, rounded once to `F`).
+    pub(crate) fn new(weight: ArrayView4<F>) -> Self {
+        let (cout, cin, kh, kw) = weight.dim();
+        debug_assert_eq!((kh, kw), (3, 3), "Winograd F(4,3) needs 3×3 kernels");
+        let mut u = vec![F::zero(); XI * cout * cin];
+        for o in 0..cout {
+            for i in 0..cin {
+                let g: [f64; 9] =
+                    std::array::from_fn(|k| weight[[o, i, k / 3, k % 3]].to_f64_exact());
+                for (xi, v) in kernel_transform(&g).into_iter().enumerate() {
+                    u[(xi * cout + o) * cin + i] = F::from_f64_lossy(v);
+                }
+            }
+        }
+        Self { u, cout, cin }
+    }
+
+    /// `U_ξ` as a `Cout × Cin` matrix.
+    fn matrix(&self, xi: usize) -> ArrayView2<'_, F> {
+        let len = self.cout * self.cin;
+        ArrayView2::from_shape((self.cout, self.cin), &self.u[xi * len..(xi + 1) * len])
+            .expect("U holds 36 Cout×Cin matrices")
+    }
+}
+
+/// `G g Gᵀ` for one row-major 3×3 kernel, as 36 row-major values.
+fn kernel_transform(g: &[f64; 9]) -> [f64; XI] {
+    let g6 = |a: f64, b: f64, c: f64| -> [f64; N] {
+        [
+            a / 4.0,
+            -(a + b + c) / 6.0,
+            -(a - b + c) / 6.0,
+            a / 24.0 + b / 12.0 + c / 6.0,
+            a / 24.0 - b / 12.0 + c / 6.0,
+            c,
+        ]
+    };
+    // Columns first: t = G g (6×3), then U = t Gᵀ (6×6), row by row.
+    let cols: [[f64; N]; 3] = std::array::from_fn(|c| g6(g[c], g[3 + c], g[6 + c]));
+    let mut u = [0.0; XI];
+    for r in 0..N {
+        let row = g6(cols[0][r], cols[1][r], cols[2][r]);
+        u[r * N..(r + 1) * N].copy_from_slice(&row);
+    }
+    u
+}
+
+/// `Bᵀ d` for one column (or row) `d` of six values.
+#[inline(always)]
+fn input_1d<F: Real>(d: [F; N]) -> [F; N] {
+    let c = |v: f64| F::from_f64_lossy(v);
+    let (two, four, five) = (c(2.0), c(4.0), c(5.0));
+    [
+        four * d[0] - five * d[2] + d[4],
+        d[3] + d[4] - four * (d[1] + d[2]),
+        four * (d[1] - d[2]) - d[3] + d[4],
+        two * (d[3] - d[1]) - d[2] + d[4],
+        two * (d[1] - d[3]) - d[2] + d[4],
+        four * d[1] - five * d[3] + d[5],
+    ]
+}
+
+/// `Aᵀ m` for one column (or row) `m` of six values.
+#[inline(always)]
+fn output_1d<F: Real>(m: [F; N]) -> [F; M] {
+    let c = |v: f64| F::from_f64_lossy(v);
+    let (two, four, eight) = (c(2.0), c(4.0), c(8.0));
+    let (p1, m1) = (m[1] + m[2], m[1] - m[2]);
+    let (p3, m3) = (m[3] + m[4], m[3] - m[4]);
+    [
+        m[0] + p1 + p3,
+        m1 + two * m3,
+        p1 + four * p3,
+        m1 + eight * m3 + m[5],
+    ]
+}
+
+/// One band of the output: image `n`, tile row `ty`, and its `(Cout, ≤4, OW)` view.
+type Band<'a, F> = (usize, usize, ArrayViewMut3<'a, F>);
+
+/// Per-worker scratch: the block's transformed input `V` and products `M`.
+#[derive(Default)]
+struct Scratch<F> {
+    v: Vec<F>,
+    m: Vec<F>,
+    /// Rows of one band for the input and output transforms.
+    rows: Vec<F>,
+}
+
+/// Dense F(4×4, 3×3) forward of a stride-1, dilation-1, 3×3 correlation: `u` is the
+/// transformed weight of the layer, `s` the resolved call (any padding).
+pub(crate) fn forward_winograd<F: Real>(
+    x: ArrayView4<F>,
+    u: &WinogradWeight<F>,
+    bias: Option<ArrayView1<F>>,
+    s: &ConvShape,
+) -> Array4<F> {
+    debug_assert!(s.kh == 3 && s.kw == 3 && s.stride == (1, 1) && s.dilation == (1, 1));
+    debug_assert_eq!((u.cout, u.cin), (s.cout, s.cin));
+    let x = x.as_standard_layout();
+    let x = x.view();
+    let mut out = Array4::<F>::zeros((s.batch, s.cout, s.oh, s.ow));
+    let rows = block_tile_rows::<F>(s);
+    let mut bands: Vec<Band<'_, F>> = Vec::new();
+    for (n, image) in out.outer_iter_mut().enumerate() {
+        let mut rest = image;
+        let mut ty = 0;
+        while rest.len_of(Axis(1)) > 0 {
+            let h = M.min(rest.len_of(Axis(1)));
+            let (band, tail) = rest.split_at(Axis(1), h);
+            bands.push((n, ty, band));
+            rest = tail;
+            ty += 1;
+        }
+    }
+    let mut blocks: Vec<Vec<Band<'_, F>>> = Vec::new();
+    let mut iter = bands.into_iter().peekable();
+    while iter.peek().is_some() {
+        blocks.push(iter.by_ref().take(rows).collect());
+    }
+    // One block (few tiles, many channels): its 36 GEMMs run as parallel tasks instead. Never
+    // both, so a waiting worker cannot pick up a second block and its scratch.
+    let gemms_in_parallel = blocks.len() == 1;
+    blocks
+        .into_par_iter()
+        .for_each_init(Scratch::default, |scratch, block| {
+            run_block(&x, u, bias.as_ref(), s, block, scratch, gemms_in_parallel);
+        });
+    out
+}
+
+/// Tile rows per block: `V` of about [`BLOCK_BYTES`], at least [`MIN_BLOCK_TILES`] tiles.
+fn block_tile_rows<F>(s: &ConvShape) -> usize {
+    let tiles_per_row = s.ow.div_ceil(M);
+    let per_tile = XI * s.cin * std::mem::size_of::<F>();
+    let tiles = (BLOCK_BYTES / per_tile).max(MIN_BLOCK_TILES);
+    (tiles / tiles_per_row).max(1)
+}
+
+/// Input transform, 36 GEMMs and output transform of one block of bands.
+fn run_block<F: Real>(
+    x: &ArrayView4<F>,
+    u: &WinogradWeight<F>,
+    bias: Option<&ArrayView1<F>>,
+    s: &ConvShape,
+    mut block: Vec<Band<'_, F>>,
+    scratch: &mut Scratch<F>,
+    gemms_in_parallel: bool,
+) {
+    let tw = s.ow.div_ceil(M);
+    let tiles = block.len() * tw;
+    scratch.v.resize(XI * s.cin * tiles, F::zero());
+    scratch.m.resize(XI * s.cout * tiles, F::zero());
+    for (b, &(n, ty, _)) in block.iter().enumerate() {
+        transform_band(
+            x,
+            s,
+            n,
+            ty,
+            b * tw,
+            tiles,
+            &mut scratch.v,
+            &mut scratch.rows,
+        );
+    }
+    // The 36 products are independent, each one single-threaded GEMM, so running them as
+    // parallel tasks does not change the result.
+    let (v_len, m_len) = (s.cin * tiles, s.cout * tiles);
+    let v_all = &scratch.v;
+    let product = |(xi, m): (usize, &mut [F])| {
+        let v = ArrayView2::from_shape((s.cin, tiles), &v_all[xi * v_len..(xi + 1) * v_len])
+            .expect("V holds 36 Cin×tiles matrices");
+        let mut m = matrix_mut(m, s.cout, tiles);
+        gemm(F::one(), &u.matrix(xi), &v, F::zero(), &mut m);
+    };
+    let products = &mut scratch.m[..XI * m_len];
+    if gemms_in_parallel {
+        products.par_chunks_mut(m_len).enumerate().for_each(product);
+    } else {
+        products.chunks_mut(m_len).enumerate().for_each(product);
+    }
+    for (b, (_, _, band)) in block.iter_mut().enumerate() {
+        inverse_band(
+            &scratch.m,
+            s.cout,
+            b * tw,
+            tiles,
+            bias,
+            band,
+            &mut scratch.rows,
+        );
+    }
+}
+
+/// Input transform of the `tw` tiles of tile row `ty` of image `n`, every input channel, into
+/// columns `t0..t0 + tw` of `V` (`v[(ξ·Cin + i)·tiles + t]`); zeros outside the image.
+///
+/// Per channel, the six input rows of the band are copied (zero-padded) into `rows`, `Bᵀ` is
+/// applied down the columns of the whole band at once (contiguous, vectorisable), then `B`
+/// along each tile's six columns.
+#[allow(clippy::too_many_arguments)]
+fn transform_band<F: Real>(
+    x: &ArrayView4<F>,
+    s: &ConvShape,
+    n: usize,
+    ty: usize,
+    t0: usize,
+    tiles: usize,
+    v: &mut [F],
+    rows: &mut Vec<F>,
+) {
+    let tw = s.ow.div_ceil(M);
+    let wp = M * tw + 2;
+    let plane = s.h * s.w;
+    let image = &x.as_slice().expect("standard layout")[n * s.cin * plane..(n + 1) * s.cin * plane];
+    rows.resize(2 * N * wp, F::zero());
+    let (d, t) = rows.split_at_mut(N * wp);
+    // Columns of the padded band that hold image columns, and the first image column.
+    let (c_lo, c_hi) = (s.pad_left.min(wp), (s.pad_left + s.w).min(wp));
+    for i in 0..s.cin {
+        let chan = &image[i * plane..(i + 1) * plane];
+        for (r, row) in d.chunks_exact_mut(wp).enumerate() {
+            row.fill(F::zero());
+            let iy = (ty * M + r).checked_sub(s.pad_top).filter(|&iy| iy < s.h);
+            if let (Some(iy), true) = (iy, c_lo < c_hi) {
+                let src = &chan[iy * s.w..(iy + 1) * s.w];
+                row[c_lo..c_hi].copy_from_slice(&src[c_lo - s.pad_left..c_hi - s.pad_left]);
+            }
+        }
+        columns_bt(d, t, wp);
+        for (r, trow) in t.chunks_exact(wp).enumerate() {
+            // Six output streams, each contiguous over the band's tiles.
+            let base: [usize; N] = std::array::from_fn(|c| ((r * N + c) * s.cin + i) * tiles + t0);
+            for tx in 0..tw {
+                let seg = &trow[M * tx..M * tx + N];
+                let out = input_1d(std::array::from_fn(|c| seg[c]));
+                for (c, &val) in out.iter().enumerate() {
+                    v[base[c] + tx] = val;
+                }
+            }
+        }
+    }
+}
+
+/// `t = Bᵀ d` for six rows `d` of width `wp` (each column transformed independently).
+fn columns_bt<F: Real>(d: &[F], t: &mut [F], wp: usize) {
+    let d: [&[F]; N] = std::array::from_fn(|r| &d[r * wp..(r + 1) * wp]);
+    let mut t = t.chunks_exact_mut(wp);
+    let mut next = || t.next().expect("six rows");
+    let (t0, t1, t2, t3, t4, t5) = (next(), next(), next(), next(), next(), next());
+    let c = |v: f64| F::from_f64_lossy(v);
+    let (two, four, five) = (c(2.0), c(4.0), c(5.0));
+    for x in 0..wp {
+        let (d0, d1, d2, d3, d4, d5) = (d[0][x], d[1][x], d[2][x], d[3][x], d[4][x], d[5][x]);
+        t0[x] = four * d0 - five * d2 + d4;
+        t1[x] = d3 + d4 - four * (d1 + d2);
+        t2[x] = four * (d1 - d2) - d3 + d4;
+        t3[x] = two * (d3 - d1) - d2 + d4;
+        t4[x] = two * (d1 - d3) - d2 + d4;
+        t5[x] = four * d1 - five * d3 + d5;
+    }
+}
+
+/// Output transform of one band's tiles (columns `t0..` of `M`), bias added, valid outputs
+/// stored into the band's `(Cout, rows, OW)` view. Per output channel, `A` is applied along
+/// each tile's rows into `buf` (six rows of the band's width), then `Aᵀ` down the columns of
+/// the whole band, straight into the output rows.
+fn inverse_band<F: Real>(
+    m: &[F],
+    cout: usize,
+    t0: usize,
+    tiles: usize,
+    bias: Option<&ArrayView1<F>>,
+    band: &mut ArrayViewMut3<'_, F>,
+    buf: &mut Vec<F>,
+) {
+    let (_, rows, ow) = band.dim();
+    let tw = ow.div_ceil(M);
+    let wq = M * tw;
+    buf.resize(N * wq, F::zero());
+    for o in 0..cout {
+        let b = bias.map_or(F::zero(), |b| b[o]);
+        for (r, brow) in buf.chunks_exact_mut(wq).enumerate() {
+            // Six input streams, each contiguous over the band's tiles.
+            let base: [usize; N] = std::array::from_fn(|c| ((r * N + c) * cout + o) * tiles + t0);
+            for (tx, dst) in brow.chunks_exact_mut(M).enumerate() {
+                dst.copy_from_slice(&output_1d(std::array::from_fn(|c| m[base[c] + tx])));
+            }
+        }
+        let mut plane = band.index_axis_mut(Axis(0), o);
+        let out = plane
+            .as_slice_mut()
+            .expect("a band of a fresh output is contiguous");
+        let col: [&[F]; N] = std::array::from_fn(|r| &buf[r * wq..r * wq + ow]);
+        for x in 0..ow {
+            let y = output_1d(std::array::from_fn(|r| col[r][x]));
+            for (r, &yr) in y.iter().enumerate().take(rows) {
+                out[r * ow + x] = yr + b;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Bᵀ d B` of a row-major 6×6 tile.
+    fn input_tile<F: Real>(d: &[F; XI]) -> [F; XI] {
+        let mut t = [F::zero(); XI];
+        for c in 0..N {
+            let col = input_1d(std::array::from_fn(|r| d[r * N + c]));
+            for r in 0..N {
+                t[r * N + c] = col[r];
+            }
+        }
+        let mut v = [F::zero(); XI];
+        for r in 0..N {
+            let row = input_1d(std::array::from_fn(|c| t[r * N + c]));
+            v[r * N..(r + 1) * N].copy_from_slice(&row);
+        }
+        v
+    }
+
+    /// `Aᵀ m A` of a row-major 6×6 tile, as a row-major 4×4 tile.
+    fn output_tile<F: Real>(m: &[F; XI]) -> [F; M * M] {
+        let mut t = [F::zero(); M * N];
+        for c in 0..N {
+            let col = output_1d(std::array::from_fn(|r| m[r * N + c]));
+            for r in 0..M {
+                t[r * N + c] = col[r];
+            }
+        }
+        let mut y = [F::zero(); M * M];
+        for r in 0..M {
+            let row = output_1d(std::array::from_fn(|c| t[r * N + c]));
+            y[r * M..(r + 1) * M].copy_from_slice(&row);
+        }
+        y
+    }
+
+    /// Direct 3×3 correlation of a 6×6 tile (valid part, 4×4).
+    fn direct(d: &[f64; XI], g: &[f64; 9]) -> [f64; 16] {
+        std::array::from_fn(|k| {
+            let (r, c) = (k / 4, k % 4);
+            (0..9).map(|t| g[t] * d[(r + t / 3) * N + c + t % 3]).sum()
+        })
+    }
+
+    #[test]
+    fn one_tile_matches_direct_correlation() {
+        let d: [f64; XI] = std::array::from_fn(|k| ((k * 7919) % 23) as f64 / 7.0 - 1.5);
+        let g: [f64; 9] = std::array::from_fn(|k| ((k * 31) % 11) as f64 / 5.0 - 1.0);
+        let u = kernel_transform(&g);
+        let v = input_tile(&d);
+        let prod: [f64; XI] = std::array::from_fn(|k| u[k] * v[k]);
+        let y = output_tile(&prod);
+        for (a, b) in y.iter().zip(direct(&d, &g).iter()) {
+            assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Dense Winograd F(4×4, 3×3) forward (`ConvAlgorithm::Winograd`) against the direct
+//! definition of the correlation, in f64 and f32, on any thread count.
+
+mod common;
+
+use clustered_conv::{Conv2d, ConvAlgorithm, ConvGeometry, Error, Padding};
+use common::{in_pool, naive_conv, random4, rng, worst_violation};
+use ndarray::{Array1, Array4};
+use ndarray_rand::rand_distr::Normal;
+use ndarray_rand::RandomExt;
+use rand::Rng;
+
+/// A random 3×3, stride-1 layer with 1–9 channels each way, padding 0–2 per side
+/// (asymmetric), an input of 1–13 per side, batch 1–3, with or without a bias.
+fn random_case(seed: u64) -> (Array4<f64>, Array4<f64>, Option<Array1<f64>>, ConvGeometry) {
+    let mut r = rng(seed);
+    loop {
+        let (n, cin, cout) = (
+            r.random_range(1..=3),
+            r.random_range(1..=9),
+            r.random_range(1..=9),
+        );
+        let (h, w) = (r.random_range(1..=13), r.random_range(1..=13));
+        let g = ConvGeometry::default().padding_asymmetric(Padding {
+            top: r.random_range(0..=2),
+            bottom: r.random_range(0..=2),
+            left: r.random_range(0..=2),
+            right: r.random_range(0..=2),
+        });
+        if g.output_size((h, w), (3, 3)).is_err() {
+            continue;
+        }
+        let x = random4(&mut r, (n, cin, h, w));
+        let weight = random4(&mut r, (cout, cin, 3, 3));
+        let bias = r
+            .random_bool(0.5)
+            .then(|| Array1::from_shape_fn(cout, |_| r.random_range(-1.0..1.0)));
+        return (x, weight, bias, g);
+    }
+}
+
+fn winograd(weight: Array4<f64>, bias: Option<Array1<f64>>, g: ConvGeometry) -> Conv2d<f64> {
+    Conv2d::new(weight, bias, g)
+        .unwrap()
+        .with_algorithm(ConvAlgorithm::Winograd)
+        .unwrap()
+}
+
+#[test]
+fn f64_winograd_matches_naive_on_random_geometry() {
+    let mut shapes_with_partial_tiles = 0;
+    for seed in 0..300 {
+        let (x, weight, bias, g) = random_case(seed);
+        let want = naive_conv(x.view(), weight.view(), bias.as_ref(), &g);
+        let conv = winograd(weight, bias, g);
+        let got = conv.forward(x.view()).unwrap();
+        assert_eq!(got.shape(), want.shape(), "seed {seed}");
+        if !got.shape()[2].is_multiple_of(4) || !got.shape()[3].is_multiple_of(4) {
+            shapes_with_partial_tiles += 1;
+        }
+        let worst = worst_violation(&got, &want, 1e-12, 1e-12);
+        assert!(worst <= 1.0, "seed {seed}: {worst} × tolerance, {g:?}");
+    }
+    assert!(shapes_with_partial_tiles > 100);
+}
+
+/// f32 Winograd on N(0, 1) data of a real layer (64 → 64 at 28×28, He weights, pad 1),
+/// against the f64 direct result: relative L2 error and the worst element.
+#[test]
+fn f32_error_against_f64_naive_on_a_real_layer() {
+    let (c, hw) = (64, 28);
+    let mut r = rng(7);
+    let x = Array4::<f64>::random_using((2, c, hw, hw), Normal::new(0.0, 1.0).unwrap(), &mut r);
+    let std = (2.0 / (9.0 * c as f64)).sqrt();
+    let w = Array4::<f64>::random_using((c, c, 3, 3), Normal::new(0.0, std).unwrap(), &mut r);
+    let b = Array1::<f64>::random_using(c, Normal::new(0.0, 0.1).unwrap(), &mut r);
+    let g = ConvGeometry::default().padding(1, 1);
+    let want = naive_conv(x.view(), w.view(), Some(&b), &g);
+    let measure = |alg: ConvAlgorithm| {
+        let conv = Conv2d::new(w.mapv(|v| v as f32), Some(b.mapv(|v| v as f32)), g)
+            .unwrap()
+            .with_algorithm(alg)
+            .unwrap();
+        let got = conv.forward(x.mapv(|v| v as f32).view()).unwrap();
+        let (mut err2, mut ref2, mut worst, mut max_abs) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        for (&a, &e) in got.iter().zip(want.iter()) {
+            let d = f64::from(a) - e;
+            err2 += d * d;
+            ref2 += e * e;
+            worst = worst.max(d.abs());
+            max_abs = max_abs.max(e.abs());
+        }
+        ((err2 / ref2).sqrt(), worst / max_abs)
+    };
+    let (wino_l2, wino_worst) = measure(ConvAlgorithm::Winograd);
+    let (im2col_l2, im2col_worst) = measure(ConvAlgorithm::Im2col);
+    println!("f32 64→64@28: Winograd rel. L2 {wino_l2:.3e}, worst/max {wino_worst:.3e}");
+    println!("f32 64→64@28: im2col   rel. L2 {im2col_l2:.3e}, worst/max {im2col_worst:.3e}");
+    assert!(
+        wino_l2 <= 1e-5,
+        "Winograd f32 relative L2 error {wino_l2:e}"
+    );
+    assert!(
+        im2col_l2 <= 1e-6,
+        "im2col f32 relative L2 error {im2col_l2:e}"
+    );
+}
+
+#[test]
+fn bit_identical_on_one_and_two_threads() {
+    // Enough tiles for several blocks (224 tile rows of 4 tiles at 8 channels).
+    let mut r = rng(11);
+    let x = random4(&mut r, (4, 8, 221, 15)).mapv(|v| v as f32);
+    let w = random4(&mut r, (5, 8, 3, 3)).mapv(|v| v as f32);
+    let b = Array1::from_elem(5, 0.25f32);
+    let conv = Conv2d::new(w, Some(b), ConvGeometry::default().padding(1, 2))
+        .unwrap()
+        .with_algorithm(ConvAlgorithm::Winograd)
+        .unwrap();
+    let one = in_pool(1, || conv.forward(x.view()).unwrap());
+    let two = in_pool(2, || conv.forward(x.view()).unwrap());
+    let three = in_pool(3, || conv.forward(x.view()).unwrap());
+    assert!(one
+        .iter()
+        .zip(two.iter())
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(one
+        .iter()
+        .zip(three.iter())
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    // A single block (7×7 maps): its 36 GEMMs run as parallel tasks.
+    let x = random4(&mut r, (2, 48, 7, 7)).mapv(|v| v as f32);
+    let w = random4(&mut r, (40, 48, 3, 3)).mapv(|v| v as f32);
+    let conv = Conv2d::new(w, None, ConvGeometry::default().padding(1, 1))
+        .unwrap()
+        .with_algorithm(ConvAlgorithm::Winograd)
+        .unwrap();
+    let one = in_pool(1, || conv.forward(x.view()).unwrap());
+    let two = in_pool(2, || conv.forward(x.view()).unwrap());
+    assert!(one
+        .iter()
+        .zip(two.iter())
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
+}
+
+#[test]
+fn params_mut_invalidates_the_transformed_weight() {
+    let (x, weight, bias, g) = random_case(5);
+    let mut conv = winograd(weight, bias, g);
+    let _ = conv.forward(x.view()).unwrap();
+    {
+        let (mut w, _) = conv.params_mut();
+        w.mapv_inplace(|v| 2.0 * v - 0.5);
+        w[[0, 0, 1, 1]] += 3.0;
+    }
+    let want = naive_conv(x.view(), conv.weight().view(), conv.bias(), &g);
+    let got = conv.forward(x.view()).unwrap();
+    assert!(worst_violation(&got, &want, 1e-12, 1e-12) <= 1.0);
+    // A clone carries the cache of the same weight and stays correct.
+    let copy = conv.clone();
+    assert!(worst_violation(&copy.forward(x.view()).unwrap(), &want, 1e-12, 1e-12) <= 1.0);
+}
+
+#[test]
+fn unsupported_geometry_is_an_error() {
+    let same = ConvGeometry::default().padding(1, 1);
+    let cases = [
+        ((2, 3, 5, 5), same, "3×3 kernel"),
+        ((2, 3, 3, 1), same, "3×3 kernel"),
+        ((2, 3, 3, 3), same.stride(1, 2), "stride 1"),
+        ((2, 3, 3, 3), same.dilation(2, 1), "dilation 1"),
+    ];
+    for (shape, g, why) in cases {
+        let conv = Conv2d::new(Array4::<f32>::zeros(shape), None, g).unwrap();
+        match conv.clone().with_algorithm(ConvAlgorithm::Winograd) {
+            Err(e @ Error::Unsupported { .. }) => {
+                assert!(e.to_string().contains(why), "{e}");
+            }
+            other => panic!("{shape:?} {g:?}: expected Unsupported, got {other:?}"),
+        }
+        // The other algorithms stay available.
+        let conv = conv.with_algorithm(ConvAlgorithm::Auto).unwrap();
+        let conv = conv.with_algorithm(ConvAlgorithm::Im2col).unwrap();
+        assert_eq!(conv.algorithm(), ConvAlgorithm::Im2col);
+    }
+}
+
+#[test]
+fn winograd_and_im2col_agree_in_f64_on_a_larger_layer() {
+    let mut r = rng(3);
+    let x = random4(&mut r, (2, 40, 17, 23));
+    let w = random4(&mut r, (33, 40, 3, 3));
+    let g = ConvGeometry::default().padding(1, 1);
+    let im2col = Conv2d::new(w.clone(), None, g)
+        .unwrap()
+        .with_algorithm(ConvAlgorithm::Im2col)
+        .unwrap();
+    let wino = winograd(w, None, g);
+    let (a, b) = (
+        im2col.forward(x.view()).unwrap(),
+        wino.forward(x.view()).unwrap(),
+    );
+    assert!(worst_violation(&b, &a, 1e-11, 1e-11) <= 1.0);
+}
