@@ -7,8 +7,8 @@
 
 use clustered_conv::{
     compress, ClusteredConv2d, CodebookScope, CompressedLayer, CompressedNetwork,
-    CompressionConfig, Conv2d, ConvGeometry, ConvLayer, Error, ForwardStrategy, KernelCodebook,
-    Padding, ScaleScheme, Symmetry, MAX_GEOMETRY_VALUE,
+    CompressionConfig, Conv2d, ConvAlgorithm, ConvGeometry, ConvLayer, Error, ForwardStrategy,
+    KernelCodebook, Padding, ScaleScheme, Symmetry, MAX_GEOMETRY_VALUE,
 };
 use ndarray::{Array1, Array2, Array3, Array4};
 use proptest::prelude::*;
@@ -119,6 +119,13 @@ proptest! {
             return Ok(());
         }
         let conv = conv.unwrap();
+        // Winograd where the geometry allows it (3×3, stride 1, dilation 1), an error
+        // elsewhere; it computes what im2col computes.
+        if let Ok(wino) = conv.clone().with_algorithm(ConvAlgorithm::Winograd) {
+            prop_assert!(wd.2 == 3 && wd.3 == 3 && g.stride == (1, 1) && g.dilation == (1, 1));
+            let (a, b) = (wino.forward(x.view()), conv.forward(x.view()));
+            prop_assert_eq!(a.is_ok(), b.is_ok());
+        }
         match conv.forward(x.view()) {
             Ok(y) => {
                 prop_assert_eq!(&y.shape()[..2], &[xd.0, wd.0]);
