@@ -79,15 +79,19 @@ fn make_layer(layer: &Layer, rng: &mut ChaCha8Rng) -> Conv2d<f32> {
     Conv2d::new(weight, None, ConvGeometry::default().padding(1, 1)).expect("valid layer")
 }
 
-fn bench_forward(c: &mut Criterion) {
-    let mut group = c.benchmark_group("dense_forward");
+/// The forward pass of every layer and batch size with one algorithm, in group `name`.
+/// Throughput is counted in the direct convolution's MACs, so the groups compare directly.
+fn bench_forward_with(c: &mut Criterion, name: &str, algorithm: ConvAlgorithm) {
+    let mut group = c.benchmark_group(name);
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
     for (i, layer) in LAYERS.iter().enumerate() {
         let mut rng = ChaCha8Rng::seed_from_u64(i as u64);
-        let conv = make_layer(layer, &mut rng);
+        let conv = make_layer(layer, &mut rng)
+            .with_algorithm(algorithm)
+            .expect("every benchmarked layer is 3×3, stride 1");
         for &n in &BATCHES {
             let x = normal(&mut rng, (n, layer.cin, layer.hw, layer.hw), 1.0);
             group.throughput(Throughput::Elements(layer.macs(n)));
@@ -99,28 +103,13 @@ fn bench_forward(c: &mut Criterion) {
     group.finish();
 }
 
-/// The forward pass of the same layers through Winograd F(4×4, 3×3). Its throughput is
-/// counted in the direct convolution's MACs, so it compares with `dense_forward` directly.
+fn bench_forward(c: &mut Criterion) {
+    bench_forward_with(c, "dense_forward", ConvAlgorithm::Im2col);
+}
+
+/// The same layers through Winograd F(4×4, 3×3).
 fn bench_winograd_forward(c: &mut Criterion) {
-    let mut group = c.benchmark_group("winograd_forward");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
-    for (i, layer) in LAYERS.iter().enumerate() {
-        let mut rng = ChaCha8Rng::seed_from_u64(i as u64);
-        let conv = make_layer(layer, &mut rng)
-            .with_algorithm(ConvAlgorithm::Winograd)
-            .expect("3×3, stride 1");
-        for &n in &BATCHES {
-            let x = normal(&mut rng, (n, layer.cin, layer.hw, layer.hw), 1.0);
-            group.throughput(Throughput::Elements(layer.macs(n)));
-            group.bench_function(BenchmarkId::new(layer.name(), format!("b{n}")), |b| {
-                b.iter(|| conv.forward(x.view()).expect("forward"))
-            });
-        }
-    }
-    group.finish();
+    bench_forward_with(c, "winograd_forward", ConvAlgorithm::Winograd);
 }
 
 fn bench_backward(c: &mut Criterion) {
