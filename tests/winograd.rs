@@ -148,6 +148,9 @@ fn params_mut_invalidates_the_transformed_weight() {
     let (x, weight, bias, g) = random_case(5);
     let mut conv = winograd(weight, bias, g);
     let _ = conv.forward(x.view()).unwrap();
+    let shape = conv.output_shape(dims(&x)).unwrap();
+    let go = random4(&mut rng(6), (shape[0], shape[1], shape[2], shape[3]));
+    let _ = conv.backward(x.view(), go.view()).unwrap();
     {
         let (mut w, _) = conv.params_mut();
         w.mapv_inplace(|v| 2.0 * v - 0.5);
@@ -156,6 +159,11 @@ fn params_mut_invalidates_the_transformed_weight() {
     let want = naive_conv(x.view(), conv.weight().view(), conv.bias(), &g);
     let got = conv.forward(x.view()).unwrap();
     assert!(worst_violation(&got, &want, 1e-12, 1e-12) <= 1.0);
+    // The input gradient's transformed weight is rebuilt too.
+    let dense = conv.clone().with_algorithm(ConvAlgorithm::Im2col).unwrap();
+    let want_gx = dense.backward(x.view(), go.view()).unwrap().input;
+    let got_gx = conv.backward(x.view(), go.view()).unwrap().input;
+    assert!(worst_violation(&got_gx, &want_gx, 1e-12, 1e-12) <= 1.0);
     // A clone carries the cache of the same weight and stays correct.
     let copy = conv.clone();
     assert!(worst_violation(&copy.forward(x.view()).unwrap(), &want, 1e-12, 1e-12) <= 1.0);
@@ -201,4 +209,80 @@ fn winograd_and_im2col_agree_in_f64_on_a_larger_layer() {
         wino.forward(x.view()).unwrap(),
     );
     assert!(worst_violation(&b, &a, 1e-11, 1e-11) <= 1.0);
+}
+
+/// The input gradient through Winograd (the forward of the output gradient with the rotated,
+/// transposed kernels) against im2col's, in f64, over the random geometries (any padding
+/// 0–2 per side, partial tiles).
+#[test]
+fn f64_winograd_input_gradient_matches_im2col() {
+    for seed in 0..200 {
+        let (x, weight, bias, g) = random_case(seed);
+        let dense = Conv2d::new(weight.clone(), bias.clone(), g)
+            .unwrap()
+            .with_algorithm(ConvAlgorithm::Im2col)
+            .unwrap();
+        let conv = winograd(weight, bias, g);
+        let shape = conv.output_shape(dims(&x)).unwrap();
+        let go = random4(
+            &mut rng(1000 + seed),
+            (shape[0], shape[1], shape[2], shape[3]),
+        );
+        let want = dense.backward(x.view(), go.view()).unwrap();
+        let got = conv.backward(x.view(), go.view()).unwrap();
+        let worst = worst_violation(&got.input, &want.input, 1e-12, 1e-12);
+        assert!(worst <= 1.0, "seed {seed}: {worst} × tolerance, {g:?}");
+        assert!(worst_violation(&got.weight, &want.weight, 1e-12, 1e-12) <= 1.0);
+    }
+}
+
+/// The Winograd input gradient against central finite differences of `L = Σ y ⊙ go`.
+#[test]
+fn winograd_input_gradient_matches_finite_differences() {
+    let mut r = rng(77);
+    let g = ConvGeometry::default().padding_asymmetric(Padding {
+        top: 2,
+        bottom: 0,
+        left: 1,
+        right: 2,
+    });
+    let x = random4(&mut r, (2, 3, 9, 6));
+    let conv = winograd(random4(&mut r, (4, 3, 3, 3)), None, g);
+    let shape = conv.output_shape(dims(&x)).unwrap();
+    let go = random4(&mut r, (shape[0], shape[1], shape[2], shape[3]));
+    let loss = |x: &Array4<f64>| (&conv.forward(x.view()).unwrap() * &go).sum();
+    let analytic = conv.backward(x.view(), go.view()).unwrap().input;
+    let h = 1e-5;
+    for (idx, &a) in analytic.indexed_iter() {
+        let (mut plus, mut minus) = (x.clone(), x.clone());
+        plus[idx] += h;
+        minus[idx] -= h;
+        let numeric = (loss(&plus) - loss(&minus)) / (2.0 * h);
+        assert!(
+            (numeric - a).abs() < 1e-7 * (1.0 + a.abs()),
+            "{idx:?}: {numeric} vs {a}"
+        );
+    }
+}
+
+/// With padding above 2 the adjoint would need negative padding: the input gradient falls
+/// back to im2col and stays right.
+#[test]
+fn input_gradient_with_padding_three_falls_back_to_im2col() {
+    let mut r = rng(78);
+    let g = ConvGeometry::default().padding(3, 1);
+    let x = random4(&mut r, (1, 2, 5, 5));
+    let weight = random4(&mut r, (3, 2, 3, 3));
+    let dense = Conv2d::new(weight.clone(), None, g).unwrap();
+    let conv = winograd(weight, None, g);
+    let shape = conv.output_shape(dims(&x)).unwrap();
+    let go = random4(&mut r, (shape[0], shape[1], shape[2], shape[3]));
+    let want = dense.backward(x.view(), go.view()).unwrap().input;
+    let got = conv.backward(x.view(), go.view()).unwrap().input;
+    assert!(worst_violation(&got, &want, 1e-12, 1e-12) <= 1.0);
+}
+
+fn dims(x: &Array4<f64>) -> [usize; 4] {
+    let (n, c, h, w) = x.dim();
+    [n, c, h, w]
 }

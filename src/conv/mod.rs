@@ -10,7 +10,9 @@
 //!
 //! 3×3, stride-1, dilation-1 layers can instead run Winograd F(4×4, 3×3) (see
 //! [`ConvAlgorithm`]): the transformed weight is computed on first use, cached in the layer
-//! and dropped by [`Conv2d::params_mut`]. The backward pass always uses im2col.
+//! and dropped by [`Conv2d::params_mut`]. When the forward runs Winograd, the input gradient
+//! does too (for padding ≤ 2): it is the Winograd forward of the output gradient with the
+//! rotated, transposed kernels and padding `2 − p`. The weight gradient always uses im2col.
 //!
 //! # Determinism
 //! Every output element is produced by exactly one task with a fixed summation order, and
@@ -27,8 +29,9 @@ use crate::geometry::{ConvGeometry, ConvShape};
 use crate::linalg::Real;
 
 use crate::linalg::{
-    add_bias, channel_sums, col2im_tile, dims4, forward_tile_positions, forward_winograd, gemm,
-    image, matrix_mut, output_tiles, patch_matrix, tile_positions, WinogradWeight,
+    add_bias, adjoint_fits, backward_input_winograd, channel_sums, col2im_tile, dims4,
+    forward_tile_positions, forward_winograd, gemm, image, matrix_mut, output_tiles, patch_matrix,
+    tile_positions, WinogradWeight,
 };
 
 /// Most partial weight-gradient buffers kept at once (bounds memory; fixed, so the reduction
@@ -67,6 +70,9 @@ struct ForwardPlan<F> {
     /// `U = G g Gᵀ` of the current weight, built on the first Winograd forward; emptied by
     /// every mutable access to the parameters, so it is never stale.
     winograd: OnceLock<WinogradWeight<F>>,
+    /// The same for the input gradient's convolution (rotated, transposed kernels), built on
+    /// the first Winograd backward.
+    winograd_adjoint: OnceLock<WinogradWeight<F>>,
 }
 
 impl<F: std::fmt::Debug> std::fmt::Debug for Conv2d<F> {
@@ -175,6 +181,7 @@ impl<F: Real> Conv2d<F> {
             plan: Box::new(ForwardPlan {
                 algorithm: ConvAlgorithm::Auto,
                 winograd: OnceLock::new(),
+                winograd_adjoint: OnceLock::new(),
             }),
         })
     }
@@ -245,6 +252,7 @@ impl<F: Real> Conv2d<F> {
     ) {
         // The caller may change the weight: drop the transformed copy.
         self.plan.winograd = OnceLock::new();
+        self.plan.winograd_adjoint = OnceLock::new();
         (
             self.weight.view_mut(),
             self.bias.as_mut().map(|b| b.view_mut()),
@@ -333,7 +341,15 @@ impl<F: Real> Conv2d<F> {
         let w2 = self.weight_matrix();
         let x = x.as_standard_layout();
         let go = grad_out.as_standard_layout();
-        let input = backward_input(w2, go.view(), &s);
+        let input = if self.runs_winograd(&s) && adjoint_fits(&s) {
+            let u = self
+                .plan
+                .winograd_adjoint
+                .get_or_init(|| WinogradWeight::adjoint(self.weight.view()));
+            backward_input_winograd(go.view(), u, &s)
+        } else {
+            backward_input(w2, go.view(), &s)
+        };
         let weight = backward_weight(x.view(), go.view(), &s)
             .into_shape_with_order(self.weight.raw_dim())
             .expect("gradient has the weight's element count");

@@ -19,6 +19,8 @@
 //! Blocks depend only on the shapes, and every output element is produced by one block with a
 //! fixed summation order, so results are bit-identical on any number of threads.
 
+use std::ops::Range;
+
 use ndarray::{Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
@@ -38,6 +40,32 @@ const BLOCK_BYTES: usize = 1 << 18;
 /// Fewest tiles per block: narrower GEMMs re-read `U` too often and run faer's masked
 /// micro-kernels (64 measured up to 1.4× faster than 16 on 512@7, no slower elsewhere).
 const MIN_BLOCK_TILES: usize = 64;
+
+/// The Winograd variant F(m×m, 3×3) a call runs: the output tile side `m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum WinogradTile {
+    /// F(4×4, 3×3): 6×6 input tiles, 36 positions, 4× fewer multiplies than direct.
+    F4,
+}
+
+#[allow(dead_code)] // Used by operands built on the fly (the clustered strategy, in progress).
+impl WinogradTile {
+    /// Positions ξ of a transformed tile (`n²`): the number of GEMMs and of values per
+    /// transformed kernel.
+    pub(crate) fn positions(self) -> usize {
+        match self {
+            WinogradTile::F4 => XI,
+        }
+    }
+
+    /// `G g Gᵀ` of one row-major 3×3 kernel, as `positions()` row-major values (exact in f64
+    /// up to rounding; callers round once to their element type).
+    pub(crate) fn kernel_transform(self, g: &[f64; 9]) -> Vec<f64> {
+        match self {
+            WinogradTile::F4 => kernel_transform(g).to_vec(),
+        }
+    }
+}
 
 /// The transformed weight `U = G g Gᵀ` of every (o, i), as 36 row-major `Cout × Cin`
 /// matrices (`u[(ξ·Cout + o)·Cin + i]`).
@@ -66,10 +94,58 @@ impl<F: Real> WinogradWeight<F> {
         Self { u, cout, cin }
     }
 
-    /// `U_ξ` as a `Cout × Cin` matrix.
-    fn matrix(&self, xi: usize) -> ArrayView2<'_, F> {
-        let len = self.cout * self.cin;
-        ArrayView2::from_shape((self.cout, self.cin), &self.u[xi * len..(xi + 1) * len])
+    /// The transformed weight of the input-gradient convolution: kernel `(i, o)` is kernel
+    /// `(o, i)` of the OIHW `weight` rotated by 180° (so `Cin` outputs and `Cout` inputs).
+    pub(crate) fn adjoint(weight: ArrayView4<F>) -> Self {
+        let (cout, cin, _, _) = weight.dim();
+        let rotated = Array4::from_shape_fn((cin, cout, 3, 3), |(i, o, r, c)| {
+            weight[[o, i, 2 - r, 2 - c]]
+        });
+        Self::new(rotated.view())
+    }
+}
+
+/// Where the 36 GEMMs take their left operand `U_ξ` (`Cout × Cin`) from: a stored transformed
+/// weight ([`WinogradWeight`]), or blocks built on the fly (a clustered layer builds them from
+/// its indices, scales and transformed codebook, so no weight-sized tensor ever exists).
+pub(crate) trait WinogradOperand<F>: Sync {
+    /// The variant the operand was transformed for.
+    fn tile(&self) -> WinogradTile;
+    /// `Cout`.
+    fn out_channels(&self) -> usize;
+    /// `Cin`.
+    fn in_channels(&self) -> usize;
+    /// Output channels per operand block: the GEMM of position ξ runs block by block.
+    fn block_rows(&self) -> usize {
+        self.out_channels()
+    }
+    /// Rows `rows` of `U_ξ` as a `rows.len() × Cin` matrix, borrowed from `self` or built
+    /// into `scratch`.
+    fn block<'a>(
+        &'a self,
+        xi: usize,
+        rows: Range<usize>,
+        scratch: &'a mut Vec<F>,
+    ) -> ArrayView2<'a, F>;
+}
+
+impl<F: Real> WinogradOperand<F> for WinogradWeight<F> {
+    fn tile(&self) -> WinogradTile {
+        WinogradTile::F4
+    }
+
+    fn out_channels(&self) -> usize {
+        self.cout
+    }
+
+    fn in_channels(&self) -> usize {
+        self.cin
+    }
+
+    fn block<'a>(&'a self, xi: usize, rows: Range<usize>, _: &'a mut Vec<F>) -> ArrayView2<'a, F> {
+        let start = (xi * self.cout + rows.start) * self.cin;
+        let end = (xi * self.cout + rows.end) * self.cin;
+        ArrayView2::from_shape((rows.len(), self.cin), &self.u[start..end])
             .expect("U holds 36 Cout×Cin matrices")
     }
 }
@@ -134,20 +210,23 @@ type Band<'a, F> = (usize, usize, ArrayViewMut3<'a, F>);
 struct Scratch<F> {
     v: Vec<F>,
     m: Vec<F>,
+    /// An operand block of `U_ξ`, for operands built on the fly.
+    u: Vec<F>,
     /// Rows of one band for the input and output transforms.
     rows: Vec<F>,
 }
 
 /// Dense F(4×4, 3×3) forward of a stride-1, dilation-1, 3×3 correlation: `u` is the
 /// transformed weight of the layer, `s` the resolved call (any padding).
-pub(crate) fn forward_winograd<F: Real>(
+pub(crate) fn forward_winograd<F: Real, W: WinogradOperand<F>>(
     x: ArrayView4<F>,
-    u: &WinogradWeight<F>,
+    u: &W,
     bias: Option<ArrayView1<F>>,
     s: &ConvShape,
 ) -> Array4<F> {
     debug_assert!(s.kh == 3 && s.kw == 3 && s.stride == (1, 1) && s.dilation == (1, 1));
-    debug_assert_eq!((u.cout, u.cin), (s.cout, s.cin));
+    debug_assert_eq!((u.out_channels(), u.in_channels()), (s.cout, s.cin));
+    debug_assert_eq!(u.tile(), WinogradTile::F4);
     let x = x.as_standard_layout();
     let x = x.view();
     let mut out = Array4::<F>::zeros((s.batch, s.cout, s.oh, s.ow));
@@ -180,6 +259,36 @@ pub(crate) fn forward_winograd<F: Real>(
     out
 }
 
+/// True when [`backward_input_winograd`] can run the input gradient of this stride-1 3×3 call:
+/// the adjoint's padding `2 − p` must not be negative.
+pub(crate) fn adjoint_fits(s: &ConvShape) -> bool {
+    s.pad_top <= 2 && s.pad_left <= 2
+}
+
+/// ∂L/∂x of a stride-1, dilation-1 3×3 correlation (padding ≤ 2, see [`adjoint_fits`]): the
+/// Winograd forward of `grad_out` with the adjoint operand `u_adj` (see
+/// [`WinogradWeight::adjoint`]) and padding `2 − p`, which is the transposed convolution.
+pub(crate) fn backward_input_winograd<F: Real, W: WinogradOperand<F>>(
+    grad_out: ArrayView4<F>,
+    u_adj: &W,
+    s: &ConvShape,
+) -> Array4<F> {
+    debug_assert!(adjoint_fits(s));
+    let adjoint = ConvShape {
+        batch: s.batch,
+        cin: s.cout,
+        cout: s.cin,
+        h: s.oh,
+        w: s.ow,
+        oh: s.h,
+        ow: s.w,
+        pad_top: 2 - s.pad_top,
+        pad_left: 2 - s.pad_left,
+        ..*s
+    };
+    forward_winograd(grad_out, u_adj, None, &adjoint)
+}
+
 /// Tile rows per block: `V` of about [`BLOCK_BYTES`], at least [`MIN_BLOCK_TILES`] tiles.
 fn block_tile_rows<F>(s: &ConvShape) -> usize {
     let tiles_per_row = s.ow.div_ceil(M);
@@ -189,9 +298,9 @@ fn block_tile_rows<F>(s: &ConvShape) -> usize {
 }
 
 /// Input transform, 36 GEMMs and output transform of one block of bands.
-fn run_block<F: Real>(
+fn run_block<F: Real, W: WinogradOperand<F>>(
     x: &ArrayView4<F>,
-    u: &WinogradWeight<F>,
+    u: &W,
     bias: Option<&ArrayView1<F>>,
     s: &ConvShape,
     mut block: Vec<Band<'_, F>>,
@@ -218,17 +327,21 @@ fn run_block<F: Real>(
     // parallel tasks does not change the result.
     let (v_len, m_len) = (s.cin * tiles, s.cout * tiles);
     let v_all = &scratch.v;
-    let product = |(xi, m): (usize, &mut [F])| {
+    let product = |xi: usize, m: &mut [F], u_buf: &mut Vec<F>| {
         let v = ArrayView2::from_shape((s.cin, tiles), &v_all[xi * v_len..(xi + 1) * v_len])
             .expect("V holds 36 Cin×tiles matrices");
-        let mut m = matrix_mut(m, s.cout, tiles);
-        gemm(F::one(), &u.matrix(xi), &v, F::zero(), &mut m);
+        product_xi(u, xi, &v, m, u_buf);
     };
     let products = &mut scratch.m[..XI * m_len];
     if gemms_in_parallel {
-        products.par_chunks_mut(m_len).enumerate().for_each(product);
+        products
+            .par_chunks_mut(m_len)
+            .enumerate()
+            .for_each_init(Vec::new, |u_buf, (xi, m)| product(xi, m, u_buf));
     } else {
-        products.chunks_mut(m_len).enumerate().for_each(product);
+        for (xi, m) in products.chunks_mut(m_len).enumerate() {
+            product(xi, m, &mut scratch.u);
+        }
     }
     for (b, (_, _, band)) in block.iter_mut().enumerate() {
         inverse_band(
@@ -240,6 +353,24 @@ fn run_block<F: Real>(
             band,
             &mut scratch.rows,
         );
+    }
+}
+
+/// `M_ξ = U_ξ · V_ξ` into `m` (row-major `Cout × tiles`), one operand block of rows at a time.
+fn product_xi<F: Real, W: WinogradOperand<F>>(
+    u: &W,
+    xi: usize,
+    v: &ArrayView2<'_, F>,
+    m: &mut [F],
+    u_buf: &mut Vec<F>,
+) {
+    let (cout, tiles) = (u.out_channels(), v.ncols());
+    let step = u.block_rows().max(1);
+    for o0 in (0..cout).step_by(step) {
+        let rows = o0..(o0 + step).min(cout);
+        let mut m_rows = matrix_mut(&mut m[o0 * tiles..rows.end * tiles], rows.len(), tiles);
+        let u_rows = u.block(xi, rows, u_buf);
+        gemm(F::one(), &u_rows, v, F::zero(), &mut m_rows);
     }
 }
 
