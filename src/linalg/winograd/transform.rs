@@ -1,0 +1,342 @@
+//! The input and output transforms of F(4×4, 3×3), vectorised across the tiles of a block.
+//!
+//! Both work on *streams*: one value per tile of the block, contiguous, so every 1-D
+//! transform is an element-wise combination of six streams that the compiler vectorises
+//! (a band of a 28-wide map has only 7 tiles; a block of bands has at least 64). Only the
+//! gathers between the image layout and the streams are strided.
+
+use ndarray::{ArrayView1, ArrayView4, ArrayViewMut3, Axis};
+
+use pulp::Simd;
+
+use super::{Band, M, N};
+use crate::geometry::ConvShape;
+use crate::linalg::simd::{Kernel, Kernels};
+use crate::linalg::Real;
+
+/// `Bᵀ d` for one column (or row) `d` of six values.
+#[inline(always)]
+pub(super) fn input_1d<F: Real>(d: [F; N]) -> [F; N] {
+    let c = |v: f64| F::from_f64_lossy(v);
+    let (two, four, five) = (c(2.0), c(4.0), c(5.0));
+    [
+        four * d[0] - five * d[2] + d[4],
+        d[3] + d[4] - four * (d[1] + d[2]),
+        four * (d[1] - d[2]) - d[3] + d[4],
+        two * (d[3] - d[1]) - d[2] + d[4],
+        two * (d[1] - d[3]) - d[2] + d[4],
+        four * d[1] - five * d[3] + d[5],
+    ]
+}
+
+/// `Aᵀ m` for one column (or row) `m` of six values.
+#[inline(always)]
+pub(super) fn output_1d<F: Real>(m: [F; N]) -> [F; M] {
+    let c = |v: f64| F::from_f64_lossy(v);
+    let (two, four, eight) = (c(2.0), c(4.0), c(8.0));
+    let (p1, m1) = (m[1] + m[2], m[1] - m[2]);
+    let (p3, m3) = (m[3] + m[4], m[3] - m[4]);
+    [
+        m[0] + p1 + p3,
+        m1 + two * m3,
+        p1 + four * p3,
+        m1 + eight * m3 + m[5],
+    ]
+}
+
+/// `dst[k][t] = (Bᵀ (src[0][t], …, src[5][t]))[k]` for every `t < dst[0].len()`.
+#[inline(always)]
+fn input_streams<F: Real>(src: [&[F]; N], dst: [&mut [F]; N]) {
+    let len = dst[0].len();
+    let src = src.map(|s| &s[..len]);
+    let [d0, d1, d2, d3, d4, d5] = dst;
+    let (d1, d2, d3, d4, d5) = (
+        &mut d1[..len],
+        &mut d2[..len],
+        &mut d3[..len],
+        &mut d4[..len],
+        &mut d5[..len],
+    );
+    for t in 0..len {
+        let y = input_1d([
+            src[0][t], src[1][t], src[2][t], src[3][t], src[4][t], src[5][t],
+        ]);
+        (d0[t], d1[t], d2[t], d3[t], d4[t], d5[t]) = (y[0], y[1], y[2], y[3], y[4], y[5]);
+    }
+}
+
+/// `dst[k][t] = (Aᵀ (src[0][t], …, src[5][t]))[k]` for every `t < dst[0].len()`.
+#[inline(always)]
+fn output_streams<F: Real>(src: [&[F]; N], dst: [&mut [F]; M]) {
+    let len = dst[0].len();
+    let src = src.map(|s| &s[..len]);
+    let [d0, d1, d2, d3] = dst;
+    let (d1, d2, d3) = (&mut d1[..len], &mut d2[..len], &mut d3[..len]);
+    for t in 0..len {
+        let y = output_1d([
+            src[0][t], src[1][t], src[2][t], src[3][t], src[4][t], src[5][t],
+        ]);
+        (d0[t], d1[t], d2[t], d3[t]) = (y[0], y[1], y[2], y[3]);
+    }
+}
+
+/// The first `K` streams of length `len` of `buf`, `stride` streams apart, from stream `first`.
+#[inline(always)]
+fn streams_mut<F, const K: usize>(
+    buf: &mut [F],
+    first: usize,
+    stride: usize,
+    len: usize,
+) -> [&mut [F]; K] {
+    let mut it = buf[first * len..].chunks_exact_mut(len).step_by(stride);
+    std::array::from_fn(|_| it.next().expect("the buffer holds every stream"))
+}
+
+/// The `K` streams of length `len` of `buf`, `stride` streams apart, from stream `first`.
+#[inline(always)]
+fn streams<F, const K: usize>(buf: &[F], first: usize, stride: usize, len: usize) -> [&[F]; K] {
+    std::array::from_fn(|k| &buf[(first + k * stride) * len..(first + k * stride + 1) * len])
+}
+
+/// Scratch of the transforms, reused across the blocks a worker runs.
+#[derive(Default)]
+pub(super) struct TransformScratch<F> {
+    /// Six zero-padded input rows of one band, then their column transform.
+    rows: Vec<F>,
+    /// 36 streams over the block's tiles (input: column-transformed values per tile
+    /// position; output: the row transform, then the 16 output positions).
+    streams: Vec<F>,
+    /// One output row of a band, `4·tiles_per_row` wide.
+    row: Vec<F>,
+}
+
+/// Input transform of a block of bands, every input channel, into `V`
+/// (`v[(ξ·Cin + i)·tiles + t]`, tiles in band order); zeros outside the image.
+///
+/// Per channel and band, the six input rows are copied (zero-padded), `Bᵀ` runs down their
+/// columns (vectorised over the band's width), and each transformed row is split into the six
+/// column streams of its tiles. Then `B` runs along the streams, vectorised over the block.
+pub(super) fn transform_block<F: Real>(
+    x: &ArrayView4<F>,
+    s: &ConvShape,
+    block: &[Band<'_, F>],
+    v: &mut [F],
+    scratch: &mut TransformScratch<F>,
+) {
+    Kernels::detect().dispatch(InputTransform {
+        x,
+        s,
+        block,
+        v,
+        scratch,
+    });
+}
+
+/// [`transform_block`] compiled for the CPU's vector instruction set: the loops below are
+/// plain Rust that the compiler vectorises inside the dispatched function (no fused
+/// multiply-adds are formed, so every instruction set gives the same bits).
+struct InputTransform<'a, 'b, F> {
+    x: &'a ArrayView4<'b, F>,
+    s: &'a ConvShape,
+    block: &'a [Band<'b, F>],
+    v: &'a mut [F],
+    scratch: &'a mut TransformScratch<F>,
+}
+
+impl<F: Real> Kernel for InputTransform<'_, '_, F> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, _: S) {
+        let Self {
+            x,
+            s,
+            block,
+            v,
+            scratch,
+        } = self;
+        input_transform(x, s, block, v, scratch);
+    }
+}
+
+#[inline(always)]
+fn input_transform<F: Real>(
+    x: &ArrayView4<F>,
+    s: &ConvShape,
+    block: &[Band<'_, F>],
+    v: &mut [F],
+    scratch: &mut TransformScratch<F>,
+) {
+    let tw = s.ow.div_ceil(M);
+    let tiles = block.len() * tw;
+    let wp = M * tw + 2;
+    scratch.rows.resize(2 * N * wp, F::zero());
+    scratch.streams.resize(N * N * tiles, F::zero());
+    let x = x.as_slice().expect("standard layout");
+    for i in 0..s.cin {
+        for (b, &(n, ty, _)) in block.iter().enumerate() {
+            let plane = &x[(n * s.cin + i) * s.h * s.w..(n * s.cin + i + 1) * s.h * s.w];
+            let (d, t) = scratch.rows.split_at_mut(N * wp);
+            copy_padded_rows(plane, s, ty, d, wp);
+            input_streams(streams(d, 0, 1, wp), streams_mut(t, 0, 1, wp));
+            split_into_tile_streams(t, wp, tw, b * tw, tiles, &mut scratch.streams);
+        }
+        for r in 0..N {
+            let src = streams(&scratch.streams, r * N, 1, tiles);
+            input_streams(src, streams_mut(v, r * N * s.cin + i, s.cin, tiles));
+        }
+    }
+}
+
+/// The six rows `4·ty − pad_top …` of one channel's `plane`, zero-padded into `d` (six rows of
+/// `wp` columns starting at image column `−pad_left`).
+#[inline(always)]
+fn copy_padded_rows<F: Real>(plane: &[F], s: &ConvShape, ty: usize, d: &mut [F], wp: usize) {
+    let (c_lo, c_hi) = (s.pad_left.min(wp), (s.pad_left + s.w).min(wp));
+    for (r, row) in d.chunks_exact_mut(wp).enumerate() {
+        let iy = (ty * M + r).checked_sub(s.pad_top).filter(|&iy| iy < s.h);
+        match iy {
+            Some(iy) if c_lo < c_hi => {
+                row[..c_lo].fill(F::zero());
+                let src = &plane[iy * s.w..(iy + 1) * s.w];
+                row[c_lo..c_hi].copy_from_slice(&src[c_lo - s.pad_left..c_hi - s.pad_left]);
+                row[c_hi..].fill(F::zero());
+            }
+            _ => row.fill(F::zero()),
+        }
+    }
+}
+
+/// Splits six transformed rows `t` (width `wp`) of one band into the 36 streams
+/// `streams[(r·6 + c)·tiles + t0 + tx] = t[r][4·tx + c]`.
+#[inline(always)]
+fn split_into_tile_streams<F: Real>(
+    t: &[F],
+    wp: usize,
+    tw: usize,
+    t0: usize,
+    tiles: usize,
+    out: &mut [F],
+) {
+    for (r, trow) in t.chunks_exact(wp).enumerate() {
+        let trow = &trow[..M * tw + 2];
+        let [d0, d1, d2, d3, d4, d5] =
+            streams_mut::<F, N>(out, r * N, 1, tiles).map(|stream| &mut stream[t0..t0 + tw]);
+        // One pass over the row reads every column of its tiles (an interleaved access the
+        // compiler vectorises with shuffles; six strided passes stay scalar).
+        for tx in 0..tw {
+            let seg = &trow[M * tx..M * tx + N];
+            (d0[tx], d1[tx], d2[tx], d3[tx], d4[tx], d5[tx]) =
+                (seg[0], seg[1], seg[2], seg[3], seg[4], seg[5]);
+        }
+    }
+}
+
+/// Output transform of a block (`m[(ξ·Cout + o)·tiles + t]`), bias added, valid outputs
+/// stored into the bands' `(Cout, rows, OW)` views.
+///
+/// Per output channel, `A` runs along the six rows of every tile, then `Aᵀ` down the
+/// columns, both vectorised over the block's tiles; the 16 output streams are then
+/// interleaved into the bands' output rows.
+pub(super) fn inverse_block<F: Real>(
+    m: &[F],
+    cout: usize,
+    tiles: usize,
+    bias: Option<&ArrayView1<F>>,
+    block: &mut [Band<'_, F>],
+    scratch: &mut TransformScratch<F>,
+) {
+    Kernels::detect().dispatch(OutputTransform {
+        m,
+        cout,
+        tiles,
+        bias,
+        block,
+        scratch,
+    });
+}
+
+/// [`inverse_block`] compiled for the CPU's vector instruction set (see [`InputTransform`]).
+struct OutputTransform<'a, 'b, 'c, F> {
+    m: &'a [F],
+    cout: usize,
+    tiles: usize,
+    bias: Option<&'a ArrayView1<'c, F>>,
+    block: &'a mut [Band<'b, F>],
+    scratch: &'a mut TransformScratch<F>,
+}
+
+impl<F: Real> Kernel for OutputTransform<'_, '_, '_, F> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, _: S) {
+        let Self {
+            m,
+            cout,
+            tiles,
+            bias,
+            block,
+            scratch,
+        } = self;
+        output_transform(m, cout, tiles, bias, block, scratch);
+    }
+}
+
+#[inline(always)]
+fn output_transform<F: Real>(
+    m: &[F],
+    cout: usize,
+    tiles: usize,
+    bias: Option<&ArrayView1<F>>,
+    block: &mut [Band<'_, F>],
+    scratch: &mut TransformScratch<F>,
+) {
+    scratch.streams.resize((N * M + M * M) * tiles, F::zero());
+    let (rows_t, out_t) = scratch.streams.split_at_mut(N * M * tiles);
+    for o in 0..cout {
+        let b = bias.map_or(F::zero(), |b| b[o]);
+        for r in 0..N {
+            let src = streams(m, r * N * cout + o, cout, tiles);
+            output_streams(src, streams_mut(rows_t, r * M, 1, tiles));
+        }
+        for k in 0..M {
+            let src = streams(rows_t, k, M, tiles);
+            output_streams(src, streams_mut(out_t, k, M, tiles));
+        }
+        for (band_no, (_, _, band)) in block.iter_mut().enumerate() {
+            let t0 = band_no * band.len_of(Axis(2)).div_ceil(M);
+            store_band_rows(out_t, tiles, t0, b, o, band, &mut scratch.row);
+        }
+    }
+}
+
+/// Interleaves the 16 output streams (`out_t[(4·k2 + k)·tiles + t]`: row `k2`, column `k` of
+/// tile `t`) of one band, channel `o`, into its output rows, with the bias.
+#[inline(always)]
+fn store_band_rows<F: Real>(
+    out_t: &[F],
+    tiles: usize,
+    t0: usize,
+    bias: F,
+    o: usize,
+    band: &mut ArrayViewMut3<'_, F>,
+    row: &mut Vec<F>,
+) {
+    let (_, rows, ow) = band.dim();
+    let tw = ow.div_ceil(M);
+    row.resize(M * tw, F::zero());
+    let mut plane = band.index_axis_mut(Axis(0), o);
+    let out = plane
+        .as_slice_mut()
+        .expect("a band of a fresh output is contiguous");
+    for (k2, out_row) in out.chunks_exact_mut(ow).enumerate().take(rows) {
+        let cols: [&[F]; M] = streams(out_t, M * k2, 1, tiles).map(|s| &s[t0..t0 + tw]);
+        for (tx, quad) in row.chunks_exact_mut(M).enumerate() {
+            for (k, q) in quad.iter_mut().enumerate() {
+                *q = cols[k][tx] + bias;
+            }
+        }
+        out_row.copy_from_slice(&row[..ow]);
+    }
+}
