@@ -212,10 +212,10 @@ fn winograd_and_im2col_agree_in_f64_on_a_larger_layer() {
 }
 
 /// The input gradient through Winograd (the forward of the output gradient with the rotated,
-/// transposed kernels) against im2col's, in f64, over the random geometries (any padding
-/// 0–2 per side, partial tiles).
+/// transposed kernels) and the weight gradient in the Winograd domain against im2col's, in
+/// f64, over the random geometries (any padding 0–2 per side, partial tiles).
 #[test]
-fn f64_winograd_input_gradient_matches_im2col() {
+fn f64_winograd_gradients_match_im2col() {
     for seed in 0..200 {
         let (x, weight, bias, g) = random_case(seed);
         let dense = Conv2d::new(weight.clone(), bias.clone(), g)
@@ -285,4 +285,69 @@ fn input_gradient_with_padding_three_falls_back_to_im2col() {
 fn dims(x: &Array4<f64>) -> [usize; 4] {
     let (n, c, h, w) = x.dim();
     [n, c, h, w]
+}
+
+/// The Winograd-domain weight gradient against central finite differences of `L = Σ y ⊙ go`
+/// (partial tiles on both axes, asymmetric padding).
+#[test]
+fn winograd_weight_gradient_matches_finite_differences() {
+    let mut r = rng(79);
+    let g = ConvGeometry::default().padding_asymmetric(Padding {
+        top: 0,
+        bottom: 2,
+        left: 2,
+        right: 1,
+    });
+    let x = random4(&mut r, (2, 3, 7, 10));
+    let weight = random4(&mut r, (2, 3, 3, 3));
+    let conv = winograd(weight.clone(), None, g);
+    let shape = conv.output_shape(dims(&x)).unwrap();
+    let go = random4(&mut r, (shape[0], shape[1], shape[2], shape[3]));
+    let analytic = conv.backward(x.view(), go.view()).unwrap().weight;
+    let loss = |w: &Array4<f64>| {
+        let c = winograd(w.clone(), None, g);
+        (&c.forward(x.view()).unwrap() * &go).sum()
+    };
+    let h = 1e-5;
+    for (idx, &a) in analytic.indexed_iter() {
+        let (mut plus, mut minus) = (weight.clone(), weight.clone());
+        plus[idx] += h;
+        minus[idx] -= h;
+        let numeric = (loss(&plus) - loss(&minus)) / (2.0 * h);
+        assert!(
+            (numeric - a).abs() < 1e-7 * (1.0 + a.abs()),
+            "{idx:?}: {numeric} vs {a}"
+        );
+    }
+}
+
+/// Both Winograd gradients are bit-identical on 1, 2 and 3 threads, with many blocks (the
+/// weight gradient's fixed groups) and with a single block (parallel GEMMs).
+#[test]
+fn winograd_backward_is_bit_identical_on_any_thread_count() {
+    let mut r = rng(80);
+    // 303 tile rows of 4 tiles at 6 channels: 5 blocks; then one block of 7×7 maps.
+    for (n, c, h, w) in [(3, 6, 401, 13), (2, 24, 7, 7)] {
+        let x = random4(&mut r, (n, c, h, w)).mapv(|v| v as f32);
+        let weight = random4(&mut r, (5, c, 3, 3)).mapv(|v| v as f32);
+        let conv = Conv2d::new(weight, None, ConvGeometry::default().padding(1, 1))
+            .unwrap()
+            .with_algorithm(ConvAlgorithm::Winograd)
+            .unwrap();
+        let go = random4(&mut r, (n, 5, h, w)).mapv(|v| v as f32);
+        let run = |t| in_pool(t, || conv.backward(x.view(), go.view()).unwrap());
+        let (one, two, three) = (run(1), run(2), run(3));
+        for other in [&two, &three] {
+            assert!(one
+                .input
+                .iter()
+                .zip(other.input.iter())
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+            assert!(one
+                .weight
+                .iter()
+                .zip(other.weight.iter())
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
+    }
 }

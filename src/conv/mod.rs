@@ -12,7 +12,8 @@
 //! [`ConvAlgorithm`]): the transformed weight is computed on first use, cached in the layer
 //! and dropped by [`Conv2d::params_mut`]. When the forward runs Winograd, the input gradient
 //! does too (for padding ≤ 2): it is the Winograd forward of the output gradient with the
-//! rotated, transposed kernels and padding `2 − p`. The weight gradient always uses im2col.
+//! rotated, transposed kernels and padding `2 − p`, and the weight gradient is computed in the
+//! Winograd domain (36 GEMMs per block of tiles, then `Gᵀ dU G`).
 //!
 //! # Determinism
 //! Every output element is produced by exactly one task with a fixed summation order, and
@@ -26,7 +27,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, ConvShape};
-use crate::linalg::Real;
+use crate::linalg::{backward_weight_winograd, Real};
 
 use crate::linalg::{
     add_bias, adjoint_fits, backward_input_winograd, channel_sums, col2im_tile, dims4,
@@ -350,9 +351,13 @@ impl<F: Real> Conv2d<F> {
         } else {
             backward_input(w2, go.view(), &s)
         };
-        let weight = backward_weight(x.view(), go.view(), &s)
-            .into_shape_with_order(self.weight.raw_dim())
-            .expect("gradient has the weight's element count");
+        let weight = if self.runs_winograd(&s) {
+            backward_weight_winograd(x.view(), go.view(), &s)
+        } else {
+            backward_weight(x.view(), go.view(), &s)
+                .into_shape_with_order(self.weight.raw_dim())
+                .expect("gradient has the weight's element count")
+        };
         let bias = self.bias.as_ref().map(|_| channel_sums(go.view()));
         Ok(Conv2dGrads {
             input,

@@ -28,6 +28,6 @@ pub(crate) use tiles::{add_bias, channel_sums, dims4, image, output_tiles};
 // strategy, in progress on a branch).
 #[allow(unused_imports)]
 pub(crate) use winograd::{
-    adjoint_fits, backward_input_winograd, forward_winograd, WinogradOperand, WinogradTile,
-    WinogradWeight,
+    adjoint_fits, backward_input_winograd, backward_weight_winograd, forward_winograd,
+    WinogradOperand, WinogradTile, WinogradWeight,
 };

@@ -27,7 +27,10 @@ use rayon::prelude::*;
 use super::{gemm, matrix_mut, Real};
 use crate::geometry::ConvShape;
 
+mod grad;
 mod transform;
+
+pub(crate) use grad::backward_weight_winograd;
 
 #[cfg(test)]
 use transform::{input_1d, output_1d};
@@ -181,6 +184,9 @@ fn kernel_transform(g: &[f64; 9]) -> [f64; XI] {
 /// One band of the output: image `n`, tile row `ty`, and its `(Cout, ≤4, OW)` view.
 type Band<'a, F> = (usize, usize, ArrayViewMut3<'a, F>);
 
+/// A row of tiles: image `n`, tile row `ty` (output rows `4·ty …`).
+type TileRow = (usize, usize);
+
 /// Per-worker scratch: the block's transformed input `V` and products `M`.
 #[derive(Default)]
 struct Scratch<F> {
@@ -300,7 +306,8 @@ fn run_block<F: Real, W: WinogradOperand<F>>(
     let tiles = block.len() * tw;
     scratch.v.resize(XI * s.cin * tiles, F::zero());
     scratch.m.resize(XI * s.cout * tiles, F::zero());
-    transform_block(x, s, block, &mut scratch.v, &mut scratch.transform);
+    let tile_rows: Vec<TileRow> = block.iter().map(|(n, ty, _)| (*n, *ty)).collect();
+    transform_block(x, s, &tile_rows, &mut scratch.v, &mut scratch.transform);
     // The 36 products are independent, each one single-threaded GEMM, so running them as
     // parallel tasks does not change the result.
     let (v_len, m_len) = (s.cin * tiles, s.cout * tiles);

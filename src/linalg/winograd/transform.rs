@@ -9,7 +9,7 @@ use ndarray::{ArrayView1, ArrayView4, ArrayViewMut3, Axis};
 
 use pulp::Simd;
 
-use super::{Band, M, N};
+use super::{Band, TileRow, M, N};
 use crate::geometry::ConvShape;
 use crate::linalg::simd::{Kernel, Kernels};
 use crate::linalg::Real;
@@ -119,7 +119,7 @@ pub(super) struct TransformScratch<F> {
 pub(super) fn transform_block<F: Real>(
     x: &ArrayView4<F>,
     s: &ConvShape,
-    block: &[Band<'_, F>],
+    block: &[TileRow],
     v: &mut [F],
     scratch: &mut TransformScratch<F>,
 ) {
@@ -138,7 +138,7 @@ pub(super) fn transform_block<F: Real>(
 struct InputTransform<'a, 'b, F> {
     x: &'a ArrayView4<'b, F>,
     s: &'a ConvShape,
-    block: &'a [Band<'b, F>],
+    block: &'a [TileRow],
     v: &'a mut [F],
     scratch: &'a mut TransformScratch<F>,
 }
@@ -163,7 +163,7 @@ impl<F: Real> Kernel for InputTransform<'_, '_, F> {
 fn input_transform<F: Real>(
     x: &ArrayView4<F>,
     s: &ConvShape,
-    block: &[Band<'_, F>],
+    block: &[TileRow],
     v: &mut [F],
     scratch: &mut TransformScratch<F>,
 ) {
@@ -174,7 +174,7 @@ fn input_transform<F: Real>(
     scratch.streams.resize(N * N * tiles, F::zero());
     let x = x.as_slice().expect("standard layout");
     for i in 0..s.cin {
-        for (b, &(n, ty, _)) in block.iter().enumerate() {
+        for (b, &(n, ty)) in block.iter().enumerate() {
             let plane = &x[(n * s.cin + i) * s.h * s.w..(n * s.cin + i + 1) * s.h * s.w];
             let (d, t) = scratch.rows.split_at_mut(N * wp);
             copy_padded_rows(plane, s, ty, d, wp);
@@ -338,5 +338,210 @@ fn store_band_rows<F: Real>(
             }
         }
         out_row.copy_from_slice(&row[..ow]);
+    }
+}
+
+/// `A y` for four values `y` (the adjoint of [`output_1d`]): six values.
+#[inline(always)]
+pub(super) fn grad_1d<F: Real>(y: [F; M]) -> [F; N] {
+    let c = |v: f64| F::from_f64_lossy(v);
+    let (two, four, eight) = (c(2.0), c(4.0), c(8.0));
+    let (even, odd) = (y[0] + y[2], y[1] + y[3]);
+    let (even2, odd2) = (y[0] + four * y[2], two * y[1] + eight * y[3]);
+    [
+        y[0],
+        even + odd,
+        even - odd,
+        even2 + odd2,
+        even2 - odd2,
+        y[3],
+    ]
+}
+
+/// `dst[k][t] = (A (src[0][t], …, src[3][t]))[k]` for every `t < dst[0].len()`.
+#[inline(always)]
+fn grad_streams<F: Real>(src: [&[F]; M], dst: [&mut [F]; N]) {
+    let len = dst[0].len();
+    let src = src.map(|s| &s[..len]);
+    let [d0, d1, d2, d3, d4, d5] = dst;
+    let (d1, d2, d3, d4, d5) = (
+        &mut d1[..len],
+        &mut d2[..len],
+        &mut d3[..len],
+        &mut d4[..len],
+        &mut d5[..len],
+    );
+    for t in 0..len {
+        let y = grad_1d([src[0][t], src[1][t], src[2][t], src[3][t]]);
+        (d0[t], d1[t], d2[t], d3[t], d4[t], d5[t]) = (y[0], y[1], y[2], y[3], y[4], y[5]);
+    }
+}
+
+/// The output gradient of a block in the Winograd domain, `dM_τ = A dY_τ Aᵀ` per tile, into
+/// `dm[(ξ·Cout + o)·tiles + t]`; gradients of outputs past the map's edge are zero.
+pub(super) fn grad_output_block<F: Real>(
+    go: &ArrayView4<F>,
+    s: &ConvShape,
+    block: &[TileRow],
+    dm: &mut [F],
+    scratch: &mut TransformScratch<F>,
+) {
+    Kernels::detect().dispatch(GradTransform {
+        go,
+        s,
+        block,
+        dm,
+        scratch,
+    });
+}
+
+/// [`grad_output_block`] compiled for the CPU's vector instruction set (see
+/// [`InputTransform`]).
+struct GradTransform<'a, 'b, F> {
+    go: &'a ArrayView4<'b, F>,
+    s: &'a ConvShape,
+    block: &'a [TileRow],
+    dm: &'a mut [F],
+    scratch: &'a mut TransformScratch<F>,
+}
+
+impl<F: Real> Kernel for GradTransform<'_, '_, F> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, _: S) {
+        let Self {
+            go,
+            s,
+            block,
+            dm,
+            scratch,
+        } = self;
+        grad_transform(go, s, block, dm, scratch);
+    }
+}
+
+/// Per output channel and band: the four gradient rows (zero-padded to whole tiles), `A` down
+/// their columns into six rows, split into the four column streams of every tile; then `A`
+/// along the streams, vectorised over the block.
+#[inline(always)]
+fn grad_transform<F: Real>(
+    go: &ArrayView4<F>,
+    s: &ConvShape,
+    block: &[TileRow],
+    dm: &mut [F],
+    scratch: &mut TransformScratch<F>,
+) {
+    let tw = s.ow.div_ceil(M);
+    let tiles = block.len() * tw;
+    let wq = M * tw;
+    scratch.rows.resize((M + N) * wq, F::zero());
+    scratch.streams.resize(N * M * tiles, F::zero());
+    let go = go.as_slice().expect("standard layout");
+    let plane_len = s.oh * s.ow;
+    for o in 0..s.cout {
+        for (b, &(n, ty)) in block.iter().enumerate() {
+            let plane = &go[(n * s.cout + o) * plane_len..(n * s.cout + o + 1) * plane_len];
+            let (y, t) = scratch.rows.split_at_mut(M * wq);
+            for (k, row) in y.chunks_exact_mut(wq).enumerate() {
+                let oy = ty * M + k;
+                row.fill(F::zero());
+                if oy < s.oh {
+                    row[..s.ow].copy_from_slice(&plane[oy * s.ow..(oy + 1) * s.ow]);
+                }
+            }
+            grad_streams(streams(y, 0, 1, wq), streams_mut(t, 0, 1, wq));
+            for (r, trow) in t.chunks_exact(wq).enumerate() {
+                let [d0, d1, d2, d3] = streams_mut::<F, M>(&mut scratch.streams, r * M, 1, tiles)
+                    .map(|stream| &mut stream[b * tw..(b + 1) * tw]);
+                for (tx, quad) in trow.chunks_exact(M).enumerate() {
+                    (d0[tx], d1[tx], d2[tx], d3[tx]) = (quad[0], quad[1], quad[2], quad[3]);
+                }
+            }
+        }
+        for r in 0..N {
+            let src = streams(&scratch.streams, r * M, 1, tiles);
+            grad_streams(src, streams_mut(dm, r * N * s.cout + o, s.cout, tiles));
+        }
+    }
+}
+
+/// `Gᵀ u` for six values `u` (the adjoint of the kernel transform's `G`): three values.
+#[inline(always)]
+fn gt_1d<F: Real>(u: [F; N]) -> [F; 3] {
+    let c = |v: f64| F::from_f64_lossy(v);
+    let (quarter, sixth, twelfth, twenty_fourth) =
+        (c(0.25), c(1.0 / 6.0), c(1.0 / 12.0), c(1.0 / 24.0));
+    let (p12, m12) = (u[1] + u[2], u[2] - u[1]);
+    let (p34, m34) = (u[3] + u[4], u[3] - u[4]);
+    [
+        quarter * u[0] - sixth * p12 + twenty_fourth * p34,
+        sixth * m12 + twelfth * m34,
+        sixth * (p34 - p12) + u[5],
+    ]
+}
+
+/// `dst[k][t] = (Gᵀ (src[0][t], …, src[5][t]))[k]` for every `t < dst[0].len()`.
+#[inline(always)]
+fn gt_streams<F: Real>(src: [&[F]; N], dst: [&mut [F]; 3]) {
+    let len = dst[0].len();
+    let src = src.map(|s| &s[..len]);
+    let [d0, d1, d2] = dst;
+    let (d1, d2) = (&mut d1[..len], &mut d2[..len]);
+    for t in 0..len {
+        let y = gt_1d([
+            src[0][t], src[1][t], src[2][t], src[3][t], src[4][t], src[5][t],
+        ]);
+        (d0[t], d1[t], d2[t]) = (y[0], y[1], y[2]);
+    }
+}
+
+/// `dg = Gᵀ dU G` for every kernel at once: `du` holds 36 planes of `plane` kernels
+/// (`du[ξ·plane + k]`), `dg` receives 9 planes (`dg[(3·a + b)·plane + k]`); `rows` is scratch.
+pub(super) fn kernel_gradient_planes<F: Real>(
+    du: &[F],
+    plane: usize,
+    rows: &mut Vec<F>,
+    dg: &mut [F],
+) {
+    Kernels::detect().dispatch(KernelGradients {
+        du,
+        plane,
+        rows,
+        dg,
+    });
+}
+
+/// [`kernel_gradient_planes`] compiled for the CPU's vector instruction set (see
+/// [`InputTransform`]).
+struct KernelGradients<'a, F> {
+    du: &'a [F],
+    plane: usize,
+    rows: &'a mut Vec<F>,
+    dg: &'a mut [F],
+}
+
+impl<F: Real> Kernel for KernelGradients<'_, F> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, _: S) {
+        let Self {
+            du,
+            plane,
+            rows,
+            dg,
+        } = self;
+        rows.resize(N * 3 * plane, F::zero());
+        // Gᵀ along each row r of the 6×6 gradient (6 → 3 columns), then down each column.
+        for r in 0..N {
+            gt_streams(
+                streams(du, r * N, 1, plane),
+                streams_mut(rows, r * 3, 1, plane),
+            );
+        }
+        for b in 0..3 {
+            gt_streams(streams(rows, b, 3, plane), streams_mut(dg, b, 3, plane));
+        }
     }
 }
