@@ -351,3 +351,48 @@ fn winograd_backward_is_bit_identical_on_any_thread_count() {
         }
     }
 }
+
+/// `Auto` runs Winograd where tiles × channels pass the measured threshold, and im2col
+/// elsewhere (f32 outputs of the two differ in the last bits, so the choice is visible).
+#[test]
+fn auto_follows_the_measured_rule() {
+    let mut r = rng(81);
+    // (Cin = Cout, map, expected algorithm): 64@28 has 49 tiles × 64 = 3136; 64@14 has
+    // 16 × 64 = 1024; 8@56 has fewer than 16 channels.
+    for (c, hw, want) in [
+        (64, 28, ConvAlgorithm::Winograd),
+        (64, 14, ConvAlgorithm::Im2col),
+        (8, 56, ConvAlgorithm::Im2col),
+    ] {
+        let x = random4(&mut r, (1, c, hw, hw)).mapv(|v| v as f32);
+        let weight = random4(&mut r, (c, c, 3, 3)).mapv(|v| v as f32 * 0.1);
+        let g = ConvGeometry::default().padding(1, 1);
+        let run = |a| {
+            let conv = Conv2d::new(weight.clone(), None, g)
+                .unwrap()
+                .with_algorithm(a)
+                .unwrap();
+            conv.forward(x.view()).unwrap()
+        };
+        let (auto, wino, im2col) = (
+            run(ConvAlgorithm::Auto),
+            run(ConvAlgorithm::Winograd),
+            run(ConvAlgorithm::Im2col),
+        );
+        let same = |a: &Array4<f32>, b: &Array4<f32>| {
+            a.iter()
+                .zip(b.iter())
+                .all(|(p, q)| p.to_bits() == q.to_bits())
+        };
+        assert!(
+            !same(&wino, &im2col),
+            "{c}@{hw}: the two algorithms must be distinguishable"
+        );
+        let expected = if want == ConvAlgorithm::Winograd {
+            &wino
+        } else {
+            &im2col
+        };
+        assert!(same(&auto, expected), "{c}@{hw}: Auto should run {want:?}");
+    }
+}

@@ -116,6 +116,7 @@ impl FixedBits {
     }
 
     /// The `f` low bits of `v`'s stored integer (two's complement), as written to a file.
+    #[cfg_attr(not(feature = "safetensors"), allow(dead_code))] // Only the file format calls it.
     pub(crate) fn encode(self, v: f64) -> u32 {
         let mask = if self.0 == 32 {
             u32::MAX
@@ -126,6 +127,7 @@ impl FixedBits {
     }
 
     /// The scale of `f` stored bits (the inverse of [`FixedBits::encode`] on the grid).
+    #[cfg_attr(not(feature = "safetensors"), allow(dead_code))] // Only the file format calls it.
     pub(crate) fn decode(self, q: u32) -> f64 {
         let shift = 32 - u32::from(self.0);
         let signed = ((q << shift) as i32) >> shift;

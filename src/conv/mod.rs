@@ -121,12 +121,16 @@ impl<F: PartialEq> PartialEq for Conv2d<F> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum ConvAlgorithm {
-    /// The layer chooses. For now this is always im2col. Measured side by side
-    /// (`examples/winograd_vs_im2col.rs`: f32, batch 8, 3×3 pad 1, Cin = Cout, median of 9
-    /// alternating runs, 2-core AMD EPYC), Winograd's speed relative to im2col was, at 2 / 1
-    /// threads: 64@56 0.92–0.97× / 0.89–0.92×, 128@28 0.95–1.00× / 0.98–1.00×, 256@14
-    /// 1.06–1.14× / 1.04–1.16×, 512@7 0.83–1.36× / 1.17–1.20×. That is no consistent win
-    /// to choose it automatically; ask for [`ConvAlgorithm::Winograd`] explicitly.
+    /// The layer chooses, per call: Winograd where the geometry allows it and the map has
+    /// enough tiles for its channel count — (4×4 tiles per image) × min(Cin, Cout) ≥ 2048
+    /// with at least 16 channels each way — else im2col. The same choice drives the
+    /// backward pass. The threshold comes from a sweep of forward passes (f32, batch 8, pad 1,
+    /// Cin = Cout from 8 to 512, maps 4–56, 1 thread, CPU time, `examples/winograd_vs_im2col.rs`
+    /// for the side-by-side check): Winograd was 1.25–3.2× faster than im2col above it (e.g.
+    /// 64@28 1.8×, 128@28 1.95×, 256@14 1.44×, 512@7 1.3×) and 0.57–1.0× below it (e.g.
+    /// 128@7 0.71×, 256@8 0.69×, 512@4 0.91×); 128@14 sits on it at 0.89×. At the flagship
+    /// example's layers (32–128 channels at 28–7, batch 64–128) it stays im2col: its
+    /// backward there measured 0.68–0.99× of im2col's.
     #[default]
     Auto,
     /// Tiled im2col + GEMM (any geometry).
@@ -367,11 +371,20 @@ impl<F: Real> Conv2d<F> {
     }
 }
 
-/// The measured rule of [`ConvAlgorithm::Auto`] for a call that can run Winograd: none yet
-/// (see [`ConvAlgorithm::Auto`] for the measurements), so im2col.
-fn auto_prefers_winograd(_s: &ConvShape) -> bool {
-    false
+/// The measured rule of [`ConvAlgorithm::Auto`] for a call that can run Winograd: enough
+/// 4×4 output tiles per image times channels for the transforms (linear in the channels) to
+/// pay off against the 4× fewer multiplies of the GEMMs (quadratic). See
+/// [`ConvAlgorithm::Auto`] for the measurements.
+fn auto_prefers_winograd(s: &ConvShape) -> bool {
+    let tiles = s.oh.div_ceil(4) * s.ow.div_ceil(4);
+    let channels = s.cin.min(s.cout);
+    channels >= MIN_WINOGRAD_CHANNELS && tiles * channels >= MIN_WINOGRAD_TILE_CHANNELS
 }
+
+/// Fewest input and output channels for which `Auto` runs Winograd.
+const MIN_WINOGRAD_CHANNELS: usize = 16;
+/// Least (tiles per image) × min(Cin, Cout) for which `Auto` runs Winograd.
+const MIN_WINOGRAD_TILE_CHANNELS: usize = 2048;
 
 /// Dense forward: `w2` is the weight as (Cout, Cin·kh·kw).
 pub(crate) fn forward_im2col<F: Real>(
