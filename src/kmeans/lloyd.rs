@@ -191,6 +191,12 @@ struct ChunkContext<'a, F> {
 }
 
 impl<F: Real> ChunkContext<'_, F> {
+    /// 1 if row `r`'s label changing counts as a change: rows of weight 0 take no part in
+    /// the fit, so their labels do not hold up convergence.
+    fn counted(&self, r: usize) -> usize {
+        self.weights.map_or(1, |w| usize::from(w[r] > 0.0))
+    }
+
     /// Assigns the rows `r0..r0 + labels.len()`; returns (inertia, label changes).
     fn assign_chunk(
         &self,
@@ -224,7 +230,7 @@ impl<F: Real> ChunkContext<'_, F> {
                     let beyond = nb.outside[label] - u;
                     if best.sqrt() + self.margin < beyond {
                         if nearest != label {
-                            changes += 1;
+                            changes += self.counted(r0 + i);
                             labels[i] = nearest;
                         }
                         dist[i] = best;
@@ -253,7 +259,7 @@ impl<F: Real> ChunkContext<'_, F> {
             for (r, &i) in rows.iter().enumerate() {
                 let new = label[r] as usize;
                 if labels[i] != new {
-                    changes += 1;
+                    changes += self.counted(r0 + i);
                     labels[i] = new;
                 }
                 dist[i] = best[r];

@@ -19,7 +19,8 @@
 //! `sample_weight`): k-means++ draws the first centre ∝ `w` and the others ∝ `w·D²`,
 //! potentials and inertia are weighted sums, a centroid is the weighted mean of its rows,
 //! and a cluster is empty when none of its rows has a positive weight. Rows of weight 0
-//! take no part (they still get labels): the fit is that of the data without them, and a
+//! take no part (they still get labels, but their changes are not counted): the fit is
+//! that of the data without them, and a
 //! row of integer weight `w` counts as `w` copies of it (the same bits whenever the sums are
 //! exact, e.g. small integer data). [`Init::Random`] draws uniformly among the rows of
 //! positive weight. A weighted fit never takes the unweighted path, so even unit weights
@@ -88,7 +89,8 @@ pub struct IterationStats {
     /// iteration (before the centroids were updated), accumulated in `f64`; weighted by the
     /// row weights of a weighted fit.
     pub inertia: f64,
-    /// Points whose label changed in this iteration (all points on the first).
+    /// Points whose label changed in this iteration (all points on the first); in a weighted
+    /// fit, rows of positive weight (each once, whatever its weight).
     pub label_changes: usize,
     /// Σ over clusters of the squared distance each centroid moved in the update.
     pub center_shift: f64,
