@@ -134,7 +134,10 @@ fn a_one_hot_teacher_at_temperature_1_gives_cross_entropy_minus_its_entropy() {
     let (ce, ce_grad) = softmax_cross_entropy(s.view(), &labels).unwrap();
     let d = Distillation::new(1.0, 1.0);
     let (loss, grad) = distillation_loss(s.view(), t.view(), &labels, &d).unwrap();
-    assert!((loss - (ce - entropy)).abs() < 1e-13, "{loss} vs {ce} − {entropy}");
+    assert!(
+        (loss - (ce - entropy)).abs() < 1e-13,
+        "{loss} vs {ce} − {entropy}"
+    );
     for (g, c) in grad.iter().zip(&ce_grad) {
         assert!((g - c).abs() < 1e-15, "{g} vs {c}");
     }
@@ -193,8 +196,10 @@ fn rejects_bad_settings_shapes_labels_and_logits() {
     let d = Distillation::default();
     let t_wide = random_logits(9, 3, 5, 1.0);
     let e = distillation_loss(s.view(), t_wide.view(), &labels, &d).unwrap_err();
-    assert!(matches!(e, Error::ShapeMismatch { ref expected, ref got, .. }
-        if *expected == vec![3, 4] && *got == vec![3, 5]));
+    assert!(
+        matches!(e, Error::ShapeMismatch { ref expected, ref got, .. }
+        if *expected == vec![3, 4] && *got == vec![3, 5])
+    );
     let e = distillation_loss(s.view(), t.view(), &labels[..2], &d).unwrap_err();
     assert!(matches!(e, Error::ShapeMismatch { .. }));
     let e = distillation_loss(s.view(), t.view(), &[0, 1, 4], &d).unwrap_err();
@@ -205,11 +210,23 @@ fn rejects_bad_settings_shapes_labels_and_logits() {
     let mut t_nan = t.clone();
     t_nan[[2, 1]] = f64::NAN;
     let e = distillation_loss(s.view(), t_nan.view(), &labels, &d).unwrap_err();
-    assert!(matches!(e, Error::NonFinite { what: "teacher logits", index: 2 }));
+    assert!(matches!(
+        e,
+        Error::NonFinite {
+            what: "teacher logits",
+            index: 2
+        }
+    ));
     let mut s_inf = s.clone();
     s_inf[[1, 0]] = f64::INFINITY;
     let e = distillation_loss(s_inf.view(), t.view(), &labels, &d).unwrap_err();
-    assert!(matches!(e, Error::NonFinite { what: "student logits", index: 1 }));
+    assert!(matches!(
+        e,
+        Error::NonFinite {
+            what: "student logits",
+            index: 1
+        }
+    ));
 }
 
 /// Conv (2 → 3, 3×3, padding 1) → ReLU → flatten → linear (3·4·4 → 4).
@@ -271,19 +288,43 @@ fn train_step_distill_pulls_the_student_towards_the_teacher() {
     let soft = Distillation::new(2.0, 1.0);
     let mut states = Vec::new();
     let first = student
-        .train_step_distill(x.view(), &labels, teacher.view(), &soft, &sgd(), 0, &mut states)
+        .train_step_distill(
+            x.view(),
+            &labels,
+            teacher.view(),
+            &soft,
+            &sgd(),
+            0,
+            &mut states,
+        )
         .unwrap();
     let mut last = first;
     for _ in 0..40 {
         last = student
-            .train_step_distill(x.view(), &labels, teacher.view(), &soft, &sgd(), 0, &mut states)
+            .train_step_distill(
+                x.view(),
+                &labels,
+                teacher.view(),
+                &soft,
+                &sgd(),
+                0,
+                &mut states,
+            )
             .unwrap();
     }
     assert!(last < 0.3 * first, "{first} → {last}");
     // Bad input is rejected before anything changes.
     let before = student.clone();
     let e = student
-        .train_step_distill(x.view(), &labels[..7], teacher.view(), &soft, &sgd(), 0, &mut states)
+        .train_step_distill(
+            x.view(),
+            &labels[..7],
+            teacher.view(),
+            &soft,
+            &sgd(),
+            0,
+            &mut states,
+        )
         .unwrap_err();
     assert!(matches!(e, Error::ShapeMismatch { .. }));
     let e = student
@@ -307,8 +348,7 @@ fn loss_with_conv_weight(net: &Network<f64>, w: &Array4<f64>, x: &Array4<f64>, y
     let Layer::Conv(c) = &net.layers[0] else {
         unreachable!()
     };
-    net.layers[0] =
-        Layer::Conv(Conv2d::new(w.clone(), c.bias().cloned(), c.geometry()).unwrap());
+    net.layers[0] = Layer::Conv(Conv2d::new(w.clone(), c.bias().cloned(), c.geometry()).unwrap());
     let logits = net.forward(x.view()).unwrap();
     softmax_cross_entropy(logits.view(), y).unwrap().0
 }

@@ -36,9 +36,25 @@ fn duplicated(x: &Array2<f64>, weights: &[usize]) -> (Array2<f64>, Vec<usize>) {
 fn integer_clusters() -> (Array2<f64>, Vec<usize>) {
     let offsets = [[0.0, 0.0], [60.0, 0.0], [0.0, 60.0]];
     let members: [&[([f64; 2], usize)]; 3] = [
-        &[([0.0, 0.0], 3), ([1.0, 2.0], 1), ([2.0, 1.0], 2), ([3.0, 3.0], 2)],
-        &[([0.0, 1.0], 1), ([1.0, 0.0], 1), ([2.0, 2.0], 1), ([4.0, 1.0], 1), ([1.0, 5.0], 4)],
-        &[([0.0, 0.0], 2), ([2.0, 0.0], 2), ([0.0, 2.0], 2), ([6.0, 6.0], 2)],
+        &[
+            ([0.0, 0.0], 3),
+            ([1.0, 2.0], 1),
+            ([2.0, 1.0], 2),
+            ([3.0, 3.0], 2),
+        ],
+        &[
+            ([0.0, 1.0], 1),
+            ([1.0, 0.0], 1),
+            ([2.0, 2.0], 1),
+            ([4.0, 1.0], 1),
+            ([1.0, 5.0], 4),
+        ],
+        &[
+            ([0.0, 0.0], 2),
+            ([2.0, 0.0], 2),
+            ([0.0, 2.0], 2),
+            ([6.0, 6.0], 2),
+        ],
     ];
     let mut rows = Vec::new();
     let mut weights = Vec::new();
@@ -51,7 +67,10 @@ fn integer_clusters() -> (Array2<f64>, Vec<usize>) {
             }
         }
     }
-    (Array2::from_shape_vec((weights.len(), 2), rows).unwrap(), weights)
+    (
+        Array2::from_shape_vec((weights.len(), 2), rows).unwrap(),
+        weights,
+    )
 }
 
 fn as_f64(w: &[usize]) -> Array1<f64> {
@@ -62,10 +81,18 @@ fn as_f64(w: &[usize]) -> Array1<f64> {
 /// `duplicates`, the per-iteration inertia is compared to 1e-12 (the intermediate centroids
 /// are not dyadic, so its sums round differently) and `label_changes`, which counts rows,
 /// not weight, is not compared.
-fn assert_same_fit(a: &KMeansFit<f64>, b: &KMeansFit<f64>, labels_of_b: &[usize], duplicates: bool) {
+fn assert_same_fit(
+    a: &KMeansFit<f64>,
+    b: &KMeansFit<f64>,
+    labels_of_b: &[usize],
+    duplicates: bool,
+) {
     assert_eq!(a.centroids, b.centroids);
     assert_eq!(a.inertia.to_bits(), b.inertia.to_bits());
-    assert_eq!((a.n_iter, a.convergence, a.best_run), (b.n_iter, b.convergence, b.best_run));
+    assert_eq!(
+        (a.n_iter, a.convergence, a.best_run),
+        (b.n_iter, b.convergence, b.best_run)
+    );
     if duplicates {
         for (s, t) in a.history.iter().zip(&b.history) {
             assert!((s.inertia - t.inertia).abs() <= 1e-12 * s.inertia);
@@ -106,7 +133,9 @@ fn integer_weights_equal_duplicated_rows_bit_for_bit() {
 fn integer_weights_match_duplicated_rows_on_real_data() {
     let mut r = rng(3);
     let centres = Array2::from_shape_simple_fn((6, 4), || r.random_range(-5.0..5.0));
-    let x = Array2::from_shape_fn((300, 4), |(i, j)| centres[[i % 6, j]] + r.random_range(-1.0..1.0));
+    let x = Array2::from_shape_fn((300, 4), |(i, j)| {
+        centres[[i % 6, j]] + r.random_range(-1.0..1.0)
+    });
     let w: Vec<usize> = (0..300).map(|i| 1 + (i * 7919) % 4).collect();
     let (dup, origin) = duplicated(&x, &w);
     let ones = Array1::from_elem(dup.nrows(), 1.0);
@@ -130,13 +159,22 @@ fn zero_weights_equal_removed_rows() {
     let real = Array2::from_shape_simple_fn((n, 5), || r.random_range(-1.0..1.0));
     let integer = Array2::from_shape_simple_fn((n, 3), || r.random_range(-20..20) as f64);
     let weights: Vec<f64> = (0..n)
-        .map(|i| if i % 3 == 1 { 0.0 } else { r.random_range(0.5..2.0) })
+        .map(|i| {
+            if i % 3 == 1 {
+                0.0
+            } else {
+                r.random_range(0.5..2.0)
+            }
+        })
         .collect();
     let kept: Vec<usize> = (0..n).filter(|&i| weights[i] > 0.0).collect();
     let kept_weights: Array1<f64> = kept.iter().map(|&i| weights[i]).collect();
     let weights = Array1::from_vec(weights);
     let cases = [
-        (&real, KMeans::params(20).seed(1).n_init(2).init(Init::Random)),
+        (
+            &real,
+            KMeans::params(20).seed(1).n_init(2).init(Init::Random),
+        ),
         (&integer, KMeans::params(20).seed(2).n_init(2)),
         // k-means++ on real data: the potentials' sums round differently once rows are
         // gone, which could move a draw that lands exactly on a boundary; here none does.
@@ -173,7 +211,13 @@ fn noisy_rows(n: usize, seed: u64) -> (Array2<f32>, Array1<f64>) {
     let mut r = rng(seed);
     let x = Array2::from_shape_simple_fn((n, 9), || r.random_range(-1.0f32..1.0));
     let w = (0..n)
-        .map(|i| if i % 11 == 0 { 0.0 } else { r.random_range(0.0..3.0) })
+        .map(|i| {
+            if i % 11 == 0 {
+                0.0
+            } else {
+                r.random_range(0.0..3.0)
+            }
+        })
         .collect();
     (x, w)
 }
@@ -218,8 +262,10 @@ fn rejects_bad_weights() {
     let x = array![[0.0], [1.0], [2.0], [3.0]];
     let fit = |w: Array1<f64>, k| KMeans::params(k).fit_weighted(x.view(), w.view());
     let e = fit(array![1.0, 1.0, 1.0], 2).unwrap_err();
-    assert!(matches!(e, Error::ShapeMismatch { ref expected, ref got, .. }
-        if *expected == vec![4] && *got == vec![3]));
+    assert!(
+        matches!(e, Error::ShapeMismatch { ref expected, ref got, .. }
+        if *expected == vec![4] && *got == vec![3])
+    );
     let e = fit(array![1.0, f64::NAN, 1.0, 1.0], 2).unwrap_err();
     assert!(matches!(e, Error::NonFinite { index: 1, .. }));
     let e = fit(array![1.0, 1.0, f64::INFINITY, 1.0], 2).unwrap_err();
@@ -259,7 +305,11 @@ fn l2_rows_and_weights(w: &Array4<f64>, importance: &Array2<f64>) -> (Array2<f64
         .enumerate()
     {
         let norm = kernel.iter().fold(0.0, |a, &v| a + v * v).sqrt();
-        let s = if kernel[kh * kw / 2] < 0.0 { -norm } else { norm };
+        let s = if kernel[kh * kw / 2] < 0.0 {
+            -norm
+        } else {
+            norm
+        };
         rows.row_mut(pos).assign(&kernel.mapv(|v| v / s));
         weights[pos] = h * s * s;
     }
@@ -290,8 +340,16 @@ fn codebook_importance_weights_each_kernel_by_importance_times_scale_squared() {
         .fit_weighted(rows.view(), weights.view())
         .unwrap();
     assert_eq!(fit.inertia.to_bits(), km.inertia.to_bits());
-    let centroids = fit.codebook.centroids().to_shape((10, 9)).unwrap().to_owned();
-    assert_eq!(sorted_rows(centroids.view()), sorted_rows(km.centroids.view()));
+    let centroids = fit
+        .codebook
+        .centroids()
+        .to_shape((10, 9))
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        sorted_rows(centroids.view()),
+        sorted_rows(km.centroids.view())
+    );
     // Without importance: the unweighted fit, unchanged.
     let plain = KernelCodebook::params(10).seed(4).fit(&[w.view()]).unwrap();
     let empty = KernelCodebook::params(10)
@@ -311,7 +369,9 @@ fn a_tensor_of_zero_importance_takes_no_part_in_the_centroids() {
     let b = Array4::from_shape_simple_fn((8, 12, 3, 3), || r.random_range(-1.0..1.0));
     let ha = Array2::from_shape_simple_fn((12, 6), || r.random_range(0.1..1.0));
     let hb = Array2::zeros((8, 12));
-    let params = KernelCodebook::params(8).seed(2).scale_scheme(ScaleScheme::None);
+    let params = KernelCodebook::params(8)
+        .seed(2)
+        .scale_scheme(ScaleScheme::None);
     let both = params
         .fitter(&[a.view(), b.view()])
         .importance(&[ha.view(), hb.view()])
@@ -326,10 +386,12 @@ fn a_tensor_of_zero_importance_takes_no_part_in_the_centroids() {
     let flat = |f: &clustered_conv::CodebookFit<f64>| {
         f.codebook.centroids().to_shape((8, 9)).unwrap().to_owned()
     };
-    assert_eq!(sorted_rows(flat(&both).view()), sorted_rows(flat(&only_a).view()));
-    let rebuilt = |f: &clustered_conv::CodebookFit<f64>| {
-        f.assignments[0].reconstruct(&f.codebook).unwrap()
-    };
+    assert_eq!(
+        sorted_rows(flat(&both).view()),
+        sorted_rows(flat(&only_a).view())
+    );
+    let rebuilt =
+        |f: &clustered_conv::CodebookFit<f64>| f.assignments[0].reconstruct(&f.codebook).unwrap();
     assert_eq!(rebuilt(&both), rebuilt(&only_a));
 }
 
@@ -384,12 +446,16 @@ fn compressor_importance_fits_each_codebook_with_its_layers_importance() {
     ];
     let importance: Vec<Array2<f64>> = layers
         .iter()
-        .map(|l| Array2::from_shape_simple_fn((l.weight.dim().0, l.weight.dim().1), || {
-            r.random_range(0.0..1.0)
-        }))
+        .map(|l| {
+            Array2::from_shape_simple_fn((l.weight.dim().0, l.weight.dim().1), || {
+                r.random_range(0.0..1.0)
+            })
+        })
         .collect();
     let views: Vec<_> = importance.iter().map(|h| h.view()).collect();
-    let params = KernelCodebook::params(6).seed(3).scale_scheme(ScaleScheme::None);
+    let params = KernelCodebook::params(6)
+        .seed(3)
+        .scale_scheme(ScaleScheme::None);
     let config = CompressionConfig::new(params);
     let net = config.compressor(&layers).importance(&views).run().unwrap();
     let direct = params

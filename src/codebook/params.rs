@@ -433,7 +433,10 @@ fn row_weights<F: Real>(
             .source
             .iter()
             .map(|&pos| {
-                let s = prepared.scales.as_ref().map_or(1.0, |s| s[pos].to_f64_exact());
+                let s = prepared
+                    .scales
+                    .as_ref()
+                    .map_or(1.0, |s| s[pos].to_f64_exact());
                 flat[pos] * s * s
             })
             .collect(),

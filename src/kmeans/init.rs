@@ -46,7 +46,11 @@ pub(crate) fn kmeans_plus_plus<F: Real>(
         None => rng.random_range(0..n),
         Some(w) => {
             let pots = chunk_sums(&w[..n]);
-            draw(rng.random::<f64>() * pots.iter().sum::<f64>(), &pots, &w[..n])
+            draw(
+                rng.random::<f64>() * pots.iter().sum::<f64>(),
+                &pots,
+                &w[..n],
+            )
         }
     };
     centers.row_mut(0).assign(&data.row(first));
@@ -119,9 +123,7 @@ impl Step<'_> {
             .enumerate()
             .map(|(ci, closest)| {
                 let first = ci * CHUNK_ROWS / BLOCK;
-                let weights = self
-                    .weights
-                    .map(|w| &w[ci * CHUNK_ROWS..][..closest.len()]);
+                let weights = self.weights.map(|w| &w[ci * CHUNK_ROWS..][..closest.len()]);
                 self.kernels.dispatch(CandidateDistances {
                     data: self.blocked,
                     blocks: first..first + closest.len() / BLOCK,

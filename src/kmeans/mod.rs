@@ -419,14 +419,22 @@ impl ValidKMeansParams {
                 max_iter: p.max_iter,
                 tol_abs,
             };
-            let outcome = lloyd::run(&data, weights, seeds, transforms, limits, kernels, |stats| {
-                progress(&KMeansProgress {
-                    run,
-                    n_init: p.n_init,
-                    max_iter: p.max_iter,
-                    stats: *stats,
-                })
-            });
+            let outcome = lloyd::run(
+                &data,
+                weights,
+                seeds,
+                transforms,
+                limits,
+                kernels,
+                |stats| {
+                    progress(&KMeansProgress {
+                        run,
+                        n_init: p.n_init,
+                        max_iter: p.max_iter,
+                        stats: *stats,
+                    })
+                },
+            );
             run_inertias.push(outcome.inertia);
             // Strictly lower wins, so ties keep the earliest run.
             if best.as_ref().is_none_or(|b| outcome.inertia < b.inertia) {

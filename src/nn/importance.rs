@@ -88,10 +88,7 @@ impl<F: Real> Network<F> {
                     for ((o, i), s) in sum.indexed_iter_mut() {
                         let kernel = gw.index_axis(Axis(0), o);
                         let kernel = kernel.index_axis(Axis(0), i);
-                        *s += kernel
-                            .iter()
-                            .map(|v| v.to_f64_exact().powi(2))
-                            .sum::<f64>();
+                        *s += kernel.iter().map(|v| v.to_f64_exact().powi(2)).sum::<f64>();
                     }
                 }
             }
