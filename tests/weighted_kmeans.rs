@@ -207,9 +207,10 @@ fn weighted_means_and_inertia_by_hand() {
     assert_ne!(plain.inertia, fit.inertia);
 }
 
-fn noisy_rows(n: usize, seed: u64) -> (Array2<f32>, Array1<f64>) {
+/// f64 rows (so a change in the order of the f64 sums is not hidden by rounding to f32).
+fn noisy_rows(n: usize, seed: u64) -> (Array2<f64>, Array1<f64>) {
     let mut r = rng(seed);
-    let x = Array2::from_shape_simple_fn((n, 9), || r.random_range(-1.0f32..1.0));
+    let x = Array2::from_shape_simple_fn((n, 9), || r.random_range(-1.0..1.0));
     let w = (0..n)
         .map(|i| {
             if i % 11 == 0 {
