@@ -413,3 +413,51 @@ fn kernel_importance_of_a_clustered_layer_is_that_of_its_dense_equivalent() {
     assert_eq!(a, b);
     assert_eq!(a[0].as_ref().unwrap().dim(), (3, 2));
 }
+
+#[test]
+fn compress_where_weighted_fits_the_codebooks_with_the_importance() {
+    let net = tiny_network(41);
+    let mut r = rng(42);
+    let x = random4(&mut r, (6, 2, 4, 4));
+    let y = [0, 1, 2, 3, 0, 1];
+    let importance = net.kernel_importance([(x.view(), &y[..])]).unwrap();
+    let config = clustered_conv::CompressionConfig::new(
+        KernelCodebook::params(3)
+            .seed(5)
+            .scale_scheme(ScaleScheme::None),
+    );
+    let weighted = net
+        .compress_where_weighted(&config, |_, _| true, &importance)
+        .unwrap();
+    let Layer::Conv(c) = &net.layers[0] else {
+        unreachable!()
+    };
+    let h = importance[0].as_ref().unwrap();
+    let direct = KernelCodebook::params(3)
+        .seed(5)
+        .scale_scheme(ScaleScheme::None)
+        .fitter(&[c.weight().view()])
+        .importance(&[h.view()])
+        .run()
+        .unwrap();
+    assert_eq!(weighted.codebooks.get(0).unwrap(), &direct.codebook);
+    let Layer::Clustered { layer, .. } = &weighted.layers[0] else {
+        panic!("layer 0 is not clustered")
+    };
+    assert_eq!(layer.indices().to_array(), direct.assignments[0].indices);
+    // Unweighted compression gives another codebook; selecting nothing is an error.
+    let plain = net.compress(&config).unwrap();
+    assert_ne!(plain.codebooks.get(0).unwrap(), &direct.codebook);
+    let e = net
+        .compress_where_weighted(&config, |_, _| false, &importance)
+        .unwrap_err();
+    assert!(matches!(e, Error::Empty { .. }));
+    let e = net
+        .compress_where_weighted(&config, |_, _| true, &importance[..3])
+        .unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { .. }));
+    let e = net
+        .compress_where_weighted(&config, |_, _| true, &[None, None, None, None])
+        .unwrap_err();
+    assert!(matches!(e, Error::LayerMismatch { layer: 0, .. }));
+}

@@ -2,9 +2,11 @@
 //! (a diagonal Fisher / gradient-squared estimate of the loss's curvature), for weighting
 //! kernels when they are clustered.
 
-use ndarray::{Array2, ArrayView4, Axis};
+use ndarray::{Array2, ArrayView2, ArrayView4, Axis};
 
 use super::{softmax_cross_entropy, Layer, LayerGrads, Network};
+use crate::compress::{CompressedLayer, CompressionConfig, ConvLayer};
+use crate::conv::Conv2d;
 use crate::error::{Error, Result};
 use crate::linalg::Real;
 
@@ -16,7 +18,8 @@ impl<F: Real> Network<F> {
     /// gradient-squared stand-in for the Hessian's diagonal of Choi, El-Khamy & Lee (2017,
     /// "Towards the limit of network quantization"): to second order, moving a kernel by
     /// `δ` costs about `½·Σ_taps h·δ²` of loss, so kernels with large values should be
-    /// clustered with small error (see `CodebookFitter::importance`). With one image per
+    /// clustered with small error (see
+    /// [`CodebookFitter::importance`](crate::CodebookFitter::importance)). With one image per
     /// batch it is the per-sample empirical Fisher; larger batches square the batch-mean
     /// gradient, which is cheaper and keeps the ranking but shrinks the noise part.
     ///
@@ -104,5 +107,86 @@ impl<F: Real> Network<F> {
             sum.mapv_inplace(|v| v * inv);
         }
         Ok(sums)
+    }
+
+    /// As [`Network::compress_where`], with every codebook fitted by sensitivity-weighted
+    /// k-means: `importance` has one entry per layer, as [`Network::kernel_importance`]
+    /// returns (only the entries of the clustered convolutions are read), passed to
+    /// [`Compressor::importance`](crate::Compressor::importance).
+    ///
+    /// ```
+    /// use clustered_conv::nn::{Layer, Linear, Network};
+    /// use clustered_conv::{CompressionConfig, Conv2d, ConvGeometry, KernelCodebook};
+    /// use ndarray::{Array1, Array2, Array4};
+    ///
+    /// let conv = Conv2d::new(Array4::from_shape_fn((4, 2, 3, 3), |(o, i, r, c)| ((o * 5 + i * 3 + r * 2 + c) % 7) as f64 * 0.1 - 0.3), None, ConvGeometry::default().padding(1, 1))?;
+    /// let fc = Linear { weight: Array2::from_shape_fn((3, 4 * 4 * 4), |(a, b)| ((a * 7 + b) % 5) as f64 * 0.02 - 0.04), bias: Array1::zeros(3) };
+    /// let net = Network::new(vec![Layer::Conv(conv), Layer::Relu, Layer::Flatten, Layer::Linear(fc)]);
+    /// let x = Array4::from_shape_fn((4, 2, 4, 4), |(n, c, y, x)| ((n + c + y * x) % 5) as f64 * 0.1);
+    /// let labels = [0, 1, 2, 0];
+    /// let importance = net.kernel_importance([(x.view(), &labels[..])])?;
+    /// let config = CompressionConfig::new(KernelCodebook::params(4));
+    /// let student = net.compress_where_weighted(&config, |_, _| true, &importance)?;
+    /// assert!(matches!(student.layers[0], Layer::Clustered { .. }));
+    /// # Ok::<(), clustered_conv::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Network::compress_where`]; an `importance` list whose length is not the number
+    /// of layers ([`Error::ShapeMismatch`]), or a clustered convolution without an entry
+    /// ([`Error::LayerMismatch`]).
+    pub fn compress_where_weighted(
+        &self,
+        config: &CompressionConfig,
+        select: impl Fn(usize, &Conv2d<F>) -> bool,
+        importance: &[Option<Array2<f64>>],
+    ) -> Result<Network<F>> {
+        if importance.len() != self.layers.len() {
+            return Err(Error::ShapeMismatch {
+                what: "importance entries vs layers",
+                expected: vec![self.layers.len()],
+                got: vec![importance.len()],
+            });
+        }
+        let mut chosen: Vec<usize> = Vec::new();
+        let mut convs: Vec<ConvLayer<F>> = Vec::new();
+        let mut views: Vec<ArrayView2<f64>> = Vec::new();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let Layer::Conv(c) = layer else { continue };
+            if c.kernel_size().0 * c.kernel_size().1 <= 1 || !select(l, c) {
+                continue;
+            }
+            let h = importance[l].as_ref().ok_or(Error::LayerMismatch {
+                what: "the importance",
+                layer: l,
+                expected: "a convolution",
+                got: "no importance entry",
+            })?;
+            chosen.push(l);
+            views.push(h.view());
+            convs.push(ConvLayer {
+                name: format!("layers.{l}"),
+                weight: c.weight().clone(),
+                bias: c.bias().cloned(),
+                geometry: c.geometry(),
+                mask: None,
+            });
+        }
+        let compressed = config.compressor(&convs).importance(&views).run()?;
+        let (codebooks, layers, _) = compressed.into_parts();
+        let mut out = self.clone();
+        let offset = out.codebooks.append(codebooks);
+        for (&l, compressed) in chosen.iter().zip(layers) {
+            if let CompressedLayer::Clustered {
+                codebook, layer, ..
+            } = compressed
+            {
+                out.layers[l] = Layer::Clustered {
+                    layer,
+                    codebook: offset + codebook,
+                };
+            }
+        }
+        Ok(out)
     }
 }
