@@ -14,14 +14,14 @@ impl<F: Real> Network<F> {
     /// The importance of every kernel of every dense or clustered convolution: for kernel
     /// `(o, i)` of layer `l`, the mean over `batches` of `Σ_taps (∂L/∂w[o, i, ·, ·])²`, where
     /// `L` is the batch's mean softmax cross-entropy and `w` the layer's (effective) dense
-    /// weight. This is the diagonal of the empirical Fisher information, the
-    /// gradient-squared stand-in for the Hessian's diagonal of Choi, El-Khamy & Lee (2017,
-    /// "Towards the limit of network quantization"): to second order, moving a kernel by
-    /// `δ` costs about `½·Σ_taps h·δ²` of loss, so kernels with large values should be
-    /// clustered with small error (see
-    /// [`CodebookFitter::importance`](crate::CodebookFitter::importance)). With one image per
-    /// batch it is the per-sample empirical Fisher; larger batches square the batch-mean
-    /// gradient, which is cheaper and keeps the ranking but shrinks the noise part.
+    /// weight. This is the gradient-squared stand-in for the Hessian's diagonal of Choi,
+    /// El-Khamy & Lee (2017, "Towards the limit of network quantization"): to second order,
+    /// moving a kernel by `δ` costs about `½·Σ_taps h·δ²` of loss, so kernels with large
+    /// values should be clustered with small error (see
+    /// [`CodebookFitter::importance`](crate::CodebookFitter::importance)). With one image
+    /// per batch it is the diagonal of the empirical Fisher information; larger batches
+    /// square the batch-mean gradient instead, which is cheaper and gives smaller values
+    /// (the per-image noise partly averages out).
     ///
     /// Gradients come from [`Network::forward_train`] and [`Network::backward`] on a copy of
     /// the network in which every clustered layer is replaced by its dense equivalent
