@@ -3,7 +3,9 @@
 
 use ndarray::{Array3, ArrayView2, ArrayView4};
 
-use super::{prepare_kernels, KernelAssignment, KernelCodebook, ScaleScheme, Symmetry};
+use super::{
+    prepare_kernels, KernelAssignment, KernelCodebook, PreparedKernels, ScaleScheme, Symmetry,
+};
 use crate::error::{Error, Result};
 use crate::kmeans::{
     Convergence, Init, IterationStats, KMeansParams, KMeansProgress, Transforms, ValidKMeansParams,
@@ -48,8 +50,8 @@ pub struct ValidCodebookParams {
     symmetry: Symmetry,
 }
 
-/// A fit with options: pruning masks and a progress callback. Made by
-/// [`CodebookParams::fitter`]; [`CodebookFitter::run`] fits.
+/// A fit with options: pruning masks, per-kernel importance and a progress callback. Made
+/// by [`CodebookParams::fitter`]; [`CodebookFitter::run`] fits.
 ///
 /// ```
 /// use clustered_conv::KernelCodebook;
@@ -72,6 +74,7 @@ pub struct CodebookFitter<'a, F, P> {
     params: CodebookParams,
     weights: &'a [ArrayView4<'a, F>],
     masks: &'a [ArrayView2<'a, bool>],
+    importance: &'a [ArrayView2<'a, f64>],
     progress: P,
 }
 
@@ -206,6 +209,7 @@ impl CodebookParams {
             params: *self,
             weights,
             masks: &[],
+            importance: &[],
             progress: |_| {},
         }
     }
@@ -221,12 +225,47 @@ impl<'a, F: Real, P: FnMut(&KMeansProgress)> CodebookFitter<'a, F, P> {
         self
     }
 
+    /// One `(Cout, Cin)` array of per-kernel importance per tensor (finite, ≥ 0; e.g.
+    /// [`Network::kernel_importance`](crate::nn::Network::kernel_importance)): sensitivity-
+    /// weighted clustering (Choi, El-Khamy & Lee 2017), by
+    /// [`ValidKMeansParams::fit_weighted`](crate::ValidKMeansParams::fit_weighted).
+    /// Kernel `(o, i)` of tensor `t` weighs `importance[t][[o, i]]`, times its scale `s²`
+    /// under L2 scales: a normalised kernel `u = w/s` stored as centroid `c` is off by
+    /// `s·(u − c)` in weight space, so the weighted inertia is then the importance-weighted
+    /// squared error of the reconstructed kernels, `Σ h·‖w − s·c‖²`. (To weight the
+    /// normalised kernels by importance alone, pass `importance / s²`, `s²` being the
+    /// kernel's squared L2 norm.) Kernels of importance 0 take no part in fitting the
+    /// centroids (they are still assigned). Empty: unweighted, [`CodebookParams::fit`]'s
+    /// exact result.
+    ///
+    /// ```
+    /// use clustered_conv::{KernelCodebook, ScaleScheme};
+    /// use ndarray::{Array2, Array4};
+    ///
+    /// let w = Array4::<f64>::from_shape_fn((6, 4, 3, 3), |(o, i, r, c)| ((o * 5 + i * 3 + r + 2 * c) % 7) as f64 - 3.0);
+    /// // Only output channel 0 matters: with 4 centroids for its 4 kernels, it is exact.
+    /// let importance = Array2::from_shape_fn((6, 4), |(o, _)| if o == 0 { 1.0 } else { 0.0 });
+    /// let fit = KernelCodebook::params(4)
+    ///     .scale_scheme(ScaleScheme::None)
+    ///     .fitter(&[w.view()])
+    ///     .importance(&[importance.view()])
+    ///     .run()?;
+    /// assert_eq!(fit.inertia, 0.0);
+    /// # Ok::<(), clustered_conv::Error>(())
+    /// ```
+    #[must_use]
+    pub fn importance(mut self, importance: &'a [ArrayView2<'a, f64>]) -> Self {
+        self.importance = importance;
+        self
+    }
+
     /// Calls `progress` after every Lloyd iteration (from the calling thread).
     pub fn progress<Q: FnMut(&KMeansProgress)>(self, progress: Q) -> CodebookFitter<'a, F, Q> {
         CodebookFitter {
             params: self.params,
             weights: self.weights,
             masks: self.masks,
+            importance: self.importance,
             progress,
         }
     }
@@ -234,12 +273,18 @@ impl<'a, F: Real, P: FnMut(&KMeansProgress)> CodebookFitter<'a, F, P> {
     /// Validates the settings and fits.
     ///
     /// # Errors
-    /// As [`CodebookParams::check`] and [`ValidCodebookParams::fit`], plus masks whose number
-    /// or shapes do not match the weights.
+    /// As [`CodebookParams::check`] and [`ValidCodebookParams::fit`], plus masks or
+    /// importance arrays whose number or shapes do not match the weights
+    /// ([`Error::ShapeMismatch`]), a NaN or infinite importance ([`Error::NonFinite`], with
+    /// the kernel position across the tensors), a negative one
+    /// ([`Error::InvalidParameter`]), and the errors of
+    /// [`ValidKMeansParams::fit_weighted`](crate::ValidKMeansParams::fit_weighted) (e.g.
+    /// every clustered kernel of importance 0, or fewer kernels of positive importance than
+    /// `k`).
     pub fn run(self) -> Result<CodebookFit<F>> {
         self.params
             .check()?
-            .fit_impl(self.weights, self.masks, self.progress)
+            .fit_impl(self.weights, self.masks, self.importance, self.progress)
     }
 }
 
@@ -270,7 +315,7 @@ impl ValidCodebookParams {
     /// # Determinism
     /// Bit-identical results for the same seed and inputs, whatever the number of threads.
     pub fn fit<F: Real>(&self, weights: &[ArrayView4<F>]) -> Result<CodebookFit<F>> {
-        self.fit_impl(weights, &[], |_| {})
+        self.fit_impl(weights, &[], &[], |_| {})
     }
 
     /// A fit of `weights` with options, as [`CodebookParams::fitter`].
@@ -290,6 +335,7 @@ impl ValidCodebookParams {
         &self,
         weights: &[ArrayView4<F>],
         masks: &[ArrayView2<bool>],
+        importance: &[ArrayView2<f64>],
         progress: impl FnMut(&KMeansProgress),
     ) -> Result<CodebookFit<F>> {
         let first = weights.first().ok_or(Error::Empty {
@@ -298,9 +344,13 @@ impl ValidCodebookParams {
         let (_, _, kh, kw) = first.dim();
         let prepared = prepare_kernels(weights, masks, (kh, kw), self.scale_scheme)?;
         let transforms = Transforms::new(self.symmetry.permutations(kh, kw)?);
-        let km = self
-            .kmeans
-            .fit_invariant(prepared.rows.view(), &transforms, progress)?;
+        let row_weights = row_weights(&prepared, weights, importance)?;
+        let km = self.kmeans.fit_invariant(
+            prepared.rows.view(),
+            row_weights.as_deref(),
+            &transforms,
+            progress,
+        )?;
         let k = km.centroids.nrows();
         let order = usage_order(&km.labels, k);
         // k-means label `t·K + c` → stored index `rank(c) + K·t`.
@@ -335,6 +385,62 @@ impl ValidCodebookParams {
             history: km.history,
         })
     }
+}
+
+/// The k-means weight of every clustered row: its kernel's importance, times its scale
+/// squared when the scheme has scales (`None` without importance).
+fn row_weights<F: Real>(
+    prepared: &PreparedKernels<F>,
+    weights: &[ArrayView4<F>],
+    importance: &[ArrayView2<f64>],
+) -> Result<Option<Vec<f64>>> {
+    if importance.is_empty() {
+        return Ok(None);
+    }
+    if importance.len() != weights.len() {
+        return Err(Error::ShapeMismatch {
+            what: "number of importance arrays vs number of weight tensors",
+            expected: vec![weights.len()],
+            got: vec![importance.len()],
+        });
+    }
+    let mut flat = Vec::with_capacity(prepared.source.len());
+    for (w, h) in weights.iter().zip(importance) {
+        if h.dim() != (w.dim().0, w.dim().1) {
+            return Err(Error::ShapeMismatch {
+                what: "kernel importance vs (out_channels, in_channels)",
+                expected: vec![w.dim().0, w.dim().1],
+                got: h.shape().to_vec(),
+            });
+        }
+        flat.extend(h.iter().copied());
+    }
+    if let Some(index) = flat.iter().position(|h| !h.is_finite()) {
+        return Err(Error::NonFinite {
+            what: "kernel importance (row = kernel position across the tensors, in order)",
+            index,
+        });
+    }
+    if let Some(&bad) = flat.iter().find(|&&h| h < 0.0) {
+        return Err(Error::InvalidParameter {
+            name: "kernel importance",
+            value: bad,
+            expected: "a finite value >= 0",
+        });
+    }
+    Ok(Some(
+        prepared
+            .source
+            .iter()
+            .map(|&pos| {
+                let s = prepared
+                    .scales
+                    .as_ref()
+                    .map_or(1.0, |s| s[pos].to_f64_exact());
+                flat[pos] * s * s
+            })
+            .collect(),
+    ))
 }
 
 /// Cluster ids (label mod `k`: transforms folded, paper §1.5) sorted by member count,

@@ -12,10 +12,10 @@ mod network;
 mod report;
 mod scope;
 
-use ndarray::{Array1, Array2, Array4};
+use ndarray::{Array1, Array2, Array4, ArrayView2};
 
 use crate::clustered::ClusteredConv2d;
-use crate::codebook::{CodebookParams, Codebooks, KernelCodebook};
+use crate::codebook::{CodebookFit, CodebookParams, Codebooks, KernelCodebook};
 use crate::conv::Conv2d;
 use crate::error::{Error, Result};
 use crate::geometry::ConvGeometry;
@@ -276,6 +276,7 @@ pub struct CompressProgress<'a> {
 pub struct Compressor<'a, F, P> {
     layers: &'a [ConvLayer<F>],
     config: &'a CompressionConfig,
+    importance: &'a [ArrayView2<'a, f64>],
     progress: P,
 }
 
@@ -289,6 +290,7 @@ impl CompressionConfig {
         Compressor {
             layers,
             config: self,
+            importance: &[],
             progress: |_| {},
         }
     }
@@ -300,14 +302,45 @@ impl<'a, F: Real, P: FnMut(&CompressProgress<'_>)> Compressor<'a, F, P> {
         Compressor {
             layers: self.layers,
             config: self.config,
+            importance: self.importance,
             progress,
         }
+    }
+
+    /// Per-kernel importance, one `(Cout, Cin)` array per layer of the input (entries of
+    /// layers left dense are not read; e.g. the convolutions' entries of
+    /// [`Network::kernel_importance`](crate::nn::Network::kernel_importance)): every
+    /// codebook is fitted with [`CodebookFitter::importance`](crate::CodebookFitter::importance)
+    /// over its layers' arrays. Empty: unweighted, [`compress`]'s exact result.
+    ///
+    /// ```
+    /// use clustered_conv::{CompressionConfig, ConvGeometry, ConvLayer, KernelCodebook};
+    /// use ndarray::{Array2, Array4};
+    ///
+    /// let layers = vec![ConvLayer {
+    ///     name: "conv".to_string(),
+    ///     weight: Array4::<f32>::from_shape_fn((8, 4, 3, 3), |(a, b, r, c)| ((a * 3 + b * 5 + r + c) % 7) as f32 - 3.0),
+    ///     bias: None,
+    ///     geometry: ConvGeometry::default(),
+    ///     mask: None,
+    /// }];
+    /// let importance = Array2::from_shape_fn((8, 4), |(o, i)| 1.0 + (o * 4 + i) as f64);
+    /// let config = CompressionConfig { codebook: KernelCodebook::params(4), ..Default::default() };
+    /// let net = config.compressor(&layers).importance(&[importance.view()]).run()?;
+    /// assert_eq!(net.codebooks().len(), 1);
+    /// # Ok::<(), clustered_conv::Error>(())
+    /// ```
+    #[must_use]
+    pub fn importance(mut self, importance: &'a [ArrayView2<'a, f64>]) -> Self {
+        self.importance = importance;
+        self
     }
 
     /// Compresses, as [`compress`].
     ///
     /// # Errors
-    /// As [`compress`].
+    /// As [`compress`], plus an importance list whose length differs from the layers' and
+    /// the errors of [`CodebookFitter::run`](crate::CodebookFitter::run) for importance.
     pub fn run(mut self) -> Result<CompressedNetwork<F>> {
         let (layers, config) = (self.layers, self.config);
         if layers.is_empty() {
@@ -316,32 +349,19 @@ impl<'a, F: Real, P: FnMut(&CompressProgress<'_>)> Compressor<'a, F, P> {
             });
         }
         let params = config.codebook.check()?;
+        if !self.importance.is_empty() && self.importance.len() != layers.len() {
+            return Err(Error::ShapeMismatch {
+                what: "number of importance arrays vs number of layers",
+                expected: vec![layers.len()],
+                got: vec![self.importance.len()],
+            });
+        }
         let dims: Vec<_> = layers.iter().map(|l| l.weight.dim()).collect();
         let (plans, codebook_of) = config.plan_codebooks(&dims)?;
         let mut codebooks = Codebooks::new();
         let mut clustered: Vec<Option<ClusteredConv2d<F>>> = vec![None; layers.len()];
         for (c, plan) in plans.iter().enumerate() {
-            let weights: Vec<_> = plan
-                .layers
-                .iter()
-                .map(|&l| layers[l].weight.view())
-                .collect();
-            let masks = plan_masks(layers, &plan.layers);
-            let mask_views: Vec<_> = masks.iter().map(|m| m.view()).collect();
-            let fit = config
-                .codebook
-                .with_k(plan.k)
-                .fitter(&weights)
-                .masks(&mask_views)
-                .progress(|kmeans| {
-                    (self.progress)(&CompressProgress {
-                        codebook: c,
-                        codebooks: plans.len(),
-                        layers: &plan.layers,
-                        kmeans,
-                    });
-                })
-                .run()?;
+            let fit = self.fit_codebook(c, &plans)?;
             for (&l, a) in plan.layers.iter().zip(fit.assignments) {
                 let mut layer = ClusteredConv2d::new(
                     a.indices,
@@ -375,6 +395,39 @@ impl<'a, F: Real, P: FnMut(&CompressProgress<'_>)> Compressor<'a, F, P> {
             })
             .collect::<Result<Vec<_>>>()?;
         CompressedNetwork::new(codebooks, layers, params.scale_scheme())
+    }
+
+    /// Fits codebook `c` of `plans` over its layers (with their masks and importance).
+    fn fit_codebook(&mut self, c: usize, plans: &[CodebookPlan]) -> Result<CodebookFit<F>> {
+        let (layers, plan) = (self.layers, &plans[c]);
+        let weights: Vec<_> = plan
+            .layers
+            .iter()
+            .map(|&l| layers[l].weight.view())
+            .collect();
+        let masks = plan_masks(layers, &plan.layers);
+        let mask_views: Vec<_> = masks.iter().map(|m| m.view()).collect();
+        let importance: Vec<ArrayView2<f64>> = if self.importance.is_empty() {
+            Vec::new()
+        } else {
+            plan.layers.iter().map(|&l| self.importance[l]).collect()
+        };
+        let progress = &mut self.progress;
+        self.config
+            .codebook
+            .with_k(plan.k)
+            .fitter(&weights)
+            .masks(&mask_views)
+            .importance(&importance)
+            .progress(|kmeans| {
+                progress(&CompressProgress {
+                    codebook: c,
+                    codebooks: plans.len(),
+                    layers: &plan.layers,
+                    kmeans,
+                });
+            })
+            .run()
     }
 }
 

@@ -85,9 +85,10 @@ fn vectors<S: Simd>() -> usize {
 
 /// k-means++ candidate evaluation over a run of blocks. For every candidate `t` and row
 /// `i`, the row's new distance is `min(closest[i], min over the candidate's copies of
-/// ‖x_i − copy‖²)`; returns each candidate's Σ of those over the rows (per [`SUM_LANES`]
-/// accumulators, combined in accumulator order). With `update`, the (single) candidate's
-/// new distances are written into `closest`.
+/// ‖x_i − copy‖²)`; returns each candidate's Σ of those (times the row's weight, when there
+/// are weights) over the rows (per [`SUM_LANES`] accumulators, combined in accumulator
+/// order). With `update`, the (single) candidate's new distances are written into
+/// `closest`.
 pub(crate) struct CandidateDistances<'a> {
     pub data: &'a Blocked,
     /// The blocks this call covers.
@@ -97,6 +98,8 @@ pub(crate) struct CandidateDistances<'a> {
     pub copies_per: usize,
     /// Current nearest-centre distances of the covered rows (padding rows 0).
     pub closest: &'a mut [f64],
+    /// Row weights of the covered rows (padding rows 0), or `None` for unit weights.
+    pub weights: Option<&'a [f64]>,
     pub update: bool,
 }
 
@@ -108,6 +111,7 @@ impl Kernel for CandidateDistances<'_> {
         let d = self.data.d;
         let groups = SUM_LANES / S::F64_LANES;
         let closest = S::as_mut_simd_f64s(self.closest).0;
+        let weights = self.weights.map(|w| S::as_simd_f64s(w).0);
         let candidates = self.copies.len() / (self.copies_per * d);
         let mut acc = vec![[simd.splat_f64s(0.0); SUM_LANES]; candidates];
         // Blocks outside, candidates inside: a block stays in L1 while every candidate is
@@ -131,7 +135,11 @@ impl Kernel for CandidateDistances<'_> {
                             closest[at + u] = dist;
                         }
                         let lane = (v0 + u) % groups;
-                        acc[t][lane] = simd.add_f64s(acc[t][lane], dist);
+                        let term = match weights {
+                            Some(w) => simd.mul_f64s(dist, w[at + u]),
+                            None => dist,
+                        };
+                        acc[t][lane] = simd.add_f64s(acc[t][lane], term);
                     }
                 }
             }

@@ -15,13 +15,18 @@ use crate::linalg::Real;
 /// drawn with probability ∝ squared distance to the nearest chosen centre, "best" meaning the
 /// lowest resulting potential (lowest candidate position on ties).
 ///
+/// With row `weights`, the first centre is drawn ∝ weight and the others ∝ weight × squared
+/// distance, and potentials are weighted sums: a row of integer weight `w` is drawn and
+/// counted like `w` adjacent copies of it (the same bits when the sums are exact).
+///
 /// All candidates of a step are measured in one pass over the data, in parallel chunks of
 /// [`CHUNK_ROWS`] rows, with the vectorised kernel of [`blocked`](super::blocked); a draw
 /// finds its chunk from the per-chunk potentials, then its row inside the chunk. Scratch: an
-/// `f64` copy of the data and `n` distances.
+/// `f64` copy of the data and `n` distances (and `n` padded weights).
 pub(crate) fn kmeans_plus_plus<F: Real>(
     data: &ArrayView2<F>,
     k: usize,
+    weights: Option<&[f64]>,
     transforms: &Transforms,
     rng: &mut ChaCha8Rng,
     kernels: Kernels,
@@ -30,16 +35,39 @@ pub(crate) fn kmeans_plus_plus<F: Real>(
     let trials = 2 + (k as f64).ln().floor() as usize;
     let blocked = Blocked::new(data);
     let padded = blocked.blocks() * BLOCK;
+    let weights = weights.map(|w| {
+        let mut w = w.to_vec();
+        w.resize(padded, 0.0);
+        w
+    });
+    let weights = weights.as_deref();
     let mut centers = Array2::<F>::zeros((k, d));
-    let first = rng.random_range(0..n);
+    let first = match weights {
+        None => rng.random_range(0..n),
+        Some(w) => {
+            let pots = chunk_sums(&w[..n]);
+            draw(
+                rng.random::<f64>() * pots.iter().sum::<f64>(),
+                &pots,
+                &w[..n],
+            )
+        }
+    };
     centers.row_mut(0).assign(&data.row(first));
     let mut closest = distances_to(data, &copies(data, first, transforms));
     closest.resize(padded, 0.0);
-    let mut chunk_pots: Vec<f64> = closest.chunks(CHUNK_ROWS).map(|c| c.iter().sum()).collect();
+    let mut chunk_pots = chunk_sums(&weighted(&closest, weights));
     let mut potential: f64 = chunk_pots.iter().sum();
+    let step = Step {
+        blocked: &blocked,
+        weights,
+        copies_per: transforms.len(),
+        kernels,
+    };
     for c in 1..k {
+        let targets = weighted(&closest[..n], weights);
         let candidates: Vec<usize> = (0..trials)
-            .map(|_| draw(rng.random::<f64>() * potential, &chunk_pots, &closest[..n]))
+            .map(|_| draw(rng.random::<f64>() * potential, &chunk_pots, &targets))
             .collect();
         let all: Vec<f64> = candidates
             .iter()
@@ -48,28 +76,14 @@ pub(crate) fn kmeans_plus_plus<F: Real>(
         // Every candidate's potential, per chunk; the distances are not kept (writing
         // `trials` arrays of n distances per step would cost more than recomputing the
         // winner's).
-        let partials = potentials(
-            &blocked,
-            &all,
-            transforms.len(),
-            &mut closest,
-            false,
-            kernels,
-        );
+        let partials = step.potentials(&all, &mut closest, false);
         let pots: Vec<f64> = (0..trials)
             .map(|t| partials.iter().map(|p| p[t]).sum())
             .collect();
         // Lowest potential wins; ties go to the earliest candidate.
         let best = (1..trials).fold(0, |b, t| if pots[t] < pots[b] { t } else { b });
         let winner = &all[best * transforms.len() * d..][..transforms.len() * d];
-        let partials = potentials(
-            &blocked,
-            winner,
-            transforms.len(),
-            &mut closest,
-            true,
-            kernels,
-        );
+        let partials = step.potentials(winner, &mut closest, true);
         chunk_pots = partials.iter().map(|p| p[0]).collect();
         potential = chunk_pots.iter().sum();
         centers.row_mut(c).assign(&data.row(candidates[best]));
@@ -77,31 +91,51 @@ pub(crate) fn kmeans_plus_plus<F: Real>(
     centers
 }
 
-/// Per chunk of [`CHUNK_ROWS`] rows, the potential of every candidate in `copies`
-/// (`copies_per` rows each); with `update` (one candidate), `closest` becomes its distances.
-fn potentials(
-    blocked: &Blocked,
-    copies: &[f64],
+/// Sums of `values` per chunk of [`CHUNK_ROWS`], each in row order.
+fn chunk_sums(values: &[f64]) -> Vec<f64> {
+    values.chunks(CHUNK_ROWS).map(|c| c.iter().sum()).collect()
+}
+
+/// `distances` times the row weights (borrowed as they are without weights).
+fn weighted<'a>(distances: &'a [f64], weights: Option<&[f64]>) -> std::borrow::Cow<'a, [f64]> {
+    match weights {
+        None => std::borrow::Cow::Borrowed(distances),
+        Some(w) => distances.iter().zip(w).map(|(d, w)| d * w).collect(),
+    }
+}
+
+/// What every candidate evaluation of a seeding reads.
+struct Step<'a> {
+    blocked: &'a Blocked,
+    /// Padded row weights.
+    weights: Option<&'a [f64]>,
+    /// Copies (transforms) per candidate.
     copies_per: usize,
-    closest: &mut [f64],
-    update: bool,
     kernels: Kernels,
-) -> Vec<Vec<f64>> {
-    closest
-        .par_chunks_mut(CHUNK_ROWS)
-        .enumerate()
-        .map(|(ci, closest)| {
-            let first = ci * CHUNK_ROWS / BLOCK;
-            kernels.dispatch(CandidateDistances {
-                data: blocked,
-                blocks: first..first + closest.len() / BLOCK,
-                copies,
-                copies_per,
-                closest,
-                update,
+}
+
+impl Step<'_> {
+    /// Per chunk of [`CHUNK_ROWS`] rows, the (weighted) potential of every candidate in
+    /// `copies`; with `update` (one candidate), `closest` becomes its distances.
+    fn potentials(&self, copies: &[f64], closest: &mut [f64], update: bool) -> Vec<Vec<f64>> {
+        closest
+            .par_chunks_mut(CHUNK_ROWS)
+            .enumerate()
+            .map(|(ci, closest)| {
+                let first = ci * CHUNK_ROWS / BLOCK;
+                let weights = self.weights.map(|w| &w[ci * CHUNK_ROWS..][..closest.len()]);
+                self.kernels.dispatch(CandidateDistances {
+                    data: self.blocked,
+                    blocks: first..first + closest.len() / BLOCK,
+                    copies,
+                    copies_per: self.copies_per,
+                    closest,
+                    weights,
+                    update,
+                })
             })
-        })
-        .collect()
+            .collect()
+    }
 }
 
 /// The row a k-means++ draw picks: the first whose running weight exceeds `target`, found
@@ -160,16 +194,22 @@ fn nearest_copy<F: Real>(x: &[F], copies: &[f64]) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// `k` distinct rows drawn uniformly.
+/// `k` distinct rows drawn uniformly; with `weights`, `k` distinct rows drawn uniformly
+/// among those of positive weight (as if the others were not there).
 pub(crate) fn random_rows<F: Real>(
     data: &ArrayView2<F>,
     k: usize,
+    weights: Option<&[f64]>,
     rng: &mut ChaCha8Rng,
 ) -> Array2<F> {
-    let picks = rand::seq::index::sample(rng, data.nrows(), k);
+    let rows: Vec<usize> = match weights {
+        None => (0..data.nrows()).collect(),
+        Some(w) => (0..data.nrows()).filter(|&i| w[i] > 0.0).collect(),
+    };
+    let picks = rand::seq::index::sample(rng, rows.len(), k);
     let mut centers = Array2::<F>::zeros((k, data.ncols()));
     for (c, i) in picks.iter().enumerate() {
-        centers.row_mut(c).assign(&data.row(i));
+        centers.row_mut(c).assign(&data.row(rows[i]));
     }
     centers
 }

@@ -27,22 +27,23 @@ pub(crate) struct Limits {
     pub tol_abs: f64,
 }
 
-/// Runs Lloyd's algorithm from `centers` (see the module docs of `kmeans` for the rules).
+/// Runs Lloyd's algorithm from `centers` (see the module docs of `kmeans` for the rules),
+/// with row `weights` (`None`: every row weighs 1).
 pub(crate) fn run<F: Real>(
     data: &ArrayView2<F>,
+    weights: Option<&[f64]>,
     mut centers: Array2<F>,
     transforms: &Transforms,
     limits: Limits,
     kernels: Kernels,
     mut on_iteration: impl FnMut(&IterationStats),
 ) -> Outcome<F> {
-    let mut state = Assignment::new(data, kernels);
+    let mut state = Assignment::new(data, weights, kernels);
     let mut history = Vec::new();
     let mut convergence = Convergence::MaxIter;
     for iteration in 1..=limits.max_iter {
         let (inertia, label_changes) = state.assign(data, &transforms.expand(&centers));
-        let (new_centers, reseeded) =
-            update(data, &state.labels, &state.dist, &centers, transforms);
+        let (new_centers, reseeded) = update(data, weights, &state, &centers, transforms);
         let shifts: Vec<f64> = centers
             .outer_iter()
             .zip(new_centers.outer_iter())
@@ -95,8 +96,10 @@ pub(crate) fn run<F: Real>(
 /// keeps its label without a scan. Labels are always the exact `f64` nearest centre (lowest
 /// index on ties): the bounds only skip scans they prove unnecessary, with a safety margin
 /// for rounding.
-struct Assignment {
+struct Assignment<'w> {
     labels: Vec<usize>,
+    /// Row weights (`None`: 1 each): the inertia is the weighted sum of the distances.
+    weights: Option<&'w [f64]>,
     /// Exact squared distance of every row to its centre.
     dist: Vec<f64>,
     /// Lower bound on every row's distance (not squared) to every centre but its own.
@@ -108,8 +111,8 @@ struct Assignment {
     kernels: Kernels,
 }
 
-impl Assignment {
-    fn new<F: Real>(data: &ArrayView2<F>, kernels: Kernels) -> Self {
+impl<'w> Assignment<'w> {
+    fn new<F: Real>(data: &ArrayView2<F>, weights: Option<&'w [f64]>, kernels: Kernels) -> Self {
         let n = data.nrows();
         let largest_norm = (0..n)
             .map(|i| {
@@ -122,6 +125,7 @@ impl Assignment {
             .sqrt();
         Assignment {
             labels: vec![usize::MAX; n],
+            weights,
             dist: vec![0.0; n],
             lower: vec![0.0; n],
             bounded: false,
@@ -146,6 +150,7 @@ impl Assignment {
             neighbours: neighbours.as_ref(),
             bounded: self.bounded,
             margin: self.margin,
+            weights: self.weights,
             kernels: self.kernels,
         };
         let partials: Vec<(f64, usize)> = self
@@ -181,10 +186,17 @@ struct ChunkContext<'a, F> {
     neighbours: Option<&'a Neighbours>,
     bounded: bool,
     margin: f64,
+    weights: Option<&'a [f64]>,
     kernels: Kernels,
 }
 
 impl<F: Real> ChunkContext<'_, F> {
+    /// 1 if row `r`'s label changing counts as a change: rows of weight 0 take no part in
+    /// the fit, so their labels do not hold up convergence.
+    fn counted(&self, r: usize) -> usize {
+        self.weights.map_or(1, |w| usize::from(w[r] > 0.0))
+    }
+
     /// Assigns the rows `r0..r0 + labels.len()`; returns (inertia, label changes).
     fn assign_chunk(
         &self,
@@ -218,7 +230,7 @@ impl<F: Real> ChunkContext<'_, F> {
                     let beyond = nb.outside[label] - u;
                     if best.sqrt() + self.margin < beyond {
                         if nearest != label {
-                            changes += 1;
+                            changes += self.counted(r0 + i);
                             labels[i] = nearest;
                         }
                         dist[i] = best;
@@ -247,64 +259,65 @@ impl<F: Real> ChunkContext<'_, F> {
             for (r, &i) in rows.iter().enumerate() {
                 let new = label[r] as usize;
                 if labels[i] != new {
-                    changes += 1;
+                    changes += self.counted(r0 + i);
                     labels[i] = new;
                 }
                 dist[i] = best[r];
                 lower[i] = second[r].sqrt();
             }
         }
-        (dist.iter().sum(), changes)
+        let inertia = match self.weights {
+            None => dist.iter().sum(),
+            Some(w) => dist.iter().zip(&w[r0..]).map(|(d, w)| d * w).sum(),
+        };
+        (inertia, changes)
     }
 }
 
-/// New centroids = means of their rows with their transforms undone (summed in `f64`: per
-/// chunk of `max(CHUNK_ROWS, 16·k)` rows in row order, then chunk by chunk). Empty clusters are
-/// re-seeded with the farthest rows (distance descending, then row index ascending) that are
-/// not alone in their cluster; a cluster left empty keeps its previous centroid. Returns the
-/// centroids and the number of re-seeded clusters.
+/// New centroids = (weighted) means of their rows with their transforms undone (summed in
+/// `f64`: per chunk of `max(CHUNK_ROWS, 16·k)` rows in row order, then chunk by chunk); rows
+/// of weight 0 take no part. Empty clusters (no row of positive weight) are re-seeded with
+/// the farthest rows of positive weight (distance descending, then row index ascending) that
+/// are not alone in their cluster; a cluster left empty keeps its previous centroid. Returns
+/// the centroids and the number of re-seeded clusters.
 fn update<F: Real>(
     data: &ArrayView2<F>,
-    labels: &[usize],
-    dist: &[f64],
+    weights: Option<&[f64]>,
+    state: &Assignment,
     old: &Array2<F>,
     transforms: &Transforms,
 ) -> (Array2<F>, usize) {
     let (k, d) = old.dim();
+    let labels = &state.labels;
     // Enough rows per chunk that the chunks' partial sums take at most half the data's size.
     let rows = CHUNK_ROWS.max(16 * k);
-    let partials: Vec<(Vec<f64>, Vec<usize>)> = labels
+    let partials: Vec<Sums> = labels
         .par_chunks(rows)
         .enumerate()
         .map(|(c, labels)| {
-            let mut sums = vec![0.0; k * d];
-            let mut counts = vec![0usize; k];
+            let mut part = Sums::zeros(k, d);
             for (i, &label) in labels.iter().enumerate() {
-                let cluster = label % k;
-                counts[cluster] += 1;
-                let x = row(data, c * rows + i);
-                transforms.add_untransformed(label / k, x, 1.0, &mut sums[cluster * d..][..d]);
+                let r = c * rows + i;
+                let w = weights.map_or(1.0, |w| w[r]);
+                if w > 0.0 {
+                    part.add(label, row(data, r), w, transforms);
+                }
             }
-            (sums, counts)
+            part
         })
         .collect();
-    let mut sums = Array2::<f64>::zeros((k, d));
-    let mut counts = vec![0usize; k];
-    for (chunk_sums, chunk_counts) in &partials {
-        let sums = sums.as_slice_mut().expect("fresh array is contiguous");
-        for (s, &v) in sums.iter_mut().zip(chunk_sums) {
-            *s += v;
-        }
-        for (c, &v) in counts.iter_mut().zip(chunk_counts) {
-            *c += v;
-        }
+    let mut sums = Sums::zeros(k, d);
+    for part in &partials {
+        sums.merge(part);
     }
-    let reseeded = reseed_empty(data, labels, dist, transforms, &mut sums, &mut counts);
+    let reseeded = reseed_empty(data, weights, labels, &state.dist, transforms, &mut sums);
     let mut centers = old.clone();
     for (c, mut center) in centers.outer_iter_mut().enumerate() {
-        if counts[c] > 0 {
-            let inv = 1.0 / counts[c] as f64;
-            for (v, &s) in center.iter_mut().zip(sums.row(c)) {
+        // A total that rounded to 0 (a re-seeded row outweighing the rest) keeps the centroid.
+        if sums.counts[c] > 0 && sums.totals[c] > 0.0 {
+            // Unit weights: the total is the count, exactly.
+            let inv = 1.0 / sums.totals[c];
+            for (v, &s) in center.iter_mut().zip(sums.sums.row(c)) {
                 *v = F::from_f64_lossy(s * inv);
             }
         }
@@ -312,41 +325,91 @@ fn update<F: Real>(
     (centers, reseeded)
 }
 
+/// Per cluster: the weighted sum of its rows (transforms undone), its total weight, and its
+/// number of rows of positive weight.
+struct Sums {
+    sums: Array2<f64>,
+    totals: Vec<f64>,
+    counts: Vec<usize>,
+}
+
+impl Sums {
+    fn zeros(k: usize, d: usize) -> Self {
+        Sums {
+            sums: Array2::zeros((k, d)),
+            totals: vec![0.0; k],
+            counts: vec![0; k],
+        }
+    }
+
+    /// Adds row `x` of weight `w > 0` with k-means label `label` (`t·k + cluster`).
+    fn add<F: Real>(&mut self, label: usize, x: &[F], w: f64, transforms: &Transforms) {
+        let k = self.counts.len();
+        let cluster = label % k;
+        self.counts[cluster] += 1;
+        self.totals[cluster] += w;
+        let mut sum = self.sums.row_mut(cluster);
+        let sum = sum.as_slice_mut().expect("fresh array is contiguous");
+        transforms.add_untransformed(label / k, x, w, sum);
+    }
+
+    /// Adds another chunk's sums.
+    fn merge(&mut self, other: &Sums) {
+        let sums = self.sums.as_slice_mut().expect("fresh array is contiguous");
+        for (s, &v) in sums.iter_mut().zip(other.sums.iter()) {
+            *s += v;
+        }
+        for (t, &v) in self.totals.iter_mut().zip(&other.totals) {
+            *t += v;
+        }
+        for (c, &v) in self.counts.iter_mut().zip(&other.counts) {
+            *c += v;
+        }
+    }
+}
+
 /// Moves the farthest eligible rows into the empty clusters (see [`update`]); returns how many
-/// clusters were re-seeded.
+/// clusters were re-seeded. A re-seeded centroid is its row exactly.
 fn reseed_empty<F: Real>(
     data: &ArrayView2<F>,
+    weights: Option<&[f64]>,
     labels: &[usize],
     dist: &[f64],
     transforms: &Transforms,
-    sums: &mut Array2<f64>,
-    counts: &mut [usize],
+    sums: &mut Sums,
 ) -> usize {
-    let k = counts.len();
-    let empty: Vec<usize> = (0..k).filter(|&c| counts[c] == 0).collect();
+    let k = sums.counts.len();
+    let empty: Vec<usize> = (0..k).filter(|&c| sums.counts[c] == 0).collect();
     if empty.is_empty() {
         return 0;
     }
+    let weight = |i: usize| weights.map_or(1.0, |w| w[i]);
     let mut order: Vec<usize> = (0..labels.len()).collect();
     order.sort_unstable_by(|&a, &b| dist[b].total_cmp(&dist[a]).then(a.cmp(&b)));
     let mut candidates = order.into_iter();
     let mut reseeded = 0;
     for target in empty {
-        let Some(i) = candidates.by_ref().find(|&i| counts[labels[i] % k] > 1) else {
+        let Some(i) = candidates
+            .by_ref()
+            .find(|&i| weight(i) > 0.0 && sums.counts[labels[i] % k] > 1)
+        else {
             break;
         };
-        let source = labels[i] % k;
+        let (source, w) = (labels[i] % k, weight(i));
         let x = row(data, i);
-        let mut source_sum = sums.row_mut(source);
+        let mut source_sum = sums.sums.row_mut(source);
         let source_sum = source_sum
             .as_slice_mut()
             .expect("fresh array is contiguous");
-        transforms.add_untransformed(labels[i] / k, x, -1.0, source_sum);
-        for (s, &v) in sums.row_mut(target).iter_mut().zip(x) {
+        transforms.add_untransformed(labels[i] / k, x, -w, source_sum);
+        sums.totals[source] -= w;
+        sums.counts[source] -= 1;
+        // The row itself (sum = row, total 1), not `w·x / w`, which can round.
+        for (s, &v) in sums.sums.row_mut(target).iter_mut().zip(x) {
             *s = v.to_f64_exact();
         }
-        counts[source] -= 1;
-        counts[target] = 1;
+        sums.totals[target] = 1.0;
+        sums.counts[target] = 1;
         reseeded += 1;
     }
     reseeded

@@ -14,6 +14,18 @@
 //!   centroid is never NaN. Only data with fewer distinct rows than `k` can end with empty
 //!   (duplicate) clusters.
 //!
+//! # Row weights
+//! [`ValidKMeansParams::fit_weighted`] minimises `Σ_i w_i·‖x_i − c(i)‖²` (scikit-learn's
+//! `sample_weight`): k-means++ draws the first centre ∝ `w` and the others ∝ `w·D²`,
+//! potentials and inertia are weighted sums, a centroid is the weighted mean of its rows,
+//! and a cluster is empty when none of its rows has a positive weight. Rows of weight 0
+//! take no part (they still get labels, but their changes are not counted): the fit is
+//! that of the data without them, and a
+//! row of integer weight `w` counts as `w` copies of it (the same bits whenever the sums are
+//! exact, e.g. small integer data). [`Init::Random`] draws uniformly among the rows of
+//! positive weight. A weighted fit never takes the unweighted path, so even unit weights
+//! draw different seeds than [`ValidKMeansParams::fit`].
+//!
 //! # Speed
 //! - Distances are computed in `f64` by vectorised kernels (AVX-512/AVX2 when the CPU has
 //!   them) with the arithmetic of a plain loop — `Σ_j (x_j − c_j)²` in coordinate order,
@@ -38,7 +50,7 @@ mod init;
 mod lloyd;
 mod neighbours;
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView1, ArrayView2};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -74,9 +86,11 @@ pub struct IterationStats {
     /// 1-based iteration number.
     pub iteration: usize,
     /// Sum of squared distances of the points to the centroids they were assigned to in this
-    /// iteration (before the centroids were updated), accumulated in `f64`.
+    /// iteration (before the centroids were updated), accumulated in `f64`; weighted by the
+    /// row weights of a weighted fit.
     pub inertia: f64,
-    /// Points whose label changed in this iteration (all points on the first).
+    /// Points whose label changed in this iteration (all points on the first); in a weighted
+    /// fit, rows of positive weight (each once, whatever its weight).
     pub label_changes: usize,
     /// Σ over clusters of the squared distance each centroid moved in the update.
     pub center_shift: f64,
@@ -105,7 +119,8 @@ pub struct KMeansFit<F> {
     /// Label of every row, each `< k`; every label is the nearest centroid. (Crate-internal
     /// transform-invariant clustering uses labels `t·k + c < S·k`.)
     pub labels: Vec<usize>,
-    /// Sum of squared distances of the rows to their centroids (`f64`, exact per point).
+    /// Sum of squared distances of the rows to their centroids (`f64`, exact per point);
+    /// weighted by the row weights of a weighted fit.
     pub inertia: f64,
     /// Lloyd iterations run by the best run.
     pub n_iter: usize,
@@ -257,6 +272,18 @@ impl KMeansParams {
     pub fn fit<F: Real>(&self, data: ArrayView2<F>) -> Result<KMeansFit<F>> {
         self.check()?.fit(data)
     }
+
+    /// Validates the settings, then clusters the rows of `data` with row `weights`.
+    ///
+    /// # Errors
+    /// See [`KMeansParams::check`] and [`ValidKMeansParams::fit_weighted`].
+    pub fn fit_weighted<F: Real>(
+        &self,
+        data: ArrayView2<F>,
+        weights: ArrayView1<f64>,
+    ) -> Result<KMeansFit<F>> {
+        self.check()?.fit_weighted(data, weights)
+    }
 }
 
 impl ValidKMeansParams {
@@ -284,18 +311,70 @@ impl ValidKMeansParams {
         data: ArrayView2<F>,
         progress: impl FnMut(&KMeansProgress),
     ) -> Result<KMeansFit<F>> {
-        self.fit_invariant(data, &Transforms::identity(data.ncols()), progress)
+        self.fit_invariant(data, None, &Transforms::identity(data.ncols()), progress)
+    }
+
+    /// Weighted k-means: clusters the rows of `data`, row `i` weighing `weights[i]` (see
+    /// the module's *Row weights*: the objective is `Σ_i w_i·‖x_i − c(i)‖²`, centroids are
+    /// weighted means, rows of weight 0 take no part).
+    ///
+    /// ```
+    /// use clustered_conv::KMeans;
+    /// use ndarray::array;
+    ///
+    /// let x = array![[0.0f64], [1.0], [10.0], [11.0]];
+    /// let fit = KMeans::params(2).fit_weighted(x.view(), array![3.0, 1.0, 0.0, 2.0].view())?;
+    /// let (low, high) = (fit.labels[0], fit.labels[3]);
+    /// assert_eq!(fit.centroids[[low, 0]], 0.25); // (3·0 + 1·1) / 4
+    /// assert_eq!(fit.centroids[[high, 0]], 11.0); // the row of weight 0 is left out
+    /// assert_eq!(fit.inertia, 3.0 * 0.0625 + 0.5625);
+    /// # Ok::<(), clustered_conv::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`ValidKMeansParams::fit`], plus: a weight count other than the number of rows
+    /// ([`Error::ShapeMismatch`]); a NaN or infinite weight ([`Error::NonFinite`] with its
+    /// row); a negative weight, all weights 0, or weights whose sum overflows
+    /// ([`Error::InvalidParameter`]); fewer rows of positive weight than `k`
+    /// ([`Error::TooManyClusters`]).
+    ///
+    /// # Determinism
+    /// As [`ValidKMeansParams::fit`]: bit-identical on any number of threads.
+    pub fn fit_weighted<F: Real>(
+        &self,
+        data: ArrayView2<F>,
+        weights: ArrayView1<f64>,
+    ) -> Result<KMeansFit<F>> {
+        self.fit_weighted_with_progress(data, weights, |_| {})
+    }
+
+    /// As [`ValidKMeansParams::fit_weighted`], calling `progress` after every Lloyd
+    /// iteration of every run (from the calling thread).
+    ///
+    /// # Errors
+    /// As [`ValidKMeansParams::fit_weighted`].
+    pub fn fit_weighted_with_progress<F: Real>(
+        &self,
+        data: ArrayView2<F>,
+        weights: ArrayView1<f64>,
+        progress: impl FnMut(&KMeansProgress),
+    ) -> Result<KMeansFit<F>> {
+        let weights = weights.to_vec();
+        let transforms = Transforms::identity(data.ncols());
+        self.fit_invariant(data, Some(&weights), &transforms, progress)
     }
 
     /// Transform-invariant k-means: labels are `t·K + c` over `transforms` (see
-    /// [`Transforms`]); plain k-means with [`Transforms::identity`].
+    /// [`Transforms`]); plain k-means with [`Transforms::identity`]. `weights`: row weights
+    /// (validated here), or `None` for the unweighted fit.
     pub(crate) fn fit_invariant<F: Real>(
         &self,
         data: ArrayView2<F>,
+        weights: Option<&[f64]>,
         transforms: &Transforms,
         progress: impl FnMut(&KMeansProgress),
     ) -> Result<KMeansFit<F>> {
-        self.fit_impl(data, transforms, progress, Kernels::detect())
+        self.fit_impl(data, weights, transforms, progress, Kernels::detect())
     }
 
     /// As [`ValidKMeansParams::fit`], with the portable (non-SIMD) distance kernels whatever
@@ -306,21 +385,25 @@ impl ValidKMeansParams {
         data: ArrayView2<F>,
     ) -> Result<KMeansFit<F>> {
         let transforms = Transforms::identity(data.ncols());
-        self.fit_impl(data, &transforms, |_| {}, Kernels::portable())
+        self.fit_impl(data, None, &transforms, |_| {}, Kernels::portable())
     }
 
     fn fit_impl<F: Real>(
         &self,
         data: ArrayView2<F>,
+        weights: Option<&[f64]>,
         transforms: &Transforms,
         mut progress: impl FnMut(&KMeansProgress),
         kernels: Kernels,
     ) -> Result<KMeansFit<F>> {
         let p = &self.0;
         validate_data(&data, p.k)?;
+        if let Some(w) = weights {
+            validate_weights(w, data.nrows(), p.k)?;
+        }
         let data = data.as_standard_layout();
         let data = data.view();
-        let tol_abs = p.tol * mean_variance(&data);
+        let tol_abs = p.tol * mean_variance(&data, weights);
         let mut best: Option<KMeansFit<F>> = None;
         let mut run_inertias = Vec::with_capacity(p.n_init);
         for run in 0..p.n_init {
@@ -328,22 +411,30 @@ impl ValidKMeansParams {
             rng.set_stream(run as u64);
             let seeds = match p.init {
                 Init::KMeansPlusPlus => {
-                    init::kmeans_plus_plus(&data, p.k, transforms, &mut rng, kernels)
+                    init::kmeans_plus_plus(&data, p.k, weights, transforms, &mut rng, kernels)
                 }
-                Init::Random => init::random_rows(&data, p.k, &mut rng),
+                Init::Random => init::random_rows(&data, p.k, weights, &mut rng),
             };
             let limits = lloyd::Limits {
                 max_iter: p.max_iter,
                 tol_abs,
             };
-            let outcome = lloyd::run(&data, seeds, transforms, limits, kernels, |stats| {
-                progress(&KMeansProgress {
-                    run,
-                    n_init: p.n_init,
-                    max_iter: p.max_iter,
-                    stats: *stats,
-                })
-            });
+            let outcome = lloyd::run(
+                &data,
+                weights,
+                seeds,
+                transforms,
+                limits,
+                kernels,
+                |stats| {
+                    progress(&KMeansProgress {
+                        run,
+                        n_init: p.n_init,
+                        max_iter: p.max_iter,
+                        stats: *stats,
+                    })
+                },
+            );
             run_inertias.push(outcome.inertia);
             // Strictly lower wins, so ties keep the earliest run.
             if best.as_ref().is_none_or(|b| outcome.inertia < b.inertia) {
@@ -389,8 +480,50 @@ fn validate_data<F: Real>(data: &ArrayView2<F>, k: usize) -> Result<()> {
     Ok(())
 }
 
-/// Mean over features of the population variance (scikit-learn's tolerance scale).
-fn mean_variance<F: Real>(data: &ArrayView2<F>) -> f64 {
+/// Rejects a weight count other than `n`, a non-finite or negative weight, all weights 0 (or
+/// a sum that overflows), and fewer than `k` rows of positive weight.
+fn validate_weights(weights: &[f64], n: usize, k: usize) -> Result<()> {
+    if weights.len() != n {
+        return Err(Error::ShapeMismatch {
+            what: "k-means weights vs rows",
+            expected: vec![n],
+            got: vec![weights.len()],
+        });
+    }
+    if let Some(index) = weights.iter().position(|w| !w.is_finite()) {
+        return Err(Error::NonFinite {
+            what: "k-means weights",
+            index,
+        });
+    }
+    if let Some(&bad) = weights.iter().find(|&&w| w < 0.0) {
+        return Err(Error::InvalidParameter {
+            name: "k-means weight",
+            value: bad,
+            expected: "a finite value >= 0",
+        });
+    }
+    let total: f64 = weights.iter().sum();
+    if !(total.is_finite() && total > 0.0) {
+        return Err(Error::InvalidParameter {
+            name: "sum of the k-means weights",
+            value: total,
+            expected: "a finite value > 0 (at least one positive weight)",
+        });
+    }
+    let positive = weights.iter().filter(|&&w| w > 0.0).count();
+    if k > positive {
+        return Err(Error::TooManyClusters { k, n: positive });
+    }
+    Ok(())
+}
+
+/// Mean over features of the population variance (scikit-learn's tolerance scale); with
+/// weights, of the weighted variance (what duplicating rows by their weights would give).
+fn mean_variance<F: Real>(data: &ArrayView2<F>, weights: Option<&[f64]>) -> f64 {
+    if let Some(w) = weights {
+        return weighted_mean_variance(data, w);
+    }
     let (n, d) = data.dim();
     let mut total = 0.0;
     for col in data.columns() {
@@ -402,6 +535,23 @@ fn mean_variance<F: Real>(data: &ArrayView2<F>) -> f64 {
             / n as f64;
     }
     total / d as f64
+}
+
+/// [`mean_variance`] with row weights (their sum validated positive and finite).
+fn weighted_mean_variance<F: Real>(data: &ArrayView2<F>, weights: &[f64]) -> f64 {
+    let sum_w: f64 = weights.iter().sum();
+    let mut total = 0.0;
+    for col in data.columns() {
+        let weighted = |f: &dyn Fn(f64) -> f64| -> f64 {
+            col.iter()
+                .zip(weights)
+                .map(|(v, w)| w * f(v.to_f64_exact()))
+                .sum::<f64>()
+        };
+        let mean = weighted(&|v| v) / sum_w;
+        total += weighted(&|v| (v - mean).powi(2)) / sum_w;
+    }
+    total / data.ncols() as f64
 }
 
 /// Coordinate permutations the clustering is invariant to (transform-invariant clustering,

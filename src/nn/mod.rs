@@ -7,6 +7,8 @@
 //! any layer holding a copy. This is deliberately not a general framework.
 
 mod batchnorm;
+mod distill;
+mod importance;
 mod linear;
 mod loss;
 mod network;
@@ -15,7 +17,7 @@ mod pool;
 
 pub use batchnorm::{BatchNorm2d, BatchNormCache, BatchNormGrads};
 pub use linear::{Linear, LinearGrads};
-pub use loss::softmax_cross_entropy;
+pub use loss::{distillation_loss, softmax_cross_entropy, Distillation};
 pub use network::{Gradients, Layer, LayerGrads, Network, Tape};
 pub use optim::{LrSchedule, Sgd, SgdState};
 pub use pool::MaxPool2d;
