@@ -494,7 +494,10 @@ fn main() -> Res<()> {
             } else {
                 bench_train(&data, p)?
             };
-            let kmeans = if args.iter().any(|a| a == "--no-kmeans" || a == "--train-only") {
+            let kmeans = if args
+                .iter()
+                .any(|a| a == "--no-kmeans" || a == "--train-only")
+            {
                 Value::Null
             } else {
                 bench_kmeans(&data, num("--kmeans-runs", 3.0)? as usize)?

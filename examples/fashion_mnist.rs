@@ -19,18 +19,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clustered_conv::data::{FashionMnist, LabelledImages, FASHION_MNIST_MEAN_STD};
-use clustered_conv::nn::{
-    random_crop_flip, BatchNorm2d, Layer, Linear, LrSchedule, MaxPool2d, Network, Sgd, SgdState,
-};
-use clustered_conv::{
-    CompressionConfig, Conv2d, ConvGeometry, KernelCodebook, ScaleScheme, Symmetry,
-};
+use clustered_conv::nn::{random_crop_flip, Layer, LrSchedule, Network, Sgd, SgdState};
+use clustered_conv::{CompressionConfig, KernelCodebook, ScaleScheme, Symmetry};
 use indicatif::{ProgressBar, ProgressStyle};
-use ndarray::{Array1, Array2, Array4};
+use ndarray::Array4;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
 
 #[path = "common/flagship.rs"]
 mod flagship;
