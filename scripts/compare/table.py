@@ -80,6 +80,43 @@ def kmeans_row(ours, sklearn, threads, n_cols):
     return cells + [""] * (n_cols - len(cells))
 
 
+def conv_and_kmeans_table(runs, ours0, torch0, ks):
+    """The conv rows and the k-means rows, with the agreement check below them."""
+    header = ["case", "threads", "PyTorch GFLOP/s; sklearn", "ours dense GFLOP/s; ours k-means",
+              "ours ÷ ref"]
+    for k in ks:
+        header += [f"clustered K={k} GFLOP/s (auto)", f"K={k} ÷ PyTorch"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|")
+    rows = []
+    for n, r in runs.items():
+        if r["ours"] and r["torch"]:
+            rows += conv_rows(r["ours"], r["torch"], n)
+    # Group the thread counts of one case together.
+    order = {s["slug"]: i for i, s in enumerate(ours0["conv"])}
+    for _, _, _, cells in sorted(rows, key=lambda r: (order.get(r[0], 0), r[1], r[2])):
+        print("| " + " | ".join(cells) + " |")
+    for n, r in runs.items():
+        if r["ours"] and r["sklearn"] and r["ours"]["kmeans"]:
+            print("| " + " | ".join(kmeans_row(r["ours"], r["sklearn"], n, len(header))) + " |")
+    print()
+    print("Ratios > 1× mean ours is faster (conv: PyTorch time / our time; k-means: sklearn "
+          "time / our time). Clustered GFLOP/s are dense-equivalent (2·N·Cout·Cin·9·H·W / "
+          "time); (auto) is the strategy `ForwardStrategy::Auto` picked. k-means inertias are "
+          "exact float64 sums for both sides, medians over the same number of seeds (the two "
+          "libraries' k-means++ use different random generators); inertia × < 1 means ours "
+          "found a lower median inertia.")
+
+    # Agreement of the outputs (batch 1): worst case over the shapes.
+    if torch0 and torch0.get("check"):
+        worst = {key: max(c[key] for c in torch0["check"])
+                 for key in torch0["check"][0] if key != "slug"}
+        print("Agreement at batch 1 (relative L2 error, worst shape): ours dense vs PyTorch "
+              f"{worst['dense']:.1e}" + "".join(
+                  f"; ours clustered K={k} vs PyTorch on the reconstructed weight "
+                  f"{worst[f'k{k}']:.1e}" for k in ks if f"k{k}" in worst) + ".")
+
+
 def train_table(runs):
     """The training-step table: one row per thread count both sides measured."""
     rows = []
@@ -167,40 +204,11 @@ def main():
         print(f"- {args.note}")
     print()
 
-    # The table.
-    header = ["case", "threads", "PyTorch GFLOP/s; sklearn", "ours dense GFLOP/s; ours k-means",
-              "ours ÷ ref"]
-    for k in ks:
-        header += [f"clustered K={k} GFLOP/s (auto)", f"K={k} ÷ PyTorch"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|")
-    rows = []
-    for n, r in runs.items():
-        if r["ours"] and r["torch"]:
-            rows += conv_rows(r["ours"], r["torch"], n)
-    # Group the thread counts of one case together.
-    order = {s["slug"]: i for i, s in enumerate(ours0["conv"])}
-    for _, _, _, cells in sorted(rows, key=lambda r: (order.get(r[0], 0), r[1], r[2])):
-        print("| " + " | ".join(cells) + " |")
-    for n, r in runs.items():
-        if r["ours"] and r["sklearn"] and r["ours"]["kmeans"]:
-            print("| " + " | ".join(kmeans_row(r["ours"], r["sklearn"], n, len(header))) + " |")
-    print()
-    print("Ratios > 1× mean ours is faster (conv: PyTorch time / our time; k-means: sklearn "
-          "time / our time). Clustered GFLOP/s are dense-equivalent (2·N·Cout·Cin·9·H·W / "
-          "time); (auto) is the strategy `ForwardStrategy::Auto` picked. k-means inertias are "
-          "exact float64 sums for both sides, medians over the same number of seeds (the two "
-          "libraries' k-means++ use different random generators); inertia × < 1 means ours "
-          "found a lower median inertia.")
-
-    # Agreement of the outputs (batch 1): worst case over the shapes.
-    if torch0 and torch0.get("check"):
-        worst = {key: max(c[key] for c in torch0["check"])
-                 for key in torch0["check"][0] if key != "slug"}
-        print("Agreement at batch 1 (relative L2 error, worst shape): ours dense vs PyTorch "
-              f"{worst['dense']:.1e}" + "".join(
-                  f"; ours clustered K={k} vs PyTorch on the reconstructed weight "
-                  f"{worst[f'k{k}']:.1e}" for k in ks if f"k{k}" in worst) + ".")
+    # The table (absent from a --train-only run).
+    has_conv = any(r["ours"] and r["ours"]["conv"] for r in runs.values())
+    has_kmeans = any(r["ours"] and r["ours"].get("kmeans") for r in runs.values())
+    if has_conv or has_kmeans:
+        conv_and_kmeans_table(runs, ours0, torch0, ks)
 
     train_table(runs)
 
