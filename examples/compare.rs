@@ -8,11 +8,15 @@
 //!   order), inputs `x_b1.npy` and `x_b8.npy`, and for the agreement check our batch-1 dense
 //!   output `y_b1.npy`, the codebook-reconstructed weights `w_k{K}.npy` and our clustered
 //!   batch-1 outputs `y_k{K}_b1.npy`; plus the k-means data `kmeans_x.npy` (the
-//!   `benches/kmeans.rs` mixture, ChaCha8 seed 42) and a `manifest.json`.
+//!   `benches/kmeans.rs` mixture, ChaCha8 seed 42), the training-step data under `train/`
+//!   (the flagship network's initial parameters, one batch of 128 images and labels) and a
+//!   `manifest.json`.
 //! - `bench --data DIR --out FILE [--only SLUG,..] [--min-runs N] [--min-secs S]
-//!   [--max-secs S] [--warmup-secs S] [--kmeans-runs N] [--no-kmeans]` reads those files,
-//!   times `Conv2d::forward`, `ClusteredConv2d::forward` (automatic strategy) and
-//!   `KMeans::fit`, and writes the results as JSON. Threads: set `RAYON_NUM_THREADS`.
+//!   [--max-secs S] [--warmup-secs S] [--kmeans-runs N] [--no-kmeans] [--no-train]
+//!   [--train-only]` reads those files, times `Conv2d::forward`, `ClusteredConv2d::forward`
+//!   (automatic strategy), `KMeans::fit` and one training step of the flagship network
+//!   (`Network::train_step`, batch 128, SGD with momentum 0.9 and weight decay 5e-4), and
+//!   writes the results as JSON. Threads: set `RAYON_NUM_THREADS`.
 //!
 //! Run: `cargo run --release --example compare -- gen --data target/compare-data`.
 
@@ -21,6 +25,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use clustered_conv::nn::{Layer, LrSchedule, Network, Sgd, SgdState};
 use clustered_conv::{ClusteredConv2d, Conv2d, ConvGeometry, KMeans, KernelCodebook};
 use ndarray::{Array, Array2, Array4, ArrayD, Dimension, IxDyn};
 use rand::{Rng, SeedableRng};
@@ -28,6 +33,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use serde_json::{json, Value};
 
+#[path = "common/flagship.rs"]
+mod flagship;
 #[path = "common/layers.rs"]
 mod layers;
 
@@ -48,6 +55,17 @@ const KM_COMPONENTS: usize = 256;
 const KM_WITHIN_STD: f32 = 0.1;
 const KM_DATA_SEED: u64 = 42;
 const KM_FIT_SEED: u64 = 0;
+
+// Training step of the flagship network (`examples/common/flagship.rs`).
+const TRAIN_BATCH: usize = 128;
+const TRAIN_SEED: u64 = 14;
+/// Losses recorded from the shared initial parameters, for the agreement check.
+const TRAIN_CHECK_STEPS: usize = 3;
+/// Below the flagship's 0.05, which on this one batch of noise diverges for a few steps and
+/// then collapses (loss stuck at 2.24, in PyTorch too); at 0.01 both sides train steadily.
+const TRAIN_LR: f64 = 0.01;
+const TRAIN_MOMENTUM: f64 = 0.9;
+const TRAIN_WEIGHT_DECAY: f64 = 5e-4;
 
 // ---------------------------------------------------------------------------------------------
 // Minimal .npy (format 1.0, little-endian f32, C order) writer and reader.
@@ -225,6 +243,7 @@ fn gen(data: &Path, kind: &str) -> Res<()> {
         shapes.push(json!({"name": name, "slug": slug(name), "c": c, "hw": hw}));
     }
     write_npy(&data.join("kmeans_x.npy"), &mixture())?;
+    let train = gen_train(data)?;
     let manifest = json!({
         "weights": kind,
         "conv_seed": CONV_SEED,
@@ -233,6 +252,7 @@ fn gen(data: &Path, kind: &str) -> Res<()> {
         "shapes": shapes,
         "kmeans": {"file": "kmeans_x.npy", "n": KM_N, "d": KM_D, "k": KM_K,
                    "data_seed": KM_DATA_SEED, "fit_seed": KM_FIT_SEED},
+        "train": train,
     });
     std::fs::write(
         data.join("manifest.json"),
@@ -240,6 +260,103 @@ fn gen(data: &Path, kind: &str) -> Res<()> {
     )?;
     eprintln!("gen: wrote {}", data.join("manifest.json").display());
     Ok(())
+}
+
+/// The training-step data in `DIR/train/`: the flagship network's initial parameters
+/// (`conv{i}.npy` per convolution in order, `fc_w.npy`, `fc_b.npy`; batch norm starts at
+/// γ = 1, β = 0 on both sides), one batch `x.npy` `(128, 1, 28, 28)` of N(0, 1) pixels and its
+/// `labels.npy` (class indices stored as `f32`).
+fn gen_train(data: &Path) -> Res<Value> {
+    let dir = data.join("train");
+    std::fs::create_dir_all(&dir)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(TRAIN_SEED);
+    let net = flagship::build_network(&mut rng)?;
+    let mut convs = 0;
+    for layer in &net.layers {
+        match layer {
+            Layer::Conv(c) => {
+                write_npy(&dir.join(format!("conv{convs}.npy")), c.weight())?;
+                convs += 1;
+            }
+            Layer::Linear(lin) => {
+                write_npy(&dir.join("fc_w.npy"), &lin.weight)?;
+                write_npy(&dir.join("fc_b.npy"), &lin.bias)?;
+            }
+            _ => {}
+        }
+    }
+    let x = Array4::from_shape_simple_fn((TRAIN_BATCH, 1, 28, 28), || {
+        rng.sample::<f32, _>(StandardNormal)
+    });
+    let labels = ndarray::Array1::from_shape_simple_fn(TRAIN_BATCH, || {
+        rng.random_range(0..flagship::CLASSES) as f32
+    });
+    write_npy(&dir.join("x.npy"), &x)?;
+    write_npy(&dir.join("labels.npy"), &labels)?;
+    eprintln!("gen: flagship training step -> {}", dir.display());
+    Ok(json!({
+        "batch": TRAIN_BATCH, "blocks": flagship::BLOCKS, "classes": flagship::CLASSES,
+        "seed": TRAIN_SEED, "lr": TRAIN_LR, "momentum": TRAIN_MOMENTUM,
+        "weight_decay": TRAIN_WEIGHT_DECAY, "check_steps": TRAIN_CHECK_STEPS,
+    }))
+}
+
+/// The flagship network with the parameters `gen_train` wrote.
+fn load_flagship(dir: &Path) -> Res<Network<f32>> {
+    let mut net = flagship::build_network(&mut ChaCha8Rng::seed_from_u64(0))?;
+    let mut convs = 0;
+    for layer in &mut net.layers {
+        match layer {
+            Layer::Conv(c) => {
+                let w = read_npy4(&dir.join(format!("conv{convs}.npy")))?;
+                *c = Conv2d::new(w, None, c.geometry())?;
+                convs += 1;
+            }
+            Layer::Linear(lin) => {
+                lin.weight = read_npy(&dir.join("fc_w.npy"))?.into_dimensionality()?;
+                lin.bias = read_npy(&dir.join("fc_b.npy"))?.into_dimensionality()?;
+            }
+            _ => {}
+        }
+    }
+    Ok(net)
+}
+
+/// One training step of the flagship network (forward, softmax cross-entropy, backward, SGD
+/// with momentum and weight decay) on the batch `gen_train` wrote: the losses of the first
+/// steps from the shared initial parameters (agreement check), then the median step time.
+fn bench_train(data: &Path, p: Protocol) -> Res<Value> {
+    let dir = data.join("train");
+    let mut net = load_flagship(&dir)?;
+    let x = read_npy4(&dir.join("x.npy"))?;
+    let labels: Vec<usize> = read_npy(&dir.join("labels.npy"))?
+        .iter()
+        .map(|&l| l as usize)
+        .collect();
+    let sgd = Sgd {
+        lr: TRAIN_LR,
+        momentum: TRAIN_MOMENTUM,
+        weight_decay: TRAIN_WEIGHT_DECAY,
+        schedule: LrSchedule::Constant,
+    };
+    let mut states: Vec<SgdState<f32>> = Vec::new();
+    let losses = (0..TRAIN_CHECK_STEPS)
+        .map(|_| net.train_step(x.view(), &labels, &sgd, 0, &mut states))
+        .collect::<Result<Vec<f64>, _>>()?;
+    let mut failed = None;
+    let (ms, runs) = p.median_ms(|| {
+        if let Err(e) = net.train_step(x.view(), &labels, &sgd, 0, &mut states) {
+            failed = Some(e);
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    eprintln!(
+        "ours: flagship training step, batch {}: {ms:.1} ms; losses {losses:?}",
+        x.dim().0
+    );
+    Ok(json!({"batch": x.dim().0, "ms": ms, "runs": runs, "losses": losses}))
 }
 
 fn bench_conv(data: &Path, only: &[String], p: Protocol) -> Res<Vec<Value>> {
@@ -367,8 +484,20 @@ fn main() -> Res<()> {
                 .unwrap_or_default();
             let threads = rayon::current_num_threads();
             eprintln!("ours: {threads} rayon threads");
-            let conv = bench_conv(&data, &only, p)?;
-            let kmeans = if args.iter().any(|a| a == "--no-kmeans") {
+            let conv = if args.iter().any(|a| a == "--train-only") {
+                Vec::new()
+            } else {
+                bench_conv(&data, &only, p)?
+            };
+            let train = if args.iter().any(|a| a == "--no-train") {
+                Value::Null
+            } else {
+                bench_train(&data, p)?
+            };
+            let kmeans = if args
+                .iter()
+                .any(|a| a == "--no-kmeans" || a == "--train-only")
+            {
                 Value::Null
             } else {
                 bench_kmeans(&data, num("--kmeans-runs", 3.0)? as usize)?
@@ -380,6 +509,7 @@ fn main() -> Res<()> {
                              "max_secs": p.max_secs, "warmup_secs": p.warmup_secs},
                 "conv": conv,
                 "kmeans": kmeans,
+                "train": train,
             });
             std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
             eprintln!("ours: wrote {}", out.display());
@@ -388,7 +518,7 @@ fn main() -> Res<()> {
         _ => Err("usage: compare gen --data DIR [--weights skewed|normal] | \
                   compare bench --data DIR --out FILE [--only SLUG,..] [--min-runs N] \
                   [--min-secs S] [--max-secs S] [--warmup-secs S] [--kmeans-runs N] \
-                  [--no-kmeans]"
+                  [--no-kmeans] [--no-train] [--train-only]"
             .into()),
     }
 }

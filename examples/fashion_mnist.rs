@@ -19,60 +19,22 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clustered_conv::data::{FashionMnist, LabelledImages, FASHION_MNIST_MEAN_STD};
-use clustered_conv::nn::{
-    random_crop_flip, BatchNorm2d, Layer, Linear, LrSchedule, MaxPool2d, Network, Sgd, SgdState,
-};
-use clustered_conv::{
-    CompressionConfig, Conv2d, ConvGeometry, KernelCodebook, ScaleScheme, Symmetry,
-};
+use clustered_conv::nn::{random_crop_flip, Layer, LrSchedule, Network, Sgd, SgdState};
+use clustered_conv::{CompressionConfig, KernelCodebook, ScaleScheme, Symmetry};
 use indicatif::{ProgressBar, ProgressStyle};
-use ndarray::{Array1, Array2, Array4};
+use ndarray::Array4;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
+
+#[path = "common/flagship.rs"]
+mod flagship;
+
+use flagship::build_network;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// `(in, out, pool after)` of the five 3×3 convolutions: 32-32-pool-64-64-pool-128-pool.
-const BLOCKS: [(usize, usize, bool); 5] = [
-    (1, 32, false),
-    (32, 32, true),
-    (32, 64, false),
-    (64, 64, true),
-    (64, 128, true),
-];
-const FEATURES: usize = 128 * 3 * 3;
 const BATCH: usize = 64;
-
-/// conv-BN-ReLU blocks, max-pools, one linear layer; He-normal convolutions.
-fn build_network(rng: &mut ChaCha8Rng) -> Res<Network<f32>> {
-    let mut layers = Vec::new();
-    for &(cin, cout, pool) in &BLOCKS {
-        let normal = Normal::new(0.0, (2.0 / (cin * 9) as f32).sqrt())?;
-        let w = Array4::from_shape_simple_fn((cout, cin, 3, 3), || normal.sample(rng));
-        layers.push(Layer::Conv(Conv2d::new(
-            w,
-            None,
-            ConvGeometry::default().padding(1, 1),
-        )?));
-        layers.push(Layer::BatchNorm(BatchNorm2d::new(cout)));
-        layers.push(Layer::Relu);
-        if pool {
-            layers.push(Layer::MaxPool(MaxPool2d {
-                kernel: 2,
-                stride: 2,
-            }));
-        }
-    }
-    let bound = (1.0 / FEATURES as f32).sqrt();
-    layers.push(Layer::Flatten);
-    layers.push(Layer::Linear(Linear {
-        weight: Array2::from_shape_simple_fn((10, FEATURES), || rng.random_range(-bound..bound)),
-        bias: Array1::zeros(10),
-    }));
-    Ok(Network::new(layers))
-}
 
 /// One compression setting of the table.
 #[derive(Clone, Debug)]

@@ -1,14 +1,16 @@
-"""The Python side of the comparison harness: PyTorch conv2d and scikit-learn k-means.
+"""The Python side of the comparison harness: PyTorch conv2d, scikit-learn k-means and one
+PyTorch training step of the flagship network.
 
 Reads the .npy files written once by `cargo run --release --example compare -- gen` (see
 `manifest.json` in the data directory), times the reference implementations with the same
 protocol as `examples/compare.rs`, and writes the results as JSON.
 
-Two subcommands, meant to run as separate processes (so torch and scikit-learn never share
+Three subcommands, meant to run as separate processes (so torch and scikit-learn never share
 one process and its OpenMP runtimes):
 
     bench_python.py conv   --data DIR --out FILE --threads N [--only SLUG,..] [protocol flags]
     bench_python.py kmeans --data DIR --out FILE --threads N [--runs 3]
+    bench_python.py train  --data DIR --out FILE --threads N [protocol flags]
 
 Threads are pinned three ways: the OMP/MKL/OpenBLAS environment variables (set here before
 numpy or torch are imported, and by run.sh), torch.set_num_threads(N), and threadpoolctl's
@@ -26,7 +28,7 @@ import time
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["conv", "kmeans"])
+    parser.add_argument("what", choices=["conv", "kmeans", "train"])
     parser.add_argument("--data", required=True, help="directory written by `compare gen`")
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--threads", type=int, required=True)
@@ -142,6 +144,71 @@ def bench_conv(manifest):
     }
 
 
+def flagship(blocks, classes):
+    """The flagship network of examples/common/flagship.rs in PyTorch: per block a 3x3 conv
+    (padding 1, no bias), BatchNorm2d (PyTorch defaults: eps 1e-5, momentum 0.1), ReLU and,
+    where the block says so, a 2x2 max-pool; then flatten and one linear layer."""
+    import torch.nn as nn
+
+    layers = []
+    for cin, cout, pool in blocks:
+        layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                   nn.ReLU()]
+        if pool:
+            layers.append(nn.MaxPool2d(2, 2))
+    hw = 28 // 2 ** sum(1 for b in blocks if b[2])
+    layers += [nn.Flatten(), nn.Linear(blocks[-1][1] * hw * hw, classes)]
+    return nn.Sequential(*layers)
+
+
+def bench_train(manifest):
+    """One training step of the flagship network (forward, cross-entropy, backward, SGD with
+    momentum and weight decay) from the parameters and batch that `compare gen` wrote: the
+    losses of the first steps (agreement check with ours), then the median step time."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(ARGS.threads)
+    cfg = manifest["train"]
+    folder = os.path.join(ARGS.data, "train")
+    load = lambda name: torch.from_numpy(np.load(os.path.join(folder, name)))
+    net = flagship(cfg["blocks"], cfg["classes"])
+    convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
+    linear = net[-1]
+    with torch.no_grad():
+        for i, conv in enumerate(convs):
+            conv.weight.copy_(load(f"conv{i}.npy"))
+        linear.weight.copy_(load("fc_w.npy"))
+        linear.bias.copy_(load("fc_b.npy"))
+    x, labels = load("x.npy"), load("labels.npy").long()
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                          weight_decay=cfg["weight_decay"])
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(x), labels)
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    with threadpool_limits(ARGS.threads):
+        losses = [step() for _ in range(cfg["check_steps"])]
+        ms, runs = median_ms(step, ARGS.min_runs, ARGS.min_secs, ARGS.max_secs,
+                             ARGS.warmup_secs)
+        info = pools()
+    print(f"torch: flagship training step, batch {x.shape[0]}: {ms:.1f} ms; losses {losses}",
+          file=sys.stderr)
+    return {
+        "side": "torch-train",
+        "threads": torch.get_num_threads(),
+        "versions": {"torch": torch.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+        "pools": info,
+        "train": {"batch": int(x.shape[0]), "ms": ms, "runs": runs, "losses": losses},
+    }
+
+
 def bench_kmeans(manifest):
     import sklearn
     from sklearn.cluster import KMeans
@@ -195,7 +262,8 @@ def bench_kmeans(manifest):
 def main():
     with open(os.path.join(ARGS.data, "manifest.json")) as f:
         manifest = json.load(f)
-    result = bench_conv(manifest) if ARGS.what == "conv" else bench_kmeans(manifest)
+    bench = {"conv": bench_conv, "kmeans": bench_kmeans, "train": bench_train}[ARGS.what]
+    result = bench(manifest)
     result["protocol"] = {"min_runs": ARGS.min_runs, "min_secs": ARGS.min_secs,
                           "max_secs": ARGS.max_secs, "warmup_secs": ARGS.warmup_secs,
                           "kmeans_runs": ARGS.runs}

@@ -1,10 +1,18 @@
-//! Batch normalisation over the channels of NCHW activations.
+//! Batch normalisation over the channels of NCHW activations, optionally fused with the ReLU
+//! that follows it (one pass over memory instead of two, forward and backward).
+//!
+//! Every sum runs over a channel's planes in image order, each plane in [`LANES`] interleaved
+//! partial sums combined in a fixed order, so results are the same on any number of threads.
 
-use ndarray::{Array1, Array4, ArrayView4};
+use ndarray::{Array1, Array4, ArrayView4, Zip};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::linalg::Real;
+
+/// Interleaved partial sums per plane: they break the chain of dependent f64 additions (one
+/// per element otherwise) and vectorise; the order they are added in is fixed.
+const LANES: usize = 8;
 
 /// `y = γ·(x − μ)/√(σ² + ε) + β` per channel (PyTorch's `nn.BatchNorm2d`): batch statistics
 /// in training (the running averages updated with `momentum`, the variance unbiased), running
@@ -34,6 +42,17 @@ pub struct BatchNormCache<F> {
     pub inv_std: Array1<F>,
 }
 
+/// What [`BatchNorm2d::forward_train_fused`] keeps for [`BatchNorm2d::backward_fused`]: the
+/// input itself (the backward pass recomputes `x̂ = (x − μ)·inv_std` with the same operations,
+/// so bit for bit), the batch statistics, and whether a ReLU was applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchNormTape<F> {
+    input: Array4<F>,
+    mean: Array1<F>,
+    inv_std: Array1<F>,
+    relu: bool,
+}
+
 /// Gradients of a [`BatchNorm2d`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchNormGrads<F> {
@@ -43,6 +62,111 @@ pub struct BatchNormGrads<F> {
     pub gamma: Array1<F>,
     /// ∂L/∂β.
     pub beta: Array1<F>,
+}
+
+/// The forward map of one element: `x̂ = (x − μ)·s`, `y = γ·x̂ + β`, then `max(y, 0)` when
+/// `RELU` (written as [`crate::nn::relu`] is, so a NaN becomes 0 in both).
+#[inline(always)]
+fn activate<F: Real, const RELU: bool>(v: F, [m, s, g, b]: [F; 4]) -> F {
+    let y = (v - m) * s * g + b;
+    if !RELU || y > F::zero() {
+        y
+    } else {
+        F::zero()
+    }
+}
+
+/// `a` itself when it is in standard layout, else a standard-layout copy.
+fn standard<F: Real>(a: Array4<F>) -> Array4<F> {
+    if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
+    }
+}
+
+/// `Σ f(a[i], b[i])` as two f64 sums, over [`LANES`] interleaved partial sums added in a
+/// fixed order.
+#[inline(always)]
+fn lane_sums<A: Copy, B: Copy>(a: &[A], b: &[B], f: impl Fn(A, B) -> (f64, f64)) -> (f64, f64) {
+    let (mut s0, mut s1) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (ca, cb) in ac.zip(bc) {
+        for k in 0..LANES {
+            let (u, v) = f(ca[k], cb[k]);
+            s0[k] += u;
+            s1[k] += v;
+        }
+    }
+    for (k, (&x, &y)) in ar.iter().zip(br).enumerate() {
+        let (u, v) = f(x, y);
+        s0[k] += u;
+        s1[k] += v;
+    }
+    (s0.iter().sum(), s1.iter().sum())
+}
+
+/// `Σ f(a[i])` in f64, over [`LANES`] interleaved partial sums added in a fixed order.
+#[inline(always)]
+fn lane_sum<A: Copy>(a: &[A], f: impl Fn(A) -> f64) -> f64 {
+    let mut s = [0.0f64; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..LANES {
+            s[k] += f(c[k]);
+        }
+    }
+    for (k, &v) in rest.iter().enumerate() {
+        s[k] += f(v);
+    }
+    s.iter().sum()
+}
+
+/// The gradient through the ReLU (when `RELU`) and `x̂` of one element, as f64, from its
+/// output gradient `g` and stored value `x` (`x̂ = (x − μ)·s`; the forward pass's operations,
+/// so its values bit for bit). The ReLU passes `g` unless `γ·x̂ + β ≤ 0`, as
+/// [`relu_backward`](crate::nn::relu_backward) has it.
+#[inline(always)]
+fn through<F: Real, const RELU: bool>(g: F, x: F, [m, s, gamma, beta]: [F; 4]) -> (f64, f64) {
+    let xh = (x - m) * s;
+    let g = if RELU && xh * gamma + beta <= F::zero() {
+        F::zero()
+    } else {
+        g
+    };
+    (g.to_f64_exact(), xh.to_f64_exact())
+}
+
+/// `(Σ g, Σ g·x̂)` of one plane, `g` taken through the ReLU (when `RELU`).
+#[inline(never)]
+fn plane_sums<F: Real, const RELU: bool>(g: &[F], x: &[F], p: [F; 4]) -> (f64, f64) {
+    lane_sums(g, x, |gv, xv| {
+        let (gm, xh) = through::<F, RELU>(gv, xv, p);
+        (gm, gm * xh)
+    })
+}
+
+/// The input gradient of one plane, in place over its output gradient `g`:
+/// `∂x = k·(g − mean(g) − x̂·mean(g·x̂))`, `g` taken through the ReLU (when `RELU`).
+#[inline(never)]
+fn plane_input_grad<F: Real, const RELU: bool>(
+    g: &mut [F],
+    x: &[F],
+    p: [F; 4],
+    [k, mg, mgx]: [f64; 3],
+) {
+    for (gv, &xv) in g.iter_mut().zip(x) {
+        let (gm, xh) = through::<F, RELU>(*gv, xv, p);
+        *gv = F::from_f64_lossy(k * (gm - mg - xh * mgx));
+    }
+}
+
+/// `activate` over one plane, appended to `out` (no zero-filling).
+#[inline(never)]
+fn plane_forward<F: Real, const RELU: bool>(out: &mut Vec<F>, x: &[F], p: [F; 4]) {
+    out.extend(x.iter().map(|&v| activate::<F, RELU>(v, p)));
 }
 
 impl<F: Real> BatchNorm2d<F> {
@@ -59,56 +183,60 @@ impl<F: Real> BatchNorm2d<F> {
         }
     }
 
-    fn check(&self, x: &ArrayView4<F>) -> Result<()> {
-        if x.dim().1 != self.gamma.len() {
+    /// A channel count other than the layer's is an error.
+    fn check(&self, channels: usize) -> Result<()> {
+        if channels != self.gamma.len() {
             return Err(Error::ShapeMismatch {
                 what: "batch-norm channels",
                 expected: vec![self.gamma.len()],
-                got: vec![x.dim().1],
+                got: vec![channels],
             });
         }
         Ok(())
     }
 
-    fn apply(
-        &self,
-        x: &ArrayView4<F>,
-        mean: &Array1<F>,
-        inv_std: &Array1<F>,
-    ) -> (Array4<F>, Array4<F>) {
-        let x = x.as_standard_layout();
-        let (_, channels, h, w) = x.dim();
-        let hw = (h * w).max(1);
-        let xs = x.as_slice().expect("standard layout");
-        let mut normalized = Array4::<F>::zeros(x.dim());
-        let mut y = Array4::<F>::zeros(x.dim());
-        // One task per (image, channel) plane.
-        normalized
-            .as_slice_mut()
-            .expect("fresh array")
-            .par_chunks_mut(hw)
-            .zip(y.as_slice_mut().expect("fresh array").par_chunks_mut(hw))
-            .zip(xs.par_chunks(hw))
-            .enumerate()
-            .for_each(|(plane, ((xn, yp), xp))| {
-                let c = plane % channels;
-                let (m, s, g, b) = (mean[c], inv_std[c], self.gamma[c], self.beta[c]);
-                for ((d, o), &v) in xn.iter_mut().zip(yp.iter_mut()).zip(xp) {
-                    *d = (v - m) * s;
-                    *o = *d * g + b;
-                }
-            });
-        (y, normalized)
+    /// `[μ, inv_std, γ, β]` of channel `c`.
+    #[inline(always)]
+    fn params(&self, mean: &Array1<F>, inv_std: &Array1<F>, c: usize) -> [F; 4] {
+        [mean[c], inv_std[c], self.gamma[c], self.beta[c]]
     }
 
-    /// Training forward pass: normalises with the batch statistics, updates the running ones,
-    /// and returns the cache for [`BatchNorm2d::backward`].
+    /// `activate` over every element of `x` into a new array: planes in order, each one
+    /// vectorised pass appended to the output (nothing is zero-filled first; one thread
+    /// nearly saturates memory bandwidth on this memory-bound map).
+    fn map_channels(
+        &self,
+        x: ArrayView4<F>,
+        mean: &Array1<F>,
+        inv_std: &Array1<F>,
+        relu: bool,
+    ) -> Array4<F> {
+        let dim = x.dim();
+        let (channels, hw) = (dim.1, dim.2 * dim.3);
+        let x = x.as_standard_layout();
+        let xs = x.as_slice().expect("standard layout");
+        let mut out = Vec::with_capacity(xs.len());
+        if hw > 0 {
+            for (plane, xp) in xs.chunks(hw).enumerate() {
+                let p = self.params(mean, inv_std, plane % channels);
+                if relu {
+                    plane_forward::<F, true>(&mut out, xp, p);
+                } else {
+                    plane_forward::<F, false>(&mut out, xp, p);
+                }
+            }
+        }
+        Array4::from_shape_vec(dim, out).expect("one value per input value")
+    }
+
+    /// Batch mean and `1/√(σ² + ε)` per channel (biased variance, two passes in f64), and the
+    /// running statistics updated.
     ///
     /// # Errors
-    /// A channel count other than the layer's, or a batch with a single value per channel.
-    pub fn forward_train(&mut self, x: ArrayView4<F>) -> Result<(Array4<F>, BatchNormCache<F>)> {
-        self.check(&x)?;
-        let (n, _, h, w) = x.dim();
+    /// A channel count other than the layer's, or a single value per channel.
+    fn batch_stats(&mut self, x: &ArrayView4<F>) -> Result<(Array1<F>, Array1<F>)> {
+        let (n, channels, h, w) = x.dim();
+        self.check(channels)?;
         let count = n * h * w;
         if count < 2 {
             return Err(Error::InvalidParameter {
@@ -117,45 +245,49 @@ impl<F: Real> BatchNorm2d<F> {
                 expected: ">= 2",
             });
         }
-        let channels = self.gamma.len();
         let x = x.as_standard_layout();
-        let hw = h * w;
-        let xs = x.as_slice().expect("standard layout");
+        let (xs, hw) = (x.as_slice().unwrap_or(&[]), h * w);
         let plane = |b: usize, c: usize| &xs[(b * channels + c) * hw..][..hw];
         // Channels in parallel; each sums its planes in image order (deterministic).
         let stats: Vec<(f64, f64)> = (0..channels)
             .into_par_iter()
             .map(|c| {
-                let m = (0..n)
-                    .map(|b| plane(b, c).iter().map(|v| v.to_f64_exact()).sum::<f64>())
-                    .sum::<f64>()
-                    / count as f64;
-                let v = (0..n)
-                    .map(|b| {
-                        plane(b, c)
-                            .iter()
-                            .map(|v| (v.to_f64_exact() - m).powi(2))
-                            .sum::<f64>()
-                    })
-                    .sum::<f64>()
-                    / count as f64;
-                (m, v)
+                let sum = (0..n)
+                    .map(|b| lane_sum(plane(b, c), |v| v.to_f64_exact()))
+                    .sum::<f64>();
+                let m = sum / count as f64;
+                let squares = (0..n)
+                    .map(|b| lane_sum(plane(b, c), |v| (v.to_f64_exact() - m).powi(2)))
+                    .sum::<f64>();
+                (m, squares / count as f64)
             })
             .collect();
         let mut mean = Array1::<F>::zeros(channels);
-        let mut var = Array1::<F>::zeros(channels);
+        let mut inv_std = Array1::<F>::zeros(channels);
+        let keep = F::one() - self.momentum;
         for (c, &(m, v)) in stats.iter().enumerate() {
             mean[c] = F::from_f64_lossy(m);
-            var[c] = F::from_f64_lossy(v);
             let unbiased = F::from_f64_lossy(v * count as f64 / (count - 1) as f64);
-            self.running_mean[c] =
-                (F::one() - self.momentum) * self.running_mean[c] + self.momentum * mean[c];
-            self.running_var[c] =
-                (F::one() - self.momentum) * self.running_var[c] + self.momentum * unbiased;
+            self.running_mean[c] = keep * self.running_mean[c] + self.momentum * mean[c];
+            self.running_var[c] = keep * self.running_var[c] + self.momentum * unbiased;
+            inv_std[c] = F::one() / (F::from_f64_lossy(v) + self.eps).sqrt();
         }
-        let x = x.view();
-        let inv_std = var.mapv(|v| F::one() / (v + self.eps).sqrt());
-        let (y, normalized) = self.apply(&x, &mean, &inv_std);
+        Ok((mean, inv_std))
+    }
+
+    /// Training forward pass: normalises with the batch statistics, updates the running ones,
+    /// and returns the cache for [`BatchNorm2d::backward`].
+    ///
+    /// # Errors
+    /// A channel count other than the layer's, or a batch with a single value per channel.
+    pub fn forward_train(&mut self, x: ArrayView4<F>) -> Result<(Array4<F>, BatchNormCache<F>)> {
+        let (mean, inv_std) = self.batch_stats(&x)?;
+        let normalized = Zip::indexed(x).par_map_collect(|(_, c, _, _), &v| {
+            let [m, s, _, _] = self.params(&mean, &inv_std, c);
+            (v - m) * s
+        });
+        let y = Zip::indexed(&normalized)
+            .par_map_collect(|(_, c, _, _), &v| v * self.gamma[c] + self.beta[c]);
         Ok((
             y,
             BatchNormCache {
@@ -165,78 +297,173 @@ impl<F: Real> BatchNorm2d<F> {
         ))
     }
 
+    /// Training forward pass followed by a ReLU when `relu` is true, in one pass: the same
+    /// values as [`BatchNorm2d::forward_train`] then [`relu`](crate::nn::relu), bit for bit.
+    /// Takes the input by value and keeps it (not `x̂`) for [`BatchNorm2d::backward_fused`].
+    ///
+    /// # Errors
+    /// As [`BatchNorm2d::forward_train`].
+    pub fn forward_train_fused(
+        &mut self,
+        x: Array4<F>,
+        relu: bool,
+    ) -> Result<(Array4<F>, BatchNormTape<F>)> {
+        let x = standard(x);
+        let (mean, inv_std) = self.batch_stats(&x.view())?;
+        let y = self.map_channels(x.view(), &mean, &inv_std, relu);
+        Ok((
+            y,
+            BatchNormTape {
+                input: x,
+                mean,
+                inv_std,
+                relu,
+            },
+        ))
+    }
+
     /// Evaluation forward pass with the running statistics.
     ///
     /// # Errors
     /// A channel count other than the layer's.
     pub fn forward_eval(&self, x: ArrayView4<F>) -> Result<Array4<F>> {
-        self.check(&x)?;
+        self.forward_eval_fused(x, false)
+    }
+
+    /// Evaluation forward pass followed by a ReLU when `relu` is true, in one pass.
+    ///
+    /// # Errors
+    /// A channel count other than the layer's.
+    pub fn forward_eval_fused(&self, x: ArrayView4<F>, relu: bool) -> Result<Array4<F>> {
+        self.check(x.dim().1)?;
         let inv_std = self.running_var.mapv(|v| F::one() / (v + self.eps).sqrt());
-        Ok(self.apply(&x, &self.running_mean, &inv_std).0)
+        Ok(self.map_channels(x, &self.running_mean, &inv_std, relu))
+    }
+
+    /// The shared backward pass, in place over `grad` (standard layout — callers make it so —
+    /// and the shape of `stored`): `params[c]` are channel `c`'s `[μ, s, γ, β]` that turn a
+    /// stored value into `x̂` (`[0, 1, ·, ·]` when `x̂` itself is stored) and give the ReLU's
+    /// pre-activation when `relu`; `∂x` is scaled by `γ·inv_std`.
+    fn backward_in_place(
+        &self,
+        stored: &Array4<F>,
+        params: &[[F; 4]],
+        inv_std: &Array1<F>,
+        mut grad: Array4<F>,
+        relu: bool,
+    ) -> Result<BatchNormGrads<F>> {
+        let (n, channels, h, w) = stored.dim();
+        let (hw, count) = (h * w, (n * h * w) as f64);
+        if stored.is_empty() {
+            let zeros = Array1::zeros(channels);
+            return Ok(BatchNormGrads {
+                input: grad,
+                gamma: zeros.clone(),
+                beta: zeros,
+            });
+        }
+        let stored = stored.as_standard_layout();
+        let xs = stored.as_slice().expect("standard layout");
+        let sums: Vec<(f64, f64)> = {
+            let gs = grad.as_slice().expect("standard layout");
+            (0..channels)
+                .into_par_iter()
+                .map(|c| {
+                    let at = |b: usize| (b * channels + c) * hw;
+                    (0..n).fold((0.0, 0.0), |(sg, sgx), b| {
+                        let (g, x) = (&gs[at(b)..][..hw], &xs[at(b)..][..hw]);
+                        let (pg, pgx) = if relu {
+                            plane_sums::<F, true>(g, x, params[c])
+                        } else {
+                            plane_sums::<F, false>(g, x, params[c])
+                        };
+                        (sg + pg, sgx + pgx)
+                    })
+                })
+                .collect()
+        };
+        let gamma = Array1::from_iter(sums.iter().map(|&(_, gx)| F::from_f64_lossy(gx)));
+        let beta = Array1::from_iter(sums.iter().map(|&(g, _)| F::from_f64_lossy(g)));
+        grad.as_slice_mut()
+            .expect("standard layout")
+            .par_chunks_mut(hw)
+            .zip(xs.par_chunks(hw))
+            .enumerate()
+            .for_each(|(plane, (g, x))| {
+                let c = plane % channels;
+                let k = self.gamma[c].to_f64_exact() * inv_std[c].to_f64_exact();
+                let means = [k, sums[c].0 / count, sums[c].1 / count];
+                if relu {
+                    plane_input_grad::<F, true>(g, x, params[c], means);
+                } else {
+                    plane_input_grad::<F, false>(g, x, params[c], means);
+                }
+            });
+        Ok(BatchNormGrads {
+            input: grad,
+            gamma,
+            beta,
+        })
     }
 
     /// Backward pass of [`BatchNorm2d::forward_train`]:
     /// `∂x = γ·inv_std·(g − mean(g) − x̂·mean(g·x̂))` per channel.
     ///
     /// # Errors
-    /// A `grad_out` whose shape differs from the cached activations'.
+    /// A `grad_out` whose shape differs from the cached activations', or a cache that is not
+    /// in standard layout.
     pub fn backward(
         &self,
         cache: &BatchNormCache<F>,
         grad_out: ArrayView4<F>,
     ) -> Result<BatchNormGrads<F>> {
-        if grad_out.dim() != cache.normalized.dim() {
+        self.check_grad(cache.normalized.dim(), grad_out.dim(), cache.inv_std.len())?;
+        let grad = grad_out.as_standard_layout().into_owned();
+        // `x̂` is stored: μ = 0 and s = 1 leave it as it is (exactly).
+        let params: Vec<[F; 4]> = (0..self.gamma.len())
+            .map(|c| [F::zero(), F::one(), self.gamma[c], self.beta[c]])
+            .collect();
+        self.backward_in_place(&cache.normalized, &params, &cache.inv_std, grad, false)
+    }
+
+    /// Backward pass of [`BatchNorm2d::forward_train_fused`], in place over `grad_out` (which
+    /// it takes by value): through the ReLU (if any; the gradient is 0 where `γ·x̂ + β ≤ 0`,
+    /// as [`relu_backward`](crate::nn::relu_backward) has it), then as
+    /// [`BatchNorm2d::backward`]. Equal to those two run one after the other, bit for bit.
+    ///
+    /// # Errors
+    /// A `grad_out` whose shape differs from the recorded input's, or a tape from a layer
+    /// with another channel count.
+    pub fn backward_fused(
+        &self,
+        tape: &BatchNormTape<F>,
+        grad_out: Array4<F>,
+    ) -> Result<BatchNormGrads<F>> {
+        self.check_grad(tape.input.dim(), grad_out.dim(), tape.mean.len())?;
+        let grad = standard(grad_out);
+        let params: Vec<[F; 4]> = (0..self.gamma.len())
+            .map(|c| self.params(&tape.mean, &tape.inv_std, c))
+            .collect();
+        self.backward_in_place(&tape.input, &params, &tape.inv_std, grad, tape.relu)
+    }
+
+    /// The gradient must have the recorded activations' shape, and the recorded statistics
+    /// this layer's channel count.
+    fn check_grad(
+        &self,
+        stored: (usize, usize, usize, usize),
+        grad: (usize, usize, usize, usize),
+        recorded_channels: usize,
+    ) -> Result<()> {
+        self.check(recorded_channels)?;
+        self.check(stored.1)?;
+        if grad != stored {
             return Err(Error::ShapeMismatch {
                 what: "batch-norm grad_out",
-                expected: cache.normalized.shape().to_vec(),
-                got: grad_out.shape().to_vec(),
+                expected: vec![stored.0, stored.1, stored.2, stored.3],
+                got: vec![grad.0, grad.1, grad.2, grad.3],
             });
         }
-        let channels = self.gamma.len();
-        let (n, _, h, w) = grad_out.dim();
-        let hw = h * w;
-        let count = (n * hw) as f64;
-        let go = grad_out.as_standard_layout();
-        let gs = go.as_slice().expect("standard layout");
-        let xs = cache
-            .normalized
-            .as_slice()
-            .expect("the cache is a fresh array");
-        let at = |b: usize, c: usize| (b * channels + c) * hw;
-        let sums: Vec<(f64, f64)> = (0..channels)
-            .into_par_iter()
-            .map(|c| {
-                let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
-                for b in 0..n {
-                    let (g, xh) = (&gs[at(b, c)..][..hw], &xs[at(b, c)..][..hw]);
-                    sum_g += g.iter().map(|v| v.to_f64_exact()).sum::<f64>();
-                    sum_gx += g
-                        .iter()
-                        .zip(xh)
-                        .map(|(a, b)| a.to_f64_exact() * b.to_f64_exact())
-                        .sum::<f64>();
-                }
-                (sum_g, sum_gx)
-            })
-            .collect();
-        let gamma = Array1::from_iter(sums.iter().map(|&(_, gx)| F::from_f64_lossy(gx)));
-        let beta = Array1::from_iter(sums.iter().map(|&(g, _)| F::from_f64_lossy(g)));
-        let mut input = Array4::<F>::zeros(grad_out.dim());
-        input
-            .as_slice_mut()
-            .expect("fresh array")
-            .par_chunks_mut(hw.max(1))
-            .zip(gs.par_chunks(hw.max(1)))
-            .zip(xs.par_chunks(hw.max(1)))
-            .enumerate()
-            .for_each(|(plane, ((dst, g), xh))| {
-                let c = plane % channels;
-                let k = self.gamma[c].to_f64_exact() * cache.inv_std[c].to_f64_exact();
-                let (mg, mgx) = (sums[c].0 / count, sums[c].1 / count);
-                for ((d, &gv), &xv) in dst.iter_mut().zip(g).zip(xh) {
-                    *d = F::from_f64_lossy(k * (gv.to_f64_exact() - mg - xv.to_f64_exact() * mgx));
-                }
-            });
-        Ok(BatchNormGrads { input, gamma, beta })
+        Ok(())
     }
 }

@@ -15,12 +15,12 @@ mod network;
 mod optim;
 mod pool;
 
-pub use batchnorm::{BatchNorm2d, BatchNormCache, BatchNormGrads};
+pub use batchnorm::{BatchNorm2d, BatchNormCache, BatchNormGrads, BatchNormTape};
 pub use linear::{Linear, LinearGrads};
 pub use loss::{distillation_loss, softmax_cross_entropy, Distillation};
 pub use network::{Gradients, Layer, LayerGrads, Network, Tape};
 pub use optim::{LrSchedule, Sgd, SgdState};
-pub use pool::MaxPool2d;
+pub use pool::{MaxPool2d, PoolArgmax, MAX_POOL_TRAIN_KERNEL};
 
 use ndarray::{Array, Array4, ArrayView, ArrayView4, Dimension};
 use rand::Rng;

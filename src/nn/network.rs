@@ -3,8 +3,8 @@
 use ndarray::{Array2, Array3, Array4, ArrayD, ArrayView2, ArrayView4, Ix2, Ix4, IxDyn};
 
 use super::{
-    relu, relu_backward, softmax_cross_entropy, BatchNorm2d, BatchNormCache, Linear, MaxPool2d,
-    Sgd, SgdState,
+    relu, softmax_cross_entropy, BatchNorm2d, BatchNormTape, Linear, MaxPool2d, PoolArgmax, Sgd,
+    SgdState,
 };
 use crate::clustered::ClusteredConv2d;
 use crate::codebook::Codebooks;
@@ -68,13 +68,44 @@ pub struct Network<F> {
     pub codebooks: Codebooks<F>,
 }
 
-/// What a training forward pass keeps for the backward pass.
+/// What a training forward pass keeps for the backward pass: per layer, only what its
+/// backward pass reads.
+///
+/// A batch norm followed by a ReLU runs as one fused layer (forward and backward): it keeps
+/// its input and statistics, and the ReLU keeps nothing. A max pool keeps where each maximum
+/// was (one or two bytes per output), not its input. A flatten keeps a shape.
 #[derive(Debug, Clone)]
 pub struct Tape<F> {
-    /// The input of every layer.
-    inputs: Vec<ArrayD<F>>,
-    /// Batch-norm caches, by layer.
-    norms: Vec<Option<BatchNormCache<F>>>,
+    /// One entry per layer.
+    saved: Vec<Saved<F>>,
+}
+
+/// What one layer's training forward pass keeps.
+#[derive(Debug, Clone)]
+enum Saved<F> {
+    /// The layer's input: convolutions, linear layers, a ReLU that follows no batch norm.
+    Input(ArrayD<F>),
+    /// A batch norm, fused with the ReLU after it when there is one.
+    Norm(BatchNormTape<F>),
+    /// A ReLU fused into the batch norm before it.
+    Fused,
+    /// A max pool: where each window's maximum was.
+    Pool(PoolArgmax),
+    /// A flatten: its input's shape.
+    Shape(Vec<usize>),
+}
+
+impl<F> Saved<F> {
+    /// What was saved, for error messages.
+    fn kind(&self) -> &'static str {
+        match self {
+            Saved::Input(_) => "a saved input (recorded by another network?)",
+            Saved::Norm(_) => "a batch-norm record (recorded by another network?)",
+            Saved::Fused => "a fused ReLU (recorded by another network?)",
+            Saved::Pool(_) => "a max-pool argmax (recorded by another network?)",
+            Saved::Shape(_) => "a flatten shape (recorded by another network?)",
+        }
+    }
 }
 
 /// Gradients of one layer's parameters.
@@ -112,17 +143,29 @@ impl<F: Real> Network<F> {
         }
     }
 
-    /// Logits in evaluation mode (batch norm uses its running statistics).
+    /// Logits in evaluation mode (batch norm uses its running statistics; a batch norm
+    /// followed by a ReLU runs as one fused pass).
     ///
     /// # Errors
     /// Shapes that do not chain (e.g. a `Linear` input size that is not `C·H·W`), or a
     /// network that does not end in a 2-D output.
     pub fn forward(&self, x: ArrayView4<F>) -> Result<Array2<F>> {
         let mut h = x.to_owned().into_dyn();
-        for l in 0..self.layers.len() {
-            h = self.layer_forward(l, &h)?;
+        let mut l = 0;
+        while l < self.layers.len() {
+            let (out, used) = self.layer_forward(l, h)?;
+            h = out;
+            l += used;
         }
-        Ok(view2(&h)?.to_owned())
+        into2(h)
+    }
+
+    /// Whether layer `l` is a batch norm with a ReLU right after it (the two then run fused).
+    fn fuses(&self, l: usize) -> bool {
+        matches!(
+            (self.layers.get(l), self.layers.get(l + 1)),
+            (Some(Layer::BatchNorm(_)), Some(Layer::Relu))
+        )
     }
 
     /// Logits in training mode (batch statistics; running statistics updated), and the tape
@@ -133,45 +176,71 @@ impl<F: Real> Network<F> {
     pub fn forward_train(&mut self, x: ArrayView4<F>) -> Result<(Array2<F>, Tape<F>)> {
         let mut h = x.to_owned().into_dyn();
         let mut tape = Tape {
-            inputs: Vec::with_capacity(self.layers.len()),
-            norms: Vec::with_capacity(self.layers.len()),
+            saved: Vec::with_capacity(self.layers.len()),
         };
-        for l in 0..self.layers.len() {
-            let out = if let Layer::BatchNorm(bn) = &mut self.layers[l] {
-                let (y, cache) = bn.forward_train(view4(&h)?)?;
-                tape.norms.push(Some(cache));
-                y.into_dyn()
-            } else {
-                tape.norms.push(None);
-                self.layer_forward(l, &h)?
-            };
-            tape.inputs.push(std::mem::replace(&mut h, out));
+        while tape.saved.len() < self.layers.len() {
+            let l = tape.saved.len();
+            let (out, saved) = self.layer_forward_train(l, h)?;
+            tape.saved.push(saved);
+            if self.fuses(l) {
+                tape.saved.push(Saved::Fused);
+            }
+            h = out;
         }
-        Ok((view2(&h)?.to_owned(), tape))
+        Ok((into2(h)?, tape))
     }
 
-    /// Layer `l`'s forward pass in evaluation mode.
-    fn layer_forward(&self, l: usize, h: &ArrayD<F>) -> Result<ArrayD<F>> {
-        Ok(match &self.layers[l] {
-            Layer::Conv(c) => c.forward(view4(h)?)?.into_dyn(),
-            Layer::Clustered { layer, codebook } => layer
-                .forward(self.codebooks.get(*codebook)?, view4(h)?)?
-                .into_dyn(),
-            Layer::BatchNorm(bn) => bn.forward_eval(view4(h)?)?.into_dyn(),
-            Layer::Relu => relu(h.view()),
-            Layer::MaxPool(p) => p.forward(view4(h)?)?.into_dyn(),
-            Layer::Flatten => {
-                let n = h.shape()[0];
-                let rest = h.len() / n.max(1);
-                h.to_shape(IxDyn(&[n, rest]))
-                    .map_err(|_| Error::ShapeMismatch {
-                        what: "flatten input",
-                        expected: vec![n, rest],
-                        got: h.shape().to_vec(),
-                    })?
-                    .into_owned()
+    /// Layer `l`'s training forward pass (with the ReLU after it when [`Network::fuses`]):
+    /// its output and what its backward pass needs. Takes the activation by value: a layer
+    /// that needs its input keeps it without a copy.
+    fn layer_forward_train(&mut self, l: usize, h: ArrayD<F>) -> Result<(ArrayD<F>, Saved<F>)> {
+        let fuse = self.fuses(l);
+        let codebooks = &self.codebooks;
+        Ok(match &mut self.layers[l] {
+            Layer::Conv(c) => (c.forward(view4(&h)?)?.into_dyn(), Saved::Input(h)),
+            Layer::Clustered { layer, codebook } => {
+                let y = layer.forward(codebooks.get(*codebook)?, view4(&h)?)?;
+                (y.into_dyn(), Saved::Input(h))
             }
-            Layer::Linear(lin) => lin.forward(view2(h)?)?.into_dyn(),
+            Layer::BatchNorm(bn) => {
+                let (y, tape) = bn.forward_train_fused(into4(h)?, fuse)?;
+                (y.into_dyn(), Saved::Norm(tape))
+            }
+            Layer::Relu => (relu(h.view()), Saved::Input(h)),
+            Layer::MaxPool(p) => {
+                let (y, argmax) = p.forward_train(view4(&h)?)?;
+                (y.into_dyn(), Saved::Pool(argmax))
+            }
+            Layer::Flatten => {
+                let shape = h.shape().to_vec();
+                (flatten(h)?, Saved::Shape(shape))
+            }
+            Layer::Linear(lin) => (lin.forward(view2(&h)?)?.into_dyn(), Saved::Input(h)),
+        })
+    }
+
+    /// Layer `l`'s forward pass in evaluation mode, with the ReLU after it when
+    /// [`Network::fuses`]: the output and the number of layers it covered (1 or 2).
+    fn layer_forward(&self, l: usize, h: ArrayD<F>) -> Result<(ArrayD<F>, usize)> {
+        Ok(match &self.layers[l] {
+            Layer::Conv(c) => (c.forward(view4(&h)?)?.into_dyn(), 1),
+            Layer::Clustered { layer, codebook } => {
+                let y = layer.forward(self.codebooks.get(*codebook)?, view4(&h)?)?;
+                (y.into_dyn(), 1)
+            }
+            Layer::BatchNorm(bn) => {
+                let fuse = self.fuses(l);
+                let y = bn.forward_eval_fused(view4(&h)?, fuse)?;
+                (y.into_dyn(), 1 + usize::from(fuse))
+            }
+            Layer::Relu => {
+                let mut h = h;
+                h.mapv_inplace(|v| if v > F::zero() { v } else { F::zero() });
+                (h, 1)
+            }
+            Layer::MaxPool(p) => (p.forward(view4(&h)?)?.into_dyn(), 1),
+            Layer::Flatten => (flatten(h)?, 1),
+            Layer::Linear(lin) => (lin.forward(view2(&h)?)?.into_dyn(), 1),
         })
     }
 
@@ -180,11 +249,11 @@ impl<F: Real> Network<F> {
     /// # Errors
     /// A tape from another network, or a gradient of the wrong shape.
     pub fn backward(&self, tape: &Tape<F>, grad_logits: Array2<F>) -> Result<Gradients<F>> {
-        if tape.inputs.len() != self.layers.len() {
+        if tape.saved.len() != self.layers.len() {
             return Err(Error::ShapeMismatch {
                 what: "tape length vs layers",
                 expected: vec![self.layers.len()],
-                got: vec![tape.inputs.len()],
+                got: vec![tape.saved.len()],
             });
         }
         let mut g = grad_logits.into_dyn();
@@ -194,55 +263,77 @@ impl<F: Real> Network<F> {
             .iter()
             .map(|c| Array3::zeros(c.centroids().dim()))
             .collect();
-        for (l, layer) in self.layers.iter().enumerate().rev() {
-            let x = &tape.inputs[l];
-            g = match layer {
-                Layer::Conv(c) => {
-                    let grads = c.backward(view4(x)?, view4(&g)?)?;
-                    layers[l] = LayerGrads::Conv(grads.weight, grads.bias);
-                    grads.input.into_dyn()
-                }
-                Layer::Clustered { layer, codebook } => {
-                    let cb = self.codebooks.get(*codebook)?;
-                    let grads = layer.backward(cb, view4(x)?, view4(&g)?)?;
-                    // `get` checked the id; `codebooks` has one buffer per codebook.
-                    grads.accumulate_centroids_into(&mut codebooks[*codebook])?;
-                    layers[l] = LayerGrads::Clustered(grads.scales, grads.bias);
-                    grads.input.into_dyn()
-                }
-                Layer::BatchNorm(bn) => {
-                    let cache = tape.norms[l].as_ref().ok_or(Error::LayerMismatch {
-                        what: "the tape",
-                        layer: l,
-                        expected: "a batch norm",
-                        got: "no batch-norm cache (recorded by another network?)",
-                    })?;
-                    let grads = bn.backward(cache, view4(&g)?)?;
-                    layers[l] = LayerGrads::BatchNorm(grads.gamma, grads.beta);
-                    grads.input.into_dyn()
-                }
-                Layer::Relu => relu_backward(x.view(), g.view()),
-                Layer::MaxPool(p) => p.backward(view4(x)?, view4(&g)?)?.into_dyn(),
-                Layer::Flatten => {
-                    let got = g.shape().to_vec();
-                    g.into_shape_with_order(IxDyn(x.shape()))
-                        .map_err(|_| Error::ShapeMismatch {
-                            what: "flatten gradient vs its input",
-                            expected: x.shape().to_vec(),
-                            got,
-                        })?
-                }
-                Layer::Linear(lin) => {
-                    let grads = lin.backward(view2(x)?, view2(&g)?)?;
-                    layers[l] = LayerGrads::Linear(grads.weight, grads.bias);
-                    grads.input.into_dyn()
-                }
-            };
+        for l in (0..self.layers.len()).rev() {
+            g = self.layer_backward(l, &tape.saved[l], g, &mut layers[l], &mut codebooks)?;
         }
         Ok(Gradients {
             layers,
             codebooks,
-            input: view4(&g)?.to_owned(),
+            input: into4(g)?,
+        })
+    }
+
+    /// Layer `l`'s backward pass: ∂L/∂input from ∂L/∂output `g` (owned: batch norm and ReLU
+    /// work in place on it), the layer's parameter gradients into `grads`, centroid
+    /// gradients added to `codebooks`.
+    fn layer_backward(
+        &self,
+        l: usize,
+        saved: &Saved<F>,
+        mut g: ArrayD<F>,
+        grads: &mut LayerGrads<F>,
+        codebooks: &mut [Array3<F>],
+    ) -> Result<ArrayD<F>> {
+        Ok(match (&self.layers[l], saved) {
+            (Layer::Conv(c), Saved::Input(x)) => {
+                let out = c.backward(view4(x)?, view4(&g)?)?;
+                *grads = LayerGrads::Conv(out.weight, out.bias);
+                out.input.into_dyn()
+            }
+            (Layer::Clustered { layer, codebook }, Saved::Input(x)) => {
+                let cb = self.codebooks.get(*codebook)?;
+                let out = layer.backward(cb, view4(x)?, view4(&g)?)?;
+                // `get` checked the id; `codebooks` has one buffer per codebook.
+                out.accumulate_centroids_into(&mut codebooks[*codebook])?;
+                *grads = LayerGrads::Clustered(out.scales, out.bias);
+                out.input.into_dyn()
+            }
+            (Layer::BatchNorm(bn), Saved::Norm(tape)) => {
+                let out = bn.backward_fused(tape, into4(g)?)?;
+                *grads = LayerGrads::BatchNorm(out.gamma, out.beta);
+                out.input.into_dyn()
+            }
+            // The batch norm before it applies the ReLU's mask.
+            (Layer::Relu, Saved::Fused) if self.fuses(l.wrapping_sub(1)) => g,
+            (Layer::Relu, Saved::Input(x)) => {
+                relu_backward_in_place(x, &mut g)?;
+                g
+            }
+            (Layer::MaxPool(p), Saved::Pool(argmax)) => {
+                p.backward_argmax(argmax, view4(&g)?)?.into_dyn()
+            }
+            (Layer::Flatten, Saved::Shape(shape)) => {
+                let got = g.shape().to_vec();
+                g.into_shape_with_order(IxDyn(shape))
+                    .map_err(|_| Error::ShapeMismatch {
+                        what: "flatten gradient vs its input",
+                        expected: shape.clone(),
+                        got,
+                    })?
+            }
+            (Layer::Linear(lin), Saved::Input(x)) => {
+                let out = lin.backward(view2(x)?, view2(&g)?)?;
+                *grads = LayerGrads::Linear(out.weight, out.bias);
+                out.input.into_dyn()
+            }
+            (layer, saved) => {
+                return Err(Error::LayerMismatch {
+                    what: "the tape",
+                    layer: l,
+                    expected: layer.kind(),
+                    got: saved.kind(),
+                })
+            }
         })
     }
 
@@ -537,6 +628,7 @@ impl<F> LayerGrads<F> {
     }
 }
 
+/// `h` as `(N, C, H, W)`.
 fn view4<F: Real>(h: &ArrayD<F>) -> Result<ArrayView4<'_, F>> {
     h.view()
         .into_dimensionality::<Ix4>()
@@ -547,6 +639,7 @@ fn view4<F: Real>(h: &ArrayD<F>) -> Result<ArrayView4<'_, F>> {
         })
 }
 
+/// `h` as `(N, features)`.
 fn view2<F: Real>(h: &ArrayD<F>) -> Result<ArrayView2<'_, F>> {
     h.view()
         .into_dimensionality::<Ix2>()
@@ -555,4 +648,62 @@ fn view2<F: Real>(h: &ArrayD<F>) -> Result<ArrayView2<'_, F>> {
             expected: vec![2],
             got: h.shape().to_vec(),
         })
+}
+
+/// `h` as an owned `(N, C, H, W)` array, without a copy.
+fn into4<F: Real>(h: ArrayD<F>) -> Result<Array4<F>> {
+    let got = h.shape().to_vec();
+    h.into_dimensionality::<Ix4>()
+        .map_err(|_| Error::ShapeMismatch {
+            what: "activation (expected N, C, H, W)",
+            expected: vec![4],
+            got,
+        })
+}
+
+/// `h` as an owned `(N, features)` array, without a copy.
+fn into2<F: Real>(h: ArrayD<F>) -> Result<Array2<F>> {
+    let got = h.shape().to_vec();
+    h.into_dimensionality::<Ix2>()
+        .map_err(|_| Error::ShapeMismatch {
+            what: "activation (expected N, features)",
+            expected: vec![2],
+            got,
+        })
+}
+
+/// `(N, …)` → `(N, rest)`: a reshape of the same buffer when it is in standard layout (every
+/// layer's output is), else a copy.
+fn flatten<F: Real>(h: ArrayD<F>) -> Result<ArrayD<F>> {
+    let n = h.shape().first().copied().unwrap_or(0);
+    let rest = h.len() / n.max(1);
+    let h = if h.is_standard_layout() {
+        h
+    } else {
+        h.as_standard_layout().into_owned()
+    };
+    let got = h.shape().to_vec();
+    h.into_shape_with_order(IxDyn(&[n, rest]))
+        .map_err(|_| Error::ShapeMismatch {
+            what: "flatten input",
+            expected: vec![n, rest],
+            got,
+        })
+}
+
+/// [`relu_backward`](super::relu_backward) in place: `g` zeroed where `x ≤ 0`.
+fn relu_backward_in_place<F: Real>(x: &ArrayD<F>, g: &mut ArrayD<F>) -> Result<()> {
+    if x.shape() != g.shape() {
+        return Err(Error::ShapeMismatch {
+            what: "ReLU gradient vs its input",
+            expected: x.shape().to_vec(),
+            got: g.shape().to_vec(),
+        });
+    }
+    g.zip_mut_with(x, |g, &v| {
+        if v <= F::zero() {
+            *g = F::zero();
+        }
+    });
+    Ok(())
 }

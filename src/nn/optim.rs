@@ -1,6 +1,6 @@
 //! Stochastic gradient descent with momentum and weight decay, and learning-rate schedules.
 
-use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Zip};
 
 use crate::error::{Error, Result};
 use crate::linalg::Real;
@@ -68,7 +68,8 @@ impl Sgd {
     /// Updates `param` in place from `grad` during `epoch`.
     ///
     /// # Errors
-    /// A gradient whose shape differs from the parameter's.
+    /// A gradient whose shape differs from the parameter's, or a momentum buffer (in `state`)
+    /// from a parameter of another shape.
     pub fn step<F: Real>(
         &self,
         epoch: usize,
@@ -89,17 +90,35 @@ impl Sgd {
             F::from_f64_lossy(self.momentum),
             F::from_f64_lossy(self.weight_decay),
         );
-        let mut g = grad.to_owned();
-        g.zip_mut_with(&param, |gi, &p| *gi += wd * p);
-        let velocity = match state.velocity.take() {
-            Some(mut v) if mu != F::zero() => {
-                v.zip_mut_with(&g, |vi, &gi| *vi = mu * *vi + gi);
-                v
+        // One pass over parameter, gradient and momentum buffer (the buffer is made on the
+        // first step): `g + λ·p`, then `v ← μ·v + g` (or `v ← g` without momentum or history),
+        // then `p ← p − lr·v`; the same operations, in the same order, as three passes.
+        let mut velocity = state.velocity.take().filter(|_| mu != F::zero());
+        if let Some(v) = velocity.as_ref().filter(|v| v.shape() != param.shape()) {
+            return Err(Error::ShapeMismatch {
+                what: "momentum buffer vs parameter",
+                expected: param.shape().to_vec(),
+                got: v.shape().to_vec(),
+            });
+        }
+        match velocity.as_mut() {
+            Some(v) => Zip::from(&mut param)
+                .and(&grad)
+                .and(v)
+                .for_each(|p, &g, v| {
+                    *v = mu * *v + (g + wd * *p);
+                    *p -= lr * *v;
+                }),
+            None => {
+                let v = Zip::from(&mut param).and(&grad).map_collect(|p, &g| {
+                    let v = g + wd * *p;
+                    *p -= lr * v;
+                    v
+                });
+                velocity = Some(v.into_dyn());
             }
-            _ => g,
-        };
-        param.zip_mut_with(&velocity, |p, &v| *p -= lr * v);
-        state.velocity = Some(velocity);
+        }
+        state.velocity = velocity;
         Ok(())
     }
 }

@@ -6,6 +6,10 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::linalg::Real;
 
+/// Largest window side whose offsets fit the compact argmax: `kernel²` offsets must fit in
+/// a `u16` (one byte per output up to 16×16, two bytes above).
+pub const MAX_POOL_TRAIN_KERNEL: usize = 256;
+
 /// 2-D max pooling with a square window, no padding (PyTorch's `nn.MaxPool2d(k, s)`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaxPool2d {
@@ -15,7 +19,42 @@ pub struct MaxPool2d {
     pub stride: usize,
 }
 
+/// Where each window's maximum is, recorded by [`MaxPool2d::forward_train`] for
+/// [`MaxPool2d::backward_argmax`]: per output, the offset `row · kernel + column` of the
+/// maximum within its window (ties to the first in row-major order), as one byte for windows
+/// up to 16×16 and two bytes up to 256×256.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolArgmax {
+    offsets: Offsets,
+    /// `(N, C, H, W)` of the pooled input.
+    input: (usize, usize, usize, usize),
+    pool: MaxPool2d,
+}
+
+/// The offsets, in the narrowest type that holds `kernel²` values.
+#[derive(Debug, Clone, PartialEq)]
+enum Offsets {
+    Narrow(Array4<u8>),
+    Wide(Array4<u16>),
+}
+
+impl PoolArgmax {
+    /// `(N, C, H, W)` of the input this was recorded on.
+    pub fn input_dim(&self) -> (usize, usize, usize, usize) {
+        self.input
+    }
+
+    /// Bytes held by the offsets (one or two per output).
+    pub fn memory(&self) -> usize {
+        match &self.offsets {
+            Offsets::Narrow(a) => a.len(),
+            Offsets::Wide(a) => 2 * a.len(),
+        }
+    }
+}
+
 impl MaxPool2d {
+    /// Output height and width for an `h × w` input.
     fn output(&self, h: usize, w: usize) -> Result<(usize, usize)> {
         if self.kernel == 0 || self.stride == 0 {
             return Err(Error::InvalidParameter {
@@ -37,20 +76,22 @@ impl MaxPool2d {
         ))
     }
 
-    /// Flat position (within a row-major input plane of width `w`) of the maximum of output
-    /// `(oy, ox)`; ties go to the first in row-major order.
+    /// The maximum of output `(oy, ox)` of a row-major input plane of width `w`, and its
+    /// offset `row · kernel + column` in the window; ties go to the first in row-major order.
     #[inline]
-    fn argmax<F: Real>(&self, plane: &[F], w: usize, oy: usize, ox: usize) -> usize {
-        let mut best = oy * self.stride * w + ox * self.stride;
+    fn window_max<F: Real>(&self, plane: &[F], w: usize, oy: usize, ox: usize) -> (usize, F) {
+        let top = oy * self.stride * w + ox * self.stride;
+        let (mut best, mut value) = (0, plane[top]);
         for r in 0..self.kernel {
-            let row = (oy * self.stride + r) * w + ox * self.stride;
-            for p in row..row + self.kernel {
-                if plane[p] > plane[best] {
-                    best = p;
+            let row = &plane[top + r * w..][..self.kernel];
+            for (q, &v) in row.iter().enumerate() {
+                if v > value {
+                    best = r * self.kernel + q;
+                    value = v;
                 }
             }
         }
-        best
+        (best, value)
     }
 
     /// Forward pass, `(N, C, H, W)` → `(N, C, OH, OW)`.
@@ -62,22 +103,89 @@ impl MaxPool2d {
         let (oh, ow) = self.output(h, w)?;
         let x = x.as_standard_layout();
         let input = x.as_slice().expect("standard layout");
-        let mut out = Array4::<F>::zeros((n, c, oh, ow));
-        let planes = out.as_slice_mut().expect("fresh array");
-        planes
-            .par_chunks_mut(oh * ow)
+        let mut y = Array4::<F>::zeros((n, c, oh, ow));
+        if let Some(out) = y.as_slice_mut().filter(|o| !o.is_empty()) {
+            out.par_chunks_mut(oh * ow)
+                .zip(input.par_chunks(h * w))
+                .for_each(|(dst, plane)| {
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        *d = self.window_max(plane, w, i / ow, i % ow).1;
+                    }
+                });
+        }
+        Ok(y)
+    }
+
+    /// Training forward pass: the output of [`MaxPool2d::forward`] and where each maximum
+    /// is, for [`MaxPool2d::backward_argmax`] (the input itself is not needed any more).
+    ///
+    /// # Errors
+    /// As [`MaxPool2d::forward`], and a window wider than [`MAX_POOL_TRAIN_KERNEL`].
+    pub fn forward_train<F: Real>(&self, x: ArrayView4<F>) -> Result<(Array4<F>, PoolArgmax)> {
+        let (n, c, h, w) = x.dim();
+        let (oh, ow) = self.output(h, w)?;
+        if self.kernel > MAX_POOL_TRAIN_KERNEL {
+            return Err(Error::InvalidParameter {
+                name: "MaxPool2d kernel in training",
+                value: self.kernel as f64,
+                expected: "<= 256 (MAX_POOL_TRAIN_KERNEL)",
+            });
+        }
+        let x = x.as_standard_layout();
+        let input = x.as_slice().expect("standard layout");
+        let mut y = Array4::<F>::zeros((n, c, oh, ow));
+        let offsets = if self.kernel * self.kernel <= 1 << 8 {
+            let mut at = Array4::<u8>::zeros((n, c, oh, ow));
+            self.record(input, (h, w), &mut y, &mut at, |o| o as u8); // o < kernel² ≤ 256
+            Offsets::Narrow(at)
+        } else {
+            let mut at = Array4::<u16>::zeros((n, c, oh, ow));
+            self.record(input, (h, w), &mut y, &mut at, |o| o as u16); // o < kernel² ≤ 65,536
+            Offsets::Wide(at)
+        };
+        let argmax = PoolArgmax {
+            offsets,
+            input: (n, c, h, w),
+            pool: *self,
+        };
+        Ok((y, argmax))
+    }
+
+    /// Every window's maximum into `y` and its offset in the window (narrowed by `narrow`)
+    /// into `at`; planes in parallel.
+    fn record<F: Real, I: Send>(
+        &self,
+        input: &[F],
+        (h, w): (usize, usize),
+        y: &mut Array4<F>,
+        at: &mut Array4<I>,
+        narrow: impl Fn(usize) -> I + Sync,
+    ) {
+        let (_, _, oh, ow) = y.dim();
+        let (Some(out), Some(at)) = (y.as_slice_mut(), at.as_slice_mut()) else {
+            return; // both are fresh arrays in standard layout
+        };
+        if out.is_empty() {
+            return;
+        }
+        out.par_chunks_mut(oh * ow)
+            .zip(at.par_chunks_mut(oh * ow))
             .zip(input.par_chunks(h * w))
-            .for_each(|(dst, plane)| {
+            .for_each(|((dst, offsets), plane)| {
+                let mut i = 0;
                 for oy in 0..oh {
                     for ox in 0..ow {
-                        dst[oy * ow + ox] = plane[self.argmax(plane, w, oy, ox)];
+                        let (best, v) = self.window_max(plane, w, oy, ox);
+                        dst[i] = v;
+                        offsets[i] = narrow(best);
+                        i += 1;
                     }
                 }
             });
-        Ok(out)
     }
 
-    /// Backward pass: each output gradient goes to the position of its window's maximum.
+    /// Backward pass: each output gradient goes to the position of its window's maximum
+    /// (found again in `x`; [`MaxPool2d::backward_argmax`] uses the recorded one).
     ///
     /// # Errors
     /// As [`MaxPool2d::forward`], or a `grad_out` of the wrong shape.
@@ -88,6 +196,62 @@ impl MaxPool2d {
     ) -> Result<Array4<F>> {
         let (n, c, h, w) = x.dim();
         let (oh, ow) = self.output(h, w)?;
+        let go = self.check_grad(grad_out, (n, c, oh, ow))?;
+        let x = x.as_standard_layout();
+        let input = x.as_slice().expect("standard layout");
+        let k = self.kernel;
+        Ok(self.scatter(&go, (n, c, h, w), (oh, ow), |p, oy, ox| {
+            let best = self.window_max(&input[p * h * w..][..h * w], w, oy, ox).0;
+            (best / k) * w + best % k
+        }))
+    }
+
+    /// Backward pass from the recorded argmax: each output gradient goes to the position of
+    /// its window's maximum (summed where overlapping windows share one).
+    ///
+    /// # Errors
+    /// An argmax recorded by another pooling geometry, or a `grad_out` of the wrong shape.
+    pub fn backward_argmax<F: Real>(
+        &self,
+        argmax: &PoolArgmax,
+        grad_out: ArrayView4<F>,
+    ) -> Result<Array4<F>> {
+        if argmax.pool != *self {
+            return Err(Error::InvalidParameter {
+                name: "max-pool argmax recorded with kernel",
+                value: argmax.pool.kernel as f64,
+                expected: "the kernel and stride of the layer that runs the backward pass",
+            });
+        }
+        let (n, c, h, w) = argmax.input;
+        let (oh, ow) = self.output(h, w)?;
+        let go = self.check_grad(grad_out, (n, c, oh, ow))?;
+        // Offset in the window → offset in the plane from the window's top-left corner.
+        let k = self.kernel;
+        let delta: Vec<usize> = (0..k * k).map(|o| (o / k) * w + o % k).collect();
+        let per_plane = oh * ow;
+        Ok(match &argmax.offsets {
+            Offsets::Narrow(a) => {
+                let a = a.as_slice().expect("a fresh array");
+                self.scatter(&go, argmax.input, (oh, ow), |p, oy, ox| {
+                    delta[usize::from(a[p * per_plane + oy * ow + ox])]
+                })
+            }
+            Offsets::Wide(a) => {
+                let a = a.as_slice().expect("a fresh array");
+                self.scatter(&go, argmax.input, (oh, ow), |p, oy, ox| {
+                    delta[usize::from(a[p * per_plane + oy * ow + ox])]
+                })
+            }
+        })
+    }
+
+    /// `grad_out` in standard layout, if it has the output's shape.
+    fn check_grad<'a, F: Real>(
+        &self,
+        grad_out: ArrayView4<'a, F>,
+        (n, c, oh, ow): (usize, usize, usize, usize),
+    ) -> Result<ndarray::CowArray<'a, F, ndarray::Ix4>> {
         if grad_out.dim() != (n, c, oh, ow) {
             return Err(Error::ShapeMismatch {
                 what: "max-pool grad_out",
@@ -95,21 +259,38 @@ impl MaxPool2d {
                 got: grad_out.shape().to_vec(),
             });
         }
-        let x = x.as_standard_layout();
-        let go = grad_out.as_standard_layout();
+        Ok(if grad_out.is_standard_layout() {
+            ndarray::CowArray::from(grad_out)
+        } else {
+            ndarray::CowArray::from(grad_out.as_standard_layout().into_owned())
+        })
+    }
+
+    /// `∂x`: zeros, plus each output gradient added at its window's maximum, which `at`
+    /// gives for (plane, oy, ox) relative to the window's top-left corner; planes in
+    /// parallel, each in output order (deterministic).
+    fn scatter<F: Real>(
+        &self,
+        grad_out: &ndarray::CowArray<'_, F, ndarray::Ix4>,
+        (n, c, h, w): (usize, usize, usize, usize),
+        (oh, ow): (usize, usize),
+        at: impl Fn(usize, usize, usize) -> usize + Sync,
+    ) -> Array4<F> {
         let mut gx = Array4::<F>::zeros((n, c, h, w));
-        let grads = gx.as_slice_mut().expect("fresh array");
-        grads
-            .par_chunks_mut(h * w)
-            .zip(x.as_slice().expect("standard layout").par_chunks(h * w))
-            .zip(go.as_slice().expect("standard layout").par_chunks(oh * ow))
-            .for_each(|((dst, plane), g)| {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        dst[self.argmax(plane, w, oy, ox)] += g[oy * ow + ox];
+        let g = grad_out.as_slice().expect("standard layout");
+        if let Some(dst) = gx.as_slice_mut().filter(|d| !d.is_empty()) {
+            dst.par_chunks_mut(h * w)
+                .zip(g.par_chunks(oh * ow))
+                .enumerate()
+                .for_each(|(p, (plane, gp))| {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let corner = oy * self.stride * w + ox * self.stride;
+                            plane[corner + at(p, oy, ox)] += gp[oy * ow + ox];
+                        }
                     }
-                }
-            });
-        Ok(gx)
+                });
+        }
+        gx
     }
 }
