@@ -43,6 +43,10 @@ pub struct LayerCost {
     pub out_positions: u64,
     /// Work factor of the input side's tiles padded to whole vectors (≥ 1).
     pub padding: f64,
+    /// Winograd F(4×4, 3×3), when the call allows it (3×3, stride 1, dilation 1):
+    /// `36·T·Cout·Cin` GEMM MACs over the `T = ⌈OH/4⌉·⌈OW/4⌉` tiles, and `36·T·(Cin + Cout)`
+    /// transformed values (input and output transforms) as adds.
+    pub winograd: Option<StrategyWork>,
 }
 
 /// Single-thread costs in nanoseconds per operation, fitted by least squares to the
@@ -67,6 +71,10 @@ mod ns_per_op {
     pub const OUTPUT_CONV_MAC: f64 = 0.22;
     /// Output side: one scaled add of the input sums (fit: 0.52).
     pub const OUTPUT_ADD: f64 = 0.52;
+    /// Winograd: one multiply-accumulate of the 36 GEMMs.
+    pub const WINOGRAD_MAC: f64 = DENSE_MAC;
+    /// Winograd: one transformed value of the input or output transform.
+    pub const WINOGRAD_TRANSFORM: f64 = 0.5;
 }
 
 /// The input side's time relative to dense, fitted by least squares to 192 measured pairs
@@ -113,6 +121,13 @@ impl LayerCost {
             in_channels: s.cin,
             out_positions: out_pos,
             padding: super::forward::input_side_padding(s.oh, s.ow),
+            winograd: super::winograd::obstacle((s.kh, s.kw), s).is_none().then(|| {
+                let tiles = (s.oh.div_ceil(4) * s.ow.div_ceil(4)) as u64;
+                StrategyWork {
+                    conv_macs: 36 * tiles * pairs,
+                    adds: 36 * tiles * (s.cin + s.cout) as u64,
+                }
+            }),
         }
     }
 
@@ -139,6 +154,14 @@ impl LayerCost {
                     * (self.output_side.conv_macs as f64 * OUTPUT_CONV_MAC
                         + self.output_side.adds as f64 * OUTPUT_ADD)
             }
+            ForwardStrategy::Winograd => match self.winograd {
+                Some(w) => {
+                    images
+                        * (w.conv_macs as f64 * WINOGRAD_MAC
+                            + w.adds as f64 * WINOGRAD_TRANSFORM)
+                }
+                None => return f64::INFINITY,
+            },
             ForwardStrategy::Auto => return self.estimated_seconds(self.cheapest()),
         };
         ns * 1e-9
