@@ -112,7 +112,10 @@ fn bench(c: &mut Criterion) {
 fn bench_winograd(c: &mut Criterion) {
     let mut rng = ChaCha8Rng::seed_from_u64(2024);
     let g = ConvGeometry::default().padding(1, 1);
-    for (name, ch, hw) in layers::SHAPES.into_iter().filter(|s| s.0.starts_with("resnet")) {
+    for (name, ch, hw) in layers::SHAPES
+        .into_iter()
+        .filter(|s| s.0.starts_with("resnet"))
+    {
         let w = layers::weights("normal", ch, &mut rng);
         let dense = Conv2d::new(w.clone(), None, g).expect("valid layer");
         let codebook = KernelCodebook::params(64)
@@ -123,7 +126,8 @@ fn bench_winograd(c: &mut Criterion) {
             .codebook;
         let layer = ClusteredConv2d::from_conv(&dense, &codebook).expect("codebook fits");
         let batch = 8;
-        let x = Array4::from_shape_simple_fn((batch, ch, hw, hw), || rng.random_range(-1.0f32..1.0));
+        let x =
+            Array4::from_shape_simple_fn((batch, ch, hw, hw), || rng.random_range(-1.0f32..1.0));
         let oracle = layer
             .forward_with(&codebook, x.view(), ForwardStrategy::Dense)
             .expect("shapes agree");

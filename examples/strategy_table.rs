@@ -64,7 +64,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (name, _) in COLUMNS {
         print!(" {name:>8}");
     }
-    println!(" {:>10} {:>10} {:>9} {:>9}", "auto_pick", "best", "auto/best", "rel.err");
+    println!(
+        " {:>10} {:>10} {:>9} {:>9}",
+        "auto_pick", "best", "auto/best", "rel.err"
+    );
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     for (name, c, hw) in SHAPES {
         if !only.is_empty() && !name.contains(&only) {

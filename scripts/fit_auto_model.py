@@ -6,7 +6,7 @@ random-normal and skewed weights, batch 1 and 8, on the thread counts given, and
 least squares, each time relative to the dense `Conv2d` (column `conv`):
 
     input side:  input / conv    ≈ A·ρ·w + B·w + C / Cout
-    Winograd:    winograd / conv ≈ D·φ + E·φ·(64/Cin + 64/Cout) + F·φ·16/(T·N)
+    Winograd:    winograd / min(conv, dense) ≈ φ·(D + E·16·max(1/(N·T), 1/64) + F·Cin/512)
 
 where ρ = ΣV/(Cout·Cin), w the input side's padding factor, Cout clamped to 64–512, φ the
 Winograd tile waste (16·T / (OH·OW), T = ⌈OH/4⌉·⌈OW/4⌉ tiles per image) and N the batch.
@@ -102,13 +102,13 @@ def main():
     x = np.array([[r["ΣV/CC"] * r["pad"], r["pad"], 1.0 / min(max(r["c"], 64), 512)]
                   for r in rows])
     y = np.array([r["input"] / r["conv"] for r in rows])
-    coef, rms = fit(x, y)
+    coef, rms = fit(x[~np.isnan(y)], y[~np.isnan(y)])
     print(f"input side: A = {coef[0]:.3f}, B = {coef[1]:.3f}, C = {coef[2]:.2f}; "
           f"r.m.s. relative error {rms:.1%}")
 
-    x = np.array([[r["phi"], r["phi"] * (64 / r["c"] + 64 / r["c"]),
-                   r["phi"] * 16 / (r["tiles"] * r["batch"])] for r in rows])
-    y = np.array([r["winograd"] / r["conv"] for r in rows])
+    x = np.array([[r["phi"], r["phi"] * 16 * max(1 / (r["tiles"] * r["batch"]), 1 / 64),
+                   r["phi"] * r["c"] / 512] for r in rows])
+    y = np.array([r["winograd"] / min(r["conv"], r["dense"]) for r in rows])
     coef, rms = fit(x, y)
     print(f"Winograd: D = {coef[0]:.3f}, E = {coef[1]:.3f}, F = {coef[2]:.3f}; "
           f"r.m.s. relative error {rms:.1%}")

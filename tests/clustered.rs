@@ -283,16 +283,17 @@ fn auto_picks_sharing_when_it_is_cheap_and_dense_when_it_is_not() {
         shared.auto_strategy(&codebook, [8, 64, 16, 16]).unwrap(),
         ForwardStrategy::InputSide
     );
-    // Every kernel its own centroid: nothing is shared, dense wins.
-    let unique = ClusteredConv2d::<f32>::new(
-        Array2::from_shape_fn((64, 64), |(o, i)| (o * 64 + i) as u32),
-        None,
-        None,
-        g,
-    )
-    .unwrap();
+    // Every kernel its own centroid: nothing is shared, Winograd wins where the call allows
+    // it (3×3, stride 1), dense elsewhere.
+    let unique_indices = Array2::from_shape_fn((64, 64), |(o, i)| (o * 64 + i) as u32);
+    let unique = ClusteredConv2d::<f32>::new(unique_indices.clone(), None, None, g).unwrap();
     assert_eq!(
         unique.auto_strategy(&codebook, [8, 64, 16, 16]).unwrap(),
+        ForwardStrategy::Winograd
+    );
+    let strided = ClusteredConv2d::<f32>::new(unique_indices, None, None, g.stride(2, 2)).unwrap();
+    assert_eq!(
+        strided.auto_strategy(&codebook, [8, 64, 16, 16]).unwrap(),
         ForwardStrategy::Dense
     );
     let cost = unique.cost(&codebook, (16, 16)).unwrap();

@@ -5,8 +5,8 @@
 mod common;
 
 use clustered_conv::{
-    BackwardRoute, ClusteredConv2d, ConvGeometry, Error, ForwardStrategy, KernelCodebook,
-    Padding, Symmetry,
+    BackwardRoute, ClusteredConv2d, ConvGeometry, Error, ForwardStrategy, KernelCodebook, Padding,
+    Symmetry,
 };
 use common::{in_pool, naive_conv, paper_transform, random4, rng, worst_violation};
 use ndarray::{Array1, Array2, Array3, Array4};
@@ -45,17 +45,26 @@ struct Case {
 /// `seed / 4 mod 3`), a mask on every fifth case, padding 0–2 per side (asymmetric), an input
 /// of 1–13 per side, batch 1–3, with or without a bias.
 fn random_case(seed: u64) -> Case {
+    random_case_sized(seed, 1..=3, 1..=13)
+}
+
+/// [`random_case`] with the batch and input side drawn from the given ranges.
+fn random_case_sized(
+    seed: u64,
+    batch: std::ops::RangeInclusive<usize>,
+    side: std::ops::RangeInclusive<usize>,
+) -> Case {
     let mut r = rng(seed);
     let symmetry = SYMMETRIES[(seed % 4) as usize];
     let scales = [ScaleKind::None, ScaleKind::Full, ScaleKind::Half][(seed / 4 % 3) as usize];
     let masked = seed % 5 == 2;
     loop {
         let (n, cin, cout) = (
-            r.random_range(1..=3),
+            r.random_range(batch.clone()),
             r.random_range(1..=9),
             r.random_range(1..=9),
         );
-        let (h, w) = (r.random_range(1..=13), r.random_range(1..=13));
+        let (h, w) = (r.random_range(side.clone()), r.random_range(side.clone()));
         let g = ConvGeometry::default().padding_asymmetric(Padding {
             top: r.random_range(0..=2),
             bottom: r.random_range(0..=2),
@@ -157,8 +166,16 @@ fn f64_winograd_matches_naive_on_random_geometry() {
             partial_tiles += 1;
         }
         let worst = worst_violation(&got, &want, 1e-12, 1e-12);
-        assert!(worst <= 1.0, "seed {seed}: {worst} × tolerance, {:?}", case.g);
-        seen.insert((case.codebook.symmetry().transforms(), case.scales as u8, case.masked));
+        assert!(
+            worst <= 1.0,
+            "seed {seed}: {worst} × tolerance, {:?}",
+            case.g
+        );
+        seen.insert((
+            case.codebook.symmetry().transforms(),
+            case.scales as u8,
+            case.masked,
+        ));
     }
     // Every symmetry with every scale kind, with and without a mask.
     assert_eq!(seen.len(), 4 * 3 * 2, "{seen:?}");
@@ -187,11 +204,7 @@ fn f32_error_against_f64_naive_on_a_real_layer() {
         .unwrap()
         .with_half_scales()
         .unwrap();
-    let w = layer
-        .to_conv(&codebook)
-        .unwrap()
-        .weight()
-        .mapv(f64::from);
+    let w = layer.to_conv(&codebook).unwrap().weight().mapv(f64::from);
     let b = layer.bias().unwrap().mapv(f64::from);
     let want = naive_conv(x.view(), w.view(), Some(&b), &g);
     let x32 = x.mapv(|v| v as f32);
@@ -210,9 +223,17 @@ fn f32_error_against_f64_naive_on_a_real_layer() {
     let (wino_l2, wino_worst) = measure(ForwardStrategy::Winograd);
     let (dense_l2, dense_worst) = measure(ForwardStrategy::Dense);
     println!("f32 clustered 64→64@28: Winograd rel. L2 {wino_l2:.3e}, worst/max {wino_worst:.3e}");
-    println!("f32 clustered 64→64@28: Dense    rel. L2 {dense_l2:.3e}, worst/max {dense_worst:.3e}");
-    assert!(wino_l2 <= 1e-5, "Winograd f32 relative L2 error {wino_l2:e}");
-    assert!(wino_worst <= 1e-4, "Winograd f32 worst error {wino_worst:e}");
+    println!(
+        "f32 clustered 64→64@28: Dense    rel. L2 {dense_l2:.3e}, worst/max {dense_worst:.3e}"
+    );
+    assert!(
+        wino_l2 <= 1e-5,
+        "Winograd f32 relative L2 error {wino_l2:e}"
+    );
+    assert!(
+        wino_worst <= 1e-4,
+        "Winograd f32 worst error {wino_worst:e}"
+    );
     assert!(dense_l2 <= 1e-6, "Dense f32 relative L2 error {dense_l2:e}");
 }
 
@@ -222,14 +243,8 @@ fn bit_identical_on_one_and_two_threads() {
     // more output channels than one operand block holds.
     let mut r = rng(11);
     let g = ConvGeometry::default().padding(1, 2);
-    let (codebook, layer) = random_layer(
-        &mut r,
-        (80, 24),
-        Symmetry::Flips,
-        ScaleKind::Half,
-        true,
-        g,
-    );
+    let (codebook, layer) =
+        random_layer(&mut r, (80, 24), Symmetry::Flips, ScaleKind::Half, true, g);
     let codebook =
         KernelCodebook::from_centroids(codebook.centroids().mapv(|v| v as f32), Symmetry::Flips)
             .unwrap();
@@ -254,17 +269,29 @@ fn bit_identical_on_one_and_two_threads() {
 }
 
 /// `Σ y ⊙ r` of the forward through `strategy`.
-fn loss(layer: &ClusteredConv2d<f64>, codebook: &KernelCodebook<f64>, x: &Array4<f64>, r: &Array4<f64>) -> f64 {
+fn loss(
+    layer: &ClusteredConv2d<f64>,
+    codebook: &KernelCodebook<f64>,
+    x: &Array4<f64>,
+    r: &Array4<f64>,
+) -> f64 {
     let y = layer
         .forward_with(codebook, x.view(), ForwardStrategy::Dense)
         .unwrap();
     y.iter().zip(r).map(|(a, b)| a * b).sum()
 }
 
+/// The dense route runs the input gradient through Winograd when the cost model predicts it
+/// faster: inputs of 12–20 per side at batch 2–3 give enough tiles for that (every fourth
+/// case takes the smaller shapes of `random_case`, which mostly run the dense adjoint).
 #[test]
 fn dense_route_input_gradient_matches_finite_differences_and_the_sharing_route() {
     for seed in 0..40 {
-        let case = random_case(1000 + seed);
+        let case = if seed % 4 == 0 {
+            random_case(1000 + seed)
+        } else {
+            random_case_sized(1000 + seed, 2..=3, 12..=20)
+        };
         let mut r = rng(seed);
         let y = case
             .layer
@@ -273,17 +300,33 @@ fn dense_route_input_gradient_matches_finite_differences_and_the_sharing_route()
         let go = random4(&mut r, y.dim());
         let dense = case
             .layer
-            .backward_with(&case.codebook, case.x.view(), go.view(), BackwardRoute::Dense)
+            .backward_with(
+                &case.codebook,
+                case.x.view(),
+                go.view(),
+                BackwardRoute::Dense,
+            )
             .unwrap();
         let sharing = case
             .layer
-            .backward_with(&case.codebook, case.x.view(), go.view(), BackwardRoute::Sharing)
+            .backward_with(
+                &case.codebook,
+                case.x.view(),
+                go.view(),
+                BackwardRoute::Sharing,
+            )
             .unwrap();
         let worst = worst_violation(&dense.input, &sharing.input, 1e-12, 1e-12);
-        assert!(worst <= 1.0, "seed {seed}: input gradient {worst} × tolerance");
+        assert!(
+            worst <= 1.0,
+            "seed {seed}: input gradient {worst} × tolerance"
+        );
         let c = |a: &Array3<f64>| a.clone().into_shape_with_order((a.len(), 1, 1, 1)).unwrap();
         let worst = worst_violation(&c(&dense.centroids), &c(&sharing.centroids), 1e-10, 1e-10);
-        assert!(worst <= 1.0, "seed {seed}: centroid gradient {worst} × tolerance");
+        assert!(
+            worst <= 1.0,
+            "seed {seed}: centroid gradient {worst} × tolerance"
+        );
         // The loss is linear in x: central differences are exact up to rounding.
         let h = 1e-3;
         for _ in 0..6 {
@@ -313,12 +356,12 @@ fn unsupported_geometry_is_an_error_not_a_panic() {
     let mut r = rng(3);
     let x = random4(&mut r, (1, 2, 9, 9));
     let indices = Array2::from_elem((3, 2), 0u32);
-    let c3 = KernelCodebook::from_centroids(Array3::<f64>::ones((2, 3, 3)), Symmetry::Identity)
-        .unwrap();
-    let c5 = KernelCodebook::from_centroids(Array3::<f64>::ones((2, 5, 5)), Symmetry::Identity)
-        .unwrap();
-    let c13 = KernelCodebook::from_centroids(Array3::<f64>::ones((2, 1, 3)), Symmetry::Flip)
-        .unwrap();
+    let c3 =
+        KernelCodebook::from_centroids(Array3::<f64>::ones((2, 3, 3)), Symmetry::Identity).unwrap();
+    let c5 =
+        KernelCodebook::from_centroids(Array3::<f64>::ones((2, 5, 5)), Symmetry::Identity).unwrap();
+    let c13 =
+        KernelCodebook::from_centroids(Array3::<f64>::ones((2, 1, 3)), Symmetry::Flip).unwrap();
     let cases = [
         (&c5, ConvGeometry::default(), "3×3"),
         (&c13, ConvGeometry::default(), "3×3"),
@@ -360,10 +403,13 @@ fn memory_reports_the_winograd_working_set() {
     assert_eq!(m.winograd_operand_bytes, 32 * 512 * 4);
     assert!(m.winograd_codebook_bytes + m.winograd_operand_bytes < m.dense_weight_bytes / 50);
     // A non-3×3 codebook cannot run Winograd.
-    let c5 = KernelCodebook::from_centroids(Array3::<f32>::ones((4, 5, 5)), Symmetry::Identity)
-        .unwrap();
-    let small = ClusteredConv2d::new(Array2::zeros((2, 2)), None, None, ConvGeometry::default())
-        .unwrap();
+    let c5 =
+        KernelCodebook::from_centroids(Array3::<f32>::ones((4, 5, 5)), Symmetry::Identity).unwrap();
+    let small =
+        ClusteredConv2d::new(Array2::zeros((2, 2)), None, None, ConvGeometry::default()).unwrap();
     let m = small.memory(&c5);
-    assert_eq!((m.winograd_codebook_bytes, m.winograd_operand_bytes), (0, 0));
+    assert_eq!(
+        (m.winograd_codebook_bytes, m.winograd_operand_bytes),
+        (0, 0)
+    );
 }

@@ -71,10 +71,6 @@ mod ns_per_op {
     pub const OUTPUT_CONV_MAC: f64 = 0.22;
     /// Output side: one scaled add of the input sums (fit: 0.52).
     pub const OUTPUT_ADD: f64 = 0.52;
-    /// Winograd: one multiply-accumulate of the 36 GEMMs.
-    pub const WINOGRAD_MAC: f64 = DENSE_MAC;
-    /// Winograd: one transformed value of the input or output transform.
-    pub const WINOGRAD_TRANSFORM: f64 = 0.5;
 }
 
 /// The input side's time relative to dense, fitted by least squares to 192 measured pairs
@@ -88,6 +84,21 @@ mod ratio_fit {
     pub const B: f64 = 0.506;
     pub const C: f64 = -12.52;
     pub const COUT_RANGE: (f64, f64) = (64.0, 512.0);
+}
+
+/// Winograd's time relative to dense, fitted by least squares to 56 measured rows
+/// (`scripts/fit_auto_model.py`: `strategy_table`'s `winograd` column over the faster of its
+/// `conv` and `dense` columns, VGG-16/ResNet-18 shapes, K = 64 at batch 1 and 8 on 1 and 2
+/// threads, K = 16 and 256 at batch 8 on 2 threads): `ratio ≈ φ·(D + E·16·max(1/(N·T), 1/64) + F·Cin/512)`, with `T` the 4×4 tiles
+/// per image, `N` the batch and `φ = 16·T/(OH·OW)` the tiles' waste factor. The terms stand
+/// for the 36 GEMMs with the transforms, the operand blocks rebuilt for every block of at most
+/// 64 tiles (a call with few tiles pays them over few tiles), and the transformed input of
+/// a block outgrowing the L2 cache at wide layers. The r.m.s. relative error is 27 %, much of
+/// it the noise of a shared machine.
+mod winograd_fit {
+    pub const D: f64 = 0.537;
+    pub const E: f64 = 0.341;
+    pub const F: f64 = 0.148;
 }
 
 /// `Auto` runs a clustered strategy only when its predicted time is below this fraction of
@@ -121,20 +132,23 @@ impl LayerCost {
             in_channels: s.cin,
             out_positions: out_pos,
             padding: super::forward::input_side_padding(s.oh, s.ow),
-            winograd: super::winograd::obstacle((s.kh, s.kw), s).is_none().then(|| {
-                let tiles = (s.oh.div_ceil(4) * s.ow.div_ceil(4)) as u64;
-                StrategyWork {
-                    conv_macs: 36 * tiles * pairs,
-                    adds: 36 * tiles * (s.cin + s.cout) as u64,
-                }
-            }),
+            winograd: super::winograd::obstacle((s.kh, s.kw), s)
+                .is_none()
+                .then(|| {
+                    let tiles = (s.oh.div_ceil(4) * s.ow.div_ceil(4)) as u64;
+                    StrategyWork {
+                        conv_macs: 36 * tiles * pairs,
+                        adds: 36 * tiles * (s.cin + s.cout) as u64,
+                    }
+                }),
         }
     }
 
     /// Estimated single-thread time of a strategy for `batch` images, from the calibrated
     /// per-operation costs: dense 0.036/1.75 ns per MAC plus 0.3 ns per rebuilt weight element;
     /// input side 0.037 ns per response MAC, 0.10 ns per gather-add, 0.02 ns per patch copy;
-    /// output side 0.22 ns per MAC and 0.52 ns per add.
+    /// output side 0.22 ns per MAC and 0.52 ns per add; Winograd as dense times
+    /// [`LayerCost::predicted_winograd_ratio`] (infinite when the call cannot run it).
     pub fn estimated_seconds(&self, strategy: ForwardStrategy) -> f64 {
         use ns_per_op::*;
         let images = self.batch as f64;
@@ -154,12 +168,8 @@ impl LayerCost {
                     * (self.output_side.conv_macs as f64 * OUTPUT_CONV_MAC
                         + self.output_side.adds as f64 * OUTPUT_ADD)
             }
-            ForwardStrategy::Winograd => match self.winograd {
-                Some(w) => {
-                    images
-                        * (w.conv_macs as f64 * WINOGRAD_MAC
-                            + w.adds as f64 * WINOGRAD_TRANSFORM)
-                }
+            ForwardStrategy::Winograd => match self.predicted_winograd_ratio() {
+                Some(ratio) => ratio * images * self.dense_macs as f64 * DENSE_MAC,
                 None => return f64::INFINITY,
             },
             ForwardStrategy::Auto => return self.estimated_seconds(self.cheapest()),
@@ -177,23 +187,44 @@ impl LayerCost {
         A * sharing * self.padding + B * self.padding + C / cout
     }
 
-    /// The strategy `Auto` runs: the input side when its predicted time is below 90 % of
-    /// dense (dense including the rebuild of its weight), the output side instead when its operation-count estimate is lower than the input
-    /// side's (layers with many more input than output channels), else dense.
+    /// Predicted time of [`ForwardStrategy::Winograd`] relative to dense (the fitted model
+    /// above), or `None` when the call cannot run Winograd.
+    pub fn predicted_winograd_ratio(&self) -> Option<f64> {
+        use winograd_fit::*;
+        let w = self.winograd?;
+        let pairs = self.input_side.adds / self.out_positions;
+        let tiles = (w.conv_macs / (36 * pairs)) as f64;
+        let waste = 16.0 * tiles / self.out_positions as f64;
+        let per_tile = (1.0 / (self.batch as f64 * tiles)).max(1.0 / 64.0);
+        let cin = self.in_channels as f64;
+        Some(waste * (D + E * 16.0 * per_tile + F * cin / 512.0))
+    }
+
+    /// The strategy `Auto` runs, by predicted time relative to dense (dense including the
+    /// rebuild of its weight). A sharing strategy is eligible when the input side's
+    /// prediction is below 90 % of dense (the output side instead of the input side when its
+    /// operation-count estimate is lower: layers with many more input than output channels).
+    /// Winograd runs when the call can run it, its prediction is below dense and, if a sharing
+    /// strategy is eligible, below that strategy's prediction; else the eligible sharing
+    /// strategy, else dense.
     pub fn cheapest(&self) -> ForwardStrategy {
         let input = self.estimated_seconds(ForwardStrategy::InputSide);
         let output = self.estimated_seconds(ForwardStrategy::OutputSide);
-        let ratio = self.predicted_input_side_ratio() * (output / input).min(1.0);
+        let sharing = self.predicted_input_side_ratio() * (output / input).min(1.0);
         // The dense fallback first rebuilds the weight, once per call.
         let rebuild = self.weight_elements as f64 * ns_per_op::DENSE_RECONSTRUCT
             / (self.batch as f64 * self.dense_macs as f64 * ns_per_op::DENSE_MAC);
-        match (
-            ratio < CLUSTERED_THRESHOLD * (1.0 + rebuild),
-            output < input,
-        ) {
-            (false, _) => ForwardStrategy::Dense,
-            (true, true) => ForwardStrategy::OutputSide,
-            (true, false) => ForwardStrategy::InputSide,
+        let dense = 1.0 + rebuild;
+        let sharing_eligible = sharing < CLUSTERED_THRESHOLD * dense;
+        let winograd = self.predicted_winograd_ratio().unwrap_or(f64::INFINITY);
+        if winograd < dense && !(sharing_eligible && sharing <= winograd) {
+            ForwardStrategy::Winograd
+        } else if !sharing_eligible {
+            ForwardStrategy::Dense
+        } else if output < input {
+            ForwardStrategy::OutputSide
+        } else {
+            ForwardStrategy::InputSide
         }
     }
 }

@@ -67,13 +67,13 @@ use std::sync::OnceLock;
 use ndarray::{Array1, Array2, Array3, Array4, ArrayView4};
 
 use crate::codebook::{KernelCodebook, ScaleScheme, ScaleStorage};
+use crate::conv::backward_weight;
 use crate::conv::Conv2d;
 use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, ConvShape};
-use crate::conv::backward_weight;
 use crate::linalg::simd::Kernels;
-use crate::linalg::{adjoint_fits, channel_sums, dims4};
 use crate::linalg::Real;
+use crate::linalg::{adjoint_fits, channel_sums, dims4};
 
 pub use cost::{LayerCost, StrategyWork};
 use indices::IndexStore;
@@ -102,8 +102,11 @@ pub enum ForwardStrategy {
 /// How [`ClusteredConv2d::backward_with`] computes its gradients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum BackwardRoute {
-    /// Rebuild the dense weight, run the dense GEMM backward, fold the weight gradient into
-    /// centroid and scale gradients.
+    /// The dense weight gradient (im2col GEMM), folded into centroid and scale gradients;
+    /// the input gradient through Winograd with an operand built from the indices, scales
+    /// and rotated transformed codebook when the call allows it (3×3, stride 1, dilation 1,
+    /// padding ≤ 2 at the top and left) and the cost model predicts it faster than dense,
+    /// else through the rebuilt dense weight.
     Dense,
     /// The weight-sharing stencil: each (input channel, distinct kernel) pair's transposed
     /// convolution and kernel correlation done once.
@@ -721,14 +724,9 @@ impl<F: Real> ClusteredConv2d<F> {
                 bias,
                 &s,
             ),
-            ForwardStrategy::Winograd => winograd::forward(
-                x,
-                codebook,
-                &self.indices,
-                self.scales.as_ref(),
-                bias,
-                &s,
-            ),
+            ForwardStrategy::Winograd => {
+                winograd::forward(x, codebook, &self.indices, self.scales.as_ref(), bias, &s)
+            }
         })
     }
 
@@ -802,7 +800,8 @@ impl<F: Real> ClusteredConv2d<F> {
     /// The dense route of [`ClusteredConv2d::backward_with`]: the dense weight gradient
     /// (im2col), folded into centroid and scale gradients. The input gradient runs through
     /// Winograd with the clustered adjoint operand when the call allows it (3×3, stride 1,
-    /// dilation 1, padding ≤ 2), else through the rebuilt dense weight.
+    /// dilation 1, padding ≤ 2) and the cost model predicts that adjoint convolution faster
+    /// than dense, else through the rebuilt dense weight.
     fn backward_dense(
         &self,
         codebook: &KernelCodebook<F>,
@@ -810,26 +809,30 @@ impl<F: Real> ClusteredConv2d<F> {
         grad_out: ArrayView4<F>,
         s: &ConvShape,
     ) -> Result<ClusteredGrads<F>> {
-        let (input, weight, bias) =
-            if winograd::obstacle(codebook.kernel_size(), s).is_none() && adjoint_fits(s) {
-                let x = x.as_standard_layout();
-                let go = grad_out.as_standard_layout();
-                let input = winograd::backward_input(
-                    go.view(),
-                    codebook,
-                    &self.indices,
-                    self.scales.as_ref(),
-                    s,
-                );
-                let weight = backward_weight(x.view(), go.view(), s)
-                    .into_shape_with_order((s.cout, s.cin, s.kh, s.kw))
-                    .expect("Cout·Cin·kh·kw weight gradients");
-                let bias = self.bias.as_ref().map(|_| channel_sums(go.view()));
-                (input, weight, bias)
-            } else {
-                let dense = self.to_conv(codebook)?.backward(x, grad_out)?;
-                (dense.input, dense.weight, dense.bias)
-            };
+        let (input, weight, bias) = if winograd::obstacle(codebook.kernel_size(), s).is_none()
+            && adjoint_fits(s)
+            && adjoint_cost(s)
+                .predicted_winograd_ratio()
+                .is_some_and(|r| r < 1.0)
+        {
+            let x = x.as_standard_layout();
+            let go = grad_out.as_standard_layout();
+            let input = winograd::backward_input(
+                go.view(),
+                codebook,
+                &self.indices,
+                self.scales.as_ref(),
+                s,
+            );
+            let weight = backward_weight(x.view(), go.view(), s)
+                .into_shape_with_order((s.cout, s.cin, s.kh, s.kw))
+                .expect("Cout·Cin·kh·kw weight gradients");
+            let bias = self.bias.as_ref().map(|_| channel_sums(go.view()));
+            (input, weight, bias)
+        } else {
+            let dense = self.to_conv(codebook)?.backward(x, grad_out)?;
+            (dense.input, dense.weight, dense.bias)
+        };
         let (centroids, scales) =
             backward::fold_weight_grad(codebook, &self.indices, self.scales.as_ref(), &weight);
         Ok(ClusteredGrads {
@@ -874,6 +877,25 @@ impl<F: Real> ClusteredConv2d<F> {
             self.sum_distinct_per_input(),
         )
     }
+}
+
+/// The cost of the input gradient's convolution of a stride-1 call: `grad_out` correlated
+/// into the input's shape, channels swapped (sharing counts left at 0: only the dense and
+/// Winograd predictions are read).
+fn adjoint_cost(s: &ConvShape) -> LayerCost {
+    LayerCost::new(
+        &ConvShape {
+            cin: s.cout,
+            cout: s.cin,
+            h: s.oh,
+            w: s.ow,
+            oh: s.h,
+            ow: s.w,
+            ..*s
+        },
+        0,
+        0,
+    )
 }
 
 /// `a` in standard (row-major) layout, copied only when it is not.

@@ -52,8 +52,7 @@ pub(crate) fn obstacle(kernel: (usize, usize), s: &ConvShape) -> Option<&'static
 
 /// Rows per operand block for `cols` columns: about [`OPERAND_BYTES`], 32 to 64 rows.
 pub(crate) fn operand_rows<F>(cols: usize) -> usize {
-    (OPERAND_BYTES / (cols.max(1) * std::mem::size_of::<F>()))
-        .clamp(OPERAND_ROWS.0, OPERAND_ROWS.1)
+    (OPERAND_BYTES / (cols.max(1) * std::mem::size_of::<F>())).clamp(OPERAND_ROWS.0, OPERAND_ROWS.1)
 }
 
 /// Bytes of a transformed codebook of `limit` stored indices (`K·S`) of `F`.
