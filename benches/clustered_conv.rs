@@ -8,7 +8,9 @@
 //! relative error of each strategy against `Dense` is printed before it is timed.
 //!
 //! Ids: `clustered/<layer>/b<N>/dense` and `clustered/<layer>/b<N>/<weights>_K<k>/<strategy>`;
-//! filter with e.g. `cargo bench --bench clustered_conv -- 'vgg_256.*b8.*K64'`.
+//! filter with e.g. `cargo bench --bench clustered_conv -- 'vgg_256.*b8.*K64'`. The
+//! `clustered_winograd/<layer>/b8/K64/<strategy>` group times `ForwardStrategy::Winograd`
+//! against the dense fallback and `Auto` on the ResNet-18 shapes.
 
 use std::time::Duration;
 
@@ -105,5 +107,60 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// `clustered_winograd/<layer>/b8/K64/<strategy>`: `ForwardStrategy::Winograd` against the
+/// dense fallback and `Auto` on the ResNet-18 shapes (normal weights, K = 64, batch 8).
+fn bench_winograd(c: &mut Criterion) {
+    let mut rng = ChaCha8Rng::seed_from_u64(2024);
+    let g = ConvGeometry::default().padding(1, 1);
+    for (name, ch, hw) in layers::SHAPES
+        .into_iter()
+        .filter(|s| s.0.starts_with("resnet"))
+    {
+        let w = layers::weights("normal", ch, &mut rng);
+        let dense = Conv2d::new(w.clone(), None, g).expect("valid layer");
+        let codebook = KernelCodebook::params(64)
+            .seed(1)
+            .max_iter(20)
+            .fit(&[w.view()])
+            .expect("enough kernels")
+            .codebook;
+        let layer = ClusteredConv2d::from_conv(&dense, &codebook).expect("codebook fits");
+        let batch = 8;
+        let x =
+            Array4::from_shape_simple_fn((batch, ch, hw, hw), || rng.random_range(-1.0f32..1.0));
+        let oracle = layer
+            .forward_with(&codebook, x.view(), ForwardStrategy::Dense)
+            .expect("shapes agree");
+        let wino = layer
+            .forward_with(&codebook, x.view(), ForwardStrategy::Winograd)
+            .expect("3×3, stride 1");
+        let label = name.replace(' ', "_");
+        eprintln!(
+            "clustered_winograd/{label}/b{batch}/K64: relative error vs Dense {:.2e}",
+            rel_err(&wino, &oracle)
+        );
+        let mut group = c.benchmark_group(format!("clustered_winograd/{label}/b{batch}/K64"));
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1))
+            .throughput(Throughput::Elements((batch * ch * ch * 9 * hw * hw) as u64));
+        for (sname, strategy) in [
+            ("dense", ForwardStrategy::Dense),
+            ("winograd", ForwardStrategy::Winograd),
+            ("auto", ForwardStrategy::Auto),
+        ] {
+            group.bench_function(sname, |b| {
+                b.iter(|| {
+                    layer
+                        .forward_with(&codebook, x.view(), strategy)
+                        .expect("shapes agree")
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench, bench_winograd);
 criterion_main!(benches);

@@ -1,11 +1,12 @@
-//! Measures every forward strategy of `ClusteredConv2d` against the dense `Conv2d` on real
-//! VGG-16 (CIFAR) and ResNet-18 3×3 layer shapes, and prints one table of time ratios.
+//! Measures every forward strategy of `ClusteredConv2d` (and the dense `Conv2d`) on real
+//! VGG-16 (CIFAR) and ResNet-18 3×3 layer shapes, and prints one table of times with what
+//! `Auto` ran, the fastest strategy, and Auto's time relative to it.
 //!
 //! Indices come from k-means of a weight tensor (random-normal weights, or "skewed" weights
 //! made of Zipf-distributed patterns plus noise, like trained networks' frequency-sorted
 //! usage). Run: `cargo run --release --example strategy_table -- [--batch N] [--k K,K,..]
 //! [--weights normal|skewed] [--threads N] [--reps N] [--only NAME]
-//! [--strategies dense,input,output,auto]`.
+//! [--strategies conv,dense,input,output,winograd,auto]`.
 
 use std::time::Instant;
 
@@ -18,18 +19,15 @@ mod layers;
 use layers::{weights, SHAPES};
 use rand_chacha::ChaCha8Rng;
 
-fn median_ms(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[reps / 2]
-}
+/// The strategies timed, as (column, strategy); `None` is the dense `Conv2d` (im2col).
+const COLUMNS: [(&str, Option<ForwardStrategy>); 6] = [
+    ("conv", None),
+    ("dense", Some(ForwardStrategy::Dense)),
+    ("input", Some(ForwardStrategy::InputSide)),
+    ("output", Some(ForwardStrategy::OutputSide)),
+    ("winograd", Some(ForwardStrategy::Winograd)),
+    ("auto", Some(ForwardStrategy::Auto)),
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -48,29 +46,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<_, _>>()?;
     let threads: usize = arg("--threads", "0").parse()?;
     let only = arg("--only", "");
-    let which = arg("--strategies", "dense,input,output,auto");
+    let which: Vec<String> = arg("--strategies", "conv,dense,input,output,winograd,auto")
+        .split(',')
+        .map(str::to_string)
+        .collect();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
     println!(
-        "batch {batch}, {} rayon threads, weights {kind}, median of {reps}; times in ms, speed-up = dense / strategy",
+        "batch {batch}, {} rayon threads, weights {kind}, median of {reps} (strategies of a \
+         layer timed in alternation); times in ms; conv = dense Conv2d (im2col), dense = \
+         ForwardStrategy::Dense; best = fastest of dense/input/output/winograd; auto/best = \
+         Auto's time ÷ best's",
         pool.current_num_threads()
     );
+    print!("{:<15} {:>4} {:>8} {:>6}", "layer", "K", "ΣV/CC", "pad");
+    for (name, _) in COLUMNS {
+        print!(" {name:>8}");
+    }
     println!(
-        "{:<15} {:>4} {:>8} {:>6} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>10} {:>9}",
-        "layer",
-        "K",
-        "ΣV/CC",
-        "pad",
-        "dense",
-        "input",
-        "output",
-        "auto",
-        "in×",
-        "out×",
-        "auto×",
-        "auto pick",
-        "rel.err"
+        " {:>10} {:>10} {:>9} {:>9}",
+        "auto_pick", "best", "auto/best", "rel.err"
     );
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     for (name, c, hw) in SHAPES {
@@ -89,33 +85,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .codebook;
             let layer = ClusteredConv2d::from_conv(&dense, &codebook)?;
             let cost = layer.cost(&codebook, (hw, hw))?;
-            let time = |s: Option<ForwardStrategy>| {
-                pool.install(|| {
-                    median_ms(reps, || {
-                        match s {
-                            None => drop(dense.forward(x.view())),
-                            Some(s) => drop(layer.forward_with(&codebook, x.view(), s)),
-                        };
-                    })
-                })
+            let run = |s: Option<ForwardStrategy>| match s {
+                None => drop(dense.forward(x.view())),
+                Some(s) => drop(layer.forward_with(&codebook, x.view(), s)),
             };
-            let skip = |name: &str| !which.contains(name);
-            let td = if skip("dense") { f64::NAN } else { time(None) };
-            let ti = if skip("input") {
-                f64::NAN
-            } else {
-                time(Some(ForwardStrategy::InputSide))
-            };
-            let to = if skip("output") {
-                f64::NAN
-            } else {
-                time(Some(ForwardStrategy::OutputSide))
-            };
-            let ta = if skip("auto") {
-                f64::NAN
-            } else {
-                time(Some(ForwardStrategy::Auto))
-            };
+            let active: Vec<bool> = COLUMNS
+                .iter()
+                .map(|(n, _)| which.iter().any(|w| w == n))
+                .collect();
+            let times = pool.install(|| alternating_medians(reps, &COLUMNS, &active, run));
+            let time = |n: &str| times[COLUMNS.iter().position(|c| c.0 == n).expect("a column")];
+            let (best_name, best) = ["dense", "input", "output", "winograd"]
+                .into_iter()
+                .map(|n| (n, time(n)))
+                .filter(|(_, t)| !t.is_nan())
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap_or(("-", f64::NAN));
             let oracle = layer.forward_with(&codebook, x.view(), ForwardStrategy::Dense)?;
             let auto = layer.forward(&codebook, x.view())?;
             let num: f64 = auto
@@ -124,23 +109,57 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .map(|(a, b)| f64::from(a - b).powi(2))
                 .sum();
             let den: f64 = oracle.iter().map(|b| f64::from(*b).powi(2)).sum();
-            println!(
-                "{:<15} {:>4} {:>8.3} {:>6.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>7.2} {:>7.2} {:>7.2} {:>10} {:>9.1e}",
+            print!(
+                "{:<15} {:>4} {:>8.3} {:>6.3}",
                 name,
                 k,
                 cost.sum_v as f64 / (c * c) as f64,
-                cost.padding,
-                td,
-                ti,
-                to,
-                ta,
-                td / ti,
-                td / to,
-                td / ta,
+                cost.padding
+            );
+            for t in &times {
+                print!(" {t:>8.3}");
+            }
+            println!(
+                " {:>10} {:>10} {:>9.2} {:>9.1e}",
                 format!("{:?}", layer.auto_strategy(&codebook, [batch, c, hw, hw])?),
+                best_name,
+                time("auto") / best,
                 (num / den).sqrt()
             );
         }
     }
     Ok(())
+}
+
+/// Median time in ms of every active column, the columns run in turn (one warm-up round),
+/// so that load from other processes falls on all of them alike.
+fn alternating_medians(
+    reps: usize,
+    columns: &[(&str, Option<ForwardStrategy>)],
+    active: &[bool],
+    run: impl Fn(Option<ForwardStrategy>),
+) -> Vec<f64> {
+    let mut samples = vec![Vec::new(); columns.len()];
+    for round in 0..=reps {
+        for (c, (_, s)) in columns.iter().enumerate() {
+            if !active[c] {
+                continue;
+            }
+            let start = Instant::now();
+            run(*s);
+            if round > 0 {
+                samples[c].push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    samples
+        .into_iter()
+        .map(|mut t| {
+            if t.is_empty() {
+                return f64::NAN;
+            }
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect()
 }

@@ -1,21 +1,24 @@
 #!/usr/bin/env python3
-"""Refits the input side's time model behind `ForwardStrategy::Auto` (src/clustered/cost.rs).
+"""Refits the time models behind `ForwardStrategy::Auto` (src/clustered/cost.rs).
 
-Runs the `strategy_table` example (dense and input side, VGG-16/ResNet-18 3×3 shapes) over
-K = 16, 64, 256, random-normal and skewed weights, batch 1 and 8, on the thread counts given,
-and fits by least squares
+Runs the `strategy_table` example (VGG-16/ResNet-18 3×3 shapes) over K = 16, 64, 256,
+random-normal and skewed weights, batch 1 and 8, on the thread counts given, and fits by
+least squares, each time relative to the dense `Conv2d` (column `conv`):
 
-    input_time / dense_time ≈ A·ρ·w + B·w + C / Cout
+    input side:  input / conv    ≈ A·ρ·w + B·w + C / Cout
+    Winograd:    winograd / min(conv, dense) ≈ φ·(D + E·16·max(1/(N·T), 1/64) + F·Cin/512)
 
-where ρ = ΣV/(Cout·Cin), w the input side's padding factor and Cout the output channels
-(clamped to 64–512). Prints the coefficients, the r.m.s. relative error and, per measured pair,
-whether a threshold of 0.8 on the predicted ratio would pick the faster strategy.
+where ρ = ΣV/(Cout·Cin), w the input side's padding factor, Cout clamped to 64–512, φ the
+Winograd tile waste (16·T / (OH·OW), T = ⌈OH/4⌉·⌈OW/4⌉ tiles per image) and N the batch.
+Prints the coefficients, the r.m.s. relative errors, and, per measured row, Auto's time
+relative to the fastest strategy (the `auto/best` column), flagging rows above 1.10.
 
-Usage: python3 scripts/fit_auto_model.py [--threads 1,2] [--reps 7] [--from FILE]
+Usage: python3 scripts/fit_auto_model.py [--threads 1,2] [--reps 5] [--from FILE]
   --from FILE  refit from a saved measurement file (written to target/auto-model.txt) instead
                of measuring again. Needs numpy.
 """
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -35,31 +38,54 @@ def measure(threads, reps):
             for weights in ("skewed", "normal"):
                 out = subprocess.run(
                     [exe, "--batch", str(batch), "--k", "16,64,256", "--weights", weights,
-                     "--threads", str(t), "--reps", str(reps), "--strategies", "dense,input"],
+                     "--threads", str(t), "--reps", str(reps)],
                     cwd=ROOT, check=True, capture_output=True, text=True).stdout
                 print(out, file=sys.stderr)
                 for line in out.splitlines():
                     f = line.split()
-                    if len(f) >= 8 and f[0] in ("vgg", "resnet"):
+                    if f and f[0] == "layer":
+                        lines.append(f"# threads batch weights {line}")
+                    elif len(f) >= 12 and f[0] in ("vgg", "resnet"):
                         lines.append(f"{t} {batch} {weights} {line}")
     return lines
 
 
 def parse(lines):
-    rows = []
+    """Rows as dicts: the table's columns by header name, plus threads, batch, weights."""
+    rows, header = [], None
     for line in lines:
         f = line.split()
-        threads, batch, _weights, _net, shape = f[0], f[1], f[2], f[3], f[4]
-        k, rho, pad, dense, inp = int(f[5]), float(f[6]), float(f[7]), float(f[8]), float(f[9])
-        cout = int(shape.split("@")[0])
-        rows.append((rho, pad, cout, dense, inp, int(threads), int(batch), shape, k))
+        if f[0] == "#":
+            # "# threads batch weights layer K ΣV/CC pad conv dense ..."; a layer name is two
+            # words ("vgg 64@32"), so the data rows have one more field than the header.
+            header = ["threads", "batch", "weights", "net", "shape"] + f[5:]
+            continue
+        row = dict(zip(header, f))
+        for key in ("threads", "batch", "K"):
+            row[key] = int(row[key])
+        for key in ("ΣV/CC", "pad", "conv", "dense", "input", "output", "winograd", "auto",
+                    "auto/best"):
+            row[key] = float(row[key])
+        c, hw = (int(v) for v in row["shape"].split("@"))
+        row["c"], row["hw"] = c, hw
+        tiles = math.ceil(hw / 4) ** 2
+        row["tiles"] = tiles
+        row["phi"] = 16 * tiles / (hw * hw)
+        rows.append(row)
     return rows
+
+
+def fit(x, y):
+    """Relative least squares (each row weighs by its own ratio); coefficients, r.m.s."""
+    coef, *_ = np.linalg.lstsq(x / y[:, None], np.ones_like(y), rcond=None)
+    pred = x @ coef
+    return coef, float(np.sqrt(np.mean(((pred - y) / y) ** 2)))
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--from", dest="source")
     args = ap.parse_args()
     if args.source:
@@ -71,19 +97,29 @@ def main():
         with open(os.path.join(ROOT, "target", "auto-model.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
     rows = parse(lines)
-    x = np.array([[r[0] * r[1], r[1], 1.0 / min(max(r[2], 64), 512)] for r in rows])
-    y = np.array([r[4] / r[3] for r in rows])
-    # Relative least squares: each pair weighs by its own ratio.
-    coef, *_ = np.linalg.lstsq(x / y[:, None], np.ones_like(y), rcond=None)
-    pred = x @ coef
-    rms = float(np.sqrt(np.mean(((pred - y) / y) ** 2)))
-    print(f"pairs: {len(rows)}")
-    print(f"A = {coef[0]:.3f}, B = {coef[1]:.3f}, C = {coef[2]:.2f}; r.m.s. relative error "
-          f"{rms:.1%}")
-    wrong = [(r, p, yy) for r, p, yy in zip(rows, pred, y) if (p < 0.8) != (yy < 1.0)]
-    print(f"threshold 0.8 picks the slower strategy in {len(wrong)} of {len(rows)} pairs:")
-    for r, p, yy in wrong:
-        print(f"  {r[7]} K={r[8]} b{r[6]} t{r[5]}: predicted {p:.2f}, measured {yy:.2f}")
+    print(f"rows: {len(rows)}")
+
+    x = np.array([[r["ΣV/CC"] * r["pad"], r["pad"], 1.0 / min(max(r["c"], 64), 512)]
+                  for r in rows])
+    y = np.array([r["input"] / r["conv"] for r in rows])
+    coef, rms = fit(x[~np.isnan(y)], y[~np.isnan(y)])
+    print(f"input side: A = {coef[0]:.3f}, B = {coef[1]:.3f}, C = {coef[2]:.2f}; "
+          f"r.m.s. relative error {rms:.1%}")
+
+    x = np.array([[r["phi"], r["phi"] * 16 * max(1 / (r["tiles"] * r["batch"]), 1 / 64),
+                   r["phi"] * r["c"] / 512] for r in rows])
+    y = np.array([r["winograd"] / min(r["conv"], r["dense"]) for r in rows])
+    coef, rms = fit(x, y)
+    print(f"Winograd: D = {coef[0]:.3f}, E = {coef[1]:.3f}, F = {coef[2]:.3f}; "
+          f"r.m.s. relative error {rms:.1%}")
+
+    worst = sorted(rows, key=lambda r: -r["auto/best"])
+    print("Auto vs the fastest strategy (auto/best), worst first:")
+    for r in worst:
+        flag = "  > 1.10" if r["auto/best"] > 1.10 else ""
+        print(f"  {r['net']} {r['shape']:>7} K={r['K']:<3} b{r['batch']} t{r['threads']} "
+              f"{r['weights']:<6}: Auto ran {r['auto_pick']:<10} best {r['best']:<8} "
+              f"{r['auto/best']:.2f}{flag}")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,10 @@ pub struct LayerCost {
     pub out_positions: u64,
     /// Work factor of the input side's tiles padded to whole vectors (≥ 1).
     pub padding: f64,
+    /// Winograd F(4×4, 3×3), when the call allows it (3×3, stride 1, dilation 1):
+    /// `36·T·Cout·Cin` GEMM MACs over the `T = ⌈OH/4⌉·⌈OW/4⌉` tiles, and `36·T·(Cin + Cout)`
+    /// transformed values (input and output transforms) as adds.
+    pub winograd: Option<StrategyWork>,
 }
 
 /// Single-thread costs in nanoseconds per operation, fitted by least squares to the
@@ -82,6 +86,22 @@ mod ratio_fit {
     pub const COUT_RANGE: (f64, f64) = (64.0, 512.0);
 }
 
+/// Winograd's time relative to dense, fitted by least squares to 72 measured rows
+/// (`scripts/fit_auto_model.py`: `strategy_table`'s `winograd` column over the faster of its
+/// `conv` and `dense` columns, VGG-16/ResNet-18 shapes, normal weights, K = 16, 64 and 256,
+/// batch 8 on 2 threads and batch 1 on 1 and 2 threads): `ratio ≈ φ·(D + E·16·max(1/(N·T), 1/64) + F·Cin/512)`, with `T` the 4×4 tiles
+/// per image, `N` the batch and `φ = 16·T/(OH·OW)` the tiles' waste factor. The terms stand
+/// for the 36 GEMMs with the transforms, the operand blocks rebuilt for every block of at most
+/// 64 tiles (a call with few tiles pays them over few tiles), and the transformed input of
+/// a block outgrowing the L2 cache at wide layers. The r.m.s. relative error is 22 %, much of
+/// it the noise of a shared machine. On these rows and 24 more (batch 8, 1 thread), `Auto`
+/// with this model ran a strategy at most 1.10× the fastest one's time on 87 of 96 rows.
+mod winograd_fit {
+    pub const D: f64 = 0.623;
+    pub const E: f64 = 0.371;
+    pub const F: f64 = 0.183;
+}
+
 /// `Auto` runs a clustered strategy only when its predicted time is below this fraction of
 /// dense. On the 192 measured pairs of the fit, `Auto` with this threshold averaged 0.844 of
 /// the dense time against 0.826 for an oracle that always picks the faster strategy; its worst
@@ -113,13 +133,23 @@ impl LayerCost {
             in_channels: s.cin,
             out_positions: out_pos,
             padding: super::forward::input_side_padding(s.oh, s.ow),
+            winograd: super::winograd::obstacle((s.kh, s.kw), s)
+                .is_none()
+                .then(|| {
+                    let tiles = (s.oh.div_ceil(4) * s.ow.div_ceil(4)) as u64;
+                    StrategyWork {
+                        conv_macs: 36 * tiles * pairs,
+                        adds: 36 * tiles * (s.cin + s.cout) as u64,
+                    }
+                }),
         }
     }
 
     /// Estimated single-thread time of a strategy for `batch` images, from the calibrated
     /// per-operation costs: dense 0.036/1.75 ns per MAC plus 0.3 ns per rebuilt weight element;
     /// input side 0.037 ns per response MAC, 0.10 ns per gather-add, 0.02 ns per patch copy;
-    /// output side 0.22 ns per MAC and 0.52 ns per add.
+    /// output side 0.22 ns per MAC and 0.52 ns per add; Winograd as dense times
+    /// [`LayerCost::predicted_winograd_ratio`] (infinite when the call cannot run it).
     pub fn estimated_seconds(&self, strategy: ForwardStrategy) -> f64 {
         use ns_per_op::*;
         let images = self.batch as f64;
@@ -139,6 +169,10 @@ impl LayerCost {
                     * (self.output_side.conv_macs as f64 * OUTPUT_CONV_MAC
                         + self.output_side.adds as f64 * OUTPUT_ADD)
             }
+            ForwardStrategy::Winograd => match self.predicted_winograd_ratio() {
+                Some(ratio) => ratio * images * self.dense_macs as f64 * DENSE_MAC,
+                None => return f64::INFINITY,
+            },
             ForwardStrategy::Auto => return self.estimated_seconds(self.cheapest()),
         };
         ns * 1e-9
@@ -154,23 +188,44 @@ impl LayerCost {
         A * sharing * self.padding + B * self.padding + C / cout
     }
 
-    /// The strategy `Auto` runs: the input side when its predicted time is below 90 % of
-    /// dense (dense including the rebuild of its weight), the output side instead when its operation-count estimate is lower than the input
-    /// side's (layers with many more input than output channels), else dense.
+    /// Predicted time of [`ForwardStrategy::Winograd`] relative to dense (the fitted model
+    /// above), or `None` when the call cannot run Winograd.
+    pub fn predicted_winograd_ratio(&self) -> Option<f64> {
+        use winograd_fit::*;
+        let w = self.winograd?;
+        let pairs = self.input_side.adds / self.out_positions;
+        let tiles = (w.conv_macs / (36 * pairs)) as f64;
+        let waste = 16.0 * tiles / self.out_positions as f64;
+        let per_tile = (1.0 / (self.batch as f64 * tiles)).max(1.0 / 64.0);
+        let cin = self.in_channels as f64;
+        Some(waste * (D + E * 16.0 * per_tile + F * cin / 512.0))
+    }
+
+    /// The strategy `Auto` runs, by predicted time relative to dense (dense including the
+    /// rebuild of its weight). A sharing strategy is eligible when the input side's
+    /// prediction is below 90 % of dense (the output side instead of the input side when its
+    /// operation-count estimate is lower: layers with many more input than output channels).
+    /// Winograd runs when the call can run it, its prediction is below dense and, if a sharing
+    /// strategy is eligible, below that strategy's prediction; else the eligible sharing
+    /// strategy, else dense.
     pub fn cheapest(&self) -> ForwardStrategy {
         let input = self.estimated_seconds(ForwardStrategy::InputSide);
         let output = self.estimated_seconds(ForwardStrategy::OutputSide);
-        let ratio = self.predicted_input_side_ratio() * (output / input).min(1.0);
+        let sharing = self.predicted_input_side_ratio() * (output / input).min(1.0);
         // The dense fallback first rebuilds the weight, once per call.
         let rebuild = self.weight_elements as f64 * ns_per_op::DENSE_RECONSTRUCT
             / (self.batch as f64 * self.dense_macs as f64 * ns_per_op::DENSE_MAC);
-        match (
-            ratio < CLUSTERED_THRESHOLD * (1.0 + rebuild),
-            output < input,
-        ) {
-            (false, _) => ForwardStrategy::Dense,
-            (true, true) => ForwardStrategy::OutputSide,
-            (true, false) => ForwardStrategy::InputSide,
+        let dense = 1.0 + rebuild;
+        let sharing_eligible = sharing < CLUSTERED_THRESHOLD * dense;
+        let winograd = self.predicted_winograd_ratio().unwrap_or(f64::INFINITY);
+        if winograd < dense && !(sharing_eligible && sharing <= winograd) {
+            ForwardStrategy::Winograd
+        } else if !sharing_eligible {
+            ForwardStrategy::Dense
+        } else if output < input {
+            ForwardStrategy::OutputSide
+        } else {
+            ForwardStrategy::InputSide
         }
     }
 }

@@ -184,6 +184,14 @@ impl IndexStore {
         self.values.iter()
     }
 
+    /// The indices of kernels `(o, i)` for `i` in `cols`, in order (each variant of the
+    /// iterator exposes its narrow slice).
+    pub fn row(&self, o: usize, cols: std::ops::Range<usize>) -> NarrowIter<'_> {
+        debug_assert!(o < self.dim.0 && cols.end <= self.dim.1);
+        let start = o * self.dim.1;
+        self.values.range(start + cols.start..start + cols.end)
+    }
+
     /// The indices widened to `u32`.
     pub fn to_array(&self) -> Array2<u32> {
         Array2::from_shape_vec(self.dim, self.iter().collect()).expect("Cout·Cin indices")

@@ -16,8 +16,13 @@
 //!   position (a group with a single member skips the sum and convolves `x_i` directly).
 //! - [`ForwardStrategy::Dense`]: reconstruct the dense weight and run the dense convolution —
 //!   the oracle the other two are tested against, and the fallback when sharing cannot win.
-//! - [`ForwardStrategy::Auto`]: the cheapest of the three under the cost model of
-//!   [`ClusteredConv2d::cost`] (see [`LayerCost::estimated_seconds`]).
+//! - [`ForwardStrategy::Winograd`]: Winograd F(4×4, 3×3) (3×3 codebooks, stride 1, dilation
+//!   1, any padding): the transformed codebook `Û_v = G K_v Gᵀ` (36 values per stored index)
+//!   is computed once per call, and each block of the 36 GEMMs' left operand is filled with
+//!   `s_ji · Û_{l(j,i)}` as the GEMM needs it. 2.25 multiplies per output per kernel instead
+//!   of 9, and neither the dense weight nor the transformed weight is ever built.
+//! - [`ForwardStrategy::Auto`]: the cheapest of these under the cost model of
+//!   [`ClusteredConv2d::cost`] (see [`LayerCost::cheapest`]).
 //!
 //! With a transform-invariant codebook a (centroid, transform) pair counts as one distinct
 //! kernel: two kernels share work only when both their centroid and transform agree.
@@ -35,8 +40,12 @@
 //! `InputSide` needs a `Cout × T` accumulator, a `V_i × T` response block and a `kh·kw × T`
 //! patch block, with `T` chosen so the accumulator is at most 128 KiB (at least 64 positions);
 //! `OutputSide` needs one input plane and one output plane; with `f16` scales a sharing pass
-//! also widens the scales into a `Cout × Cin` table of `F` for the duration of the call. No
-//! strategy but `Dense` builds the dense weight.
+//! also widens the scales into a `Cout × Cin` table of `F` for the duration of the call.
+//! `Winograd` computes the transformed codebook (`36·K·S` values) per call and fills one
+//! operand block of about 64 KiB per worker, beside the transformed input and products of a
+//! block of tiles (about 256 KiB of input per block; [`LayerMemory`] reports the first two). No
+//! strategy but `Dense` builds the dense weight, and the dense backward route only when the
+//! call cannot run its input gradient through Winograd.
 //!
 //! # Determinism
 //! Every output element is computed by one task in a fixed order, and the backward reductions
@@ -51,18 +60,20 @@ mod scales;
 #[cfg(test)]
 mod tests;
 mod views;
+mod winograd;
 
 use std::sync::OnceLock;
 
 use ndarray::{Array1, Array2, Array3, Array4, ArrayView4};
 
 use crate::codebook::{KernelCodebook, ScaleScheme, ScaleStorage};
+use crate::conv::backward_weight;
 use crate::conv::Conv2d;
 use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, ConvShape};
-use crate::linalg::dims4;
 use crate::linalg::simd::Kernels;
 use crate::linalg::Real;
+use crate::linalg::{adjoint_fits, channel_sums, dims4};
 
 pub use cost::{LayerCost, StrategyWork};
 use indices::IndexStore;
@@ -79,7 +90,11 @@ pub enum ForwardStrategy {
     InputSide,
     /// Add-then-conv: each (output channel, distinct kernel) convolution computed once.
     OutputSide,
-    /// The cheapest of the three by the layer's cost model.
+    /// Winograd F(4×4, 3×3) with operand blocks built from the indices, the scales and the
+    /// transformed codebook (3×3 codebooks, stride 1, dilation 1, any padding); asking for it
+    /// on another geometry is an [`Error::Unsupported`].
+    Winograd,
+    /// The cheapest strategy by the layer's cost model.
     #[default]
     Auto,
 }
@@ -87,8 +102,11 @@ pub enum ForwardStrategy {
 /// How [`ClusteredConv2d::backward_with`] computes its gradients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum BackwardRoute {
-    /// Rebuild the dense weight, run the dense GEMM backward, fold the weight gradient into
-    /// centroid and scale gradients.
+    /// The dense weight gradient (im2col GEMM), folded into centroid and scale gradients;
+    /// the input gradient through Winograd with an operand built from the indices, scales
+    /// and rotated transformed codebook when the call allows it (3×3, stride 1, dilation 1,
+    /// padding ≤ 2 at the top and left) and the cost model predicts it faster than dense,
+    /// else through the rebuilt dense weight.
     Dense,
     /// The weight-sharing stencil: each (input channel, distinct kernel) pair's transposed
     /// convolution and kernel correlation done once.
@@ -230,6 +248,17 @@ pub struct LayerMemory {
     pub plan_bytes: usize,
     /// The dense weight the layer stands for, `Cout·Cin·kh·kw` values of `F` (not held).
     pub dense_weight_bytes: usize,
+    /// [`ForwardStrategy::Winograd`] (0 when the layer cannot run it: a kernel other than
+    /// 3×3, stride or dilation other than 1): the transformed codebook it computes at the
+    /// start of each call and drops at its end, `36·K·S` values of `F` (the dense route's
+    /// Winograd input gradient computes the same amount for the rotated kernels). Not held
+    /// between calls, so not in [`LayerMemory::total_bytes`].
+    pub winograd_codebook_bytes: usize,
+    /// [`ForwardStrategy::Winograd`]: the operand block each worker fills per GEMM, 32 to 64
+    /// rows of `Cin` values of `F` (about 64 KiB; `Cout` columns for the input gradient).
+    /// Per worker and per call, beside the transformed input and products of a block of
+    /// tiles that every Winograd convolution uses; 0 when the layer cannot run Winograd.
+    pub winograd_operand_bytes: usize,
 }
 
 impl LayerMemory {
@@ -429,6 +458,8 @@ impl<F: Real> ClusteredConv2d<F> {
         let (cout, cin) = self.indices.dim();
         let (kh, kw) = codebook.kernel_size();
         let size = std::mem::size_of::<F>();
+        let g = self.geometry;
+        let winograd = (kh, kw) == (3, 3) && g.stride == (1, 1) && g.dilation == (1, 1);
         LayerMemory {
             index_bytes: self.indices.bytes(),
             scale_bytes: self.scales.as_ref().map_or(0, ScaleStore::bytes),
@@ -439,6 +470,16 @@ impl<F: Real> ClusteredConv2d<F> {
                 .map_or(0, |m| m.len() * std::mem::size_of::<bool>()),
             plan_bytes: self.plan.get().map_or(0, Plan::bytes),
             dense_weight_bytes: cout * cin * kh * kw * size,
+            winograd_codebook_bytes: if winograd {
+                winograd::codebook_bytes::<F>(codebook.index_limit())
+            } else {
+                0
+            },
+            winograd_operand_bytes: if winograd {
+                winograd::operand_rows::<F>(cin) * cin * size
+            } else {
+                0
+            },
         }
     }
 
@@ -644,6 +685,15 @@ impl<F: Real> ClusteredConv2d<F> {
         let s = self.resolve(codebook, dims4(&x))?;
         let strategy = match strategy {
             ForwardStrategy::Auto => self.cost_for_shape(&s).cheapest(),
+            ForwardStrategy::Winograd => {
+                if let Some(reason) = winograd::obstacle(codebook.kernel_size(), &s) {
+                    return Err(Error::Unsupported {
+                        what: "ForwardStrategy::Winograd on this layer",
+                        reason,
+                    });
+                }
+                ForwardStrategy::Winograd
+            }
             other => other,
         };
         let bias = self.bias.as_ref().map(|b| b.view());
@@ -674,6 +724,9 @@ impl<F: Real> ClusteredConv2d<F> {
                 bias,
                 &s,
             ),
+            ForwardStrategy::Winograd => {
+                winograd::forward(x, codebook, &self.indices, self.scales.as_ref(), bias, &s)
+            }
         })
     }
 
@@ -720,7 +773,7 @@ impl<F: Real> ClusteredConv2d<F> {
             }
         };
         let mut grads = if dense_route {
-            self.backward_dense(codebook, x, grad_out)?
+            self.backward_dense(codebook, x, grad_out, &s)?
         } else {
             let mut ones = Vec::new();
             backward::backward(
@@ -744,25 +797,49 @@ impl<F: Real> ClusteredConv2d<F> {
         Ok(grads)
     }
 
-    /// The dense route of [`ClusteredConv2d::backward_with`].
+    /// The dense route of [`ClusteredConv2d::backward_with`]: the dense weight gradient
+    /// (im2col), folded into centroid and scale gradients. The input gradient runs through
+    /// Winograd with the clustered adjoint operand when the call allows it (3×3, stride 1,
+    /// dilation 1, padding ≤ 2) and the cost model predicts that adjoint convolution faster
+    /// than dense, else through the rebuilt dense weight.
     fn backward_dense(
         &self,
         codebook: &KernelCodebook<F>,
         x: ArrayView4<F>,
         grad_out: ArrayView4<F>,
+        s: &ConvShape,
     ) -> Result<ClusteredGrads<F>> {
-        let dense = self.to_conv(codebook)?.backward(x, grad_out)?;
-        let (centroids, scales) = backward::fold_weight_grad(
-            codebook,
-            &self.indices,
-            self.scales.as_ref(),
-            &dense.weight,
-        );
+        let (input, weight, bias) = if winograd::obstacle(codebook.kernel_size(), s).is_none()
+            && adjoint_fits(s)
+            && adjoint_cost(s)
+                .predicted_winograd_ratio()
+                .is_some_and(|r| r < 1.0)
+        {
+            let x = x.as_standard_layout();
+            let go = grad_out.as_standard_layout();
+            let input = winograd::backward_input(
+                go.view(),
+                codebook,
+                &self.indices,
+                self.scales.as_ref(),
+                s,
+            );
+            let weight = backward_weight(x.view(), go.view(), s)
+                .into_shape_with_order((s.cout, s.cin, s.kh, s.kw))
+                .expect("Cout·Cin·kh·kw weight gradients");
+            let bias = self.bias.as_ref().map(|_| channel_sums(go.view()));
+            (input, weight, bias)
+        } else {
+            let dense = self.to_conv(codebook)?.backward(x, grad_out)?;
+            (dense.input, dense.weight, dense.bias)
+        };
+        let (centroids, scales) =
+            backward::fold_weight_grad(codebook, &self.indices, self.scales.as_ref(), &weight);
         Ok(ClusteredGrads {
-            input: dense.input,
+            input,
             centroids,
             scales,
-            bias: dense.bias,
+            bias,
         })
     }
 
@@ -800,6 +877,25 @@ impl<F: Real> ClusteredConv2d<F> {
             self.sum_distinct_per_input(),
         )
     }
+}
+
+/// The cost of the input gradient's convolution of a stride-1 call: `grad_out` correlated
+/// into the input's shape, channels swapped (sharing counts left at 0: only the dense and
+/// Winograd predictions are read).
+fn adjoint_cost(s: &ConvShape) -> LayerCost {
+    LayerCost::new(
+        &ConvShape {
+            cin: s.cout,
+            cout: s.cin,
+            h: s.oh,
+            w: s.ow,
+            oh: s.h,
+            ow: s.w,
+            ..*s
+        },
+        0,
+        0,
+    )
 }
 
 /// `a` in standard (row-major) layout, copied only when it is not.

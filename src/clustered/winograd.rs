@@ -1,0 +1,258 @@
+//! [`ForwardStrategy::Winograd`](super::ForwardStrategy::Winograd): Winograd F(4×4, 3×3) on a
+//! clustered layer, with every GEMM operand block built from the layer's indices and scales
+//! and the *transformed codebook*.
+//!
+//! The transformed kernel of kernel `(o, i)` is `G (s_oi · Φ_t(μ_c)) Gᵀ = s_oi · Û_v`, with
+//! `v = c + K·t` its stored index and `Û_v = G Φ_t(μ_c) Gᵀ` (36 values). [`TransformedCodebook`]
+//! holds `Û` for every stored index, position by position (`[ξ][v]`: one position's table is
+//! `K·S` values, a few KiB that stay in L1 while a block is filled). The operand
+//! ([`ClusteredOperand`]) fills `rows × Cin` blocks of `U_ξ` with `s_oi · Û_ξ[l(o, i)]` as the
+//! GEMMs ask for them: neither the dense weight nor the transformed weight (4× the dense one)
+//! ever exists.
+//!
+//! `Û` is computed at the start of each call, in `f64` and rounded once to `F`, so it is
+//! never stale when fine-tuning moves the centroids. Measured (f32, 2-core EPYC): about
+//! 0.12 µs per stored index at K·S ≤ 256 and 0.28 µs at K·S = 2048, i.e. ≤ 0.2 % of a batch-8
+//! forward of the strategy table's layers for K ≤ 256 without symmetry, but 0.5–3 % with
+//! TIC8 at K = 256, and more at batch 1, where `Auto` mostly runs a sharing strategy (a
+//! cache kept with the codebook and invalidated by `set_centroids` would remove it).
+//!
+//! The input gradient (stride 1, padding ≤ 2) is the Winograd forward of the output gradient
+//! with the adjoint operand: kernel `(i, o)` is kernel `(o, i)` rotated by 180°, so the
+//! adjoint reads `Û` of the rotated decoded kernels with transposed `(i, o)` indexing.
+
+use std::ops::Range;
+
+use ndarray::{Array4, ArrayView1, ArrayView2, ArrayView4};
+
+use super::indices::{IndexStore, NarrowIter};
+use super::scales::ScaleStore;
+use crate::codebook::KernelCodebook;
+use crate::geometry::ConvShape;
+use crate::linalg::{
+    backward_input_winograd, forward_winograd, Real, WinogradOperand, WinogradTile,
+};
+
+/// The Winograd variant the clustered strategy runs.
+const TILE: WinogradTile = WinogradTile::F4;
+/// Budget of one operand block (`rows × Cin` values), in bytes.
+const OPERAND_BYTES: usize = 64 << 10;
+/// Fewest and most rows of an operand block.
+const OPERAND_ROWS: (usize, usize) = (32, 64);
+
+/// Why a call of this shape cannot run Winograd F(4×4, 3×3), or `None` when it can.
+pub(crate) fn obstacle(kernel: (usize, usize), s: &ConvShape) -> Option<&'static str> {
+    if kernel != (3, 3) {
+        Some("Winograd F(4×4, 3×3) needs a 3×3 codebook; use InputSide, OutputSide, Dense or Auto")
+    } else if s.stride != (1, 1) {
+        Some("Winograd F(4×4, 3×3) needs stride 1; use InputSide, OutputSide, Dense or Auto")
+    } else if s.dilation != (1, 1) {
+        Some("Winograd F(4×4, 3×3) needs dilation 1; use InputSide, OutputSide, Dense or Auto")
+    } else {
+        None
+    }
+}
+
+/// Rows per operand block for `cols` columns: about [`OPERAND_BYTES`], 32 to 64 rows.
+pub(crate) fn operand_rows<F>(cols: usize) -> usize {
+    (OPERAND_BYTES / (cols.max(1) * std::mem::size_of::<F>())).clamp(OPERAND_ROWS.0, OPERAND_ROWS.1)
+}
+
+/// Bytes of a transformed codebook of `limit` stored indices (`K·S`) of `F`.
+pub(crate) fn codebook_bytes<F>(limit: usize) -> usize {
+    TILE.positions() * limit * std::mem::size_of::<F>()
+}
+
+/// `Û_v = G k_v Gᵀ` of every decoded kernel `k_v` of a 3×3 codebook (or of its 180° rotation,
+/// for the adjoint), as `positions` tables of `K·S` values: `values[ξ·K·S + v]`.
+pub(crate) struct TransformedCodebook<F> {
+    values: Vec<F>,
+    limit: usize,
+}
+
+impl<F: Real> TransformedCodebook<F> {
+    /// Transforms every decoded kernel of `codebook` (3×3), rotated by 180° when `rotated`;
+    /// computed in `f64`, rounded once to `F`.
+    pub(crate) fn new(codebook: &KernelCodebook<F>, rotated: bool) -> Self {
+        debug_assert_eq!(codebook.kernel_size(), (3, 3));
+        let limit = codebook.index_limit();
+        let mut values = vec![F::zero(); TILE.positions() * limit];
+        for (v, kernel) in codebook.decoded_kernels().chunks_exact(9).enumerate() {
+            // Rotation by 180° of a row-major 3×3 kernel reverses its nine values.
+            let g: [f64; 9] =
+                std::array::from_fn(|k| kernel[if rotated { 8 - k } else { k }].to_f64_exact());
+            for (xi, u) in TILE.kernel_transform(&g).into_iter().enumerate() {
+                values[xi * limit + v] = F::from_f64_lossy(u);
+            }
+        }
+        Self { values, limit }
+    }
+
+    /// `Û_ξ[v]` for every stored index `v`.
+    fn position(&self, xi: usize) -> &[F] {
+        &self.values[xi * self.limit..][..self.limit]
+    }
+}
+
+/// The left operand `U_ξ` of a clustered layer's Winograd GEMMs, built block by block.
+pub(crate) struct ClusteredOperand<'a, F> {
+    table: &'a TransformedCodebook<F>,
+    indices: &'a IndexStore,
+    /// Row-major `(Cout, Cin)`; `None` for a layer without scales (every scale 1).
+    scales: Option<&'a [F]>,
+    /// The input-gradient operand: `Cin` rows, `Cout` columns, entry `(i, o)` from kernel
+    /// `(o, i)` (and `table` holds the rotated kernels).
+    adjoint: bool,
+}
+
+impl<F: Real> WinogradOperand<F> for ClusteredOperand<'_, F> {
+    fn tile(&self) -> WinogradTile {
+        TILE
+    }
+
+    fn out_channels(&self) -> usize {
+        let (cout, cin) = self.indices.dim();
+        if self.adjoint {
+            cin
+        } else {
+            cout
+        }
+    }
+
+    fn in_channels(&self) -> usize {
+        let (cout, cin) = self.indices.dim();
+        if self.adjoint {
+            cout
+        } else {
+            cin
+        }
+    }
+
+    fn block_rows(&self) -> usize {
+        operand_rows::<F>(self.in_channels())
+    }
+
+    fn block<'b>(
+        &'b self,
+        xi: usize,
+        rows: Range<usize>,
+        scratch: &'b mut Vec<F>,
+    ) -> ArrayView2<'b, F> {
+        let cols = self.in_channels();
+        let len = rows.len() * cols;
+        if scratch.len() < len {
+            scratch.resize(len, F::zero());
+        }
+        let out = &mut scratch[..len];
+        let table = self.table.position(xi);
+        if self.adjoint {
+            self.fill_adjoint(table, rows.clone(), out);
+        } else {
+            for (o, dst) in rows.clone().zip(out.chunks_exact_mut(cols)) {
+                let scales = self.scales.map(|s| &s[o * cols..][..cols]);
+                fill(self.indices.row(o, 0..cols), scales, table, dst, 1);
+            }
+        }
+        ArrayView2::from_shape((rows.len(), cols), &scratch[..len]).expect("rows × Cin values")
+    }
+}
+
+impl<F: Real> ClusteredOperand<'_, F> {
+    /// Rows `rows` (input channels `i`) of the adjoint operand into `out` (`rows × Cout`):
+    /// one output channel `o` at a time, its kernels `(o, i)` read in order and written down
+    /// column `o`.
+    fn fill_adjoint(&self, table: &[F], rows: Range<usize>, out: &mut [F]) {
+        let (cout, cin) = self.indices.dim();
+        for o in 0..cout {
+            let scales = self.scales.map(|s| &s[o * cin..][..cin][rows.clone()]);
+            fill(
+                self.indices.row(o, rows.clone()),
+                scales,
+                table,
+                &mut out[o..],
+                cout,
+            );
+        }
+    }
+}
+
+/// `dst[k·step] = scales[k] · table[indices[k]]` (scale 1 without scales), for the narrow
+/// index type of the layer.
+#[inline]
+fn fill<F: Real>(
+    indices: NarrowIter<'_>,
+    scales: Option<&[F]>,
+    table: &[F],
+    dst: &mut [F],
+    step: usize,
+) {
+    match indices {
+        NarrowIter::U8(it) => fill_typed(it.as_slice(), scales, table, dst, step),
+        NarrowIter::U16(it) => fill_typed(it.as_slice(), scales, table, dst, step),
+        NarrowIter::U32(it) => fill_typed(it.as_slice(), scales, table, dst, step),
+    }
+}
+
+#[inline(always)]
+fn fill_typed<F: Real, I: Copy + Into<u64>>(
+    indices: &[I],
+    scales: Option<&[F]>,
+    table: &[F],
+    dst: &mut [F],
+    step: usize,
+) {
+    let at = |v: I| table[v.into() as usize];
+    let dst = dst.iter_mut().step_by(step);
+    match scales {
+        Some(scales) => {
+            for ((d, &v), &s) in dst.zip(indices).zip(scales) {
+                *d = s * at(v);
+            }
+        }
+        None => {
+            for (d, &v) in dst.zip(indices) {
+                *d = at(v);
+            }
+        }
+    }
+}
+
+/// The forward pass of a 3×3, stride-1, dilation-1 call (any padding) through Winograd.
+pub(crate) fn forward<F: Real>(
+    x: ArrayView4<F>,
+    codebook: &KernelCodebook<F>,
+    indices: &IndexStore,
+    scales: Option<&ScaleStore<F>>,
+    bias: Option<ArrayView1<F>>,
+    s: &ConvShape,
+) -> Array4<F> {
+    let table = TransformedCodebook::new(codebook, false);
+    let mut wide = Vec::new();
+    let operand = ClusteredOperand {
+        table: &table,
+        indices,
+        scales: scales.map(|sc| sc.as_slice_in(&mut wide)),
+        adjoint: false,
+    };
+    forward_winograd(x, &operand, bias, s)
+}
+
+/// ∂L/∂x of a 3×3, stride-1, dilation-1 call with padding ≤ 2 (`linalg::adjoint_fits`),
+/// through Winograd with the adjoint operand.
+pub(crate) fn backward_input<F: Real>(
+    grad_out: ArrayView4<F>,
+    codebook: &KernelCodebook<F>,
+    indices: &IndexStore,
+    scales: Option<&ScaleStore<F>>,
+    s: &ConvShape,
+) -> Array4<F> {
+    let table = TransformedCodebook::new(codebook, true);
+    let mut wide = Vec::new();
+    let operand = ClusteredOperand {
+        table: &table,
+        indices,
+        scales: scales.map(|sc| sc.as_slice_in(&mut wide)),
+        adjoint: true,
+    };
+    backward_input_winograd(grad_out, &operand, s)
+}
