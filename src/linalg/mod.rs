@@ -24,9 +24,6 @@ pub(crate) use stencil::{
     correlate_add, correlate_kernel_grad, correlate_transpose_add, extract_patches,
 };
 pub(crate) use tiles::{add_bias, channel_sums, dims4, image, output_tiles};
-// `WinogradOperand` and `WinogradTile` are for operands built on the fly (the clustered
-// strategy, in progress on a branch).
-#[allow(unused_imports)]
 pub(crate) use winograd::{
     adjoint_fits, backward_input_winograd, backward_weight_winograd, forward_winograd,
     WinogradOperand, WinogradTile, WinogradWeight,

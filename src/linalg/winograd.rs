@@ -57,7 +57,6 @@ pub(crate) enum WinogradTile {
     F4,
 }
 
-#[allow(dead_code)] // Used by operands built on the fly (the clustered strategy, in progress).
 impl WinogradTile {
     /// Positions ξ of a transformed tile (`n²`): the number of GEMMs and of values per
     /// transformed kernel.
