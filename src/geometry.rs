@@ -264,6 +264,21 @@ pub(crate) struct ConvShape {
 }
 
 impl ConvShape {
+    /// The call of the adjoint (transposed) convolution: `grad_out`'s sizes in, the input's
+    /// out, channels swapped; kernel, stride, padding and dilation as they are (the Winograd
+    /// input gradient changes the padding itself).
+    pub fn transposed(&self) -> ConvShape {
+        ConvShape {
+            cin: self.cout,
+            cout: self.cin,
+            h: self.oh,
+            w: self.ow,
+            oh: self.h,
+            ow: self.w,
+            ..*self
+        }
+    }
+
     /// Output positions per image.
     pub fn out_positions(&self) -> usize {
         self.oh * self.ow

@@ -883,19 +883,7 @@ impl<F: Real> ClusteredConv2d<F> {
 /// into the input's shape, channels swapped (sharing counts left at 0: only the dense and
 /// Winograd predictions are read).
 fn adjoint_cost(s: &ConvShape) -> LayerCost {
-    LayerCost::new(
-        &ConvShape {
-            cin: s.cout,
-            cout: s.cin,
-            h: s.oh,
-            w: s.ow,
-            oh: s.h,
-            ow: s.w,
-            ..*s
-        },
-        0,
-        0,
-    )
+    LayerCost::new(&s.transposed(), 0, 0)
 }
 
 /// `a` in standard (row-major) layout, copied only when it is not.

@@ -269,16 +269,9 @@ pub(crate) fn backward_input_winograd<F: Real, W: WinogradOperand<F>>(
 ) -> Array4<F> {
     debug_assert!(adjoint_fits(s));
     let adjoint = ConvShape {
-        batch: s.batch,
-        cin: s.cout,
-        cout: s.cin,
-        h: s.oh,
-        w: s.ow,
-        oh: s.h,
-        ow: s.w,
         pad_top: 2 - s.pad_top,
         pad_left: 2 - s.pad_left,
-        ..*s
+        ..s.transposed()
     };
     forward_winograd(grad_out, u_adj, None, &adjoint)
 }

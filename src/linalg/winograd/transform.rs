@@ -14,6 +14,27 @@ use crate::geometry::ConvShape;
 use crate::linalg::simd::{Kernel, Kernels};
 use crate::linalg::Real;
 
+/// Runs `work` compiled for the CPU's vector instruction set: the transforms are plain Rust
+/// loops that the compiler vectorises once they are inlined (hence `#[inline(always)]` on
+/// every closure passed here and on the helpers they call) into the dispatched function. No
+/// fused multiply-adds are formed, so every instruction set gives the same bits.
+#[inline(always)]
+fn vectorised(work: impl FnOnce()) {
+    Kernels::detect().dispatch(Vectorised(work));
+}
+
+/// The [`Kernel`] of [`vectorised`].
+struct Vectorised<W>(W);
+
+impl<W: FnOnce()> Kernel for Vectorised<W> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, _: S) {
+        (self.0)();
+    }
+}
+
 /// `Bᵀ d` for one column (or row) `d` of six values.
 #[inline(always)]
 pub(super) fn input_1d<F: Real>(d: [F; N]) -> [F; N] {
@@ -123,40 +144,10 @@ pub(super) fn transform_block<F: Real>(
     v: &mut [F],
     scratch: &mut TransformScratch<F>,
 ) {
-    Kernels::detect().dispatch(InputTransform {
-        x,
-        s,
-        block,
-        v,
-        scratch,
-    });
-}
-
-/// [`transform_block`] compiled for the CPU's vector instruction set: the loops below are
-/// plain Rust that the compiler vectorises inside the dispatched function (no fused
-/// multiply-adds are formed, so every instruction set gives the same bits).
-struct InputTransform<'a, 'b, F> {
-    x: &'a ArrayView4<'b, F>,
-    s: &'a ConvShape,
-    block: &'a [TileRow],
-    v: &'a mut [F],
-    scratch: &'a mut TransformScratch<F>,
-}
-
-impl<F: Real> Kernel for InputTransform<'_, '_, F> {
-    type Output = ();
-
-    #[inline(always)]
-    fn run<S: Simd>(self, _: S) {
-        let Self {
-            x,
-            s,
-            block,
-            v,
-            scratch,
-        } = self;
-        input_transform(x, s, block, v, scratch);
-    }
+    vectorised(
+        #[inline(always)]
+        || input_transform(x, s, block, v, scratch),
+    );
 }
 
 #[inline(always)]
@@ -246,41 +237,10 @@ pub(super) fn inverse_block<F: Real>(
     block: &mut [Band<'_, F>],
     scratch: &mut TransformScratch<F>,
 ) {
-    Kernels::detect().dispatch(OutputTransform {
-        m,
-        cout,
-        tiles,
-        bias,
-        block,
-        scratch,
-    });
-}
-
-/// [`inverse_block`] compiled for the CPU's vector instruction set (see [`InputTransform`]).
-struct OutputTransform<'a, 'b, 'c, F> {
-    m: &'a [F],
-    cout: usize,
-    tiles: usize,
-    bias: Option<&'a ArrayView1<'c, F>>,
-    block: &'a mut [Band<'b, F>],
-    scratch: &'a mut TransformScratch<F>,
-}
-
-impl<F: Real> Kernel for OutputTransform<'_, '_, '_, F> {
-    type Output = ();
-
-    #[inline(always)]
-    fn run<S: Simd>(self, _: S) {
-        let Self {
-            m,
-            cout,
-            tiles,
-            bias,
-            block,
-            scratch,
-        } = self;
-        output_transform(m, cout, tiles, bias, block, scratch);
-    }
+    vectorised(
+        #[inline(always)]
+        || output_transform(m, cout, tiles, bias, block, scratch),
+    );
 }
 
 #[inline(always)]
@@ -386,39 +346,10 @@ pub(super) fn grad_output_block<F: Real>(
     dm: &mut [F],
     scratch: &mut TransformScratch<F>,
 ) {
-    Kernels::detect().dispatch(GradTransform {
-        go,
-        s,
-        block,
-        dm,
-        scratch,
-    });
-}
-
-/// [`grad_output_block`] compiled for the CPU's vector instruction set (see
-/// [`InputTransform`]).
-struct GradTransform<'a, 'b, F> {
-    go: &'a ArrayView4<'b, F>,
-    s: &'a ConvShape,
-    block: &'a [TileRow],
-    dm: &'a mut [F],
-    scratch: &'a mut TransformScratch<F>,
-}
-
-impl<F: Real> Kernel for GradTransform<'_, '_, F> {
-    type Output = ();
-
-    #[inline(always)]
-    fn run<S: Simd>(self, _: S) {
-        let Self {
-            go,
-            s,
-            block,
-            dm,
-            scratch,
-        } = self;
-        grad_transform(go, s, block, dm, scratch);
-    }
+    vectorised(
+        #[inline(always)]
+        || grad_transform(go, s, block, dm, scratch),
+    );
 }
 
 /// Per output channel and band: the four gradient rows (zero-padded to whole tiles), `A` down
@@ -504,44 +435,20 @@ pub(super) fn kernel_gradient_planes<F: Real>(
     rows: &mut Vec<F>,
     dg: &mut [F],
 ) {
-    Kernels::detect().dispatch(KernelGradients {
-        du,
-        plane,
-        rows,
-        dg,
-    });
-}
-
-/// [`kernel_gradient_planes`] compiled for the CPU's vector instruction set (see
-/// [`InputTransform`]).
-struct KernelGradients<'a, F> {
-    du: &'a [F],
-    plane: usize,
-    rows: &'a mut Vec<F>,
-    dg: &'a mut [F],
-}
-
-impl<F: Real> Kernel for KernelGradients<'_, F> {
-    type Output = ();
-
-    #[inline(always)]
-    fn run<S: Simd>(self, _: S) {
-        let Self {
-            du,
-            plane,
-            rows,
-            dg,
-        } = self;
-        rows.resize(N * 3 * plane, F::zero());
-        // Gᵀ along each row r of the 6×6 gradient (6 → 3 columns), then down each column.
-        for r in 0..N {
-            gt_streams(
-                streams(du, r * N, 1, plane),
-                streams_mut(rows, r * 3, 1, plane),
-            );
-        }
-        for b in 0..3 {
-            gt_streams(streams(rows, b, 3, plane), streams_mut(dg, b, 3, plane));
-        }
-    }
+    vectorised(
+        #[inline(always)]
+        || {
+            rows.resize(N * 3 * plane, F::zero());
+            // Gᵀ along each row r of the 6×6 gradient (6 → 3 columns), then down each column.
+            for r in 0..N {
+                gt_streams(
+                    streams(du, r * N, 1, plane),
+                    streams_mut(rows, r * 3, 1, plane),
+                );
+            }
+            for b in 0..3 {
+                gt_streams(streams(rows, b, 3, plane), streams_mut(dg, b, 3, plane));
+            }
+        },
+    );
 }
