@@ -5,7 +5,7 @@
 use ndarray::{Array2, ArrayView2, ArrayView4, Axis};
 
 use super::{softmax_cross_entropy, Layer, LayerGrads, Network};
-use crate::compress::{CompressedLayer, CompressionConfig, ConvLayer};
+use crate::compress::CompressionConfig;
 use crate::conv::Conv2d;
 use crate::error::{Error, Result};
 use crate::linalg::Real;
@@ -148,45 +148,22 @@ impl<F: Real> Network<F> {
                 got: vec![importance.len()],
             });
         }
-        let mut chosen: Vec<usize> = Vec::new();
-        let mut convs: Vec<ConvLayer<F>> = Vec::new();
-        let mut views: Vec<ArrayView2<f64>> = Vec::new();
-        for (l, layer) in self.layers.iter().enumerate() {
-            let Layer::Conv(c) = layer else { continue };
-            if c.kernel_size().0 * c.kernel_size().1 <= 1 || !select(l, c) {
-                continue;
-            }
-            let h = importance[l].as_ref().ok_or(Error::LayerMismatch {
-                what: "the importance",
-                layer: l,
-                expected: "a convolution",
-                got: "no importance entry",
-            })?;
-            chosen.push(l);
-            views.push(h.view());
-            convs.push(ConvLayer {
-                name: format!("layers.{l}"),
-                weight: c.weight().clone(),
-                bias: c.bias().cloned(),
-                geometry: c.geometry(),
-                mask: None,
-            });
-        }
+        let (chosen, convs) = self.convolutions_to_cluster(select);
+        let views = chosen
+            .iter()
+            .map(|&l| {
+                importance[l]
+                    .as_ref()
+                    .map(|h| h.view())
+                    .ok_or(Error::LayerMismatch {
+                        what: "the importance",
+                        layer: l,
+                        expected: "a convolution",
+                        got: "no importance entry",
+                    })
+            })
+            .collect::<Result<Vec<ArrayView2<f64>>>>()?;
         let compressed = config.compressor(&convs).importance(&views).run()?;
-        let (codebooks, layers, _) = compressed.into_parts();
-        let mut out = self.clone();
-        let offset = out.codebooks.append(codebooks);
-        for (&l, compressed) in chosen.iter().zip(layers) {
-            if let CompressedLayer::Clustered {
-                codebook, layer, ..
-            } = compressed
-            {
-                out.layers[l] = Layer::Clustered {
-                    layer,
-                    codebook: offset + codebook,
-                };
-            }
-        }
-        Ok(out)
+        Ok(self.with_clustered(&chosen, compressed))
     }
 }

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::clustered::ClusteredConv2d;
 use crate::codebook::Codebooks;
-use crate::compress::{compress, CompressedLayer, CompressionConfig, ConvLayer};
+use crate::compress::{compress, CompressedLayer, CompressedNetwork, CompressionConfig, ConvLayer};
 use crate::conv::Conv2d;
 use crate::error::{Error, Result};
 use crate::linalg::Real;
@@ -561,8 +561,17 @@ impl<F: Real> Network<F> {
         config: &CompressionConfig,
         select: impl Fn(usize, &Conv2d<F>) -> bool,
     ) -> Result<Network<F>> {
-        let convs: Vec<(usize, ConvLayer<F>)> = self
-            .layers
+        let (chosen, convs) = self.convolutions_to_cluster(select);
+        Ok(self.with_clustered(&chosen, compress(&convs, config)?))
+    }
+
+    /// The dense convolutions with a kernel larger than 1×1 for which `select` is true: their
+    /// layer indices, and each as a [`ConvLayer`] named `layers.<index>`.
+    pub(super) fn convolutions_to_cluster(
+        &self,
+        select: impl Fn(usize, &Conv2d<F>) -> bool,
+    ) -> (Vec<usize>, Vec<ConvLayer<F>>) {
+        self.layers
             .iter()
             .enumerate()
             .filter_map(|(l, layer)| match layer {
@@ -580,23 +589,31 @@ impl<F: Real> Network<F> {
                 }
                 _ => None,
             })
-            .collect();
-        let originals: Vec<ConvLayer<F>> = convs.iter().map(|(_, c)| c.clone()).collect();
-        let (codebooks, layers, _) = compress(&originals, config)?.into_parts();
+            .unzip()
+    }
+
+    /// A copy with layer `chosen[j]` replaced by the `j`-th clustered layer of `compressed`,
+    /// whose codebooks are appended to the copy's.
+    pub(super) fn with_clustered(
+        &self,
+        chosen: &[usize],
+        compressed: CompressedNetwork<F>,
+    ) -> Network<F> {
+        let (codebooks, layers, _) = compressed.into_parts();
         let mut out = self.clone();
         let offset = out.codebooks.append(codebooks);
-        for ((l, _), compressed) in convs.iter().zip(layers) {
+        for (&l, compressed) in chosen.iter().zip(layers) {
             if let CompressedLayer::Clustered {
                 codebook, layer, ..
             } = compressed
             {
-                out.layers[*l] = Layer::Clustered {
+                out.layers[l] = Layer::Clustered {
                     layer,
                     codebook: offset + codebook,
                 };
             }
         }
-        Ok(out)
+        out
     }
 }
 
