@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real Fashion-MNIST (Debian package dataset-fashion-mnist, 31 MB: the four
 # gzipped IDX files under /usr/share/datasets/fashion-mnist) if it is not there yet.
-# `.ci/run` calls it; tests/training.rs then trains on it.
+# `.ci/run` calls it; tests/suite/training.rs then trains on it.
 set -euo pipefail
 dir=/usr/share/datasets/fashion-mnist
 if [ -f "$dir/train-images-idx3-ubyte.gz" ] && [ -f "$dir/t10k-labels-idx1-ubyte.gz" ]; then

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates target/pyenv with numpy and safetensors from PyPI, for the Python cross-checks
-# (tests/format.rs runs scripts/check_decompressed.py with it; without it the check is skipped
+# (tests/suite/format.rs runs scripts/check_decompressed.py with it; without it the check is skipped
 # with a printed reason). Idempotent; `.ci/run` calls it.
 set -euo pipefail
 cd "$(dirname "$0")/.."

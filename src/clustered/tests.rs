@@ -1,6 +1,6 @@
 //! The portable (scalar lanes, no FMA) kernels, which no public call selects on a CPU with
 //! SIMD: every sharing strategy run with them equals the dense im2col oracle (itself checked
-//! against the naive convolution in `tests/clustered.rs`), and f16 scales compute bit for bit
+//! against the naive convolution in `tests/suite/clustered.rs`), and f16 scales compute bit for bit
 //! what the same values held as `f32` compute.
 
 use ndarray::{Array1, Array2, Array3, Array4};

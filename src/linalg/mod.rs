@@ -4,7 +4,7 @@
 //!
 //! Nothing here knows about layers, codebooks or networks: `conv`, `clustered` and `kmeans`
 //! import from this module and never from each other's internals (checked by
-//! `tests/layering.rs`).
+//! `tests/suite/layering.rs`).
 
 mod engine;
 mod gemm;

@@ -1,15 +1,13 @@
 //! safetensors import and dense export (feature `safetensors`).
 #![cfg(feature = "safetensors")]
 
-mod common;
-
 use std::collections::HashMap;
 
+use crate::common::{random4, rng};
 use clustered_conv::io::{
     import_conv_layers, read_safetensors, write_dense_safetensors, GeometryMap, TensorDtype,
 };
 use clustered_conv::{compress, CompressionConfig, ConvGeometry, Error, KernelCodebook};
-use common::{random4, rng};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 

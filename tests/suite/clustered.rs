@@ -1,15 +1,15 @@
 //! ClusteredConv2d: every strategy against the dense oracle and the naive convolution,
 //! gradients against finite differences, the plan against brute-force counts.
 
-mod common;
-
 use std::collections::HashSet;
 
+use crate::common::{
+    in_pool, naive_conv, paper_transform, random4, random_problem, rng, worst_violation,
+};
 use clustered_conv::{
     BackwardRoute, ClusteredConv2d, Conv2d, ConvGeometry, Error, ForwardStrategy, KernelCodebook,
     ScaleScheme, Symmetry,
 };
-use common::{in_pool, naive_conv, paper_transform, random4, random_problem, rng, worst_violation};
 use ndarray::{Array1, Array2, Array3, Array4};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;

@@ -1,18 +1,17 @@
 //! The `clustered-conv` command line, end to end (feature `cli`): compress a small
 //! real-shaped state dict, inspect it (table, JSON, PNG), decompress, bench, and the error
 //! paths with their exit codes.
-
-mod common;
+#![cfg(feature = "cli")]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::common::{random4, rng};
 use clustered_conv::io::{import_conv_layers, read_safetensors, CompressedModel};
 use clustered_conv::{
     compress, CodebookScope, CompressionConfig, KernelCodebook, ScaleScheme, ScaleStorage, Symmetry,
 };
-use common::{random4, rng};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 

@@ -4,8 +4,7 @@
 //! K = 64 shared-codebook version fine-tunes to within 3 points of it.
 //!
 //! Run in release mode (`cargo test --release`): in debug builds these take minutes.
-
-mod common;
+#![cfg(feature = "data")]
 
 use std::path::Path;
 
@@ -17,7 +16,7 @@ use clustered_conv::{CompressionConfig, Conv2d, ConvGeometry, KernelCodebook};
 
 /// The 6,000 / 1,000-image slice vendored in this repository.
 const VENDORED_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/fashion-mnist-slice");
-use common::in_pool;
+use crate::common::in_pool;
 use ndarray::{Array1, Array2, Array4};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};

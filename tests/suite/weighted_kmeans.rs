@@ -15,12 +15,10 @@
 //! positions, so removing rows at the end, or drawing `Init::Random` seeds (uniform among
 //! the rows of positive weight), gives the same bits on any data.
 
-mod common;
-
+use crate::common::{in_pool, rng};
 use clustered_conv::{
     CompressionConfig, Error, Init, KMeans, KMeansFit, KernelCodebook, ScaleScheme, Symmetry,
 };
-use common::{in_pool, rng};
 use ndarray::{array, Array1, Array2, Array4, ArrayView2, Axis};
 use rand::Rng;
 

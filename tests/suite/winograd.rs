@@ -1,10 +1,8 @@
 //! Dense Winograd F(4×4, 3×3) forward (`ConvAlgorithm::Winograd`) against the direct
 //! definition of the correlation, in f64 and f32, on any thread count.
 
-mod common;
-
+use crate::common::{in_pool, naive_conv, random4, rng, worst_violation};
 use clustered_conv::{Conv2d, ConvAlgorithm, ConvGeometry, Error, Padding};
-use common::{in_pool, naive_conv, random4, rng, worst_violation};
 use ndarray::{Array1, Array4};
 use ndarray_rand::rand_distr::Normal;
 use ndarray_rand::RandomExt;

@@ -1,12 +1,10 @@
 //! Transform-invariant clustering (TIC): fitting, decoding, and the layer with transforms.
 
-mod common;
-
+use crate::common::{in_pool, paper_transform, random4, rng, worst_violation};
 use clustered_conv::{
     BackwardRoute, ClusteredConv2d, Conv2d, ConvGeometry, ForwardStrategy, KernelCodebook,
     ScaleScheme, Symmetry,
 };
-use common::{in_pool, paper_transform, random4, rng, worst_violation};
 use ndarray::{Array1, Array4};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;

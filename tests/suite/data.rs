@@ -1,5 +1,6 @@
 //! The IDX reader and Fashion-MNIST loading: the vendored slice, the full Debian data when
 //! installed, and one test per way a file is rejected.
+#![cfg(feature = "data")]
 
 use std::io::{Read, Write};
 use std::path::PathBuf;

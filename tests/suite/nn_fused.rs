@@ -3,14 +3,12 @@
 //! argmax against a naive reference with ties, and whole networks (fused vs the public
 //! unfused layers chained by hand; 1 vs 2 threads bit for bit).
 
-mod common;
-
+use crate::common::{in_pool, random4, rng};
 use clustered_conv::nn::{
     relu, relu_backward, softmax_cross_entropy, BatchNorm2d, Layer, Linear, LrSchedule, MaxPool2d,
     Network, Sgd, SgdState,
 };
 use clustered_conv::{Conv2d, ConvGeometry, Error};
-use common::{in_pool, random4, rng};
 use ndarray::{Array1, Array2, Array4};
 use rand::Rng;
 

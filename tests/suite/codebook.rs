@@ -1,9 +1,7 @@
 //! KernelCodebook: scales, zero kernels, usage order, exact reconstruction, errors.
 
-mod common;
-
+use crate::common::{in_pool, random4, rng};
 use clustered_conv::{Error, KernelCodebook, ScaleScheme, Symmetry};
-use common::{in_pool, random4, rng};
 use ndarray::{concatenate, Array2, Array3, Array4, Axis};
 
 fn rel_err(a: &Array4<f64>, b: &Array4<f64>) -> f64 {

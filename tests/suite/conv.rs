@@ -1,9 +1,7 @@
 //! Dense `Conv2d` against the naive direct convolution and finite differences.
 
-mod common;
-
+use crate::common::{in_pool, naive_conv, random4, random_problem, rng, worst_violation};
 use clustered_conv::{Conv2d, ConvGeometry, Error};
-use common::{in_pool, naive_conv, random4, random_problem, rng, worst_violation};
 use ndarray::{Array1, Array4, Axis, Slice};
 use rand::Rng;
 

@@ -2,11 +2,10 @@
 //! hostile input, atomic writes, and a bounded mutation test.
 #![cfg(feature = "safetensors")]
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use crate::common::{random4, rng};
 use clustered_conv::io::{
     import_conv_layers, read_safetensors, CompressedModel, NamedTensor, TensorDtype,
     FORMAT_VERSION, MAX_LAYER_KERNELS,
@@ -15,7 +14,6 @@ use clustered_conv::{
     compress, CodebookScope, CompressedLayer, CompressedNetwork, CompressionConfig, ConvGeometry,
     ConvLayer, Error, FixedBits, KernelCodebook, ScaleScheme, ScaleStorage, Symmetry,
 };
-use common::{random4, rng};
 use ndarray::{Array1, Array2, Array4};
 use proptest::prelude::*;
 use safetensors::tensor::TensorView;

@@ -2,14 +2,12 @@
 //! reference, central finite differences in f64, and cross-entropy, its special cases),
 //! training with it, and per-kernel importance (against finite differences).
 
-mod common;
-
+use crate::common::{random4, rng};
 use clustered_conv::nn::{
     distillation_loss, softmax_cross_entropy, Distillation, Layer, Linear, LrSchedule, Network,
     Sgd, SgdState,
 };
 use clustered_conv::{Conv2d, ConvGeometry, Error, KernelCodebook, ScaleScheme};
-use common::{random4, rng};
 use ndarray::{array, Array1, Array2, Array4};
 use rand::Rng;
 

@@ -1,9 +1,7 @@
 //! k-means engine: known answers, invariants, determinism and rejected inputs.
 
-mod common;
-
+use crate::common::{in_pool, rng};
 use clustered_conv::{Convergence, Error, Init, KMeans, KMeansFit};
-use common::{in_pool, rng};
 use ndarray::{Array2, ArrayView2};
 use rand::Rng;
 use rand_distr::{Distribution, Normal};

@@ -1,13 +1,11 @@
 //! Whole-network compression: the paper's arithmetic from layer shapes, group parsing, and
 //! compression of small real networks.
 
-mod common;
-
+use crate::common::{random4, rng};
 use clustered_conv::{
     compress, CodebookScope, CompressedLayer, CompressionConfig, ConvGeometry, ConvLayer, Error,
     FixedBits, KernelCodebook, LayerGroup, LayerShape, ScaleScheme, ScaleStorage, Symmetry,
 };
-use common::{random4, rng};
 use ndarray::Array1;
 use rand::Rng;
 

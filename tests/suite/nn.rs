@@ -1,14 +1,12 @@
 //! The training stack: every backward pass against central finite differences (f64), the loss
 //! and SGD against hand-computed values.
 
-mod common;
-
+use crate::common::{random4, rng};
 use clustered_conv::nn::{
     relu, relu_backward, softmax_cross_entropy, BatchNorm2d, Linear, LrSchedule, MaxPool2d, Sgd,
     SgdState,
 };
 use clustered_conv::Error;
-use common::{random4, rng};
 use ndarray::{array, Array1, Array2, Array4, ArrayD, IxDyn};
 use rand::Rng;
 

@@ -2,13 +2,11 @@
 //! and the transformed codebook) and the dense backward route's Winograd input gradient,
 //! against the direct definition of the correlation of the reconstructed dense weight.
 
-mod common;
-
+use crate::common::{in_pool, naive_conv, paper_transform, random4, rng, worst_violation};
 use clustered_conv::{
     BackwardRoute, ClusteredConv2d, ConvGeometry, Error, ForwardStrategy, KernelCodebook, Padding,
     Symmetry,
 };
-use common::{in_pool, naive_conv, paper_transform, random4, rng, worst_violation};
 use ndarray::{Array1, Array2, Array3, Array4};
 use ndarray_rand::rand_distr::Normal;
 use ndarray_rand::RandomExt;
