@@ -220,10 +220,11 @@ def export(model: nn.Module, path: Path, fold_bn: bool = True) -> None:
 
 
 def ort_session(path: Path) -> ort.InferenceSession:
+    ort.set_default_logger_severity(4)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors are raised as exceptions; no log lines
+    options.log_severity_level = 4  # fatal only: errors are raised as exceptions
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 

@@ -45,9 +45,11 @@ def main(argv: list[str]) -> int:
         return fail(f"images {images_path!r} have dtype {images.dtype}, expected float32")
     images = np.ascontiguousarray(images, dtype=np.float32)
 
+    ort.set_default_logger_severity(4)  # failures are reported below, not as log lines
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
+    options.log_severity_level = 4
     try:
         session = ort.InferenceSession(
             model_path, sess_options=options, providers=["CPUExecutionProvider"]
@@ -64,7 +66,9 @@ def main(argv: list[str]) -> int:
         return fail(f"{model_path!r} has no graph outputs")
 
     try:
-        result = session.run([outputs[0].name], {inputs[0].name: images})[0]
+        run_options = ort.RunOptions()
+        run_options.log_severity_level = 4
+        result = session.run([outputs[0].name], {inputs[0].name: images}, run_options)[0]
     except Exception as e:  # noqa: BLE001
         return fail(
             f"onnxruntime failed to run {model_path!r} on images of shape {images.shape}: {e}"
