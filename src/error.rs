@@ -299,6 +299,31 @@ pub enum Error {
         /// Number of codebooks.
         codebooks: usize,
     },
+    /// A network graph that cannot run: a layer reading a value computed after it, the wrong
+    /// number of inputs, a layer whose output nothing reads, a wiring for other layers.
+    #[error("invalid network graph: {what}")]
+    InvalidGraph {
+        /// What is wrong.
+        what: String,
+    },
+    /// A file that is not a usable ONNX model: unreadable protobuf, no graph, other than one
+    /// input and one output, a cycle, a tensor produced twice.
+    #[error("invalid ONNX model: {what}")]
+    InvalidOnnx {
+        /// What is wrong.
+        what: String,
+    },
+    /// An ONNX node that cannot be imported: an unsupported operator or attribute, or weights
+    /// and shapes that do not fit.
+    #[error("ONNX node {node:?} ({op}): {what}")]
+    OnnxNode {
+        /// The node's name.
+        node: String,
+        /// Its operator.
+        op: String,
+        /// What is wrong.
+        what: String,
+    },
     /// A layer index beyond the network's layers.
     #[error("layer {layer} does not exist: there are {layers} layers")]
     LayerOutOfRange {

@@ -8,6 +8,7 @@
 
 mod batchnorm;
 mod distill;
+mod graph;
 mod importance;
 mod linear;
 mod loss;

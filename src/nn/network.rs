@@ -2,6 +2,7 @@
 
 use ndarray::{Array2, Array3, Array4, ArrayD, ArrayView2, ArrayView4, Ix2, Ix4, IxDyn};
 
+use super::graph::{Arity, ValueGrads, Values, Wiring};
 use super::{
     relu, softmax_cross_entropy, BatchNorm2d, BatchNormTape, Linear, MaxPool2d, PoolArgmax, Sgd,
     SgdState,
@@ -36,6 +37,9 @@ pub enum Layer<F> {
     Flatten,
     /// Fully connected.
     Linear(Linear<F>),
+    /// The element-wise sum of two or more inputs of one shape (a residual connection); only
+    /// in a [`Network::graph`].
+    Add,
 }
 
 /// A sequential network: images `(N, C, H, W)` in, logits `(N, classes)` out.
@@ -66,6 +70,8 @@ pub struct Network<F> {
     pub layers: Vec<Layer<F>>,
     /// Codebooks of the clustered layers.
     pub codebooks: Codebooks<F>,
+    /// Where each layer reads from.
+    wiring: Wiring,
 }
 
 /// What a training forward pass keeps for the backward pass: per layer, only what its
@@ -93,6 +99,8 @@ enum Saved<F> {
     Pool(PoolArgmax),
     /// A flatten: its input's shape.
     Shape(Vec<usize>),
+    /// An add (its backward pass needs nothing).
+    Sum,
 }
 
 impl<F> Saved<F> {
@@ -104,6 +112,7 @@ impl<F> Saved<F> {
             Saved::Fused => "a fused ReLU (recorded by another network?)",
             Saved::Pool(_) => "a max-pool argmax (recorded by another network?)",
             Saved::Shape(_) => "a flatten shape (recorded by another network?)",
+            Saved::Sum => "an add record (recorded by another network?)",
         }
     }
 }
@@ -140,32 +149,131 @@ impl<F: Real> Network<F> {
         Network {
             layers,
             codebooks: Codebooks::new(),
+            wiring: Wiring::chain(),
         }
+    }
+
+    /// A network whose layers form a directed acyclic graph, e.g. with residual connections.
+    ///
+    /// `inputs[l]` lists the values layer `l` reads: value 0 is the network's input and value
+    /// `j + 1` the output of layer `j`, so a layer reads only what comes before it. A
+    /// [`Layer::Add`] reads two or more values, every other layer exactly one. The last layer's
+    /// output is the network's output, and every other layer's output must be read by a
+    /// later layer.
+    ///
+    /// ```
+    /// use clustered_conv::nn::{Layer, Network};
+    /// use ndarray::Array4;
+    ///
+    /// // y = relu(x) + x
+    /// let net = Network::<f64>::graph(vec![Layer::Relu, Layer::Add, Layer::Flatten], vec![vec![0], vec![1, 0], vec![2]])?;
+    /// let x = Array4::from_shape_vec((1, 1, 1, 2), vec![-1.0, 2.0]).unwrap();
+    /// assert_eq!(net.forward(x.view())?.into_raw_vec_and_offset().0, vec![-1.0, 4.0]);
+    /// # Ok::<(), clustered_conv::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidGraph`] for an input count that differs from the layer count, a layer
+    /// that reads a later value, the wrong number of inputs for its kind, or a layer whose
+    /// output is never read.
+    pub fn graph(layers: Vec<Layer<F>>, inputs: Vec<Vec<usize>>) -> Result<Self> {
+        if inputs.len() != layers.len() {
+            return Err(Error::InvalidGraph {
+                what: format!("{} layers but inputs for {}", layers.len(), inputs.len()),
+            });
+        }
+        let arity = |l: usize| match layers[l] {
+            Layer::Add => Arity::Many,
+            _ => Arity::One,
+        };
+        let wiring = Wiring::graph(inputs, arity)?;
+        Ok(Network {
+            layers,
+            codebooks: Codebooks::new(),
+            wiring,
+        })
+    }
+
+    /// The values layer `l` reads (value 0 is the input, value `j + 1` the output of layer
+    /// `j`); `[l]` for every layer of a chain.
+    ///
+    /// # Errors
+    /// [`Error::LayerOutOfRange`] for a layer that does not exist.
+    pub fn inputs_of(&self, l: usize) -> Result<Vec<usize>> {
+        if l >= self.layers.len() {
+            return Err(Error::LayerOutOfRange {
+                layer: l,
+                layers: self.layers.len(),
+            });
+        }
+        Ok(self.wiring.sources(l))
+    }
+
+    /// Whether the layers form a plain chain (each reads the one before).
+    pub fn is_chain(&self) -> bool {
+        self.wiring.is_chain()
     }
 
     /// Logits in evaluation mode (batch norm uses its running statistics; a batch norm
     /// followed by a ReLU runs as one fused pass).
     ///
     /// # Errors
-    /// Shapes that do not chain (e.g. a `Linear` input size that is not `C·H·W`), or a
-    /// network that does not end in a 2-D output.
+    /// Shapes that do not chain (e.g. a `Linear` input size that is not `C·H·W`, or an add of
+    /// two shapes), or a network that does not end in a 2-D output.
     pub fn forward(&self, x: ArrayView4<F>) -> Result<Array2<F>> {
-        let mut h = x.to_owned().into_dyn();
+        let n = self.layers.len();
+        self.wiring.check_len(n)?;
+        let reads = self.wiring.reads(n);
+        let mut values = Values::new(x.to_owned().into_dyn(), &self.wiring, n);
         let mut l = 0;
-        while l < self.layers.len() {
-            let (out, used) = self.layer_forward(l, h)?;
-            h = out;
-            l += used;
+        while l < n {
+            let fuse = self.fuses(l, &reads);
+            let inputs = self.gather(l, &mut values)?;
+            let out = self.layer_forward(l, inputs, fuse)?;
+            l += 1 + usize::from(fuse);
+            values.put(l, out);
         }
-        into2(h)
+        into2(values.take(n)?)
     }
 
-    /// Whether layer `l` is a batch norm with a ReLU right after it (the two then run fused).
-    fn fuses(&self, l: usize) -> bool {
+    /// Whether layer `l` is a batch norm whose output only a ReLU right after it reads (the
+    /// two then run fused); `reads` is [`Wiring::reads`].
+    fn fuses(&self, l: usize, reads: &[usize]) -> bool {
         matches!(
             (self.layers.get(l), self.layers.get(l + 1)),
             (Some(Layer::BatchNorm(_)), Some(Layer::Relu))
-        )
+        ) && reads[l + 1] == 1
+            && self.wiring.sources(l + 1) == [l + 1]
+    }
+
+    /// The inputs of layer `l`, taken from `values`.
+    fn gather(&self, l: usize, values: &mut Values<F>) -> Result<Vec<ArrayD<F>>> {
+        self.wiring
+            .sources(l)
+            .into_iter()
+            .map(|v| values.take(v))
+            .collect()
+    }
+
+    /// The output shape of every layer for input `x` (evaluation mode), or the first layer
+    /// that fails and its error: the importers' shape check, which names the failing node.
+    pub(crate) fn output_shapes(
+        &self,
+        x: ArrayView4<F>,
+    ) -> std::result::Result<Vec<Vec<usize>>, (usize, Error)> {
+        let n = self.layers.len();
+        self.wiring.check_len(n).map_err(|e| (0, e))?;
+        let mut values = Values::new(x.to_owned().into_dyn(), &self.wiring, n);
+        let mut shapes = Vec::with_capacity(n);
+        for l in 0..n {
+            let out = self
+                .gather(l, &mut values)
+                .and_then(|inputs| self.layer_forward(l, inputs, false))
+                .map_err(|e| (l, e))?;
+            shapes.push(out.shape().to_vec());
+            values.put(l + 1, out);
+        }
+        Ok(shapes)
     }
 
     /// Logits in training mode (batch statistics; running statistics updated), and the tape
@@ -174,27 +282,40 @@ impl<F: Real> Network<F> {
     /// # Errors
     /// As [`Network::forward`].
     pub fn forward_train(&mut self, x: ArrayView4<F>) -> Result<(Array2<F>, Tape<F>)> {
-        let mut h = x.to_owned().into_dyn();
+        let n = self.layers.len();
+        self.wiring.check_len(n)?;
+        let reads = self.wiring.reads(n);
+        let mut values = Values::new(x.to_owned().into_dyn(), &self.wiring, n);
         let mut tape = Tape {
-            saved: Vec::with_capacity(self.layers.len()),
+            saved: Vec::with_capacity(n),
         };
-        while tape.saved.len() < self.layers.len() {
+        while tape.saved.len() < n {
             let l = tape.saved.len();
-            let (out, saved) = self.layer_forward_train(l, h)?;
+            let fuse = self.fuses(l, &reads);
+            let inputs = self.gather(l, &mut values)?;
+            let (out, saved) = self.layer_forward_train(l, inputs, fuse)?;
             tape.saved.push(saved);
-            if self.fuses(l) {
+            if fuse {
                 tape.saved.push(Saved::Fused);
             }
-            h = out;
+            values.put(tape.saved.len(), out);
         }
-        Ok((into2(h)?, tape))
+        Ok((into2(values.take(n)?)?, tape))
     }
 
-    /// Layer `l`'s training forward pass (with the ReLU after it when [`Network::fuses`]):
-    /// its output and what its backward pass needs. Takes the activation by value: a layer
-    /// that needs its input keeps it without a copy.
-    fn layer_forward_train(&mut self, l: usize, h: ArrayD<F>) -> Result<(ArrayD<F>, Saved<F>)> {
-        let fuse = self.fuses(l);
+    /// Layer `l`'s training forward pass (with the ReLU after it when `fuse`): its output
+    /// and what its backward pass needs. Takes the inputs by value: a layer that needs its
+    /// input keeps it without a copy.
+    fn layer_forward_train(
+        &mut self,
+        l: usize,
+        inputs: Vec<ArrayD<F>>,
+        fuse: bool,
+    ) -> Result<(ArrayD<F>, Saved<F>)> {
+        if let Layer::Add = self.layers[l] {
+            return Ok((sum(inputs)?, Saved::Sum));
+        }
+        let h = single(inputs)?;
         let codebooks = &self.codebooks;
         Ok(match &mut self.layers[l] {
             Layer::Conv(c) => (c.forward(view4(&h)?)?.into_dyn(), Saved::Input(h)),
@@ -216,31 +337,31 @@ impl<F: Real> Network<F> {
                 (flatten(h)?, Saved::Shape(shape))
             }
             Layer::Linear(lin) => (lin.forward(view2(&h)?)?.into_dyn(), Saved::Input(h)),
+            Layer::Add => unreachable!("handled above"),
         })
     }
 
-    /// Layer `l`'s forward pass in evaluation mode, with the ReLU after it when
-    /// [`Network::fuses`]: the output and the number of layers it covered (1 or 2).
-    fn layer_forward(&self, l: usize, h: ArrayD<F>) -> Result<(ArrayD<F>, usize)> {
+    /// Layer `l`'s forward pass in evaluation mode, with the ReLU after it when `fuse`.
+    fn layer_forward(&self, l: usize, inputs: Vec<ArrayD<F>>, fuse: bool) -> Result<ArrayD<F>> {
+        if let Layer::Add = self.layers[l] {
+            return sum(inputs);
+        }
+        let h = single(inputs)?;
         Ok(match &self.layers[l] {
-            Layer::Conv(c) => (c.forward(view4(&h)?)?.into_dyn(), 1),
-            Layer::Clustered { layer, codebook } => {
-                let y = layer.forward(self.codebooks.get(*codebook)?, view4(&h)?)?;
-                (y.into_dyn(), 1)
-            }
-            Layer::BatchNorm(bn) => {
-                let fuse = self.fuses(l);
-                let y = bn.forward_eval_fused(view4(&h)?, fuse)?;
-                (y.into_dyn(), 1 + usize::from(fuse))
-            }
+            Layer::Conv(c) => c.forward(view4(&h)?)?.into_dyn(),
+            Layer::Clustered { layer, codebook } => layer
+                .forward(self.codebooks.get(*codebook)?, view4(&h)?)?
+                .into_dyn(),
+            Layer::BatchNorm(bn) => bn.forward_eval_fused(view4(&h)?, fuse)?.into_dyn(),
             Layer::Relu => {
                 let mut h = h;
                 h.mapv_inplace(|v| if v > F::zero() { v } else { F::zero() });
-                (h, 1)
+                h
             }
-            Layer::MaxPool(p) => (p.forward(view4(&h)?)?.into_dyn(), 1),
-            Layer::Flatten => (flatten(h)?, 1),
-            Layer::Linear(lin) => (lin.forward(view2(&h)?)?.into_dyn(), 1),
+            Layer::MaxPool(p) => p.forward(view4(&h)?)?.into_dyn(),
+            Layer::Flatten => flatten(h)?,
+            Layer::Linear(lin) => lin.forward(view2(&h)?)?.into_dyn(),
+            Layer::Add => unreachable!("handled above"),
         })
     }
 
@@ -249,27 +370,41 @@ impl<F: Real> Network<F> {
     /// # Errors
     /// A tape from another network, or a gradient of the wrong shape.
     pub fn backward(&self, tape: &Tape<F>, grad_logits: Array2<F>) -> Result<Gradients<F>> {
-        if tape.saved.len() != self.layers.len() {
+        let n = self.layers.len();
+        self.wiring.check_len(n)?;
+        if tape.saved.len() != n {
             return Err(Error::ShapeMismatch {
                 what: "tape length vs layers",
-                expected: vec![self.layers.len()],
+                expected: vec![n],
                 got: vec![tape.saved.len()],
             });
         }
-        let mut g = grad_logits.into_dyn();
-        let mut layers = vec![LayerGrads::None; self.layers.len()];
+        let mut values = ValueGrads::new(n + 1);
+        values.add(n, grad_logits.into_dyn())?;
+        let mut layers = vec![LayerGrads::None; n];
         let mut codebooks: Vec<Array3<F>> = self
             .codebooks
             .iter()
             .map(|c| Array3::zeros(c.centroids().dim()))
             .collect();
-        for l in (0..self.layers.len()).rev() {
-            g = self.layer_backward(l, &tape.saved[l], g, &mut layers[l], &mut codebooks)?;
+        for l in (0..n).rev() {
+            let g = values.take(l + 1)?;
+            let sources = self.wiring.sources(l);
+            if let (Layer::Add, Saved::Sum) = (&self.layers[l], &tape.saved[l]) {
+                // Each summand receives the whole gradient.
+                for &v in &sources[1..] {
+                    values.add(v, g.clone())?;
+                }
+                values.add(sources[0], g)?;
+                continue;
+            }
+            let g = self.layer_backward(l, &tape.saved[l], g, &mut layers[l], &mut codebooks)?;
+            values.add(sources[0], g)?;
         }
         Ok(Gradients {
             layers,
             codebooks,
-            input: into4(g)?,
+            input: into4(values.take(0)?)?,
         })
     }
 
@@ -304,7 +439,11 @@ impl<F: Real> Network<F> {
                 out.input.into_dyn()
             }
             // The batch norm before it applies the ReLU's mask.
-            (Layer::Relu, Saved::Fused) if self.fuses(l.wrapping_sub(1)) => g,
+            (Layer::Relu, Saved::Fused)
+                if l > 0 && matches!(self.layers[l - 1], Layer::BatchNorm(_)) =>
+            {
+                g
+            }
             (Layer::Relu, Saved::Input(x)) => {
                 relu_backward_in_place(x, &mut g)?;
                 g
@@ -394,7 +533,10 @@ impl<F: Real> Network<F> {
                     step(lin.weight.view_mut().into_dyn(), gw.view().into_dyn())?;
                     step(lin.bias.view_mut().into_dyn(), gb.view().into_dyn())?;
                 }
-                (Layer::Relu | Layer::MaxPool(_) | Layer::Flatten, LayerGrads::None) => {}
+                (
+                    Layer::Relu | Layer::MaxPool(_) | Layer::Flatten | Layer::Add,
+                    LayerGrads::None,
+                ) => {}
                 (layer, g) => {
                     return Err(Error::LayerMismatch {
                         what: "the gradients",
@@ -628,6 +770,7 @@ impl<F> Layer<F> {
             Layer::MaxPool(_) => "a max pool",
             Layer::Flatten => "a flatten",
             Layer::Linear(_) => "a linear layer",
+            Layer::Add => "an add",
         }
     }
 }
@@ -643,6 +786,37 @@ impl<F> LayerGrads<F> {
             LayerGrads::Linear(..) => "linear gradients",
         }
     }
+}
+
+/// The one input of a single-input layer.
+fn single<F>(inputs: Vec<ArrayD<F>>) -> Result<ArrayD<F>> {
+    let got = inputs.len();
+    let mut inputs = inputs.into_iter();
+    match (inputs.next(), inputs.next()) {
+        (Some(h), None) => Ok(h),
+        _ => Err(Error::InvalidGraph {
+            what: format!("a single-input layer was given {got} inputs"),
+        }),
+    }
+}
+
+/// The element-wise sum of `inputs`, which must all have one shape (no broadcasting).
+fn sum<F: Real>(inputs: Vec<ArrayD<F>>) -> Result<ArrayD<F>> {
+    let mut inputs = inputs.into_iter();
+    let mut total = inputs.next().ok_or_else(|| Error::InvalidGraph {
+        what: "an add was given no inputs".into(),
+    })?;
+    for x in inputs {
+        if x.shape() != total.shape() {
+            return Err(Error::ShapeMismatch {
+                what: "add inputs (every summand must have the same shape)",
+                expected: total.shape().to_vec(),
+                got: x.shape().to_vec(),
+            });
+        }
+        total += &x;
+    }
+    Ok(total)
 }
 
 /// `h` as `(N, C, H, W)`.

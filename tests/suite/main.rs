@@ -13,6 +13,7 @@ mod conv;
 mod data;
 mod distill;
 mod format;
+mod graph;
 mod hostile;
 mod io;
 mod kmeans;

@@ -264,7 +264,7 @@ use clustered_conv::{
 
 /// conv(bias) → BN → ReLU → pool → clustered(scales, bias) → ReLU → flatten → linear, in f64,
 /// with the clustered layer on a codebook shared with a second clustered layer.
-fn small_network(r: &mut rand_chacha::ChaCha8Rng) -> Network<f64> {
+pub(crate) fn small_network(r: &mut rand_chacha::ChaCha8Rng) -> Network<f64> {
     let conv = Conv2d::new(
         random4(r, (3, 2, 3, 3)),
         Some(Array1::from_shape_fn(3, |o| o as f64 * 0.1)),
@@ -304,26 +304,25 @@ fn small_network(r: &mut rand_chacha::ChaCha8Rng) -> Network<f64> {
         weight: Array2::from_shape_fn((5, 4 * 2 * 2), |_| r.random_range(-0.5..0.5)),
         bias: Array1::from_shape_fn(5, |j| 0.01 * j as f64),
     };
-    Network {
-        layers: vec![
-            Layer::Conv(conv),
-            Layer::BatchNorm(bn),
-            Layer::Relu,
-            Layer::MaxPool(MaxPool2d {
-                kernel: 2,
-                stride: 2,
-            }),
-            c1,
-            Layer::Relu,
-            c2,
-            Layer::Flatten,
-            Layer::Linear(fc),
-        ],
-        codebooks: Codebooks::from(vec![codebook]),
-    }
+    let mut net = Network::new(vec![
+        Layer::Conv(conv),
+        Layer::BatchNorm(bn),
+        Layer::Relu,
+        Layer::MaxPool(MaxPool2d {
+            kernel: 2,
+            stride: 2,
+        }),
+        c1,
+        Layer::Relu,
+        c2,
+        Layer::Flatten,
+        Layer::Linear(fc),
+    ]);
+    net.codebooks = Codebooks::from(vec![codebook]);
+    net
 }
 
-fn network_loss(net: &Network<f64>, x: &Array4<f64>, labels: &[usize]) -> f64 {
+pub(crate) fn network_loss(net: &Network<f64>, x: &Array4<f64>, labels: &[usize]) -> f64 {
     let mut net = net.clone();
     let (logits, _) = net.forward_train(x.view()).unwrap();
     softmax_cross_entropy(logits.view(), labels).unwrap().0
@@ -331,18 +330,24 @@ fn network_loss(net: &Network<f64>, x: &Array4<f64>, labels: &[usize]) -> f64 {
 
 #[test]
 fn whole_network_gradients_match_finite_differences() {
-    use clustered_conv::nn::LayerGrads;
     let mut r = rng(91);
     let net = small_network(&mut r);
     let x = random4(&mut r, (3, 2, 4, 4));
-    let labels = [0, 3, 4];
+    assert_network_gradients(&net, &x, &[0, 3, 4]);
+}
+
+/// Every gradient of `net` (input, shared centroids, each layer's parameters) against
+/// central finite differences of the softmax cross-entropy of its training-mode logits.
+pub(crate) fn assert_network_gradients(net: &Network<f64>, x: &Array4<f64>, labels: &[usize]) {
+    use clustered_conv::nn::LayerGrads;
+    let net = net.clone();
     let mut trained = net.clone();
     let (logits, tape) = trained.forward_train(x.view()).unwrap();
-    let (_, grad) = softmax_cross_entropy(logits.view(), &labels).unwrap();
+    let (_, grad) = softmax_cross_entropy(logits.view(), labels).unwrap();
     let grads = net.backward(&tape, grad).unwrap();
     // Input.
     assert_close(
-        &numeric_grad(&x, |x| network_loss(&net, x, &labels)),
+        &numeric_grad(&x, |x| network_loss(&net, x, labels)),
         &grads.input,
         "&grads.input (1)",
     );
@@ -350,7 +355,7 @@ fn whole_network_gradients_match_finite_differences() {
     let numeric = numeric_grad(net.codebooks.get(0).unwrap().centroids(), |c| {
         let mut n = net.clone();
         n.codebooks.set_centroids(0, c.clone()).unwrap();
-        network_loss(&n, &x, &labels)
+        network_loss(&n, x, labels)
     });
     assert_close(&numeric, &grads.codebooks[0], "&grads.codebooks[0] (2)");
     // Every layer's own parameters.
@@ -362,7 +367,7 @@ fn whole_network_gradients_match_finite_differences() {
                     n.layers[l] = Layer::Conv(
                         Conv2d::new(w.clone(), c.bias().cloned(), c.geometry()).unwrap(),
                     );
-                    network_loss(&n, &x, &labels)
+                    network_loss(&n, x, labels)
                 });
                 assert_close(&numeric, gw, "gw (3)");
                 let numeric = numeric_grad(c.bias().unwrap(), |b| {
@@ -370,7 +375,7 @@ fn whole_network_gradients_match_finite_differences() {
                     n.layers[l] = Layer::Conv(
                         Conv2d::new(c.weight().clone(), Some(b.clone()), c.geometry()).unwrap(),
                     );
-                    network_loss(&n, &x, &labels)
+                    network_loss(&n, x, labels)
                 });
                 // Batch norm right after cancels the conv bias: the gradient is ~0 both ways.
                 assert_close(&numeric, gb.as_ref().unwrap(), "gb.as_ref().unwrap() (4)");
@@ -381,7 +386,7 @@ fn whole_network_gradients_match_finite_differences() {
                     if let Layer::BatchNorm(b) = &mut n.layers[l] {
                         b.gamma = v.clone();
                     }
-                    network_loss(&n, &x, &labels)
+                    network_loss(&n, x, labels)
                 });
                 assert_close(&numeric, gg, "gg (5)");
                 let numeric = numeric_grad(&bn.beta, |v| {
@@ -389,7 +394,7 @@ fn whole_network_gradients_match_finite_differences() {
                     if let Layer::BatchNorm(b) = &mut n.layers[l] {
                         b.beta = v.clone();
                     }
-                    network_loss(&n, &x, &labels)
+                    network_loss(&n, x, labels)
                 });
                 assert_close(&numeric, gb, "gb (6)");
             }
@@ -401,7 +406,7 @@ fn whole_network_gradients_match_finite_differences() {
                             .set_params(Some(s.clone()), layer.bias().cloned())
                             .unwrap();
                     }
-                    network_loss(&n, &x, &labels)
+                    network_loss(&n, x, labels)
                 });
                 assert_close(&numeric, gs.as_ref().unwrap(), "gs.as_ref().unwrap() (7)");
                 let numeric = numeric_grad(layer.bias().unwrap(), |b| {
@@ -411,7 +416,7 @@ fn whole_network_gradients_match_finite_differences() {
                             .set_params(layer.scales().map(|s| s.to_array()), Some(b.clone()))
                             .unwrap();
                     }
-                    network_loss(&n, &x, &labels)
+                    network_loss(&n, x, labels)
                 });
                 assert_close(&numeric, gb.as_ref().unwrap(), "gb.as_ref().unwrap() (8)");
             }
@@ -421,7 +426,7 @@ fn whole_network_gradients_match_finite_differences() {
                     if let Layer::Linear(f) = &mut n.layers[l] {
                         f.weight = w.clone();
                     }
-                    network_loss(&n, &x, &labels)
+                    network_loss(&n, x, labels)
                 });
                 assert_close(&numeric, gw, "gw (9)");
                 let numeric = numeric_grad(&lin.bias, |b| {
@@ -429,11 +434,11 @@ fn whole_network_gradients_match_finite_differences() {
                     if let Layer::Linear(f) = &mut n.layers[l] {
                         f.bias = b.clone();
                     }
-                    network_loss(&n, &x, &labels)
+                    network_loss(&n, x, labels)
                 });
                 assert_close(&numeric, gb, "gb (10)");
             }
-            (Layer::Relu | Layer::MaxPool(_) | Layer::Flatten, LayerGrads::None) => {}
+            (Layer::Relu | Layer::MaxPool(_) | Layer::Flatten | Layer::Add, LayerGrads::None) => {}
             (layer, g) => panic!("layer {l}: {layer:?} got {g:?}"),
         }
     }

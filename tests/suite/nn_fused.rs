@@ -383,9 +383,8 @@ fn training_steps_are_bit_identical_on_one_and_two_threads() {
     let net = network(&mut r);
     let x = random4(&mut r, (6, 2, 7, 6)).mapv(|v| v as f32);
     let labels = [0, 3, 1, 2, 2, 1];
-    let net = Network::<f32> {
-        layers: net
-            .layers
+    let net = Network::<f32>::new(
+        net.layers
             .iter()
             .map(|l| match l {
                 Layer::Conv(c) => Layer::Conv(
@@ -406,8 +405,7 @@ fn training_steps_are_bit_identical_on_one_and_two_threads() {
                 other => panic!("unexpected {other:?}"),
             })
             .collect(),
-        codebooks: Default::default(),
-    };
+    );
     let sgd = Sgd {
         lr: 0.05,
         momentum: 0.9,
