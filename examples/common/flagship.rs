@@ -41,6 +41,7 @@ pub fn build_network(rng: &mut ChaCha8Rng) -> Result<Network<f32>, Box<dyn std::
             layers.push(Layer::MaxPool(MaxPool2d {
                 kernel: 2,
                 stride: 2,
+                padding: 0,
             }));
         }
     }

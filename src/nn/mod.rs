@@ -6,6 +6,7 @@
 //! parameter of many clustered layers (their centroid gradients are summed, paper §3) without
 //! any layer holding a copy. This is deliberately not a general framework.
 
+mod avgpool;
 mod batchnorm;
 mod distill;
 mod graph;
@@ -16,6 +17,7 @@ mod network;
 mod optim;
 mod pool;
 
+pub use avgpool::{AvgPool2d, GlobalAvgPool};
 pub use batchnorm::{BatchNorm2d, BatchNormCache, BatchNormGrads, BatchNormTape};
 pub use linear::{Linear, LinearGrads};
 pub use loss::{distillation_loss, softmax_cross_entropy, Distillation};

@@ -1,4 +1,4 @@
-//! Max pooling.
+//! Max pooling, and the pooling geometry shared with [`super::AvgPool2d`].
 
 use ndarray::{Array4, ArrayView4};
 use rayon::prelude::*;
@@ -10,18 +10,78 @@ use crate::linalg::Real;
 /// a `u16` (one byte per output up to 16×16, two bytes above).
 pub const MAX_POOL_TRAIN_KERNEL: usize = 256;
 
-/// 2-D max pooling with a square window, no padding (PyTorch's `nn.MaxPool2d(k, s)`).
+/// 2-D max pooling with a square window (PyTorch's `nn.MaxPool2d(k, s, padding=p)`, no
+/// dilation, `ceil_mode=False`).
+///
+/// Padding is implicit: padded positions never win a window (as if they held −∞), and
+/// PyTorch's limit `padding ≤ kernel / 2` guarantees that every window holds at least one
+/// input value. The output is `⌊(H + 2p − k) / s⌋ + 1` by `⌊(W + 2p − k) / s⌋ + 1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaxPool2d {
     /// Window side.
     pub kernel: usize,
     /// Step between windows.
     pub stride: usize,
+    /// Implicit padding on each of the four sides, at most `kernel / 2`.
+    pub padding: usize,
+}
+
+/// Output height and width of a square pooling window `kernel` moved by `stride` over an
+/// `h × w` input padded by `padding` on every side (`ceil_mode=False`), with PyTorch's checks.
+///
+/// # Errors
+/// A zero `kernel` or `stride` ([`Error::InvalidParameter`]), `padding > kernel / 2`
+/// ([`Error::GeometryTooLarge`] with `max = kernel / 2`), a window larger than the padded
+/// input ([`Error::KernelTooLarge`]), or, with padding, an input of zero height or width (whose
+/// windows would hold only padding: [`Error::ZeroSize`]).
+pub(super) fn pooled_size(
+    what: &'static str,
+    (kernel, stride, padding): (usize, usize, usize),
+    (h, w): (usize, usize),
+) -> Result<(usize, usize)> {
+    if kernel == 0 || stride == 0 {
+        return Err(Error::InvalidParameter {
+            name: "pooling kernel/stride",
+            value: 0.0,
+            expected: ">= 1",
+        });
+    }
+    if padding > kernel / 2 {
+        return Err(Error::GeometryTooLarge {
+            what: "pooling padding",
+            axis: "every side (PyTorch's limit is kernel / 2)",
+            value: padding,
+            max: kernel / 2,
+        });
+    }
+    let mut out = [0; 2];
+    for (o, (len, axis)) in out.iter_mut().zip([(h, "height"), (w, "width")]) {
+        // padding ≤ kernel / 2 ≤ usize::MAX / 2, but `len` is arbitrary.
+        let padded = (2 * padding)
+            .checked_add(len)
+            .ok_or(Error::Overflow { what })?;
+        if padded < kernel {
+            return Err(Error::KernelTooLarge {
+                axis,
+                kernel_extent: kernel,
+                padded_input: padded,
+            });
+        }
+        *o = (padded - kernel) / stride + 1;
+    }
+    if h == 0 || w == 0 {
+        return Err(Error::ZeroSize {
+            what,
+            shape: vec![h, w],
+        }); // `what` names the (height, width) pair
+    }
+    Ok((out[0], out[1]))
 }
 
 /// Where each window's maximum is, recorded by [`MaxPool2d::forward_train`] for
 /// [`MaxPool2d::backward_argmax`]: per output, the offset `row · kernel + column` of the
-/// maximum within its window (ties to the first in row-major order), as one byte for windows
+/// maximum within its window (the full window, padding included; ties to the first in
+/// row-major order), as one byte for windows
 /// up to 16×16 and two bytes up to 256×256.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolArgmax {
@@ -54,30 +114,23 @@ impl PoolArgmax {
 }
 
 impl MaxPool2d {
-    /// Output height and width for an `h × w` input.
-    fn output(&self, h: usize, w: usize) -> Result<(usize, usize)> {
-        if self.kernel == 0 || self.stride == 0 {
-            return Err(Error::InvalidParameter {
-                name: "MaxPool2d kernel/stride",
-                value: 0.0,
-                expected: ">= 1",
-            });
-        }
-        if h < self.kernel || w < self.kernel {
-            return Err(Error::KernelTooLarge {
-                axis: "pooling window",
-                kernel_extent: self.kernel,
-                padded_input: h.min(w),
-            });
-        }
-        Ok((
-            (h - self.kernel) / self.stride + 1,
-            (w - self.kernel) / self.stride + 1,
-        ))
+    /// Output height and width for an `h × w` input: `⌊(h + 2p − k) / s⌋ + 1` and
+    /// `⌊(w + 2p − k) / s⌋ + 1`.
+    ///
+    /// # Errors
+    /// A zero window or stride, `padding > kernel / 2` ([`Error::GeometryTooLarge`]), a window
+    /// larger than the padded input, or a padded input of zero height or width.
+    pub fn output_size(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        pooled_size(
+            "max-pool input (height, width)",
+            (self.kernel, self.stride, self.padding),
+            (h, w),
+        )
     }
 
     /// The maximum of output `(oy, ox)` of a row-major input plane of width `w`, and its
     /// offset `row · kernel + column` in the window; ties go to the first in row-major order.
+    /// Unpadded geometry only: the fast path.
     #[inline]
     fn window_max<F: Real>(&self, plane: &[F], w: usize, oy: usize, ox: usize) -> (usize, F) {
         let top = oy * self.stride * w + ox * self.stride;
@@ -94,13 +147,75 @@ impl MaxPool2d {
         (best, value)
     }
 
+    /// [`MaxPool2d::window_max`] for any padding: the window is clipped to the `h × w` plane
+    /// (padded positions never win) and the offset is still `row · kernel + column` in the
+    /// full, padded window. The clipped window is never empty (see [`pooled_size`]).
+    #[inline]
+    fn window_max_padded<F: Real>(
+        &self,
+        plane: &[F],
+        (h, w): (usize, usize),
+        oy: usize,
+        ox: usize,
+    ) -> (usize, F) {
+        let (k, p) = (self.kernel, self.padding);
+        let (y, x) = (oy * self.stride, ox * self.stride); // padded coordinates
+        let rows = p.saturating_sub(y)..k.min(h + p - y);
+        let cols = p.saturating_sub(x)..k.min(w + p - x);
+        let (mut best, mut value) = (
+            rows.start * k + cols.start,
+            plane[(y + rows.start - p) * w + x + cols.start - p],
+        );
+        let width = cols.end - cols.start;
+        for r in rows {
+            let row = &plane[(y + r - p) * w + x + cols.start - p..][..width];
+            for (j, &v) in row.iter().enumerate() {
+                if v > value {
+                    best = r * k + cols.start + j;
+                    value = v;
+                }
+            }
+        }
+        (best, value)
+    }
+
+    /// The maximum of every window of one plane, with its offset in the window, to `emit`
+    /// in output order; the unpadded fast path or the clipped one.
+    #[inline]
+    fn plane_max<F: Real>(
+        &self,
+        plane: &[F],
+        (h, w): (usize, usize),
+        (oh, ow): (usize, usize),
+        mut emit: impl FnMut(usize, usize, F),
+    ) {
+        let mut i = 0;
+        if self.padding == 0 {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (best, v) = self.window_max(plane, w, oy, ox);
+                    emit(i, best, v);
+                    i += 1;
+                }
+            }
+        } else {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (best, v) = self.window_max_padded(plane, (h, w), oy, ox);
+                    emit(i, best, v);
+                    i += 1;
+                }
+            }
+        }
+    }
+
     /// Forward pass, `(N, C, H, W)` → `(N, C, OH, OW)`.
     ///
     /// # Errors
-    /// A zero window or stride, or a window larger than the input.
+    /// As [`MaxPool2d::output_size`].
     pub fn forward<F: Real>(&self, x: ArrayView4<F>) -> Result<Array4<F>> {
         let (n, c, h, w) = x.dim();
-        let (oh, ow) = self.output(h, w)?;
+        let (oh, ow) = self.output_size(h, w)?;
         let x = x.as_standard_layout();
         let input = x.as_slice().expect("standard layout");
         let mut y = Array4::<F>::zeros((n, c, oh, ow));
@@ -108,9 +223,7 @@ impl MaxPool2d {
             out.par_chunks_mut(oh * ow)
                 .zip(input.par_chunks(h * w))
                 .for_each(|(dst, plane)| {
-                    for (i, d) in dst.iter_mut().enumerate() {
-                        *d = self.window_max(plane, w, i / ow, i % ow).1;
-                    }
+                    self.plane_max(plane, (h, w), (oh, ow), |i, _, v| dst[i] = v);
                 });
         }
         Ok(y)
@@ -123,7 +236,7 @@ impl MaxPool2d {
     /// As [`MaxPool2d::forward`], and a window wider than [`MAX_POOL_TRAIN_KERNEL`].
     pub fn forward_train<F: Real>(&self, x: ArrayView4<F>) -> Result<(Array4<F>, PoolArgmax)> {
         let (n, c, h, w) = x.dim();
-        let (oh, ow) = self.output(h, w)?;
+        let (oh, ow) = self.output_size(h, w)?;
         if self.kernel > MAX_POOL_TRAIN_KERNEL {
             return Err(Error::InvalidParameter {
                 name: "MaxPool2d kernel in training",
@@ -172,15 +285,10 @@ impl MaxPool2d {
             .zip(at.par_chunks_mut(oh * ow))
             .zip(input.par_chunks(h * w))
             .for_each(|((dst, offsets), plane)| {
-                let mut i = 0;
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let (best, v) = self.window_max(plane, w, oy, ox);
-                        dst[i] = v;
-                        offsets[i] = narrow(best);
-                        i += 1;
-                    }
-                }
+                self.plane_max(plane, (h, w), (oh, ow), |i, best, v| {
+                    dst[i] = v;
+                    offsets[i] = narrow(best);
+                });
             });
     }
 
@@ -195,13 +303,18 @@ impl MaxPool2d {
         grad_out: ArrayView4<F>,
     ) -> Result<Array4<F>> {
         let (n, c, h, w) = x.dim();
-        let (oh, ow) = self.output(h, w)?;
+        let (oh, ow) = self.output_size(h, w)?;
         let go = self.check_grad(grad_out, (n, c, oh, ow))?;
         let x = x.as_standard_layout();
         let input = x.as_slice().expect("standard layout");
         let k = self.kernel;
         Ok(self.scatter(&go, (n, c, h, w), (oh, ow), |p, oy, ox| {
-            let best = self.window_max(&input[p * h * w..][..h * w], w, oy, ox).0;
+            let plane = &input[p * h * w..][..h * w];
+            let best = if self.padding == 0 {
+                self.window_max(plane, w, oy, ox).0
+            } else {
+                self.window_max_padded(plane, (h, w), oy, ox).0
+            };
             (best / k) * w + best % k
         }))
     }
@@ -220,11 +333,11 @@ impl MaxPool2d {
             return Err(Error::InvalidParameter {
                 name: "max-pool argmax recorded with kernel",
                 value: argmax.pool.kernel as f64,
-                expected: "the kernel and stride of the layer that runs the backward pass",
+                expected: "the kernel, stride and padding of the layer that runs the backward pass",
             });
         }
         let (n, c, h, w) = argmax.input;
-        let (oh, ow) = self.output(h, w)?;
+        let (oh, ow) = self.output_size(h, w)?;
         let go = self.check_grad(grad_out, (n, c, oh, ow))?;
         // Offset in the window → offset in the plane from the window's top-left corner.
         let k = self.kernel;
@@ -267,8 +380,8 @@ impl MaxPool2d {
     }
 
     /// `∂x`: zeros, plus each output gradient added at its window's maximum, which `at`
-    /// gives for (plane, oy, ox) relative to the window's top-left corner; planes in
-    /// parallel, each in output order (deterministic).
+    /// gives for (plane, oy, ox) relative to the top-left corner of the padded window (as
+    /// `row · w + column`); planes in parallel, each in output order (deterministic).
     fn scatter<F: Real>(
         &self,
         grad_out: &ndarray::CowArray<'_, F, ndarray::Ix4>,
@@ -278,6 +391,9 @@ impl MaxPool2d {
     ) -> Array4<F> {
         let mut gx = Array4::<F>::zeros((n, c, h, w));
         let g = grad_out.as_slice().expect("standard layout");
+        // The padded window's corner is `padding` rows and columns before the unpadded one;
+        // the maximum is an input position, so `corner + at − shift` does not underflow.
+        let shift = self.padding * (w + 1);
         if let Some(dst) = gx.as_slice_mut().filter(|d| !d.is_empty()) {
             dst.par_chunks_mut(h * w)
                 .zip(g.par_chunks(oh * ow))
@@ -286,7 +402,7 @@ impl MaxPool2d {
                     for oy in 0..oh {
                         for ox in 0..ow {
                             let corner = oy * self.stride * w + ox * self.stride;
-                            plane[corner + at(p, oy, ox)] += gp[oy * ow + ox];
+                            plane[corner + at(p, oy, ox) - shift] += gp[oy * ow + ox];
                         }
                     }
                 });

@@ -58,6 +58,7 @@ fn max_pool_forward_and_gradient() {
     let pool = MaxPool2d {
         kernel: 2,
         stride: 2,
+        padding: 0,
     };
     let x =
         Array4::from_shape_vec((1, 1, 2, 4), vec![1.0, 5.0, 2.0, 0.0, 3.0, 4.0, 7.0, 6.0]).unwrap();
@@ -75,6 +76,7 @@ fn max_pool_forward_and_gradient() {
     let overlapping = MaxPool2d {
         kernel: 3,
         stride: 2,
+        padding: 0,
     };
     let go = random4(&mut r, (2, 3, 3, 2));
     let analytic = overlapping.backward(x.view(), go.view()).unwrap();
@@ -85,14 +87,16 @@ fn max_pool_forward_and_gradient() {
     assert!(matches!(
         MaxPool2d {
             kernel: 8,
-            stride: 1
+            stride: 1,
+            padding: 0,
         }
         .forward(x.view()),
         Err(Error::KernelTooLarge { .. })
     ));
     assert!(MaxPool2d {
         kernel: 2,
-        stride: 0
+        stride: 0,
+        padding: 0,
     }
     .forward(x.view())
     .is_err());
@@ -311,6 +315,7 @@ pub(crate) fn small_network(r: &mut rand_chacha::ChaCha8Rng) -> Network<f64> {
         Layer::MaxPool(MaxPool2d {
             kernel: 2,
             stride: 2,
+            padding: 0,
         }),
         c1,
         Layer::Relu,

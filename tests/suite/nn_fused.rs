@@ -237,6 +237,7 @@ fn max_pool_from_its_compact_argmax_matches_a_naive_reference_with_ties() {
         let pool = MaxPool2d {
             kernel: k,
             stride: s,
+            padding: 0,
         };
         let (y, argmax) = pool.forward_train(x.view()).unwrap();
         let g = random4(&mut r, y.dim());
@@ -258,11 +259,13 @@ fn max_pool_argmax_errors() {
     let pool = MaxPool2d {
         kernel: 2,
         stride: 2,
+        padding: 0,
     };
     let (_, argmax) = pool.forward_train(x.view()).unwrap();
     let other = MaxPool2d {
         kernel: 3,
         stride: 3,
+        padding: 0,
     };
     assert!(other
         .backward_argmax(&argmax, Array4::<f64>::zeros((1, 2, 2, 2)).view())
@@ -274,6 +277,7 @@ fn max_pool_argmax_errors() {
     let huge = MaxPool2d {
         kernel: 257,
         stride: 1,
+        padding: 0,
     };
     let big = Array4::<f32>::zeros((1, 1, 257, 257));
     assert!(huge.forward(big.view()).is_ok());
@@ -301,6 +305,7 @@ fn network(r: &mut rand_chacha::ChaCha8Rng) -> Network<f64> {
         Layer::MaxPool(MaxPool2d {
             kernel: 2,
             stride: 2,
+            padding: 0,
         }),
         Layer::Conv(conv(r, 3, 4)),
         Layer::BatchNorm(batch_norm(r, 3)),

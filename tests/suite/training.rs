@@ -35,6 +35,7 @@ fn tiny_cnn(seed: u64) -> Network<f32> {
         Layer::MaxPool(MaxPool2d {
             kernel: 2,
             stride: 2,
+            padding: 0,
         })
     };
     let mut layers = vec![
