@@ -9,12 +9,16 @@
 mod atomic;
 mod bitpack;
 mod format;
+#[cfg(feature = "onnx")]
+mod onnx;
 
 pub use atomic::write_atomic;
 pub use format::{
     CompressedModel, LayerDtypes, FORMAT_NAME, FORMAT_VERSION, MAX_CODEBOOKS, MAX_CODEBOOK_ENTRIES,
     MAX_FILE_BYTES, MAX_GEOMETRY_VALUE, MAX_KERNEL_AREA, MAX_LAYERS, MAX_LAYER_KERNELS,
 };
+#[cfg(feature = "onnx")]
+pub use onnx::{export_onnx, import_onnx, read_onnx, write_onnx, OnnxModel, MAX_ONNX_BYTES};
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};

@@ -4,8 +4,8 @@ use ndarray::{Array2, Array3, Array4, ArrayD, ArrayView2, ArrayView4, Ix2, Ix4, 
 
 use super::graph::{Arity, ValueGrads, Values, Wiring};
 use super::{
-    relu, softmax_cross_entropy, BatchNorm2d, BatchNormTape, Linear, MaxPool2d, PoolArgmax, Sgd,
-    SgdState,
+    relu, softmax_cross_entropy, AvgPool2d, BatchNorm2d, BatchNormTape, GlobalAvgPool, Linear,
+    MaxPool2d, PoolArgmax, Sgd, SgdState,
 };
 use crate::clustered::ClusteredConv2d;
 use crate::codebook::Codebooks;
@@ -33,6 +33,10 @@ pub enum Layer<F> {
     Relu,
     /// Max pooling.
     MaxPool(MaxPool2d),
+    /// Average pooling.
+    AvgPool(AvgPool2d),
+    /// The mean of each channel: `(N, C, H, W)` → `(N, C, 1, 1)`.
+    GlobalAvgPool,
     /// `(N, C, H, W)` → `(N, C·H·W)`.
     Flatten,
     /// Fully connected.
@@ -99,6 +103,8 @@ enum Saved<F> {
     Pool(PoolArgmax),
     /// A flatten: its input's shape.
     Shape(Vec<usize>),
+    /// An average pool: its input's `(N, C, H, W)`.
+    Dim((usize, usize, usize, usize)),
     /// An add (its backward pass needs nothing).
     Sum,
 }
@@ -113,6 +119,7 @@ impl<F> Saved<F> {
             Saved::Pool(_) => "a max-pool argmax (recorded by another network?)",
             Saved::Shape(_) => "a flatten shape (recorded by another network?)",
             Saved::Sum => "an add record (recorded by another network?)",
+            Saved::Dim(_) => "an average-pool input shape (recorded by another network?)",
         }
     }
 }
@@ -332,6 +339,14 @@ impl<F: Real> Network<F> {
                 let (y, argmax) = p.forward_train(view4(&h)?)?;
                 (y.into_dyn(), Saved::Pool(argmax))
             }
+            Layer::AvgPool(p) => {
+                let x = view4(&h)?;
+                (p.forward(x)?.into_dyn(), Saved::Dim(x.dim()))
+            }
+            Layer::GlobalAvgPool => {
+                let x = view4(&h)?;
+                (GlobalAvgPool.forward(x)?.into_dyn(), Saved::Dim(x.dim()))
+            }
             Layer::Flatten => {
                 let shape = h.shape().to_vec();
                 (flatten(h)?, Saved::Shape(shape))
@@ -359,6 +374,8 @@ impl<F: Real> Network<F> {
                 h
             }
             Layer::MaxPool(p) => p.forward(view4(&h)?)?.into_dyn(),
+            Layer::AvgPool(p) => p.forward(view4(&h)?)?.into_dyn(),
+            Layer::GlobalAvgPool => GlobalAvgPool.forward(view4(&h)?)?.into_dyn(),
             Layer::Flatten => flatten(h)?,
             Layer::Linear(lin) => lin.forward(view2(&h)?)?.into_dyn(),
             Layer::Add => unreachable!("handled above"),
@@ -451,6 +468,10 @@ impl<F: Real> Network<F> {
             (Layer::MaxPool(p), Saved::Pool(argmax)) => {
                 p.backward_argmax(argmax, view4(&g)?)?.into_dyn()
             }
+            (Layer::AvgPool(p), Saved::Dim(dim)) => p.backward(*dim, view4(&g)?)?.into_dyn(),
+            (Layer::GlobalAvgPool, Saved::Dim(dim)) => {
+                GlobalAvgPool.backward(*dim, view4(&g)?)?.into_dyn()
+            }
             (Layer::Flatten, Saved::Shape(shape)) => {
                 let got = g.shape().to_vec();
                 g.into_shape_with_order(IxDyn(shape))
@@ -534,7 +555,12 @@ impl<F: Real> Network<F> {
                     step(lin.bias.view_mut().into_dyn(), gb.view().into_dyn())?;
                 }
                 (
-                    Layer::Relu | Layer::MaxPool(_) | Layer::Flatten | Layer::Add,
+                    Layer::Relu
+                    | Layer::MaxPool(_)
+                    | Layer::AvgPool(_)
+                    | Layer::GlobalAvgPool
+                    | Layer::Flatten
+                    | Layer::Add,
                     LayerGrads::None,
                 ) => {}
                 (layer, g) => {
@@ -768,6 +794,8 @@ impl<F> Layer<F> {
             Layer::BatchNorm(_) => "a batch norm",
             Layer::Relu => "a ReLU",
             Layer::MaxPool(_) => "a max pool",
+            Layer::AvgPool(_) => "an average pool",
+            Layer::GlobalAvgPool => "a global average pool",
             Layer::Flatten => "a flatten",
             Layer::Linear(_) => "a linear layer",
             Layer::Add => "an add",

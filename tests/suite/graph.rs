@@ -4,12 +4,20 @@
 
 use crate::common::{random4, rng};
 use crate::nn::{assert_network_gradients, small_network};
-use clustered_conv::nn::{relu, BatchNorm2d, Layer, Linear, MaxPool2d, Network};
+use clustered_conv::nn::{relu, AvgPool2d, BatchNorm2d, Layer, Linear, Network};
 use clustered_conv::{
     ClusteredConv2d, Codebooks, Conv2d, ConvGeometry, Error, KernelCodebook, Symmetry,
 };
 use ndarray::{Array1, Array2, Array4, Axis};
 use rand::Rng;
+
+/// Padded, and averaging over the positions inside the input only.
+const POOL: AvgPool2d = AvgPool2d {
+    kernel: 3,
+    stride: 2,
+    padding: 1,
+    count_include_pad: false,
+};
 
 fn conv(r: &mut rand_chacha::ChaCha8Rng, cout: usize, cin: usize, k: usize) -> Conv2d<f64> {
     let pad = k / 2;
@@ -26,7 +34,7 @@ fn conv(r: &mut rand_chacha::ChaCha8Rng, cout: usize, cin: usize, k: usize) -> C
 /// ```text
 /// v1 = conv3(x)       v2 = bn(v1)          v3 = relu(v2)     v4 = conv3(v3)
 /// v5 = conv1×1(x)     v6 = v4 + v5         v7 = relu(v6)     v8 = clustered(v7)
-/// v9 = v8 + v7 + v2   v10 = maxpool(v9)    v11 = flatten     v12 = linear
+/// v9 = v8 + v7 + v2   v10 = avgpool(v9)    v11 = flatten     v12 = linear
 /// ```
 ///
 /// The batch norm's output is read twice (by the ReLU and the three-way add), so the two
@@ -61,10 +69,7 @@ fn residual_network(r: &mut rand_chacha::ChaCha8Rng) -> Network<f64> {
             codebook: 0,
         },
         Layer::Add,
-        Layer::MaxPool(MaxPool2d {
-            kernel: 2,
-            stride: 2,
-        }),
+        Layer::AvgPool(POOL),
         Layer::Flatten,
         Layer::Linear(fc),
     ];
@@ -113,12 +118,7 @@ fn by_hand(net: &Network<f64>, x: &Array4<f64>) -> Array2<f64> {
         _ => unreachable!(),
     };
     let v9 = v8 + &v7 + &v2;
-    let pooled = MaxPool2d {
-        kernel: 2,
-        stride: 2,
-    }
-    .forward(v9.view())
-    .unwrap();
+    let pooled = POOL.forward(v9.view()).unwrap();
     let n = pooled.dim().0;
     let flat = pooled.into_shape_with_order((n, 12)).unwrap();
     match &net.layers[11] {

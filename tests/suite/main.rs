@@ -20,6 +20,7 @@ mod kmeans;
 mod layering;
 mod nn;
 mod nn_fused;
+mod onnx;
 mod pooling;
 mod tic;
 mod training;

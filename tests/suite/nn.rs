@@ -443,7 +443,15 @@ pub(crate) fn assert_network_gradients(net: &Network<f64>, x: &Array4<f64>, labe
                 });
                 assert_close(&numeric, gb, "gb (10)");
             }
-            (Layer::Relu | Layer::MaxPool(_) | Layer::Flatten | Layer::Add, LayerGrads::None) => {}
+            (
+                Layer::Relu
+                | Layer::MaxPool(_)
+                | Layer::AvgPool(_)
+                | Layer::GlobalAvgPool
+                | Layer::Flatten
+                | Layer::Add,
+                LayerGrads::None,
+            ) => {}
             (layer, g) => panic!("layer {l}: {layer:?} got {g:?}"),
         }
     }
