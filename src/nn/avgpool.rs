@@ -35,7 +35,7 @@ use crate::linalg::Real;
 /// assert_eq!(y.into_raw_vec_and_offset().0, vec![0.25, 1.25, 2.75, 7.0]);
 ///
 /// // The backward pass needs only the input's shape.
-/// let dx = pool.backward(x.dim(), Array4::ones((1, 1, 2, 2)).view()).unwrap();
+/// let dx = pool.backward(x.dim(), Array4::<f64>::ones((1, 1, 2, 2)).view()).unwrap();
 /// assert_eq!(dx[[0, 0, 1, 1]], 0.25);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
