@@ -14,6 +14,7 @@ mod data;
 mod distill;
 mod format;
 mod hostile;
+mod image_data;
 mod io;
 mod kmeans;
 mod layering;
