@@ -91,6 +91,18 @@ pub struct ImageFolder {
     pub files: Vec<PathBuf>,
 }
 
+/// The classes and image files of an image folder, before decoding
+/// ([`ImageFolder::list`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFolderListing {
+    /// Class names, sorted; label `i` is `classes[i]`.
+    pub classes: Vec<String>,
+    /// Every image file, in the data set's order.
+    pub files: Vec<PathBuf>,
+    /// The label of each file.
+    pub labels: Vec<usize>,
+}
+
 /// The extensions recognised as images (compared without regard to case).
 pub const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
@@ -103,7 +115,7 @@ impl ImageFolder {
     /// [`Error::Io`] for a directory that cannot be listed;
     /// [`Error::InvalidImageFolder`] when `root` has no class sub-directories, a class
     /// directory holds no image, or a class name is not valid UTF-8.
-    pub fn list(root: &Path) -> Result<(Vec<String>, Vec<(PathBuf, usize)>)> {
+    pub fn list(root: &Path) -> Result<ImageFolderListing> {
         let invalid = |what: String| Error::InvalidImageFolder {
             root: root.to_path_buf(),
             what,
@@ -129,6 +141,7 @@ impl ImageFolder {
         }
         classes.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         let mut files = Vec::new();
+        let mut labels = Vec::new();
         for (label, (_, dir)) in classes.iter().enumerate() {
             let before = files.len();
             let mut dirs = Vec::new();
@@ -141,7 +154,8 @@ impl ImageFolder {
             for d in &dirs {
                 for (name, path) in read_dir_sorted(d)? {
                     if !is_hidden(&name) && has_image_extension(&path) && path.is_file() {
-                        files.push((path, label));
+                        files.push(path);
+                        labels.push(label);
                     }
                 }
             }
@@ -152,7 +166,11 @@ impl ImageFolder {
                 )));
             }
         }
-        Ok((classes.into_iter().map(|(name, _)| name).collect(), files))
+        Ok(ImageFolderListing {
+            classes: classes.into_iter().map(|(name, _)| name).collect(),
+            files,
+            labels,
+        })
     }
 
     /// Reads the folder `root` (see [`ImageFolder`]): every image converted to `channels` and
@@ -166,21 +184,25 @@ impl ImageFolder {
     /// set would not fit in memory's address space.
     pub fn load(root: &Path, channels: Channels, normalization: &Normalization) -> Result<Self> {
         let stats = normalization.per_channel(channels.count())?;
-        let (classes, listed) = Self::list(root)?;
-        let decoded: Vec<Result<Decoded>> = listed
+        let ImageFolderListing {
+            classes,
+            files,
+            labels,
+        } = Self::list(root)?;
+        let decoded: Vec<Result<Decoded>> = files
             .par_iter()
-            .map(|(path, _)| decode(path, channels))
+            .map(|path| decode(path, channels))
             .collect();
         let mut pixels = Vec::with_capacity(decoded.len());
         let mut size: Option<(u32, u32)> = None;
-        for (result, (path, _)) in decoded.into_iter().zip(&listed) {
+        for (result, path) in decoded.into_iter().zip(&files) {
             let image = result?;
             match size {
                 None => size = Some((image.width, image.height)),
                 Some((width, height)) if (width, height) != (image.width, image.height) => {
                     return Err(Error::ImageSizeMismatch {
                         path: path.clone(),
-                        reference: listed[0].0.clone(),
+                        reference: files[0].clone(),
                         width,
                         height,
                         got_width: image.width,
@@ -211,7 +233,6 @@ impl ImageFolder {
             .into_par_iter()
             .zip(pixels.par_iter())
             .for_each(|(out, hwc)| normalise_hwc(hwc, &stats, out));
-        let (files, labels) = listed.into_iter().unzip();
         Ok(ImageFolder {
             dataset: ImageDataset::new(images, labels, classes)?,
             files,

@@ -23,7 +23,7 @@ use ndarray::{Array1, Array3};
 use crate::error::{Error, Result};
 
 pub use dataset::{ImageDataset, Normalization};
-pub use folder::{Channels, ImageFolder, IMAGE_EXTENSIONS};
+pub use folder::{Channels, ImageFolder, ImageFolderListing, IMAGE_EXTENSIONS};
 pub use idx::{read_idx, read_idx_file, Idx, MAX_IDX_BYTES};
 pub use npy::{read_npy_dataset, FloatImages, NpyOptions, MAX_NPY_BYTES};
 

@@ -116,7 +116,7 @@ pub fn read_npy_dataset(
     ImageDataset::new(image_array, label_list, classes)
 }
 
-/// The file's bytes, its parsed header, and the offset of the data.
+/// A whole `.npy` file, with its header's dtype and shape (checked against its size).
 struct Npy {
     bytes: Vec<u8>,
     descr: String,

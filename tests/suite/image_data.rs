@@ -141,16 +141,18 @@ fn image_folder_grey_matches_pillow() {
 
 #[test]
 fn image_folder_list_skips_hidden_and_non_images() {
-    let (classes, files) = ImageFolder::list(&folder("mixed")).unwrap();
-    assert_eq!(classes, ["a_square", "b_circle", "c_nested"]);
-    let names: Vec<String> = files
+    let listing = ImageFolder::list(&folder("mixed")).unwrap();
+    assert_eq!(listing.classes, ["a_square", "b_circle", "c_nested"]);
+    assert_eq!(listing.labels, [0, 0, 0, 1, 1, 1, 2, 2]);
+    let names: Vec<String> = listing
+        .files
         .iter()
-        .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     for skipped in ["notes.txt", "._grey.jpeg", "thumb.png", "x.png"] {
         assert!(!names.iter().any(|n| n == skipped), "{skipped} was listed");
     }
-    assert_eq!(files.len(), 8);
+    assert_eq!(listing.files.len(), 8);
 }
 
 #[test]
