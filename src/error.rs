@@ -187,6 +187,64 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An image file could not be decoded (corrupt, truncated, or not the format its name or
+    /// its first bytes announce).
+    #[error("cannot decode image {path}: {reason}")]
+    ImageDecode {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the decoder reported.
+        reason: String,
+    },
+    /// An image whose size differs from the data set's (the first image's): images are never
+    /// resized silently.
+    #[error("image {path} is {got_width}x{got_height} pixels (width x height) but {reference} is {width}x{height}: all images of a data set must have one size; resize them beforehand")]
+    ImageSizeMismatch {
+        /// The offending file.
+        path: std::path::PathBuf,
+        /// The file that set the size (the first one, in the data set's order).
+        reference: std::path::PathBuf,
+        /// The data set's width.
+        width: u32,
+        /// The data set's height.
+        height: u32,
+        /// The offending image's width.
+        got_width: u32,
+        /// The offending image's height.
+        got_height: u32,
+    },
+    /// An image-folder data set (`root/<class>/<image>`) that cannot be read as one.
+    #[error("invalid image folder {root}: {what}")]
+    InvalidImageFolder {
+        /// The folder passed.
+        root: std::path::PathBuf,
+        /// What is wrong, naming the directory or file.
+        what: String,
+    },
+    /// A `.npy` file that is malformed or does not hold what was asked for.
+    #[error("invalid .npy file {path}: {what}")]
+    InvalidNpy {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, with the shape or data type found and the one expected.
+        what: String,
+    },
+    /// A normalisation (per-channel mean and standard deviation) that cannot be applied.
+    #[error("invalid normalisation: {what}")]
+    InvalidNormalization {
+        /// What is wrong, naming the channel and the value.
+        what: String,
+    },
+    /// A class label that is not below the number of classes.
+    #[error("label {label} of row {row} is out of range: there are {classes} classes")]
+    LabelOutOfRange {
+        /// Row (image) index.
+        row: usize,
+        /// The label.
+        label: usize,
+        /// Number of classes.
+        classes: usize,
+    },
     /// No data set was found in any of the places searched.
     #[error("Fashion-MNIST not found; looked in {tried:?}")]
     DataNotFound {

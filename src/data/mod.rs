@@ -1,11 +1,20 @@
-//! Data sets (feature `data`): the IDX reader (raw or gzipped) and Fashion-MNIST.
+//! Data sets (feature `data`): the IDX reader (raw or gzipped) and Fashion-MNIST, and the
+//! user's own labelled images for evaluating and fine-tuning a network.
+//!
+//! * [`LabelledImages`]: 8-bit greyscale `(n, H, W)` images (IDX files, Fashion-MNIST).
+//! * [`ImageDataset`]: float `(n, C, H, W)` images, normalised, with class names, read from
+//!   a torchvision-style folder of PNG/JPEG files ([`ImageFolder`]) or from NumPy `.npy`
+//!   arrays ([`read_npy_dataset`]), normalised with a [`Normalization`].
 //!
 //! The crate never embeds a path of the machine it was built on: the data is looked up in a
 //! directory the caller names, `$FASHION_MNIST_DIR`, the Debian package's location, and a
 //! fallback directory the caller may pass (this repository's examples pass their vendored
 //! slice).
 
+mod dataset;
+mod folder;
 mod idx;
+mod npy;
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +22,10 @@ use ndarray::{Array1, Array3};
 
 use crate::error::{Error, Result};
 
+pub use dataset::{ImageDataset, Normalization};
+pub use folder::{Channels, ImageFolder, ImageFolderListing, IMAGE_EXTENSIONS};
 pub use idx::{read_idx, read_idx_file, Idx, MAX_IDX_BYTES};
+pub use npy::{read_npy_dataset, FloatImages, NpyOptions, MAX_NPY_BYTES};
 
 /// Images and labels of one split.
 #[derive(Debug, Clone, PartialEq)]

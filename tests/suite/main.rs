@@ -15,6 +15,7 @@ mod distill;
 mod format;
 mod graph;
 mod hostile;
+mod image_data;
 mod io;
 mod kmeans;
 mod layering;
