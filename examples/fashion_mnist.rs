@@ -449,7 +449,8 @@ mod save {
                     tensor(format!("{name}.weight"), lin.weight.view().into_dyn());
                     tensor(format!("{name}.bias"), lin.bias.view().into_dyn());
                 }
-                Layer::Relu | Layer::MaxPool(_) | Layer::Flatten => {}
+                // Layers without parameters.
+                _ => {}
             }
         }
         let mut network = CompressedNetwork::new(

@@ -14,8 +14,10 @@ use crate::conv::Conv2d;
 use crate::error::{Error, Result};
 use crate::linalg::Real;
 
-/// One layer of a [`Network`].
+/// One layer of a [`Network`]. New kinds of layers may be added (the enum is
+/// `#[non_exhaustive]`): match with a wildcard arm.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Layer<F> {
     /// Dense convolution.
     Conv(Conv2d<F>),
@@ -264,6 +266,7 @@ impl<F: Real> Network<F> {
 
     /// The output shape of every layer for input `x` (evaluation mode), or the first layer
     /// that fails and its error: the importers' shape check, which names the failing node.
+    #[cfg_attr(not(feature = "onnx"), allow(dead_code))]
     pub(crate) fn output_shapes(
         &self,
         x: ArrayView4<F>,

@@ -352,7 +352,7 @@ pub(crate) fn assert_network_gradients(net: &Network<f64>, x: &Array4<f64>, labe
     let grads = net.backward(&tape, grad).unwrap();
     // Input.
     assert_close(
-        &numeric_grad(&x, |x| network_loss(&net, x, labels)),
+        &numeric_grad(x, |x| network_loss(&net, x, labels)),
         &grads.input,
         "&grads.input (1)",
     );

@@ -80,7 +80,6 @@ fn value_info(name: &str, batch: Dimension, rest: &[usize]) -> ValueInfoProto {
     let tensor = Tensor {
         elem_type: 1,
         shape: Some(shape),
-        ..Tensor::default()
     };
     ValueInfoProto {
         name: name.into(),

@@ -1,6 +1,5 @@
 //! ONNX graph → [`Network`]: node order, constants, and one mapping per operator.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use super::proto::tensor_shape_proto::dimension::Value as DimValue;
@@ -184,7 +183,17 @@ enum Value<'g> {
     /// An activation: value id of the network (0 = input, `l + 1` = layer `l`'s output).
     Activation(usize),
     /// A constant: an initializer or a `Constant` node's tensor.
-    Constant(Cow<'g, TensorProto>),
+    Constant(&'g TensorProto),
+}
+
+/// What the importer made of a graph.
+pub(super) struct Built {
+    /// The network.
+    pub(super) network: Network<f32>,
+    /// Per layer, its node's name.
+    pub(super) layer_names: Vec<String>,
+    /// Reshapes to `(N, k)`: the flatten layer and `k`, checked once shapes are known.
+    pub(super) widths: Vec<(usize, usize)>,
 }
 
 /// Builds the network node by node.
@@ -205,7 +214,7 @@ impl<'g> Builder<'g> {
         let mut names: HashMap<String, Value<'g>> = graph
             .initializer
             .iter()
-            .map(|t| (t.name.clone(), Value::Constant(Cow::Borrowed(t))))
+            .map(|t| (t.name.clone(), Value::Constant(t)))
             .collect();
         names.insert(input.to_string(), Value::Activation(0));
         let mut readers: HashMap<&str, usize> = HashMap::new();
@@ -255,10 +264,7 @@ impl<'g> Builder<'g> {
     }
 
     /// The network, its layer names and the `(N, k)` reshapes to check.
-    pub(super) fn finish(
-        self,
-        output: &str,
-    ) -> Result<(Network<f32>, Vec<String>, Vec<(usize, usize)>)> {
+    pub(super) fn finish(self, output: &str) -> Result<Built> {
         match self.names.get(output) {
             Some(Value::Activation(v)) if *v == self.layers.len() && *v > 0 => {}
             _ => {
@@ -277,7 +283,11 @@ impl<'g> Builder<'g> {
                 what: e.to_string(),
             })?
         };
-        Ok((network, self.layer_names, self.widths))
+        Ok(Built {
+            network,
+            layer_names: self.layer_names,
+            widths: self.widths,
+        })
     }
 
     /// Appends a layer reading `inputs`; the node's first output names its result.
@@ -323,7 +333,7 @@ impl<'g> Builder<'g> {
     /// Input `i` as a constant tensor, if it is one.
     fn constant_input(&self, node: &Node<'g>, i: usize) -> Option<&TensorProto> {
         match self.names.get(node.input(i)?) {
-            Some(Value::Constant(t)) => Some(t.as_ref()),
+            Some(Value::Constant(t)) => Some(t),
             _ => None,
         }
     }
@@ -426,7 +436,7 @@ impl<'g> Builder<'g> {
         let beta = required(2, "bias")?;
         let mean = required(3, "mean")?;
         let var = required(4, "variance")?;
-        if var.iter().any(|&v| !(v >= 0.0)) {
+        if var.iter().any(|&v| v.is_nan() || v < 0.0) {
             return Err(node.error("the running variance has a negative or NaN value"));
         }
         let bn = BatchNorm2d {
@@ -655,10 +665,8 @@ impl<'g> Builder<'g> {
             .tensor("value")?
             .ok_or_else(|| node.error("only the tensor form (attribute \"value\") is supported"))?;
         self.check_single_output(node)?;
-        self.names.insert(
-            node.proto.output[0].clone(),
-            Value::Constant(Cow::Borrowed(t)),
-        );
+        self.names
+            .insert(node.proto.output[0].clone(), Value::Constant(t));
         Ok(())
     }
 }

@@ -82,7 +82,11 @@ pub fn import_onnx(bytes: &[u8]) -> Result<OnnxModel> {
         builder.add(node)?;
     }
     let output = &graph.output[0].name;
-    let (network, layer_names, widths) = builder.finish(output)?;
+    let import::Built {
+        network,
+        layer_names,
+        widths,
+    } = builder.finish(output)?;
     if let [Some(c), Some(h), Some(w)] = input_shape {
         check_shapes(&network, &layer_names, (c, h, w), &widths)?;
     }

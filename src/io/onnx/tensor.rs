@@ -54,7 +54,7 @@ pub(super) fn to_f32(t: &TensorProto) -> Result<ArrayD<f32>> {
     }
     let shape = shape(t)?;
     let values: Vec<f32> = match data_type(t)? {
-        DataType::Float if !t.raw_data.is_empty() => raw::<4, _>(t, |b| f32::from_le_bytes(b))?,
+        DataType::Float if !t.raw_data.is_empty() => raw::<4, _>(t, f32::from_le_bytes)?,
         DataType::Float => t.float_data.clone(),
         DataType::Double if !t.raw_data.is_empty() => {
             raw::<8, _>(t, |b| f64::from_le_bytes(b) as f32)?
@@ -103,7 +103,7 @@ pub(super) fn to_i64(t: &TensorProto) -> Result<Vec<i64>> {
 
 /// Decodes little-endian values of `N` bytes from `t.raw_data`.
 fn raw<const N: usize, T>(t: &TensorProto, decode: impl Fn([u8; N]) -> T) -> Result<Vec<T>> {
-    if t.raw_data.len() % N != 0 {
+    if !t.raw_data.len().is_multiple_of(N) {
         return Err(invalid(
             t,
             format!("{} raw bytes, not a multiple of {N}", t.raw_data.len()),
