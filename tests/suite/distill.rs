@@ -2,7 +2,7 @@
 //! reference, central finite differences in f64, and cross-entropy, its special cases),
 //! training with it, and per-kernel importance (against finite differences).
 
-use crate::common::{random4, rng};
+use crate::common::{numeric_grad, random4, rng};
 use clustered_conv::nn::{
     distillation_loss, softmax_cross_entropy, Distillation, Layer, Linear, LrSchedule, Network,
     Sgd, SgdState,
@@ -11,26 +11,8 @@ use clustered_conv::{Conv2d, ConvGeometry, Error, KernelCodebook, ScaleScheme};
 use ndarray::{array, Array1, Array2, Array4};
 use rand::Rng;
 
-const EPS: f64 = 1e-6;
-
 fn close(numeric: f64, analytic: f64) -> bool {
     (numeric - analytic).abs() <= 1e-6 + 1e-6 * numeric.abs()
-}
-
-/// Central differences of `loss` with respect to every element of `x`.
-fn numeric_grad<D: ndarray::Dimension>(
-    x: &ndarray::Array<f64, D>,
-    loss: impl Fn(&ndarray::Array<f64, D>) -> f64,
-) -> ndarray::Array<f64, D> {
-    let mut g = x.clone();
-    for (i, gi) in g.iter_mut().enumerate() {
-        let mut xp = x.clone();
-        xp.as_slice_mut().unwrap()[i] += EPS;
-        let mut xm = x.clone();
-        xm.as_slice_mut().unwrap()[i] -= EPS;
-        *gi = (loss(&xp) - loss(&xm)) / (2.0 * EPS);
-    }
-    g
 }
 
 /// Softmax of a row, the plain way (no max subtraction: the test logits are small).

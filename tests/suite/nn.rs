@@ -1,7 +1,7 @@
 //! The training stack: every backward pass against central finite differences (f64), the loss
 //! and SGD against hand-computed values.
 
-use crate::common::{random4, rng};
+use crate::common::{numeric_grad, random4, rng};
 use clustered_conv::nn::{
     relu, relu_backward, softmax_cross_entropy, BatchNorm2d, Linear, LrSchedule, MaxPool2d, Sgd,
     SgdState,
@@ -10,26 +10,8 @@ use clustered_conv::Error;
 use ndarray::{array, Array1, Array2, Array4, ArrayD, IxDyn};
 use rand::Rng;
 
-const EPS: f64 = 1e-6;
-
 fn close(numeric: f64, analytic: f64) -> bool {
     (numeric - analytic).abs() <= 1e-6 + 1e-6 * numeric.abs()
-}
-
-/// Central differences of `loss` with respect to every element of `x`.
-fn numeric_grad<D: ndarray::Dimension>(
-    x: &ndarray::Array<f64, D>,
-    loss: impl Fn(&ndarray::Array<f64, D>) -> f64,
-) -> ndarray::Array<f64, D> {
-    let mut g = x.clone();
-    for (i, gi) in g.iter_mut().enumerate() {
-        let mut xp = x.clone();
-        xp.as_slice_mut().unwrap()[i] += EPS;
-        let mut xm = x.clone();
-        xm.as_slice_mut().unwrap()[i] -= EPS;
-        *gi = (loss(&xp) - loss(&xm)) / (2.0 * EPS);
-    }
-    g
 }
 
 fn assert_close<D: ndarray::Dimension>(

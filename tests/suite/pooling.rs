@@ -2,7 +2,7 @@
 //! `count_include_pad` values) and `GlobalAvgPool`, each forward against a naive reference
 //! written from PyTorch's definition and each backward against central finite differences.
 
-use crate::common::{in_pool, random4, rng};
+use crate::common::{in_pool, numeric_grad, random4, rng};
 use clustered_conv::nn::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 use clustered_conv::Error;
 use ndarray::Array4;
@@ -106,19 +106,6 @@ fn avg_pool(c: &Case, count_include_pad: bool) -> AvgPool2d {
 }
 
 /// Central differences (step 1e-6) of `loss` with respect to every element of `x`.
-fn numeric_grad(x: &Array4<f64>, loss: impl Fn(&Array4<f64>) -> f64) -> Array4<f64> {
-    const EPS: f64 = 1e-6;
-    let mut g = x.clone();
-    for (i, gi) in g.iter_mut().enumerate() {
-        let mut xp = x.clone();
-        xp.as_slice_mut().unwrap()[i] += EPS;
-        let mut xm = x.clone();
-        xm.as_slice_mut().unwrap()[i] -= EPS;
-        *gi = (loss(&xp) - loss(&xm)) / (2.0 * EPS);
-    }
-    g
-}
-
 fn assert_grad_close(numeric: &Array4<f64>, analytic: &Array4<f64>, what: &str) {
     assert_eq!(numeric.dim(), analytic.dim(), "{what}");
     for (n, a) in numeric.iter().zip(analytic.iter()) {

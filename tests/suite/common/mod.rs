@@ -145,3 +145,21 @@ pub fn paper_transform(t: usize, kh: usize, kw: usize, k: &[f64]) -> Vec<f64> {
     }
     out
 }
+
+/// Central differences (step 1e-6, f64) of `loss` with respect to every element of `x`: the
+/// reference every backward pass is checked against.
+pub fn numeric_grad<D: ndarray::Dimension>(
+    x: &ndarray::Array<f64, D>,
+    loss: impl Fn(&ndarray::Array<f64, D>) -> f64,
+) -> ndarray::Array<f64, D> {
+    const EPS: f64 = 1e-6;
+    let mut g = x.clone();
+    for (i, gi) in g.iter_mut().enumerate() {
+        let mut xp = x.clone();
+        xp.as_slice_mut().unwrap()[i] += EPS;
+        let mut xm = x.clone();
+        xm.as_slice_mut().unwrap()[i] -= EPS;
+        *gi = (loss(&xp) - loss(&xm)) / (2.0 * EPS);
+    }
+    g
+}
