@@ -371,8 +371,7 @@ impl<'g> Builder<'g> {
     /// A layer without weights or attributes, reading input 0.
     fn simple(&mut self, node: &Node<'g>, attrs: &[&str], layer: Layer<f32>) -> Result<()> {
         node.only_attributes(attrs)?;
-        let x = self.activation(node, 0)?;
-        self.push(node, layer, vec![x])
+        self.simple_checked(node, layer)
     }
 
     fn conv(&mut self, node: &Node<'g>) -> Result<()> {
