@@ -6,7 +6,7 @@
 //! └────────────┴──────────────────────────────────────────┴─────────────────────────────┘
 //!   header = { "__metadata__": {
 //!                 "format": "clustered-conv",          ← the magic
-//!                 "format_version": "1",
+//!                 "format_version": "1" or "2",
 //!                 "model": "<JSON: codebooks, layers, pass-through names>",
 //!                 "payload_sha256": "<hex>" },
 //!              "<tensor name>": { "dtype", "shape", "data_offsets" }, … }
@@ -36,8 +36,13 @@
 //!   zero byte, each dimension as u64 LE, the byte length as u64 LE, and the bytes. A flipped
 //!   bit anywhere in the metadata or the tensors is reported as [`Error::ChecksumMismatch`].
 //!
+//! - **Version 2** adds `graph` to `model`: the layers of a runnable network and how they
+//!   connect (see [`SavedNetwork`](super::SavedNetwork)). A file without a graph is written as
+//!   version 1, the lowest version that holds it, so that older readers still read it.
+//!
 //! Readers keep reading every older version; `tests/data/golden_v1.safetensors` pins
-//! version 1. A file from a newer version is refused with [`Error::UnsupportedVersion`].
+//! version 1 and `tests/data/golden_v2.safetensors` version 2. A file from a newer version is
+//! refused with [`Error::UnsupportedVersion`].
 //!
 //! Reading never trusts a size it has not checked: the file size, the number of layers and
 //! codebooks, kernels per layer, codebook entries and kernel area are bounded by the public
@@ -56,6 +61,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::bitpack::{pack, packed_len, unpack};
+use super::network_file::NetworkGraph;
 use super::{read_safetensors_header, write_atomic, ImportedModel, NamedTensor, TensorDtype};
 use crate::clustered::{ClusteredConv2d, Scales};
 use crate::codebook::{Codebooks, KernelCodebook, ScaleScheme, ScaleStorage, Symmetry};
@@ -67,7 +73,7 @@ use crate::geometry::{ConvGeometry, Padding};
 /// The `format` value of `__metadata__`.
 pub const FORMAT_NAME: &str = "clustered-conv";
 /// The format version this build writes (and the newest it reads).
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Largest file read, in bytes (64 GiB).
 pub const MAX_FILE_BYTES: u64 = 1 << 36;
 /// Most layers in a file.
@@ -150,6 +156,9 @@ pub struct CompressedModel {
     pub dtypes: Vec<LayerDtypes>,
     /// Tensors stored as they were imported (BatchNorm, Linear, 1×1 convolutions, …).
     pub passthrough: Vec<NamedTensor>,
+    /// The network graph (format version 2), when the model was saved from a runnable
+    /// network ([`SavedNetwork`](super::SavedNetwork)); `None` for a compressed `state_dict`.
+    pub graph: Option<NetworkGraph>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -158,6 +167,9 @@ struct ModelMeta {
     codebooks: Vec<CodebookMeta>,
     layers: Vec<LayerMeta>,
     passthrough: Vec<String>,
+    /// Only in version 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    graph: Option<NetworkGraph>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -193,6 +205,7 @@ impl CompressedModel {
             network,
             dtypes,
             passthrough: Vec::new(),
+            graph: None,
         }
     }
 
@@ -224,6 +237,7 @@ impl CompressedModel {
             network,
             dtypes,
             passthrough: imported.passthrough.clone(),
+            graph: None,
         })
     }
 
@@ -278,7 +292,10 @@ impl CompressedModel {
             codebooks,
             layers,
             passthrough: self.passthrough.iter().map(|t| t.name.clone()).collect(),
+            graph: self.graph.clone(),
         };
+        // The lowest version that holds the content, so that older readers read what they can.
+        let version = if meta.graph.is_some() { 2 } else { 1 };
         let model_json = serde_json::to_string(&meta).map_err(|e| Error::InvalidModel {
             what: format!("metadata: {e}"),
         })?;
@@ -295,7 +312,7 @@ impl CompressedModel {
         );
         let metadata: BTreeMap<String, String> = [
             ("format", FORMAT_NAME.to_string()),
-            ("format_version", FORMAT_VERSION.to_string()),
+            ("format_version", version.to_string()),
             ("model", model_json),
             ("payload_sha256", checksum),
         ]
@@ -320,6 +337,9 @@ impl CompressedModel {
         let header = Header::read(bytes)?;
         let mut payload = Payload::verified(bytes, &header)?;
         let meta = ModelMeta::parse(&header.model)?;
+        if meta.graph.is_some() && header.version < 2 {
+            return invalid_file("a version 1 file holds a network graph".into());
+        }
         let scales: ScaleScheme = parse_field("__metadata__.model.scales", &meta.scales)?;
         let codebooks = meta
             .codebooks
@@ -343,6 +363,7 @@ impl CompressedModel {
             network: CompressedNetwork::new(Codebooks::from(codebooks), layers, scales)?,
             dtypes,
             passthrough,
+            graph: meta.graph,
         })
     }
 
@@ -593,6 +614,8 @@ fn encode_scales(scales: Scales<'_, f32>, storage: ScaleStorage) -> (Dtype, Vec<
 /// The `__metadata__` entries of a compressed-model file, after the checks every version
 /// shares: the magic and the version.
 struct Header {
+    /// `__metadata__.format_version`.
+    version: u32,
     /// `__metadata__.model`, the JSON of a [`ModelMeta`].
     model: String,
     /// `__metadata__.payload_sha256`, as recorded.
@@ -614,8 +637,9 @@ impl Header {
                 .remove(key)
                 .ok_or_else(|| file_error(format!("__metadata__ has no {key}")))
         };
-        check_version(&entry("format_version")?)?;
+        let version = check_version(&entry("format_version")?)?;
         Ok(Header {
+            version,
             model: entry("model")?,
             checksum: entry("payload_sha256")?,
         })
@@ -623,9 +647,9 @@ impl Header {
 }
 
 /// `Ok` for the versions this build reads; [`Error::UnsupportedVersion`] for a newer one.
-fn check_version(version: &str) -> Result<()> {
+fn check_version(version: &str) -> Result<u32> {
     match version.parse::<u32>() {
-        Ok(v) if (1..=FORMAT_VERSION).contains(&v) => Ok(()),
+        Ok(v) if (1..=FORMAT_VERSION).contains(&v) => Ok(v),
         Ok(v) if v > FORMAT_VERSION => Err(Error::UnsupportedVersion {
             found: version.to_string(),
             supported: FORMAT_VERSION,
@@ -1027,7 +1051,7 @@ fn parse_field<T: FromStr<Err = Error>>(field: &str, text: &str) -> Result<T> {
         .map_err(|e: Error| file_error(format!("{field}: {e}")))
 }
 
-fn check_limit(what: &str, got: u64, limit: u64) -> Result<()> {
+pub(super) fn check_limit(what: &str, got: u64, limit: u64) -> Result<()> {
     if got > limit {
         return Err(Error::LimitExceeded {
             what: what.to_string(),
@@ -1038,11 +1062,11 @@ fn check_limit(what: &str, got: u64, limit: u64) -> Result<()> {
     Ok(())
 }
 
-fn file_error(what: String) -> Error {
+pub(super) fn file_error(what: String) -> Error {
     Error::InvalidModelFile { what }
 }
 
-fn invalid_file<T>(what: String) -> Result<T> {
+pub(super) fn invalid_file<T>(what: String) -> Result<T> {
     Err(file_error(what))
 }
 

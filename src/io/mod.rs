@@ -9,6 +9,7 @@
 mod atomic;
 mod bitpack;
 mod format;
+mod network_file;
 #[cfg(feature = "onnx")]
 mod onnx;
 
@@ -17,6 +18,7 @@ pub use format::{
     CompressedModel, LayerDtypes, FORMAT_NAME, FORMAT_VERSION, MAX_CODEBOOKS, MAX_CODEBOOK_ENTRIES,
     MAX_FILE_BYTES, MAX_GEOMETRY_VALUE, MAX_KERNEL_AREA, MAX_LAYERS, MAX_LAYER_KERNELS,
 };
+pub use network_file::{NetworkGraph, SavedNetwork};
 #[cfg(feature = "onnx")]
 pub use onnx::{export_onnx, import_onnx, read_onnx, write_onnx, OnnxModel, MAX_ONNX_BYTES};
 

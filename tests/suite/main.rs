@@ -20,6 +20,7 @@ mod image_data;
 mod io;
 mod kmeans;
 mod layering;
+mod network_file;
 mod nn;
 mod nn_fused;
 mod onnx;
