@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 pub use dataset::{ImageDataset, Normalization};
 pub use folder::{Channels, ImageFolder, ImageFolderListing, IMAGE_EXTENSIONS};
 pub use idx::{read_idx, read_idx_file, Idx, MAX_IDX_BYTES};
-pub use npy::{read_npy_dataset, FloatImages, NpyOptions, MAX_NPY_BYTES};
+pub use npy::{read_npy_dataset, read_npy_images, FloatImages, NpyOptions, MAX_NPY_BYTES};
 
 /// Images and labels of one split.
 #[derive(Debug, Clone, PartialEq)]

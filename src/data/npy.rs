@@ -212,6 +212,15 @@ fn read_as<T: ReadableElement>(path: &Path, npy: &Npy) -> Result<ArrayD<T>> {
         .map_err(|e| invalid(path, format!("cannot read its {} data: {e}", npy.descr)))
 }
 
+/// Reads only the images of a data set (as [`read_npy_dataset`] does), for predictions
+/// without labels.
+///
+/// # Errors
+/// As [`read_npy_dataset`], for the images.
+pub fn read_npy_images(path: &Path, options: &NpyOptions) -> Result<Array4<f32>> {
+    read_images(path, options)
+}
+
 fn read_images(path: &Path, options: &NpyOptions) -> Result<Array4<f32>> {
     let npy = open(path)?;
     if npy.shape.len() != 4 {

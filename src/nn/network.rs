@@ -763,13 +763,49 @@ impl<F: Real> Network<F> {
             .unzip()
     }
 
-    /// A copy with layer `chosen[j]` replaced by the `j`-th clustered layer of `compressed`,
-    /// whose codebooks are appended to the copy's.
-    pub(super) fn with_clustered(
-        &self,
-        chosen: &[usize],
-        compressed: CompressedNetwork<F>,
-    ) -> Network<F> {
+    /// The dense convolutions with a kernel larger than 1×1, named `names[l]` (e.g. the ONNX
+    /// node names of [`OnnxModel::layer_names`](crate::io::OnnxModel::layer_names), which
+    /// name patterns then match): their layer indices, and each as a [`ConvLayer`] to give to
+    /// [`compress`] or [`CompressionConfig::compressor`] (for progress). Put the result back
+    /// with [`Network::with_clustered`].
+    ///
+    /// ```
+    /// use clustered_conv::nn::{Layer, Network};
+    /// use clustered_conv::{compress, CompressionConfig, Conv2d, ConvGeometry, KernelCodebook};
+    /// use ndarray::Array4;
+    ///
+    /// let conv = |seed: usize| Conv2d::new(Array4::from_shape_fn((4, 4, 3, 3), |(o, i, r, c)| ((seed + o * 7 + i * 3 + r * 2 + c) % 5) as f32 - 2.0), None, ConvGeometry::default().padding(1, 1));
+    /// let net = Network::new(vec![Layer::Conv(conv(0)?), Layer::Relu, Layer::Conv(conv(1)?)]);
+    /// let names = ["a", "relu", "b"].map(String::from);
+    /// let (chosen, convs) = net.named_convolutions(&names)?;
+    /// assert_eq!((chosen, convs[1].name.as_str()), (vec![0, 2], "b"));
+    /// let compressed = compress(&convs, &CompressionConfig::new(KernelCodebook::params(4)))?;
+    /// let report = compressed.report().against(&convs).build()?;
+    /// let clustered = net.with_clustered(&[0, 2], compressed);
+    /// assert!(matches!(clustered.layers[2], Layer::Clustered { .. }));
+    /// assert_eq!(report.layers[1].name, "b");
+    /// # Ok::<(), clustered_conv::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidModel`] for a name count that differs from the layer count.
+    pub fn named_convolutions(&self, names: &[String]) -> Result<(Vec<usize>, Vec<ConvLayer<F>>)> {
+        if names.len() != self.layers.len() {
+            return Err(Error::InvalidModel {
+                what: format!("{} names for {} layers", names.len(), self.layers.len()),
+            });
+        }
+        let (chosen, mut convs) = self.convolutions_to_cluster(|_, _| true);
+        for (conv, &l) in convs.iter_mut().zip(&chosen) {
+            conv.name.clone_from(&names[l]);
+        }
+        Ok((chosen, convs))
+    }
+
+    /// A copy with layer `chosen[j]` replaced by the `j`-th layer of `compressed` where that
+    /// is clustered (a layer that compression left dense stays as it was); the codebooks of
+    /// `compressed` are appended to the copy's.
+    pub fn with_clustered(&self, chosen: &[usize], compressed: CompressedNetwork<F>) -> Network<F> {
         let (codebooks, layers, _) = compressed.into_parts();
         let mut out = self.clone();
         let offset = out.codebooks.append(codebooks);

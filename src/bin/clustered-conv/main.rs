@@ -5,6 +5,10 @@
 //! impossible settings), 2 for command-line usage errors.
 
 mod bench;
+mod dataset_args;
+mod evaluate;
+mod finetune;
+mod network;
 mod pictures;
 
 use std::path::{Path, PathBuf};
@@ -17,9 +21,10 @@ use clustered_conv::io::{
     GeometryMap, ImportedModel,
 };
 use clustered_conv::{
-    CodebookScope, CompressedLayer, CompressedNetwork, CompressionConfig, Error, KernelCodebook,
-    ScaleScheme, Symmetry,
+    CodebookScope, CompressedLayer, CompressedNetwork, CompressionConfig, ConvLayer, Error,
+    KernelCodebook, ScaleScheme, Symmetry,
 };
+use dataset_args::{usage, CliResult};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
@@ -103,6 +108,17 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Top-1 and top-5 accuracy of a network (compressed-network file or ONNX) on labelled
+    /// images; `--json` adds the confusion matrix.
+    Eval(evaluate::EvalArgs),
+    /// Fine-tune a compressed network with its cluster assignments frozen: batch-norm
+    /// recalibration, then SGD (cosine schedule); the result is a compressed-network file.
+    Finetune(finetune::FinetuneArgs),
+    /// Export a network back to ONNX (same graph, dense weights) or to a dense safetensors
+    /// state_dict.
+    Export(network::ExportArgs),
+    /// Predict the class of every image; CSV on standard output or to `-o`.
+    Run(evaluate::RunArgs),
     /// Time every layer's forward pass, clustered against its dense reconstruction.
     Bench {
         /// Compressed model file.
@@ -121,7 +137,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result: CliResult<()> = match cli.command {
         Command::Compress {
             input,
             output,
@@ -135,34 +151,44 @@ fn main() -> ExitCode {
             geometry,
             report_json,
             quiet,
-        } => parse_config(&scope, &symmetry, &scales).and_then(|(scope, symmetry, scales)| {
-            let config = CompressionConfig {
-                codebook: KernelCodebook::params(k)
-                    .symmetry(symmetry)
-                    .scale_scheme(scales)
-                    .seed(seed)
-                    .n_init(n_init)
-                    .max_iter(max_iter),
-                scope,
-                ..CompressionConfig::default()
-            };
-            run_compress(
-                &input,
-                &output,
-                &config,
-                geometry.as_deref(),
-                report_json.as_deref(),
-                quiet,
-            )
-        }),
-        Command::Inspect { file, json, png } => run_inspect(&file, json, png.as_deref()),
-        Command::Decompress { input, output } => run_decompress(&input, &output),
+        } => parse_config(&scope, &symmetry, &scales)
+            .map_err(Into::into)
+            .and_then(|(scope, symmetry, scales)| {
+                let config = CompressionConfig {
+                    codebook: KernelCodebook::params(k)
+                        .symmetry(symmetry)
+                        .scale_scheme(scales)
+                        .seed(seed)
+                        .n_init(n_init)
+                        .max_iter(max_iter),
+                    scope,
+                    ..CompressionConfig::default()
+                };
+                run_compress(
+                    &input,
+                    &output,
+                    &config,
+                    geometry.as_deref(),
+                    report_json.as_deref(),
+                    quiet,
+                )
+            }),
+        Command::Inspect { file, json, png } => {
+            run_inspect(&file, json, png.as_deref()).map_err(Into::into)
+        }
+        Command::Decompress { input, output } => {
+            run_decompress(&input, &output).map_err(Into::into)
+        }
         Command::Bench {
             file,
             input,
             batch,
             repeats,
-        } => bench::run(&file, &input, batch, repeats),
+        } => bench::run(&file, &input, batch, repeats).map_err(Into::into),
+        Command::Eval(args) => evaluate::eval(&args),
+        Command::Finetune(args) => finetune::finetune(&args),
+        Command::Export(args) => network::export(&args),
+        Command::Run(args) => evaluate::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -195,10 +221,22 @@ fn run_compress(
     geometry: Option<&Path>,
     report_json: Option<&Path>,
     quiet: bool,
-) -> Result<(), Error> {
+) -> CliResult<()> {
+    if network::is_onnx(input) {
+        if geometry.is_some() {
+            return Err(usage(
+                "--geometry is for state_dicts; an ONNX file records its geometry".into(),
+            ));
+        }
+        let report = network::compress_onnx(input, output, config, quiet)?;
+        if let Some(path) = report_json {
+            write_atomic(path, report.to_json().as_bytes())?;
+        }
+        return Ok(());
+    }
     let imported = import_layers(input, geometry)?;
     let start = Instant::now();
-    let net = compress_with_bar(&imported, config, quiet)?;
+    let net = compress_with_bar(&imported.layers, config, quiet)?;
     let report = net.report().against(&imported.layers).build()?;
     let model = CompressedModel::from_import(net, &imported)?;
     let bytes = model.to_bytes()?;
@@ -258,23 +296,19 @@ fn import_layers(input: &Path, geometry: Option<&Path>) -> Result<ImportedModel,
 
 /// Compression with a progress bar per codebook over its k-means iterations.
 fn compress_with_bar(
-    imported: &ImportedModel,
+    layers: &[ConvLayer<f32>],
     config: &CompressionConfig,
     quiet: bool,
 ) -> Result<CompressedNetwork<f32>, Error> {
     let bar = progress_bar(quiet);
     let mut current = usize::MAX;
     let net = config
-        .compressor(&imported.layers)
+        .compressor(layers)
         .progress(|p| {
             if p.codebook != current {
                 current = p.codebook;
                 bar.set_length((p.kmeans.n_init * p.kmeans.max_iter) as u64);
-                let names: Vec<&str> = p
-                    .layers
-                    .iter()
-                    .map(|&l| imported.layers[l].name.as_str())
-                    .collect();
+                let names: Vec<&str> = p.layers.iter().map(|&l| layers[l].name.as_str()).collect();
                 bar.reset();
                 bar.set_message(format!(
                     "codebook {}/{} ({})",
