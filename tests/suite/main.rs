@@ -6,6 +6,7 @@
 //! checks, and building the whole suite for that took minutes.
 
 mod cli;
+mod cli_network;
 mod clustered;
 mod clustered_winograd;
 mod codebook;

@@ -149,7 +149,7 @@ pub struct ExportArgs {
     #[arg(short, long)]
     pub output: PathBuf,
     /// `C,H,W` of the input, when the model file does not record it.
-    #[arg(long, value_delimiter = ',', num_args = 3)]
+    #[arg(long, value_delimiter = ',')]
     pub input_shape: Option<Vec<usize>>,
 }
 
@@ -158,7 +158,10 @@ pub fn export(args: &ExportArgs) -> CliResult<()> {
     let saved = load(&args.model)?;
     let bytes = if is_onnx(&args.output) {
         let shape = match (&args.input_shape, saved.input_shape) {
-            (Some(s), _) => [s[0], s[1], s[2]],
+            (Some(s), _) => match s[..] {
+                [c, h, w] if c * h * w > 0 => [c, h, w],
+                _ => return Err(usage(format!("--input-shape takes C,H,W, got {s:?}"))),
+            },
             (None, Some(s)) => s,
             (None, None) => {
                 return Err(usage(format!(

@@ -1,0 +1,240 @@
+//! The command line on whole networks (feature `cli`): `compress model.onnx`, `eval`, `run`,
+//! `finetune` and `export`, checked against onnxruntime's logits (recorded in
+//! tests/data/onnx by scripts/onnx/make_models.py) and against the library.
+#![cfg(feature = "cli")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use clustered_conv::io::{read_onnx, read_safetensors, SavedNetwork};
+use clustered_conv::nn::Layer;
+use ndarray::{Array2, Array4};
+use ndarray_npy::read_npy;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clustered-conv"))
+        .args(args)
+        .output()
+        .expect("run clustered-conv")
+}
+
+/// Runs a command that must succeed; its standard output.
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must fail with status 1; its standard error.
+fn refused(args: &[&str]) -> String {
+    let out = run(args);
+    assert_eq!(out.status.code(), Some(1), "{args:?} did not fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn data(name: &str) -> String {
+    format!("{}/tests/data/onnx/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "clustered-conv-cli-net-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The top-1 / top-5 accuracy and argmax of reference logits, computed here.
+fn reference_scores(logits: &Array2<f32>, labels: &[i64]) -> (f64, f64, Vec<usize>) {
+    let (mut top1, mut top5, mut argmax) = (0, 0, Vec::new());
+    for (row, &label) in logits.outer_iter().zip(labels) {
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].partial_cmp(&row[a]).unwrap());
+        top1 += usize::from(order[0] as i64 == label);
+        top5 += usize::from(order[..5].iter().any(|&c| c as i64 == label));
+        argmax.push(order[0]);
+    }
+    let n = labels.len() as f64;
+    (top1 as f64 / n, top5 as f64 / n, argmax)
+}
+
+#[test]
+fn eval_and_run_on_an_onnx_model_agree_with_onnxruntime() {
+    let logits: Array2<f32> = read_npy(data("resnet_small_bn_logits.npy")).unwrap();
+    let labels: ndarray::Array1<i64> = read_npy(data("labels.npy")).unwrap();
+    let (top1, top5, argmax) = reference_scores(&logits, labels.as_slice().unwrap());
+    let model = data("resnet_small_bn.onnx");
+    let (images, labels) = (data("images.npy"), data("labels.npy"));
+    let json = ok(&[
+        "eval", &model, "--data", &images, "--labels", &labels, "--json", "-q",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["images"], 64);
+    assert!((v["top1"].as_f64().unwrap() - top1).abs() < 1e-12, "{json}");
+    assert!((v["top5"].as_f64().unwrap() - top5).abs() < 1e-12, "{json}");
+    let confusion: Vec<Vec<u64>> = serde_json::from_value(v["confusion"].clone()).unwrap();
+    let diagonal: u64 = (0..10).map(|c| confusion[c][c]).sum();
+    assert_eq!(diagonal as f64 / 64.0, top1);
+    assert_eq!(confusion.iter().flatten().sum::<u64>(), 64);
+    // `run` predicts the same classes, one CSV line per image, labels not needed.
+    let csv = ok(&["run", &model, "--data", &images, "-q"]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "index,file,predicted,class,probability");
+    assert_eq!(lines.len(), 65);
+    for (i, line) in lines[1..].iter().enumerate() {
+        let fields: Vec<&str> = line.split(',').collect();
+        assert_eq!(fields[2].parse::<usize>().unwrap(), argmax[i], "{line}");
+        let p: f64 = fields[4].parse().unwrap();
+        assert!(p > 0.1 && p <= 1.0, "{line}");
+    }
+}
+
+#[test]
+fn compress_finetune_export_round_trip() {
+    let dir = scratch("workflow");
+    let compressed = dir.join("resnet.ccv.safetensors");
+    let report = ok(&[
+        "compress",
+        &data("resnet_small_bn.onnx"),
+        "-o",
+        path(&compressed),
+        "--k",
+        "16",
+        "-q",
+    ]);
+    assert!(report.contains("/block2/conv2/Conv"), "{report}");
+    let saved = SavedNetwork::load(&compressed).unwrap();
+    let clustered = saved
+        .network
+        .layers
+        .iter()
+        .filter(|l| matches!(l, Layer::Clustered { .. }))
+        .count();
+    assert!(clustered >= 4, "{clustered} clustered layers");
+    assert_eq!(saved.input_shape, Some([1, 28, 28]));
+
+    // Fine-tune on the 64 images, testing on them too: recalibration and 3 epochs help.
+    let tuned = dir.join("tuned.ccv.safetensors");
+    let (images, labels) = (data("images.npy"), data("labels.npy"));
+    let table = ok(&[
+        "finetune",
+        path(&compressed),
+        "--data",
+        &images,
+        "--labels",
+        &labels,
+        "--test-data",
+        &images,
+        "--test-labels",
+        &labels,
+        "--epochs",
+        "3",
+        "--batch",
+        "16",
+        "--lr",
+        "0.02",
+        "--recalibrate",
+        "4",
+        "-o",
+        path(&tuned),
+        "-q",
+    ]);
+    let top1 = |stage: &str| -> f64 {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {stage} |")));
+        let cell = line.unwrap_or_else(|| panic!("{stage} missing in {table}"));
+        cell.split('|')
+            .nth(2)
+            .unwrap()
+            .trim()
+            .trim_end_matches(" %")
+            .parse()
+            .unwrap()
+    };
+    assert!(top1("epoch 3") > top1("loaded") + 20.0, "{table}");
+    let tuned_net = SavedNetwork::load(&tuned).unwrap();
+    assert_eq!(tuned_net.layer_names, saved.layer_names);
+
+    // Export to ONNX: the same graph, dense weights, the same logits.
+    let onnx = dir.join("tuned.onnx");
+    ok(&["export", path(&tuned), "-o", path(&onnx)]);
+    let back = read_onnx(&onnx).unwrap();
+    let x: Array4<f32> = read_npy(&images).unwrap();
+    let ours = tuned_net.network.forward(x.view()).unwrap();
+    let theirs = back.network.forward(x.view()).unwrap();
+    let worst = (&ours - &theirs).iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = ours.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(
+        worst <= 1e-4 * scale,
+        "exported logits differ by {worst} (scale {scale})"
+    );
+
+    // Export to a dense state_dict: every weight under its node's name.
+    let dense = dir.join("tuned.safetensors");
+    ok(&["export", path(&tuned), "-o", path(&dense)]);
+    let state = read_safetensors(&std::fs::read(&dense).unwrap()).unwrap();
+    let names: Vec<&str> = state.tensors.iter().map(|t| t.name.as_str()).collect();
+    assert!(names.contains(&"/block2/conv2/Conv.weight"), "{names:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_inputs_are_refused_with_a_message() {
+    let dir = scratch("bad");
+    let model = data("vgg_small.onnx");
+    let images = data("images.npy");
+    let err = refused(&["eval", &model, "--data", &images, "-q"]);
+    assert!(err.contains("--labels"), "{err}");
+    let err = refused(&["eval", &model, "--data", "/nonexistent/x.npy", "-q"]);
+    assert!(err.contains("/nonexistent/x.npy"), "{err}");
+    let err = refused(&["eval", &model, "--data", &images, "--labels", &images, "-q"]);
+    assert!(err.contains("labels"), "{err}");
+    let err = refused(&[
+        "eval", &model, "--data", &images, "--mean", "0.5", "--std", "0", "-q",
+    ]);
+    assert!(err.contains("normalisation"), "{err}");
+    let err = refused(&[
+        "compress",
+        &model,
+        "-o",
+        path(&dir.join("x")),
+        "--geometry",
+        &images,
+    ]);
+    assert!(err.contains("--geometry"), "{err}");
+    // A state_dict compressed without its graph cannot be run.
+    let err = refused(&[
+        "eval",
+        &data("../golden_v1.safetensors"),
+        "--data",
+        &images,
+        "-q",
+    ]);
+    assert!(err.contains("no network graph"), "{err}");
+    // Exporting to ONNX needs the input shape, which a network saved without one lacks.
+    let saved = SavedNetwork::load(Path::new(&data("../golden_v2.safetensors"))).unwrap();
+    let plain = dir.join("plain.safetensors");
+    saved.network.save(&plain).unwrap();
+    let err = refused(&["export", path(&plain), "-o", path(&dir.join("p.onnx"))]);
+    assert!(err.contains("--input-shape"), "{err}");
+    ok(&[
+        "export",
+        path(&plain),
+        "-o",
+        path(&dir.join("p.onnx")),
+        "--input-shape",
+        "2,8,8",
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
