@@ -1,5 +1,5 @@
 //! The `clustered-conv` command line, end to end (feature `cli`): compress a small
-//! real-shaped state dict, inspect it (table, JSON, PNG), decompress, bench, and the error
+//! real-shaped state dict, inspect it (table, JSON, PNG and SVG), decompress, bench, and the error
 //! paths with their exit codes.
 #![cfg(feature = "cli")]
 
@@ -192,10 +192,24 @@ fn compress_inspect_decompress_and_bench() {
         pictures.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut listed: Vec<String> = std::fs::read_dir(&pictures)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            "codebook0_centroids.png",
+            "codebook0_centroids.svg",
+            "codebook0_usage.png",
+            "codebook0_usage.svg"
+        ]
+    );
     for (file, width, height) in [
-        // 16 centroids → 4×4 tiles of 3·8 + 2 pixels, plus the outer gap.
-        ("codebook0_centroids.png", 4 * 26 + 2, 4 * 26 + 2),
-        ("codebook0_usage.png", 16 * 64, 240),
+        // 16 centroids of 3×3 → 4×4 tiles of 48 pixels, a title band and a colour bar.
+        ("codebook0_centroids.png", 480, 360),
+        ("codebook0_usage.png", 960, 480),
     ] {
         let decoder = png::Decoder::new(std::io::BufReader::new(
             std::fs::File::open(pictures.join(file)).unwrap(),
@@ -204,9 +218,19 @@ fn compress_inspect_decompress_and_bench() {
         let mut buf = vec![0; reader.output_buffer_size().unwrap()];
         let info = reader.next_frame(&mut buf).unwrap();
         assert_eq!((info.width, info.height), (width, height), "{file}");
-        // Not blank: more than two distinct colours in the grid, bars in the histogram.
+        // Not blank: colour-mapped centroids or bars, and anti-aliased text.
         let distinct: std::collections::HashSet<&[u8]> = buf.chunks(3).collect();
-        assert!(distinct.len() >= 2, "{file}");
+        assert!(distinct.len() >= 10, "{file}");
+    }
+    for (file, text) in [
+        (
+            "codebook0_centroids.svg",
+            "codebook 0: 16 centroids (3×3), most- to least-used",
+        ),
+        ("codebook0_usage.svg", "centroid (by usage rank)"),
+    ] {
+        let svg = std::fs::read_to_string(pictures.join(file)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains(text), "{file}");
     }
 
     // decompress: original names, shapes and types; weights are the reconstruction.

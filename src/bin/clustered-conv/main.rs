@@ -94,8 +94,9 @@ enum Command {
         /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// Draw each codebook's centroids (most to least used) and an index-usage histogram
-        /// as PNG files into this directory.
+        /// Draw each codebook's centroids (most to least used, with a colour bar and usage
+        /// counts) and a chart of how many kernels use each centroid into this directory,
+        /// each as PNG and SVG (`codebook<c>_centroids.{png,svg}`, `codebook<c>_usage.{png,svg}`).
         #[arg(long)]
         png: Option<PathBuf>,
     },
