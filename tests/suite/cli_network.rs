@@ -145,6 +145,8 @@ fn compress_finetune_export_round_trip() {
         "0.02",
         "--recalibrate",
         "4",
+        "--plot",
+        path(&dir.join("plots")),
         "-o",
         path(&tuned),
         "-q",
@@ -163,6 +165,10 @@ fn compress_finetune_export_round_trip() {
             .unwrap()
     };
     assert!(top1("epoch 3") > top1("loaded") + 20.0, "{table}");
+    for ext in ["png", "svg"] {
+        let picture = dir.join("plots").join(format!("accuracy.{ext}"));
+        assert!(std::fs::metadata(&picture).unwrap().len() > 1000, "{picture:?}");
+    }
     let tuned_net = SavedNetwork::load(&tuned).unwrap();
     assert_eq!(tuned_net.layer_names, saved.layer_names);
 

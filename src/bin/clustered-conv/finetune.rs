@@ -15,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::dataset_args::{usage, CliResult, DataArgs, Images};
 use crate::evaluate::evaluate;
 use crate::network::{bar, input_channels, load, logits};
+use crate::pictures;
 
 /// `finetune`'s arguments.
 #[derive(Args, Debug)]
@@ -55,6 +56,10 @@ pub struct FinetuneArgs {
     /// most of the accuracy before any SGD step.
     #[arg(long, default_value_t = 20)]
     pub recalibrate: usize,
+    /// Draw the test accuracy over the epochs (epoch 0: before fine-tuning) as
+    /// `accuracy.png` and `accuracy.svg` into this directory; needs `--test-data`.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     /// Seed of the shuffling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -68,6 +73,11 @@ pub fn finetune(args: &FinetuneArgs) -> CliResult<()> {
     if args.epochs == 0 || args.batch == 0 || !(args.lr > 0.0 && args.lr.is_finite()) {
         return Err(usage(
             "--epochs and --batch must be ≥ 1 and --lr positive".into(),
+        ));
+    }
+    if args.plot.is_some() && args.test_data.is_none() {
+        return Err(usage(
+            "--plot draws the test accuracy: give --test-data".into(),
         ));
     }
     let started = Instant::now();
@@ -126,6 +136,9 @@ pub fn finetune(args: &FinetuneArgs) -> CliResult<()> {
     saved.network.round_scales()?;
     saved.save(&args.output)?;
     print_history(&history);
+    if let Some(dir) = &args.plot {
+        plot_history(&history, dir, args.epochs)?;
+    }
     println!(
         "wrote {} in {:.1} s",
         args.output.display(),
@@ -212,6 +225,22 @@ fn record(
         None => None,
     };
     history.push((stage.to_string(), accuracy));
+    Ok(())
+}
+
+/// The test accuracy before fine-tuning (after recalibration, if any) and after each epoch.
+fn plot_history(history: &[Stage], dir: &std::path::Path, epochs: usize) -> CliResult<()> {
+    let measured: Vec<f64> = history.iter().filter_map(|(_, a)| a.map(|a| a.0)).collect();
+    let start = measured.len().saturating_sub(epochs + 1);
+    let points: Vec<(usize, f64)> = measured[start..]
+        .iter()
+        .enumerate()
+        .map(|(epoch, &top1)| (epoch, 100.0 * top1))
+        .collect();
+    let title = "test accuracy (top-1) while fine-tuning";
+    for path in pictures::accuracy_curve(&points, &dir.join("accuracy"), title)? {
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
 }
 

@@ -8,11 +8,11 @@
 //! no system font is needed; SVG text names the `sans-serif` family and is laid out by the
 //! viewer.
 
-// `error_vs_k` and `accuracy_curve` are for `compress --max-error` and `finetune`, which are
-// still to come; until then only the tests call them.
+// `error_vs_k` is for `compress --max-error`, which is still to come; until then only the
+// tests call it.
 #[cfg_attr(
     not(test),
-    allow(dead_code, reason = "called by commands still to come")
+    allow(dead_code, reason = "called by a command still to come")
 )]
 mod charts;
 mod codebook;
