@@ -48,12 +48,27 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
         /// Centroids per codebook.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, conflicts_with = "max_error")]
         k: usize,
         /// Which layers share a codebook: `shared` (one per kernel size, the paper's default),
-        /// `per-layer`, or groups of clustered-layer ordinals like `0-0=64,1-12=256`.
-        #[arg(long, default_value = "shared")]
+        /// `per-layer`, or groups of clustered-layer ordinals like `0-0=64,1-12=256` (counted
+        /// among the layers that are clustered, after the keep-dense rules).
+        #[arg(long, default_value = "shared", conflicts_with = "max_error")]
         scope: String,
+        /// Keep the layers whose name matches PATTERN dense (repeatable). PATTERN is a layer
+        /// name (without `.weight`) where `*` matches any run of characters, e.g.
+        /// `features.0` or `layer1.*`; a pattern that matches no layer is an error.
+        #[arg(long = "keep-dense", value_name = "PATTERN")]
+        keep_dense: Vec<String>,
+        /// Do not apply the default keep-dense rule (by default, layers with at most 3 input
+        /// channels, i.e. reading the image, or fewer than 4·K kernels stay dense).
+        #[arg(long)]
+        no_default_keep_dense: bool,
+        /// Error budget: give every clustered layer its own codebook with the smallest K of
+        /// 16, 32, …, 1024 (capped at its kernels) whose relative error ‖W−Ŵ‖/‖W‖ is at most
+        /// E; a layer that no K meets stays dense. Replaces `--k` and `--scope`.
+        #[arg(long, value_name = "E")]
+        max_error: Option<f64>,
         /// Transform invariance: `i` (none), `ih` (TIC2), `ihvo` (TIC4) or `ihvoIHVO` (TIC8).
         #[arg(long, default_value = "i")]
         symmetry: String,
@@ -127,6 +142,9 @@ fn main() -> ExitCode {
             output,
             k,
             scope,
+            keep_dense,
+            no_default_keep_dense,
+            max_error,
             symmetry,
             scales,
             seed,
@@ -144,6 +162,9 @@ fn main() -> ExitCode {
                     .n_init(n_init)
                     .max_iter(max_iter),
                 scope,
+                keep_dense,
+                default_keep_dense: !no_default_keep_dense,
+                max_error,
                 ..CompressionConfig::default()
             };
             run_compress(
