@@ -84,7 +84,7 @@ fn config(k: usize, scope: CodebookScope, rule: Option<(usize, usize)>) -> Compr
     c
 }
 
-fn model_table(path: &PathBuf, test: &LabelledImages) -> Res<()> {
+fn model_table(path: &std::path::Path, test: &LabelledImages) -> Res<()> {
     let net = read_onnx(path)?.network;
     let convs = convolutions(&net);
     let shapes: Vec<String> = convs

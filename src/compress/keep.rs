@@ -104,6 +104,9 @@ pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
     p[i..].iter().all(|&c| c == '*')
 }
 
+/// `(Cout, Cin, kh, kw)`.
+type Dims = (usize, usize, usize, usize);
+
 impl CompressionConfig {
     /// Why each layer (name, `(Cout, Cin, kh, kw)`) stays dense, `None` for the layers that
     /// are clustered.
@@ -112,7 +115,7 @@ impl CompressionConfig {
     /// [`Error::KeepDenseUnmatched`] for a pattern that matches no layer.
     pub(crate) fn dense_reasons(
         &self,
-        layers: &[(&str, (usize, usize, usize, usize))],
+        layers: &[(&str, Dims)],
     ) -> Result<Vec<Option<DenseReason>>> {
         if let Some(p) = self
             .keep_dense

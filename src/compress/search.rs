@@ -12,6 +12,9 @@ use crate::linalg::Real;
 /// A fitted codebook and its layers.
 type Fitted<F> = (KernelCodebook<F>, Vec<ClusteredConv2d<F>>);
 
+/// The fit that met the budget (if any) and every (K, error) tried.
+type Searched<F> = (Option<Fitted<F>>, Vec<(usize, f64)>);
+
 impl<F: Real, P: FnMut(&CompressProgress<'_>)> Compressor<'_, F, P> {
     /// Fits the one-layer codebook `c` of `plans` with K = 16, 32, …, 1024 (capped at the
     /// layer's kernels) until the layer's relative error (scales rounded to `scheme`) is at
@@ -22,7 +25,7 @@ impl<F: Real, P: FnMut(&CompressProgress<'_>)> Compressor<'_, F, P> {
         plans: &[CodebookPlan],
         max_error: f64,
         scheme: ScaleScheme,
-    ) -> Result<(Option<Fitted<F>>, Vec<(usize, f64)>)> {
+    ) -> Result<Searched<F>> {
         let l = plans[c].layers[0];
         let (cout, cin, _, _) = self.layers[l].weight.dim();
         let kernels = self.layers[l]
