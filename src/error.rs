@@ -412,4 +412,13 @@ pub enum Error {
         /// The codebook's scheme (string form).
         got: String,
     },
+    /// A keep-dense pattern ([`CompressionConfig::keep_dense`](crate::CompressionConfig::keep_dense))
+    /// matches none of the layers.
+    #[error("keep-dense pattern {pattern:?} matches no layer; the layers are {layers:?}")]
+    KeepDenseUnmatched {
+        /// The pattern.
+        pattern: String,
+        /// The layers' names.
+        layers: Vec<String>,
+    },
 }

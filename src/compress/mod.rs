@@ -8,14 +8,16 @@
 //! codebooks' [`ScaleScheme`](crate::ScaleScheme), so the network in memory is exactly the
 //! one a file would store.
 
+mod keep;
 mod network;
 mod report;
 mod scope;
+mod search;
 
 use ndarray::{Array1, Array2, Array4, ArrayView2};
 
 use crate::clustered::ClusteredConv2d;
-use crate::codebook::{CodebookFit, CodebookParams, Codebooks, KernelCodebook};
+use crate::codebook::{CodebookFit, CodebookParams, Codebooks, KernelCodebook, ScaleScheme};
 use crate::conv::Conv2d;
 use crate::error::{Error, Result};
 use crate::geometry::ConvGeometry;
@@ -25,6 +27,8 @@ use crate::linalg::Real;
 pub use network::{CompressedLayer, CompressedNetwork, ReportBuilder};
 pub use report::{CodebookReport, CompressionReport, LayerReport};
 pub use scope::{CodebookScope, LayerGroup};
+
+use keep::DenseReason;
 
 /// One named convolution layer of a network.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +65,44 @@ pub struct LayerShape {
 /// Defaults: [`KernelCodebook::params`]`(256)` with its defaults (L2-norm scales stored as
 /// f16, [`Symmetry::Identity`](crate::Symmetry::Identity), seed 0, one k-means run of at
 /// most 300 iterations, tolerance 1e-4), [`CodebookScope::Shared`], 1×1 convolutions left
-/// dense.
+/// dense, no keep-dense patterns, the default keep-dense rule off (the command line turns it
+/// on; see [`default_keep_dense`](Self::default_keep_dense)), no error budget.
+///
+/// Which layers stay dense, in this order of precedence (the report says why, in
+/// [`LayerReport::dense_reason`]): 1×1 convolutions unless
+/// [`cluster_pointwise`](Self::cluster_pointwise); layers whose name matches a
+/// [`keep_dense`](Self::keep_dense) pattern; with [`default_keep_dense`](Self::default_keep_dense),
+/// layers that read the image or hold few kernels; with [`max_error`](Self::max_error),
+/// layers that no K of the ladder compresses within the budget. A dense layer's weights are
+/// the input's, bit for bit.
+///
+/// ```
+/// use clustered_conv::{compress, CompressedLayer, CompressionConfig, ConvGeometry, ConvLayer, KernelCodebook};
+/// use ndarray::Array4;
+///
+/// let layer = |name: &str, o, i| ConvLayer {
+///     name: name.to_string(),
+///     weight: Array4::<f32>::from_shape_fn((o, i, 3, 3), |(a, b, r, c)| ((a * 3 + b * 5 + r + c) % 7) as f32 - 3.0),
+///     bias: None,
+///     geometry: ConvGeometry::default().padding(1, 1),
+///     mask: None,
+/// };
+/// let layers = vec![layer("stem", 8, 1), layer("body.0", 16, 8), layer("body.1", 16, 16)];
+/// let config = CompressionConfig {
+///     codebook: KernelCodebook::params(8),
+///     keep_dense: vec!["body.1".to_string()],
+///     default_keep_dense: true,
+///     ..Default::default()
+/// };
+/// let net = compress(&layers, &config)?;
+/// // `stem` reads the image (default rule), `body.1` matches the pattern.
+/// assert!(matches!(net.layers()[0], CompressedLayer::Dense { .. }));
+/// assert!(matches!(net.layers()[1], CompressedLayer::Clustered { .. }));
+/// assert!(matches!(net.layers()[2], CompressedLayer::Dense { .. }));
+/// let report = net.report().against(&layers).build()?;
+/// assert_eq!(report.layers[2].dense_reason.as_deref(), Some("matched pattern `body.1`"));
+/// # Ok::<(), clustered_conv::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompressionConfig {
     /// How every codebook is fitted. Its K is the centroids per codebook (for
@@ -72,6 +113,33 @@ pub struct CompressionConfig {
     pub scope: CodebookScope,
     /// Cluster 1×1 convolutions too (the paper leaves them dense).
     pub cluster_pointwise: bool,
+    /// Layers whose name matches one of these patterns stay dense. A pattern is a layer name,
+    /// where `*` matches any run of characters (`features.0`, `layers.*`, `*conv1*`); no
+    /// other character is special. A pattern that matches no layer is an error
+    /// ([`Error::KeepDenseUnmatched`]).
+    pub keep_dense: Vec<String>,
+    /// The default keep-dense rule, recommended for real networks and on by default in the
+    /// `clustered-conv compress` command (`--no-default-keep-dense` turns it off); off in
+    /// [`CompressionConfig::default`], so that existing library callers get the networks
+    /// they got before. A k×k layer stays dense when it has at
+    /// most [`keep_dense_image_channels`](Self::keep_dense_image_channels) input channels (it
+    /// reads the image) or fewer than [`keep_dense_kernels_per_k`](Self::keep_dense_kernels_per_k)`·K`
+    /// kernels: clustering such a layer saves few bytes and costs the most accuracy. `K` is
+    /// the codebook's K, or 16 (the ladder's first) with [`max_error`](Self::max_error). Not
+    /// applied with [`CodebookScope::Groups`], whose groups name the clustered layers.
+    pub default_keep_dense: bool,
+    /// Input channels up to which the default rule keeps a layer dense (3: RGB, grey).
+    pub keep_dense_image_channels: usize,
+    /// Kernels per centroid below which the default rule keeps a layer dense (4).
+    pub keep_dense_kernels_per_k: usize,
+    /// Error budget: when set, every clustered layer gets its own codebook, whose K is the
+    /// smallest of 16, 32, …, 1024 (capped at the layer's kernels) for which the layer's
+    /// relative error `‖W − Ŵ‖ / ‖W‖` is at most this; a layer that no K meets stays dense.
+    /// The codebook's own K is then not used, [`CodebookScope::Shared`] and
+    /// [`CodebookScope::PerLayer`] both mean one codebook per layer, and
+    /// [`CodebookScope::Groups`] is an error. Must be finite and > 0. The K and error
+    /// tried per layer are in [`LayerReport::error_by_k`].
+    pub max_error: Option<f64>,
 }
 
 impl Default for CompressionConfig {
@@ -80,6 +148,11 @@ impl Default for CompressionConfig {
             codebook: KernelCodebook::params(256),
             scope: CodebookScope::Shared,
             cluster_pointwise: false,
+            keep_dense: Vec::new(),
+            default_keep_dense: false,
+            keep_dense_image_channels: 3,
+            keep_dense_kernels_per_k: 4,
+            max_error: None,
         }
     }
 }
@@ -107,23 +180,17 @@ impl CompressionConfig {
         }
     }
 
-    /// Whether a layer with this kernel size is clustered.
-    fn clusters(&self, kernel: (usize, usize)) -> bool {
-        kernel.0 * kernel.1 > 1 || self.cluster_pointwise
-    }
-
-    /// The codebooks and, per layer, the codebook it uses (`None`: left dense). `K` is capped
-    /// at the number of kernels a codebook serves.
+    /// The codebooks and, per layer, the codebook it uses (`None`: left dense, as `dense`
+    /// says). `K` is capped at the number of kernels a codebook serves.
     pub(crate) fn plan_codebooks(
         &self,
         shapes: &[(usize, usize, usize, usize)],
+        dense: &[Option<DenseReason>],
     ) -> Result<(Vec<CodebookPlan>, Vec<Option<usize>>)> {
-        let clustered: Vec<usize> = (0..shapes.len())
-            .filter(|&l| self.clusters((shapes[l].2, shapes[l].3)))
-            .collect();
+        let clustered: Vec<usize> = (0..shapes.len()).filter(|&l| dense[l].is_none()).collect();
         let mut plans: Vec<CodebookPlan> = Vec::new();
         match &self.scope {
-            CodebookScope::Shared => {
+            CodebookScope::Shared if self.max_error.is_none() => {
                 for &l in &clustered {
                     let kernel = (shapes[l].2, shapes[l].3);
                     match plans.iter_mut().find(|p| p.kernel == kernel) {
@@ -136,7 +203,7 @@ impl CompressionConfig {
                     }
                 }
             }
-            CodebookScope::PerLayer => {
+            CodebookScope::Shared | CodebookScope::PerLayer => {
                 for &l in &clustered {
                     plans.push(CodebookPlan {
                         kernel: (shapes[l].2, shapes[l].3),
@@ -188,16 +255,49 @@ impl CompressionConfig {
     /// # Errors
     /// Invalid groups (see [`CodebookScope::parse_groups`]) or shapes.
     pub fn plan(&self, shapes: &[LayerShape]) -> Result<CompressionReport> {
+        self.check_max_error()?;
+        let named: Vec<_> = shapes.iter().map(|s| (s.name.as_str(), s.weight)).collect();
+        let dense = self.dense_reasons(&named)?;
         let dims: Vec<_> = shapes.iter().map(|s| s.weight).collect();
-        let (plans, codebook_of) = self.plan_codebooks(&dims)?;
+        let (plans, codebook_of) = self.plan_codebooks(&dims, &dense)?;
+        let reasons: Vec<_> = dense
+            .iter()
+            .map(|r| r.as_ref().map(|r| r.to_string()))
+            .collect();
         report::from_plan(
             report::Settings::of(&self.codebook),
             shapes,
             &plans,
             &codebook_of,
             None,
-            &vec![0; shapes.len()],
+            &report::Dense {
+                mask_bits: &vec![0; shapes.len()],
+                reasons: &reasons,
+            },
         )
+    }
+
+    /// [`CompressionConfig::max_error`], when set, is finite and > 0, and the scope is not
+    /// explicit groups.
+    fn check_max_error(&self) -> Result<()> {
+        let Some(e) = self.max_error else {
+            return Ok(());
+        };
+        if !(e.is_finite() && e > 0.0) {
+            return Err(Error::InvalidParameter {
+                name: "max_error",
+                value: e,
+                expected: "a finite relative error > 0",
+            });
+        }
+        if matches!(self.scope, CodebookScope::Groups(_)) {
+            return Err(Error::Unsupported {
+                what: "an error budget (max_error) with explicit codebook groups",
+                reason:
+                    "max_error chooses one codebook per layer; use the shared or per-layer scope",
+            });
+        }
+        Ok(())
     }
 }
 
@@ -356,13 +456,80 @@ impl<'a, F: Real, P: FnMut(&CompressProgress<'_>)> Compressor<'a, F, P> {
                 got: vec![self.importance.len()],
             });
         }
+        config.check_max_error()?;
+        let named: Vec<_> = layers
+            .iter()
+            .map(|l| (l.name.as_str(), l.weight.dim()))
+            .collect();
+        let mut dense = config.dense_reasons(&named)?;
         let dims: Vec<_> = layers.iter().map(|l| l.weight.dim()).collect();
-        let (plans, codebook_of) = config.plan_codebooks(&dims)?;
+        let (plans, _) = config.plan_codebooks(&dims, &dense)?;
         let mut codebooks = Codebooks::new();
-        let mut clustered: Vec<Option<ClusteredConv2d<F>>> = vec![None; layers.len()];
-        for (c, plan) in plans.iter().enumerate() {
-            let fit = self.fit_codebook(c, &plans)?;
-            for (&l, a) in plan.layers.iter().zip(fit.assignments) {
+        let mut clustered: Vec<Option<(usize, ClusteredConv2d<F>)>> = vec![None; layers.len()];
+        let mut error_by_k = vec![Vec::new(); layers.len()];
+        for c in 0..plans.len() {
+            let fitted = match config.max_error {
+                None => Some(self.fit_layers(c, &plans, plans[c].k, params.scale_scheme())?),
+                Some(max_error) => {
+                    let l = plans[c].layers[0];
+                    let (found, tried) =
+                        self.search(c, &plans, max_error, params.scale_scheme())?;
+                    if found.is_none() {
+                        dense[l] = Some(DenseReason::MaxError {
+                            max_error,
+                            largest_k: tried.last().map_or(0, |t| t.0),
+                        });
+                    }
+                    error_by_k[l] = tried;
+                    found
+                }
+            };
+            if let Some((codebook, built)) = fitted {
+                let id = codebooks.push(codebook);
+                for (&l, layer) in plans[c].layers.iter().zip(built) {
+                    clustered[l] = Some((id, layer));
+                }
+            }
+        }
+        let out = layers
+            .iter()
+            .zip(clustered)
+            .map(|(orig, c)| match c {
+                Some((codebook, layer)) => Ok(CompressedLayer::Clustered {
+                    name: orig.name.clone(),
+                    codebook,
+                    layer: Box::new(layer),
+                }),
+                None => Ok(CompressedLayer::Dense {
+                    name: orig.name.clone(),
+                    layer: Conv2d::new(orig.weight.clone(), orig.bias.clone(), orig.geometry)?,
+                }),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let reasons = dense.iter().map(|r| r.as_ref().map(|r| r.to_string()));
+        Ok(
+            CompressedNetwork::new(codebooks, out, params.scale_scheme())?
+                .with_notes(reasons.zip(error_by_k).collect()),
+        )
+    }
+
+    /// Fits codebook `c` of `plans` with `k` centroids and builds its layers, their scales
+    /// rounded to `scheme`'s storage (once, here; f16 scales are held as stored, 2 bytes per
+    /// kernel).
+    fn fit_layers(
+        &mut self,
+        c: usize,
+        plans: &[CodebookPlan],
+        k: usize,
+        scheme: ScaleScheme,
+    ) -> Result<(KernelCodebook<F>, Vec<ClusteredConv2d<F>>)> {
+        let layers = self.layers;
+        let fit = self.fit_codebook(c, plans, k)?;
+        let built = plans[c]
+            .layers
+            .iter()
+            .zip(fit.assignments)
+            .map(|(&l, a)| {
                 let mut layer = ClusteredConv2d::new(
                     a.indices,
                     a.scales,
@@ -372,33 +539,21 @@ impl<'a, F: Real, P: FnMut(&CompressProgress<'_>)> Compressor<'a, F, P> {
                 if let Some(mask) = &layers[l].mask {
                     layer = layer.with_mask(mask.clone())?;
                 }
-                // Rounded once, here; f16 scales are held as stored (2 bytes per kernel).
-                layer.round_scales_to(params.scale_scheme())?;
-                clustered[l] = Some(layer);
-            }
-            codebooks.push(fit.codebook);
-        }
-        let layers = layers
-            .iter()
-            .zip(clustered)
-            .zip(&codebook_of)
-            .map(|((orig, c), cb)| match (c, cb) {
-                (Some(layer), Some(codebook)) => Ok(CompressedLayer::Clustered {
-                    name: orig.name.clone(),
-                    codebook: *codebook,
-                    layer: Box::new(layer),
-                }),
-                _ => Ok(CompressedLayer::Dense {
-                    name: orig.name.clone(),
-                    layer: Conv2d::new(orig.weight.clone(), orig.bias.clone(), orig.geometry)?,
-                }),
+                layer.round_scales_to(scheme)?;
+                Ok(layer)
             })
             .collect::<Result<Vec<_>>>()?;
-        CompressedNetwork::new(codebooks, layers, params.scale_scheme())
+        Ok((fit.codebook, built))
     }
 
-    /// Fits codebook `c` of `plans` over its layers (with their masks and importance).
-    fn fit_codebook(&mut self, c: usize, plans: &[CodebookPlan]) -> Result<CodebookFit<F>> {
+    /// Fits codebook `c` of `plans` with `k` centroids over its layers (with their masks and
+    /// importance).
+    fn fit_codebook(
+        &mut self,
+        c: usize,
+        plans: &[CodebookPlan],
+        k: usize,
+    ) -> Result<CodebookFit<F>> {
         let (layers, plan) = (self.layers, &plans[c]);
         let weights: Vec<_> = plan
             .layers
@@ -415,7 +570,7 @@ impl<'a, F: Real, P: FnMut(&CompressProgress<'_>)> Compressor<'a, F, P> {
         let progress = &mut self.progress;
         self.config
             .codebook
-            .with_k(plan.k)
+            .with_k(k)
             .fitter(&weights)
             .masks(&mask_views)
             .importance(&importance)

@@ -42,11 +42,31 @@ impl<F> CompressedLayer<F> {
 
 /// A compressed network: the codebooks and every layer, in the original order, checked to
 /// agree when made ([`CompressedNetwork::new`]).
-#[derive(Debug, Clone, PartialEq)]
+///
+/// A network made by [`compress`](crate::compress) also remembers why each dense layer is
+/// dense and the (K, error) points of an error budget
+/// ([`CompressedNetwork::dense_reason`], [`CompressedNetwork::error_by_k`]); these notes are
+/// not stored in files and not compared by `==`.
+#[derive(Debug, Clone)]
 pub struct CompressedNetwork<F> {
     codebooks: Codebooks<F>,
     layers: Vec<CompressedLayer<F>>,
     scale_scheme: ScaleScheme,
+    /// Per layer: why it is dense, and the (K, relative error) points tried. Empty when
+    /// unknown (e.g. a loaded file).
+    notes: Vec<LayerNote>,
+}
+
+/// What [`compress`](crate::compress) knows of one layer beyond its weights.
+pub(crate) type LayerNote = (Option<String>, Vec<(usize, f64)>);
+
+impl<F: PartialEq> PartialEq for CompressedNetwork<F> {
+    /// The codebooks, layers and scale scheme (not the notes of the compression).
+    fn eq(&self, other: &Self) -> bool {
+        self.codebooks == other.codebooks
+            && self.layers == other.layers
+            && self.scale_scheme == other.scale_scheme
+    }
 }
 
 impl<F: Real> CompressedNetwork<F> {
@@ -84,7 +104,40 @@ impl<F: Real> CompressedNetwork<F> {
             codebooks,
             layers,
             scale_scheme,
+            notes: Vec::new(),
         })
+    }
+
+    /// With one note per layer (made by the compressor).
+    pub(crate) fn with_notes(mut self, notes: Vec<LayerNote>) -> Self {
+        debug_assert_eq!(notes.len(), self.layers.len());
+        self.notes = notes;
+        self
+    }
+
+    /// Why layer `index` is dense, in words (e.g. ``matched pattern `layers.0` ``), when the
+    /// network was made by [`compress`](crate::compress) (otherwise only 1×1 layers are
+    /// known: `pointwise (1×1)`); `None` for a clustered layer, an unknown reason or an
+    /// index out of range.
+    pub fn dense_reason(&self, index: usize) -> Option<String> {
+        match self.layers.get(index)? {
+            CompressedLayer::Clustered { .. } => None,
+            CompressedLayer::Dense { layer, .. } => match self.notes.get(index) {
+                Some((reason, _)) => reason.clone(),
+                None => {
+                    let (kh, kw) = layer.kernel_size();
+                    (kh * kw == 1).then(|| "pointwise (1×1)".to_string())
+                }
+            },
+        }
+    }
+
+    /// The (K, relative error) points an error budget
+    /// ([`CompressionConfig::max_error`](crate::CompressionConfig::max_error)) tried for
+    /// layer `index`, in ascending K; empty without a budget, for a layer not searched, or
+    /// for a network not made by [`compress`](crate::compress).
+    pub fn error_by_k(&self, index: usize) -> &[(usize, f64)] {
+        self.notes.get(index).map_or(&[], |(_, points)| points)
     }
 
     /// The codebooks.
@@ -108,7 +161,7 @@ impl<F: Real> CompressedNetwork<F> {
     }
 
     /// The codebooks, the layers and the scale scheme (to rebuild with
-    /// [`CompressedNetwork::new`]).
+    /// [`CompressedNetwork::new`]; the notes of the compression are dropped).
     pub fn into_parts(self) -> (Codebooks<F>, Vec<CompressedLayer<F>>, ScaleScheme) {
         (self.codebooks, self.layers, self.scale_scheme)
     }
@@ -235,19 +288,25 @@ impl<'a, F: Real> ReportBuilder<'a, F> {
             symmetry,
             scale_bits: net.scale_scheme.bits(),
         };
+        let reasons: Vec<_> = (0..n).map(|l| net.dense_reason(l)).collect();
+        let dense = report::Dense {
+            mask_bits: &mask_bits,
+            reasons: &reasons,
+        };
         let mut report = report::from_plan(
             settings,
             &shapes,
             &plans,
             &codebook_of,
             Some(&measured),
-            &mask_bits,
+            &dense,
         )?;
-        for (line, cost) in report.layers.iter_mut().zip(costs) {
+        for (l, (line, cost)) in report.layers.iter_mut().zip(costs).enumerate() {
             if let Some(cost) = cost {
                 line.paper_flops = Some(cost.paper_flops);
                 line.input_side_work = Some(cost.input_side.conv_macs + cost.input_side.adds);
             }
+            line.error_by_k = net.error_by_k(l).to_vec();
         }
         Ok(report)
     }
@@ -340,7 +399,7 @@ impl<'a, F: Real> ReportBuilder<'a, F> {
 }
 
 /// `‖a − b‖ / ‖b‖` in `f64`.
-fn relative_error<F: Real>(a: &Array4<F>, b: &Array4<F>) -> f64 {
+pub(super) fn relative_error<F: Real>(a: &Array4<F>, b: &Array4<F>) -> f64 {
     let (mut num, mut den) = (0.0, 0.0);
     for (&x, &y) in a.iter().zip(b.iter()) {
         num += (x.to_f64_exact() - y.to_f64_exact()).powi(2);

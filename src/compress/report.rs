@@ -29,8 +29,21 @@ pub struct LayerReport {
     /// Bytes of the bit-packed indices plus scales (fp32 weights for a dense layer); codebooks
     /// are counted once, in [`CompressionReport::codebooks`].
     pub bytes_after: u64,
-    /// `‖W − Ŵ‖ / ‖W‖`, when the report was made from weights.
+    /// Centroids of the layer's codebook (`None` for dense layers).
+    pub k: Option<usize>,
+    /// Why the layer is dense (`pointwise (1×1)`, ``matched pattern `X` ``, `default rule:
+    /// …`, `no K ≤ 1024 meets max error E`), when known; `None` for clustered layers.
+    pub dense_reason: Option<String>,
+    /// `‖W − Ŵ‖ / ‖W‖` of a clustered layer, when the report was made from weights.
     pub relative_error: Option<f64>,
+    /// Signal-to-quantisation-noise ratio in dB, `10·log10(‖W‖² / ‖W − Ŵ‖²)`
+    /// (`= −20·log10(relative_error)`; infinite for an exact reconstruction), when the
+    /// relative error is known.
+    pub sqnr_db: Option<f64>,
+    /// The (K, relative error) points tried by an error budget
+    /// ([`CompressionConfig::max_error`](crate::CompressionConfig::max_error)), ascending in
+    /// K; the last one is the K used, unless the layer stayed dense. Empty otherwise.
+    pub error_by_k: Vec<(usize, f64)>,
     /// Entropy of the stored indices in bits per kernel, when made from weights.
     pub entropy_bits: Option<f64>,
     /// Dense MACs per image, when the input size is known.
@@ -218,6 +231,17 @@ pub(crate) struct Measured {
     pub entropy_bits: f64,
 }
 
+/// Per layer: mask bits per kernel, and why it is dense (when it is and that is known).
+pub(crate) struct Dense<'a> {
+    pub mask_bits: &'a [u32],
+    pub reasons: &'a [Option<String>],
+}
+
+/// `10·log10(‖W‖² / ‖W − Ŵ‖²)` from the relative error `‖W − Ŵ‖ / ‖W‖`.
+pub(crate) fn sqnr_db(relative_error: f64) -> f64 {
+    -20.0 * relative_error.log10()
+}
+
 /// Builds the report from the codebook plan; `measured` carries each clustered layer's
 /// (relative error, when measured against weights, and entropy) when the report is made
 /// from a network.
@@ -227,8 +251,9 @@ pub(crate) fn from_plan(
     plans: &[CodebookPlan],
     codebook_of: &[Option<usize>],
     measured: Option<&[Option<Measured>]>,
-    mask_bits: &[u32],
+    dense: &Dense<'_>,
 ) -> Result<CompressionReport> {
+    let mask_bits = dense.mask_bits;
     let transforms = settings.symmetry.transforms();
     let mut layers = Vec::with_capacity(shapes.len());
     for (l, shape) in shapes.iter().enumerate() {
@@ -265,7 +290,11 @@ pub(crate) fn from_plan(
             mask_bits: mask_bits[l],
             bytes_before,
             bytes_after,
+            k: codebook_of[l].map(|c| plans[c].k),
+            dense_reason: dense.reasons[l].clone(),
             relative_error,
+            sqnr_db: relative_error.map(sqnr_db),
+            error_by_k: Vec::new(),
             entropy_bits,
             dense_macs,
             paper_flops: None,
@@ -293,34 +322,47 @@ impl fmt::Display for CompressionReport {
         };
         writeln!(
             f,
-            "{:<24} {:>9} {:>5} {:>8} {:>5} {:>5} {:>12} {:>12} {:>9} {:>8}",
+            "{:<24} {:>9} {:>5} {:>8} {:>5} {:>5} {:>5} {:>12} {:>12} {:>9} {:>8} {:>8}  why dense",
             "layer",
             "kernels",
             "size",
             "codebook",
+            "K",
             "idx",
             "scale",
             "bytes fp32",
             "bytes after",
             "rel.err",
+            "SQNR dB",
             "entropy"
         )?;
         for l in &self.layers {
             writeln!(
                 f,
-                "{:<24} {:>9} {:>5} {:>8} {:>5} {:>5} {:>12} {:>12} {:>9} {:>8}",
+                "{:<24} {:>9} {:>5} {:>8} {:>5} {:>5} {:>5} {:>12} {:>12} {:>9} {:>8} {:>8}  {}",
                 l.name,
                 l.kernels,
                 format!("{}×{}", l.kernel_size.0, l.kernel_size.1),
                 l.codebook
                     .map_or_else(|| "dense".to_string(), |c| c.to_string()),
+                l.k.map_or_else(|| "-".to_string(), |k| k.to_string()),
                 l.index_bits,
                 l.scale_bits,
                 l.bytes_before,
                 l.bytes_after,
                 opt(l.relative_error, 4),
+                opt(l.sqnr_db, 1),
                 opt(l.entropy_bits, 2),
+                l.dense_reason.as_deref().unwrap_or(""),
             )?;
+        }
+        for l in self.layers.iter().filter(|l| !l.error_by_k.is_empty()) {
+            let points: Vec<String> = l
+                .error_by_k
+                .iter()
+                .map(|(k, e)| format!("K={k}: {e:.4}"))
+                .collect();
+            writeln!(f, "max-error search {}: {}", l.name, points.join(", "))?;
         }
         for (i, c) in self.codebooks.iter().enumerate() {
             writeln!(

@@ -100,6 +100,7 @@ fn option_values_are_parsed_by_the_library_types() {
         "ihvo",
         "--scales",
         "fixed8",
+        "--no-default-keep-dense",
         "--quiet",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -134,6 +135,7 @@ fn compress_inspect_decompress_and_bench() {
         "3",
         "--report-json",
         report_json.to_str().unwrap(),
+        "--no-default-keep-dense",
         "--quiet",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -341,6 +343,105 @@ fn errors_have_messages_and_exit_codes() {
     assert!(help.status.success());
     for command in ["compress", "inspect", "decompress", "bench"] {
         assert!(text(&help.stdout).contains(command), "{command}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The weight of layer `name` of a compressed file, if it is stored dense.
+fn dense_weight_bits(model: &CompressedModel, name: &str) -> Option<Vec<u32>> {
+    model.network.layers().iter().find_map(|l| match l {
+        clustered_conv::CompressedLayer::Dense { name: n, layer } if n == name => {
+            Some(layer.weight().iter().map(|v| v.to_bits()).collect())
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn keep_dense_default_rule_and_max_error_flags() {
+    let dir = scratch("keep");
+    let input = dir.join("model.safetensors");
+    let state = write_state_dict(&input);
+    let imported = import_conv_layers(&read_safetensors(&state).unwrap(), &HashMap::new()).unwrap();
+    let original = |name: &str| -> Vec<u32> {
+        let layer = imported.layers.iter().find(|l| l.name == name).unwrap();
+        layer.weight.iter().map(|v| v.to_bits()).collect()
+    };
+    let (i, o) = (input.to_str().unwrap(), dir.join("out.ccv.safetensors"));
+    let o = o.to_str().unwrap();
+
+    // --keep-dense: the matched layer's weights are the input's, bit for bit; the default
+    // rule keeps the 3-channel first layer dense, and the table says why.
+    let out = run(&[
+        "compress",
+        i,
+        "-o",
+        o,
+        "--k",
+        "16",
+        "--keep-dense",
+        "*.6",
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("matched pattern `*.6`"), "{stdout}");
+    assert!(
+        stdout.contains("default rule: image input (Cin = 3)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("SQNR dB"), "{stdout}");
+    let model = CompressedModel::load(Path::new(o)).unwrap();
+    assert_eq!(
+        dense_weight_bits(&model, "features.6"),
+        Some(original("features.6"))
+    );
+    assert_eq!(
+        dense_weight_bits(&model, "features.0"),
+        Some(original("features.0"))
+    );
+    assert_eq!(dense_weight_bits(&model, "features.3"), None);
+
+    // --no-default-keep-dense: the first layer is clustered.
+    let out = run(&[
+        "compress",
+        i,
+        "-o",
+        o,
+        "--k",
+        "16",
+        "--no-default-keep-dense",
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let model = CompressedModel::load(Path::new(o)).unwrap();
+    assert_eq!(dense_weight_bits(&model, "features.0"), None);
+
+    // --max-error: one codebook per clustered layer, with the search in the table.
+    let out = run(&["compress", i, "-o", o, "--max-error", "0.5", "--quiet"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("max-error search features.3"),
+        "{}",
+        text(&out.stdout)
+    );
+    let model = CompressedModel::load(Path::new(o)).unwrap();
+    assert_eq!(model.network.codebooks().len(), 2);
+
+    // Bad values: exit 1 with the reason; --max-error with --k or --scope is a usage error.
+    for (args, message) in [
+        (vec!["--keep-dense", "classifier*"], "\"classifier*\""),
+        (vec!["--max-error=-0.1"], "max_error"),
+        (vec!["--max-error", "0"], "max_error"),
+        (vec!["--max-error", "NaN"], "max_error"),
+    ] {
+        let out = run(&[&["compress", i, "-o", o, "--quiet"], &args[..]].concat());
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(text(&out.stderr).contains(message), "{}", text(&out.stderr));
+    }
+    for extra in [["--k", "64"], ["--scope", "per-layer"]] {
+        let args = [&["compress", i, "-o", o, "--max-error", "0.1"], &extra[..]].concat();
+        assert_eq!(run(&args).status.code(), Some(2), "{extra:?}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

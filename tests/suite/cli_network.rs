@@ -167,7 +167,10 @@ fn compress_finetune_export_round_trip() {
     assert!(top1("epoch 3") > top1("loaded") + 20.0, "{table}");
     for ext in ["png", "svg"] {
         let picture = dir.join("plots").join(format!("accuracy.{ext}"));
-        assert!(std::fs::metadata(&picture).unwrap().len() > 1000, "{picture:?}");
+        assert!(
+            std::fs::metadata(&picture).unwrap().len() > 1000,
+            "{picture:?}"
+        );
     }
     let tuned_net = SavedNetwork::load(&tuned).unwrap();
     assert_eq!(tuned_net.layer_names, saved.layer_names);
@@ -192,6 +195,53 @@ fn compress_finetune_export_round_trip() {
     let state = read_safetensors(&std::fs::read(&dense).unwrap()).unwrap();
     let names: Vec<&str> = state.tensors.iter().map(|t| t.name.as_str()).collect();
     assert!(names.contains(&"/block2/conv2/Conv.weight"), "{names:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn max_error_draws_error_against_k_for_every_searched_layer() {
+    let dir = scratch("max-error");
+    let out = dir.join("vgg.ccv.safetensors");
+    let plots = dir.join("plots");
+    let report = ok(&[
+        "compress",
+        &data("vgg_small.onnx"),
+        "-o",
+        path(&out),
+        "--max-error",
+        "0.6",
+        "--plot",
+        path(&plots),
+        "-q",
+    ]);
+    let saved = SavedNetwork::load(&out).unwrap();
+    let clustered: Vec<&String> = saved
+        .network
+        .layers
+        .iter()
+        .zip(&saved.layer_names)
+        .filter(|(l, _)| matches!(l, Layer::Clustered { .. }))
+        .map(|(_, n)| n)
+        .collect();
+    assert!(!clustered.is_empty(), "{report}");
+    for name in clustered {
+        let stem = name.trim_start_matches('/').replace('/', "_");
+        for ext in ["png", "svg"] {
+            let file = plots.join(format!("{stem}_error_vs_k.{ext}"));
+            assert!(file.exists(), "{file:?} missing; report:\n{report}");
+        }
+    }
+    // --plot without --max-error is a usage error (status 2).
+    let bad = run(&[
+        "compress",
+        &data("vgg_small.onnx"),
+        "-o",
+        path(&out),
+        "--plot",
+        "x",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--max-error"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -546,6 +546,7 @@ fn a_report_without_originals_has_everything_but_the_errors() {
     assert!(alone.layers.iter().all(|l| l.relative_error.is_none()));
     for l in &mut against.layers {
         l.relative_error = None;
+        l.sqnr_db = None;
     }
     assert_eq!(alone, against);
     // Entropy of layer 1's indices, counted by hand.
@@ -562,4 +563,290 @@ fn a_report_without_originals_has_everything_but_the_errors() {
         .map(|&c| -(c as f64 / n) * (c as f64 / n).log2())
         .sum();
     assert!((alone.layers[1].entropy_bits.unwrap() - h).abs() < 1e-12);
+}
+
+/// The bit patterns of a weight, for byte-identity checks.
+fn bits(w: &ndarray::Array4<f32>) -> Vec<u32> {
+    w.iter().map(|v| v.to_bits()).collect()
+}
+
+/// `‖a − b‖ / ‖b‖`, computed here independently of the library.
+fn rel_err(a: &ndarray::Array4<f32>, b: &ndarray::Array4<f32>) -> f64 {
+    let num: f64 = a
+        .iter()
+        .zip(b.iter())
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+/// A first layer reading a 1-channel image, then two wider 3×3 layers.
+fn image_network(seed: u64) -> Vec<ConvLayer<f32>> {
+    let mut r = rng(seed);
+    let mut layer = |name: &str, o, i| ConvLayer {
+        name: name.to_string(),
+        weight: random4(&mut r, (o, i, 3, 3)).mapv(|v| v as f32),
+        bias: None,
+        geometry: ConvGeometry::default().padding(1, 1),
+        mask: None,
+    };
+    vec![
+        layer("conv1", 16, 1),
+        layer("conv2", 32, 16),
+        layer("conv3", 32, 32),
+    ]
+}
+
+#[test]
+fn keep_dense_patterns_keep_the_input_weights_bit_for_bit() {
+    let layers = small_network(81);
+    let config = CompressionConfig {
+        codebook: KernelCodebook::params(16).seed(1),
+        keep_dense: vec!["a".to_string(), "*b".to_string()],
+        default_keep_dense: false,
+        ..Default::default()
+    };
+    let net = compress(&layers, &config).unwrap();
+    let report = net.report().against(&layers).build().unwrap();
+    for (l, reason) in [(1, "matched pattern `a`"), (3, "matched pattern `*b`")] {
+        let CompressedLayer::Dense { layer, .. } = &net.layers()[l] else {
+            panic!("layer {l} should be dense");
+        };
+        assert_eq!(bits(layer.weight()), bits(&layers[l].weight));
+        assert_eq!(layer.bias(), layers[l].bias.as_ref());
+        assert_eq!(report.layers[l].dense_reason.as_deref(), Some(reason));
+        assert_eq!(net.dense_reason(l).as_deref(), Some(reason));
+    }
+    assert_eq!(
+        report.layers[2].dense_reason.as_deref(),
+        Some("pointwise (1×1)")
+    );
+    assert!(matches!(net.layers()[0], CompressedLayer::Clustered { .. }));
+    assert_eq!(report.layers[0].dense_reason, None);
+    let text = report.to_string();
+    assert!(text.contains("matched pattern `*b`"), "{text}");
+}
+
+#[cfg(feature = "onnx")]
+#[test]
+fn network_compress_keeps_a_matched_layer_dense_and_bit_identical() {
+    use clustered_conv::nn::Layer;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/onnx/vgg_small.onnx"
+    );
+    let net = clustered_conv::io::read_onnx(std::path::Path::new(path))
+        .unwrap()
+        .network;
+    let convs: Vec<usize> = (0..net.layers.len())
+        .filter(|&l| matches!(net.layers[l], Layer::Conv(_)))
+        .collect();
+    let kept = convs[2];
+    let config = CompressionConfig {
+        codebook: KernelCodebook::params(16),
+        keep_dense: vec![format!("layers.{kept}")],
+        default_keep_dense: true,
+        ..Default::default()
+    };
+    let out = net.compress(&config).unwrap();
+    let (Layer::Conv(before), Layer::Conv(after)) = (&net.layers[kept], &out.layers[kept]) else {
+        panic!("layer {kept} should stay a dense convolution");
+    };
+    assert_eq!(bits(after.weight()), bits(before.weight()));
+    // The default rule keeps the 1-channel first layer dense too; the others are clustered.
+    assert!(matches!(out.layers[convs[0]], Layer::Conv(_)));
+    assert!(matches!(out.layers[convs[1]], Layer::Clustered { .. }));
+    assert!(matches!(out.layers[convs[3]], Layer::Clustered { .. }));
+}
+
+#[test]
+fn sqnr_matches_an_independent_computation() {
+    let layers = image_network(82);
+    let config = CompressionConfig {
+        codebook: KernelCodebook::params(16).seed(2),
+        default_keep_dense: false,
+        ..Default::default()
+    };
+    let net = compress(&layers, &config).unwrap();
+    let report = net.report().against(&layers).build().unwrap();
+    for (l, line) in report.layers.iter().enumerate() {
+        let w_hat = net.dense_layer(l).unwrap();
+        let w = &layers[l].weight;
+        let signal: f64 = w.iter().map(|v| f64::from(*v).powi(2)).sum();
+        let noise: f64 = w_hat
+            .weight()
+            .iter()
+            .zip(w.iter())
+            .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
+            .sum();
+        let sqnr = 10.0 * (signal / noise).log10();
+        assert!((line.sqnr_db.unwrap() - sqnr).abs() < 1e-6, "layer {l}");
+        assert_eq!(line.k, Some(16));
+    }
+    // Without the originals the error is unknown.
+    let bare = net.report().build().unwrap();
+    assert!(bare.layers.iter().all(|l| l.sqnr_db.is_none()));
+    assert!(report.to_string().contains("SQNR dB"));
+}
+
+#[test]
+fn the_default_rule_keeps_an_image_input_layer_dense_and_can_be_switched_off() {
+    let layers = image_network(83);
+    let on = CompressionConfig {
+        default_keep_dense: true,
+        ..CompressionConfig::new(KernelCodebook::params(16).seed(4))
+    };
+    assert!(!CompressionConfig::default().default_keep_dense);
+    let net = compress(&layers, &on).unwrap();
+    let CompressedLayer::Dense { layer, .. } = &net.layers()[0] else {
+        panic!("the 1-channel first layer should stay dense");
+    };
+    assert_eq!(bits(layer.weight()), bits(&layers[0].weight));
+    let report = net.report().against(&layers).build().unwrap();
+    assert_eq!(
+        report.layers[0].dense_reason.as_deref(),
+        Some("default rule: image input (Cin = 1)")
+    );
+    assert!(report.to_string().contains("default rule: image input"));
+    assert!(report.layers[1..].iter().all(|l| l.codebook.is_some()));
+    // Fewer than 4·K kernels: 512 < 4·256.
+    let big_k = CompressionConfig {
+        default_keep_dense: true,
+        ..CompressionConfig::new(KernelCodebook::params(256))
+    };
+    let plan = big_k
+        .plan(&[shape("c", 32, 16, 3, 1, 8), shape("d", 64, 64, 3, 1, 8)])
+        .unwrap();
+    assert_eq!(
+        plan.layers[0].dense_reason.as_deref(),
+        Some("default rule: only 512 kernels < 4·K = 1024")
+    );
+    assert_eq!(plan.layers[1].codebook, Some(0));
+    let off = CompressionConfig {
+        default_keep_dense: false,
+        ..on
+    };
+    let net = compress(&layers, &off).unwrap();
+    assert!(matches!(net.layers()[0], CompressedLayer::Clustered { .. }));
+    assert_eq!(net.report().build().unwrap().layers[0].dense_reason, None);
+}
+
+#[test]
+fn max_error_picks_the_smallest_k_of_the_ladder_that_meets_it_per_layer() {
+    let layers = image_network(84);
+    let max_error = 0.45;
+    let config = CompressionConfig {
+        codebook: KernelCodebook::params(256).seed(5),
+        default_keep_dense: false,
+        max_error: Some(max_error),
+        ..Default::default()
+    };
+    let mut calls = 0;
+    let net = config
+        .compressor(&layers)
+        .progress(|_| calls += 1)
+        .run()
+        .unwrap();
+    assert!(calls > 0);
+    let report = net.report().against(&layers).build().unwrap();
+    let ladder = [16, 32, 64, 128, 256, 512, 1024];
+    let mut ks = Vec::new();
+    for (l, layer) in layers.iter().enumerate() {
+        let CompressedLayer::Clustered { codebook, .. } = &net.layers()[l] else {
+            panic!("layer {l} should be clustered");
+        };
+        assert_eq!(*codebook, l, "one codebook per layer");
+        let k = net.codebooks().get(l).unwrap().len();
+        let error = rel_err(net.dense_layer(l).unwrap().weight(), &layer.weight);
+        assert!(error <= max_error, "layer {l}: K = {k}, error {error}");
+        assert_eq!(report.layers[l].k, Some(k));
+        assert_eq!(report.layers[l].error_by_k.last().unwrap().0, k);
+        // The next smaller K of the ladder, fitted alone, misses the budget.
+        let kernels = layer.weight.dim().0 * layer.weight.dim().1;
+        let tried: Vec<usize> = ladder.iter().map(|&k| k.min(kernels)).collect();
+        let pos = tried.iter().position(|&t| t == k).unwrap();
+        if pos > 0 {
+            let smaller = CompressionConfig {
+                codebook: KernelCodebook::params(tried[pos - 1]).seed(5),
+                scope: CodebookScope::PerLayer,
+                default_keep_dense: false,
+                ..Default::default()
+            };
+            let alone = compress(std::slice::from_ref(layer), &smaller).unwrap();
+            let e = rel_err(alone.dense_layer(0).unwrap().weight(), &layer.weight);
+            assert!(
+                e > max_error,
+                "layer {l}: K = {} already meets it",
+                tried[pos - 1]
+            );
+        }
+        ks.push(k);
+    }
+    // The budget is not met at K = 16 everywhere: the search went up the ladder.
+    assert!(ks.iter().any(|&k| k > 16), "{ks:?}");
+    assert!(report.to_string().contains("max-error search"));
+}
+
+#[test]
+fn max_error_that_no_k_meets_keeps_the_layer_dense() {
+    let layers = image_network(85);
+    let config = CompressionConfig {
+        codebook: KernelCodebook::params(16),
+        default_keep_dense: false,
+        max_error: Some(1e-9),
+        ..Default::default()
+    };
+    let net = compress(&layers[..1], &config).unwrap();
+    let CompressedLayer::Dense { layer, .. } = &net.layers()[0] else {
+        panic!("no K meets 1e-9 with f16 scales");
+    };
+    assert_eq!(bits(layer.weight()), bits(&layers[0].weight));
+    assert_eq!(
+        net.error_by_k(0).iter().map(|p| p.0).collect::<Vec<_>>(),
+        [16]
+    );
+    assert_eq!(
+        net.dense_reason(0).as_deref(),
+        Some("no K ≤ 16 meets max error 0.000000001")
+    );
+}
+
+#[test]
+fn bad_keep_dense_and_max_error_settings_are_errors() {
+    let layers = image_network(86);
+    for e in [-0.1, 0.0, f64::NAN, f64::INFINITY] {
+        let config = CompressionConfig {
+            max_error: Some(e),
+            ..Default::default()
+        };
+        let err = compress(&layers, &config).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidParameter {
+                    name: "max_error",
+                    ..
+                }
+            ),
+            "{e}: {err}"
+        );
+        assert!(config.plan(&[shape("c", 32, 16, 3, 1, 8)]).is_err());
+    }
+    let config = CompressionConfig {
+        keep_dense: vec!["conv*".to_string(), "fc*".to_string()],
+        ..Default::default()
+    };
+    let err = compress(&layers, &config).unwrap_err();
+    assert!(matches!(&err, Error::KeepDenseUnmatched { pattern, .. } if pattern == "fc*"));
+    assert!(err.to_string().contains("\"fc*\""), "{err}");
+    let config = CompressionConfig {
+        max_error: Some(0.1),
+        scope: CodebookScope::parse_groups("0-2=16").unwrap(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        compress(&layers, &config).unwrap_err(),
+        Error::Unsupported { .. }
+    ));
 }

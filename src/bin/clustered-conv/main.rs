@@ -21,8 +21,8 @@ use clustered_conv::io::{
     GeometryMap, ImportedModel,
 };
 use clustered_conv::{
-    CodebookScope, CompressedLayer, CompressedNetwork, CompressionConfig, ConvLayer, Error,
-    KernelCodebook, ScaleScheme, Symmetry,
+    CodebookScope, CompressedLayer, CompressedNetwork, CompressionConfig, CompressionReport,
+    ConvLayer, Error, KernelCodebook, ScaleScheme, Symmetry,
 };
 use dataset_args::{usage, CliResult};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -53,12 +53,31 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
         /// Centroids per codebook.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, conflicts_with = "max_error")]
         k: usize,
         /// Which layers share a codebook: `shared` (one per kernel size, the paper's default),
-        /// `per-layer`, or groups of clustered-layer ordinals like `0-0=64,1-12=256`.
-        #[arg(long, default_value = "shared")]
+        /// `per-layer`, or groups of clustered-layer ordinals like `0-0=64,1-12=256` (counted
+        /// among the layers that are clustered, after the keep-dense rules).
+        #[arg(long, default_value = "shared", conflicts_with = "max_error")]
         scope: String,
+        /// Keep the layers whose name matches PATTERN dense (repeatable). PATTERN is a layer
+        /// name (without `.weight`) where `*` matches any run of characters, e.g.
+        /// `features.0` or `layer1.*`; a pattern that matches no layer is an error.
+        #[arg(long = "keep-dense", value_name = "PATTERN")]
+        keep_dense: Vec<String>,
+        /// Do not apply the default keep-dense rule (by default, layers with at most 3 input
+        /// channels, i.e. reading the image, or fewer than 4·K kernels stay dense).
+        #[arg(long)]
+        no_default_keep_dense: bool,
+        /// Error budget: give every clustered layer its own codebook with the smallest K of
+        /// 16, 32, …, 1024 (capped at its kernels) whose relative error ‖W−Ŵ‖/‖W‖ is at most
+        /// E; a layer that no K meets stays dense. Replaces `--k` and `--scope`.
+        #[arg(long, value_name = "E")]
+        max_error: Option<f64>,
+        /// With `--max-error`: draw each layer's relative error against K, the chosen K
+        /// marked, as `<layer>_error_vs_k.png` and `.svg` into this directory.
+        #[arg(long, value_name = "DIR", requires = "max_error")]
+        plot: Option<PathBuf>,
         /// Transform invariance: `i` (none), `ih` (TIC2), `ihvo` (TIC4) or `ihvoIHVO` (TIC8).
         #[arg(long, default_value = "i")]
         symmetry: String,
@@ -144,6 +163,10 @@ fn main() -> ExitCode {
             output,
             k,
             scope,
+            keep_dense,
+            no_default_keep_dense,
+            max_error,
+            plot,
             symmetry,
             scales,
             seed,
@@ -163,16 +186,17 @@ fn main() -> ExitCode {
                         .n_init(n_init)
                         .max_iter(max_iter),
                     scope,
+                    keep_dense,
+                    default_keep_dense: !no_default_keep_dense,
+                    max_error,
                     ..CompressionConfig::default()
                 };
-                run_compress(
-                    &input,
-                    &output,
-                    &config,
-                    geometry.as_deref(),
-                    report_json.as_deref(),
-                    quiet,
-                )
+                let outputs = Outputs {
+                    model: output,
+                    report_json,
+                    plot,
+                };
+                run_compress(&input, &outputs, &config, geometry.as_deref(), quiet)
             }),
         Command::Inspect { file, json, png } => {
             run_inspect(&file, json, png.as_deref()).map_err(Into::into)
@@ -215,14 +239,24 @@ fn read_file(path: &Path) -> Result<Vec<u8>, Error> {
     })
 }
 
+/// What `compress` writes.
+struct Outputs {
+    /// The compressed model.
+    model: PathBuf,
+    /// The report as JSON.
+    report_json: Option<PathBuf>,
+    /// Directory of the error-against-K charts.
+    plot: Option<PathBuf>,
+}
+
 fn run_compress(
     input: &Path,
-    output: &Path,
+    outputs: &Outputs,
     config: &CompressionConfig,
     geometry: Option<&Path>,
-    report_json: Option<&Path>,
     quiet: bool,
 ) -> CliResult<()> {
+    let output = outputs.model.as_path();
     if network::is_onnx(input) {
         if geometry.is_some() {
             return Err(usage(
@@ -230,10 +264,7 @@ fn run_compress(
             ));
         }
         let report = network::compress_onnx(input, output, config, quiet)?;
-        if let Some(path) = report_json {
-            write_atomic(path, report.to_json().as_bytes())?;
-        }
-        return Ok(());
+        return write_report_extras(&report, outputs);
     }
     let imported = import_layers(input, geometry)?;
     let start = Instant::now();
@@ -242,9 +273,7 @@ fn run_compress(
     let model = CompressedModel::from_import(net, &imported)?;
     let bytes = model.to_bytes()?;
     write_atomic(output, &bytes)?;
-    if let Some(path) = report_json {
-        write_atomic(path, report.to_json().as_bytes())?;
-    }
+    write_report_extras(&report, outputs)?;
     println!("{report}");
     let input_bytes = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
     println!(
@@ -255,6 +284,36 @@ fn run_compress(
         input_bytes as f64 / bytes.len() as f64,
         start.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// The report as JSON and the error-against-K charts, where asked for.
+fn write_report_extras(report: &CompressionReport, outputs: &Outputs) -> CliResult<()> {
+    if let Some(path) = &outputs.report_json {
+        write_atomic(path, report.to_json().as_bytes())?;
+    }
+    let Some(dir) = &outputs.plot else {
+        return Ok(());
+    };
+    for layer in report.layers.iter().filter(|l| !l.error_by_k.is_empty()) {
+        // Layer names such as ONNX's `/block1/conv1/Conv` become file names.
+        let file: String = layer
+            .name
+            .trim_start_matches('/')
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let stem = dir.join(format!("{file}_error_vs_k"));
+        for path in pictures::error_vs_k(&layer.name, &layer.error_by_k, layer.k, &stem)? {
+            eprintln!("wrote {}", path.display());
+        }
+    }
     Ok(())
 }
 

@@ -8,12 +8,6 @@
 //! no system font is needed; SVG text names the `sans-serif` family and is laid out by the
 //! viewer.
 
-// `error_vs_k` is for `compress --max-error`, which is still to come; until then only the
-// tests call it.
-#[cfg_attr(
-    not(test),
-    allow(dead_code, reason = "called by a command still to come")
-)]
 mod charts;
 mod codebook;
 #[cfg(test)]
@@ -30,7 +24,6 @@ use plotters::coord::Shift;
 use plotters::prelude::{BitMapBackend, DrawingArea, DrawingBackend, IntoDrawingArea, SVGBackend};
 use plotters::style::FontStyle;
 
-#[cfg_attr(not(test), allow(unused_imports, reason = "see `mod charts`"))]
 pub use charts::{accuracy_curve, error_vs_k};
 
 /// The font family every picture's text uses.
