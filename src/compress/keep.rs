@@ -33,7 +33,8 @@ pub(crate) enum DenseReason {
     MaxError {
         /// The budget.
         max_error: f64,
-        /// The largest K tried.
+        /// The largest K tried (0: none, as every K would store more than the dense
+        /// weight).
         largest_k: usize,
     },
 }
@@ -51,6 +52,9 @@ impl fmt::Display for DenseReason {
                 "default rule: only {kernels} kernels < {per_k}·K = {}",
                 per_k * k
             ),
+            DenseReason::MaxError { largest_k: 0, .. } => {
+                write!(f, "no K of the ladder stores less than the dense weight")
+            }
             DenseReason::MaxError {
                 max_error,
                 largest_k,

@@ -133,8 +133,10 @@ pub struct CompressionConfig {
     /// Kernels per centroid below which the default rule keeps a layer dense (4).
     pub keep_dense_kernels_per_k: usize,
     /// Error budget: when set, every clustered layer gets its own codebook, whose K is the
-    /// smallest of 16, 32, …, 1024 (capped at the layer's kernels) for which the layer's
-    /// relative error `‖W − Ŵ‖ / ‖W‖` is at most this; a layer that no K meets stays dense.
+    /// smallest of 16, 32, …, 1024 (capped at the layer's kernels, and below the K whose
+    /// codebook, indices and scales would take as many bytes as the dense weight) for which
+    /// the layer's relative error `‖W − Ŵ‖ / ‖W‖` is at most this; a layer that no K meets
+    /// stays dense.
     /// The codebook's own K is then not used, [`CodebookScope::Shared`] and
     /// [`CodebookScope::PerLayer`] both mean one codebook per layer, and
     /// [`CodebookScope::Groups`] is an error. Must be finite and > 0. The K and error

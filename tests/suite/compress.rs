@@ -752,12 +752,18 @@ fn max_error_picks_the_smallest_k_of_the_ladder_that_meets_it_per_layer() {
     let report = net.report().against(&layers).build().unwrap();
     let ladder = [16, 32, 64, 128, 256, 512, 1024];
     let mut ks = Vec::new();
-    for (l, layer) in layers.iter().enumerate() {
+    // conv1's 16 kernels take 576 bytes, as many as a 16-centroid codebook alone: dense.
+    assert!(matches!(net.layers()[0], CompressedLayer::Dense { .. }));
+    assert_eq!(
+        report.layers[0].dense_reason.as_deref(),
+        Some("no K of the ladder stores less than the dense weight")
+    );
+    for (l, layer) in layers.iter().enumerate().skip(1) {
         let CompressedLayer::Clustered { codebook, .. } = &net.layers()[l] else {
             panic!("layer {l} should be clustered");
         };
-        assert_eq!(*codebook, l, "one codebook per layer");
-        let k = net.codebooks().get(l).unwrap().len();
+        assert_eq!(*codebook, l - 1, "one codebook per layer");
+        let k = net.codebooks().get(l - 1).unwrap().len();
         let error = rel_err(net.dense_layer(l).unwrap().weight(), &layer.weight);
         assert!(error <= max_error, "layer {l}: K = {k}, error {error}");
         assert_eq!(report.layers[l].k, Some(k));
@@ -797,18 +803,28 @@ fn max_error_that_no_k_meets_keeps_the_layer_dense() {
         max_error: Some(1e-9),
         ..Default::default()
     };
-    let net = compress(&layers[..1], &config).unwrap();
-    let CompressedLayer::Dense { layer, .. } = &net.layers()[0] else {
-        panic!("no K meets 1e-9 with f16 scales");
-    };
-    assert_eq!(bits(layer.weight()), bits(&layers[0].weight));
+    let net = compress(&layers[..2], &config).unwrap();
+    for (l, layer) in net.layers().iter().enumerate() {
+        let CompressedLayer::Dense { layer, .. } = layer else {
+            panic!("no K meets 1e-9 with f16 scales");
+        };
+        assert_eq!(bits(layer.weight()), bits(&layers[l].weight));
+    }
+    // conv2 (512 kernels of 3×3, 18,432 bytes dense): K = 512 would take 18,432 bytes for the
+    // codebook alone, so the search stops at 256.
     assert_eq!(
-        net.error_by_k(0).iter().map(|p| p.0).collect::<Vec<_>>(),
-        [16]
+        net.error_by_k(1).iter().map(|p| p.0).collect::<Vec<_>>(),
+        [16, 32, 64, 128, 256]
     );
     assert_eq!(
+        net.dense_reason(1).as_deref(),
+        Some("no K ≤ 256 meets max error 0.000000001")
+    );
+    // conv1 (16 kernels): a 16-centroid codebook is as large as the layer.
+    assert!(net.error_by_k(0).is_empty());
+    assert_eq!(
         net.dense_reason(0).as_deref(),
-        Some("no K ≤ 16 meets max error 0.000000001")
+        Some("no K of the ladder stores less than the dense weight")
     );
 }
 

@@ -71,7 +71,8 @@ enum Command {
         no_default_keep_dense: bool,
         /// Error budget: give every clustered layer its own codebook with the smallest K of
         /// 16, 32, …, 1024 (capped at its kernels) whose relative error ‖W−Ŵ‖/‖W‖ is at most
-        /// E; a layer that no K meets stays dense. Replaces `--k` and `--scope`.
+        /// E (only K that store fewer bytes than the dense weight are tried); a layer that no
+        /// K meets stays dense. Replaces `--k` and `--scope`.
         #[arg(long, value_name = "E")]
         max_error: Option<f64>,
         /// With `--max-error`: draw each layer's relative error against K, the chosen K
