@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use clustered_conv::data::{FashionMnist, LabelledImages, FASHION_MNIST_MEAN_STD};
 use clustered_conv::io::read_onnx;
-use clustered_conv::nn::{Layer, Network};
+use clustered_conv::nn::Network;
 use clustered_conv::{compress, CodebookScope, CompressionConfig, ConvLayer, KernelCodebook};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -27,21 +27,11 @@ fn accuracy(net: &Network<f32>, set: &LabelledImages) -> Res<f64> {
 }
 
 /// The k×k convolutions as `Network::compress` names them (`layers.<index>`).
-fn convolutions(net: &Network<f32>) -> Vec<ConvLayer<f32>> {
-    net.layers
-        .iter()
-        .enumerate()
-        .filter_map(|(l, layer)| match layer {
-            Layer::Conv(c) if c.kernel_size().0 * c.kernel_size().1 > 1 => Some(ConvLayer {
-                name: format!("layers.{l}"),
-                weight: c.weight().clone(),
-                bias: c.bias().cloned(),
-                geometry: c.geometry(),
-                mask: None,
-            }),
-            _ => None,
-        })
-        .collect()
+fn convolutions(net: &Network<f32>) -> Res<Vec<ConvLayer<f32>>> {
+    let names: Vec<String> = (0..net.layers.len())
+        .map(|l| format!("layers.{l}"))
+        .collect();
+    Ok(net.named_convolutions(&names)?.1)
 }
 
 /// One table row: accuracy, conv bytes after compression, and the dense layers.
@@ -51,7 +41,7 @@ fn row(
     name: &str,
     config: &CompressionConfig,
 ) -> Res<()> {
-    let convs = convolutions(net);
+    let convs = convolutions(net)?;
     let report = compress(&convs, config)?.report().against(&convs).build()?;
     let acc = accuracy(&net.compress(config)?, test)?;
     let dense: Vec<&str> = report
@@ -86,7 +76,7 @@ fn config(k: usize, scope: CodebookScope, rule: Option<(usize, usize)>) -> Compr
 
 fn model_table(path: &std::path::Path, test: &LabelledImages) -> Res<()> {
     let net = read_onnx(path)?.network;
-    let convs = convolutions(&net);
+    let convs = convolutions(&net)?;
     let shapes: Vec<String> = convs
         .iter()
         .map(|c| {
