@@ -294,3 +294,80 @@ fn bad_inputs_are_refused_with_a_message() {
     ]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn eval_and_run_read_an_image_folder() {
+    use clustered_conv::data::{Channels, ImageFolder, Normalization};
+    use clustered_conv::nn::{Linear, Network};
+    use clustered_conv::{Conv2d, ConvGeometry};
+    use ndarray::{Array1, Array2};
+
+    let dir = scratch("folder");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/image_folder/mixed");
+    let conv = Conv2d::new(
+        Array4::from_shape_fn((3, 1, 3, 3), |(o, _, r, c)| {
+            (o as f32 - 1.0) * 0.3 + (r * 3 + c) as f32 * 0.05
+        }),
+        Some(Array1::from_vec(vec![0.1, -0.1, 0.0])),
+        ConvGeometry::default().padding(1, 1),
+    )
+    .unwrap();
+    let fc = Linear {
+        weight: Array2::from_shape_fn((3, 3), |(o, i)| if o == i { 1.0 } else { -0.5 }),
+        bias: Array1::zeros(3),
+    };
+    let net = Network::new(vec![
+        Layer::Conv(conv),
+        Layer::Relu,
+        Layer::GlobalAvgPool,
+        Layer::Flatten,
+        Layer::Linear(fc),
+    ]);
+    let model = dir.join("net.safetensors");
+    net.save(&model).unwrap();
+
+    // What the library computes on the same folder (its loader is checked against Pillow in
+    // image_data.rs).
+    let norm = Normalization::new(vec![0.45], vec![0.22]).unwrap();
+    let folder = ImageFolder::load(&root, Channels::Grey, &norm).unwrap();
+    let logits = net.forward(folder.dataset.images.view()).unwrap();
+    let argmax: Vec<usize> = logits
+        .outer_iter()
+        .map(|r| (0..3).fold(0, |b, j| if r[j] > r[b] { j } else { b }))
+        .collect();
+
+    let args = [
+        "--data",
+        path(&root),
+        "--mean",
+        "0.45",
+        "--std",
+        "0.22",
+        "-q",
+    ];
+    let csv = ok(&[&["run", path(&model)][..], &args].concat());
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), folder.files.len());
+    for (i, row) in rows.iter().enumerate() {
+        let fields: Vec<&str> = row.split(',').collect();
+        assert_eq!(fields[1], folder.files[i].display().to_string());
+        assert_eq!(fields[2].parse::<usize>().unwrap(), argmax[i], "{row}");
+        assert_eq!(fields[3], folder.dataset.classes[argmax[i]]);
+    }
+    let json = ok(&[&["eval", path(&model), "--json"][..], &args].concat());
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let correct = argmax
+        .iter()
+        .zip(&folder.dataset.labels)
+        .filter(|(a, b)| a == b)
+        .count();
+    assert_eq!(
+        v["top1"].as_f64().unwrap(),
+        correct as f64 / argmax.len() as f64
+    );
+    assert_eq!(
+        v["classes"],
+        serde_json::json!(["a_square", "b_circle", "c_nested"])
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
