@@ -269,6 +269,13 @@ fn bad_inputs_are_refused_with_a_message() {
         &images,
     ]);
     assert!(err.contains("--geometry"), "{err}");
+    // Images of another size than the model's are refused, not resized.
+    let folder = format!(
+        "{}/tests/data/image_folder/mixed",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let err = refused(&["eval", &model, "--data", &folder, "-q"]);
+    assert!(err.contains("1×28×28") && err.contains("1×6×8"), "{err}");
     // A state_dict compressed without its graph cannot be run.
     let err = refused(&[
         "eval",

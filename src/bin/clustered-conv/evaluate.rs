@@ -8,7 +8,7 @@ use clustered_conv::io::write_atomic;
 use ndarray::{Array2, ArrayView1};
 
 use crate::dataset_args::{usage, CliResult, DataArgs, Images};
-use crate::network::{input_channels, load, logits};
+use crate::network::{check_size, input_channels, load, logits};
 
 /// `eval`'s arguments.
 #[derive(Args, Debug)]
@@ -89,6 +89,7 @@ pub fn evaluate(logits: &Array2<f32>, labels: &[usize]) -> CliResult<Evaluation>
 pub fn eval(args: &EvalArgs) -> CliResult<()> {
     let saved = load(&args.model)?;
     let data = args.data.load(input_channels(&saved)?, true)?;
+    check_size(&saved, &data, &args.data.data)?;
     let logits = logits(&saved.network, data.images.view(), args.quiet)?;
     let labels = data.labels.as_deref().unwrap_or_default();
     let result = evaluate(&logits, labels)?;
@@ -119,6 +120,7 @@ pub fn eval(args: &EvalArgs) -> CliResult<()> {
 pub fn run(args: &RunArgs) -> CliResult<()> {
     let saved = load(&args.model)?;
     let data = args.data.load(input_channels(&saved)?, false)?;
+    check_size(&saved, &data, &args.data.data)?;
     let logits = logits(&saved.network, data.images.view(), args.quiet)?;
     let csv = predictions_csv(&logits, &data);
     match &args.output {

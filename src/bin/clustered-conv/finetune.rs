@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::dataset_args::{usage, CliResult, DataArgs, Images};
 use crate::evaluate::evaluate;
-use crate::network::{bar, input_channels, load, logits};
+use crate::network::{bar, check_size, input_channels, load, logits};
 use crate::pictures;
 
 /// `finetune`'s arguments.
@@ -84,7 +84,11 @@ pub fn finetune(args: &FinetuneArgs) -> CliResult<()> {
     let mut saved = load(&args.model)?;
     let channels = input_channels(&saved)?;
     let train = args.data.load(channels, true)?;
+    check_size(&saved, &train, &args.data.data)?;
     let test = test_set(args, channels)?;
+    if let (Some(t), Some(path)) = (&test, &args.test_data) {
+        check_size(&saved, t, path)?;
+    }
     let mut history = Vec::new();
     record(
         &mut history,

@@ -11,7 +11,7 @@ use clustered_conv::CompressionConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{s, Array2, ArrayView4, Axis};
 
-use crate::dataset_args::{usage, CliResult};
+use crate::dataset_args::{usage, CliResult, Images};
 
 /// Images per forward pass when evaluating.
 pub const EVAL_BATCH: usize = 256;
@@ -58,6 +58,23 @@ pub fn input_channels(saved: &SavedNetwork) -> CliResult<usize> {
             _ => None,
         })
         .ok_or_else(|| usage("the network's input channels are unknown".into()))
+}
+
+/// Refuses images of another size than the model records (the network itself would fail
+/// later, with a less helpful message); images are never resized.
+pub fn check_size(saved: &SavedNetwork, images: &Images, source: &Path) -> CliResult<()> {
+    let Some([c, h, w]) = saved.input_shape else {
+        return Ok(());
+    };
+    let (_, ic, ih, iw) = images.images.dim();
+    if (ic, ih, iw) != (c, h, w) {
+        return Err(usage(format!(
+            "the model takes {c}×{h}×{w} images but {} holds {ic}×{ih}×{iw}; resize them \
+             beforehand (they are never resized here)",
+            source.display()
+        )));
+    }
+    Ok(())
 }
 
 /// `compress model.onnx`: clusters the ONNX network's convolutions (named by their nodes) and
