@@ -122,6 +122,13 @@ fn compress_finetune_export_round_trip() {
         .count();
     assert!(clustered >= 4, "{clustered} clustered layers");
     assert_eq!(saved.input_shape, Some([1, 28, 28]));
+    let inspect = ok(&["inspect", path(&compressed)]);
+    let summary = "network: 23 layers (input 1×28×28, a graph)";
+    assert!(inspect.contains(summary), "{inspect}");
+    assert!(
+        inspect.contains(&format!(" {clustered} clustered conv")),
+        "{inspect}"
+    );
 
     // Fine-tune on the 64 images, testing on them too: recalibration and 3 epochs help.
     let tuned = dir.join("tuned.ccv.safetensors");

@@ -18,7 +18,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use clustered_conv::io::{
     import_conv_layers, parse_geometry_map, read_safetensors, write_atomic, CompressedModel,
-    GeometryMap, ImportedModel,
+    GeometryMap, ImportedModel, SavedNetwork,
 };
 use clustered_conv::{
     CodebookScope, CompressedLayer, CompressedNetwork, CompressionConfig, CompressionReport,
@@ -423,6 +423,12 @@ fn run_inspect(file: &Path, json: bool, png: Option<&Path>) -> Result<(), Error>
             model.passthrough.len(),
             std::fs::metadata(file).map(|m| m.len()).unwrap_or(0)
         );
+        if model.graph.is_some() {
+            println!(
+                "{}",
+                network::graph_summary(&SavedNetwork::from_model(model.clone())?)
+            );
+        }
     }
     if let Some(dir) = png {
         for path in pictures::write_all(&model, dir)? {

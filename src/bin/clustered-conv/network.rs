@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::Args;
 use clustered_conv::io::{export_onnx, read_onnx, write_atomic, SavedNetwork};
-use clustered_conv::nn::Network;
+use clustered_conv::nn::{Layer, Network};
 use clustered_conv::CompressionConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{s, Array2, ArrayView4, Axis};
@@ -47,7 +47,6 @@ pub fn input_channels(saved: &SavedNetwork) -> CliResult<usize> {
     if let Some([c, _, _]) = saved.input_shape {
         return Ok(c);
     }
-    use clustered_conv::nn::Layer;
     saved
         .network
         .layers
@@ -75,6 +74,47 @@ pub fn check_size(saved: &SavedNetwork, images: &Images, source: &Path) -> CliRe
         )));
     }
     Ok(())
+}
+
+/// One line: the graph's layers by kind and its input, e.g. `network: 23 layers (input
+/// 1×28×28): 6 conv, 5 batch norm, …`.
+pub fn graph_summary(saved: &SavedNetwork) -> String {
+    let mut kinds: Vec<(&str, usize)> = Vec::new();
+    for layer in &saved.network.layers {
+        let kind = match layer {
+            Layer::Conv(_) => "dense conv",
+            Layer::Clustered { .. } => "clustered conv",
+            Layer::BatchNorm(_) => "batch norm",
+            Layer::Relu => "relu",
+            Layer::MaxPool(_) => "max pool",
+            Layer::AvgPool(_) => "avg pool",
+            Layer::GlobalAvgPool => "global avg pool",
+            Layer::Flatten => "flatten",
+            Layer::Linear(_) => "linear",
+            Layer::Add => "add",
+            _ => "other",
+        };
+        match kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((kind, 1)),
+        }
+    }
+    let input = saved
+        .input_shape
+        .map_or("input size not recorded".to_string(), |[c, h, w]| {
+            format!("input {c}×{h}×{w}")
+        });
+    let counts: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    format!(
+        "network: {} layers ({input}{}): {}",
+        saved.network.layers.len(),
+        if saved.network.is_chain() {
+            ", a chain"
+        } else {
+            ", a graph"
+        },
+        counts.join(", ")
+    )
 }
 
 /// `compress model.onnx`: clusters the ONNX network's convolutions (named by their nodes) and
