@@ -317,6 +317,14 @@ pub(crate) fn from_plan(
 impl fmt::Display for CompressionReport {
     /// An aligned table: one line per layer, one per codebook, then totals.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_layers(f)?;
+        self.write_totals(f)
+    }
+}
+
+impl CompressionReport {
+    /// The table's header, one line per layer, and the K searched per layer.
+    fn write_layers(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let opt = |v: Option<f64>, digits: usize| {
             v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
         };
@@ -364,6 +372,11 @@ impl fmt::Display for CompressionReport {
                 .collect();
             writeln!(f, "max-error search {}: {}", l.name, points.join(", "))?;
         }
+        Ok(())
+    }
+
+    /// One line per codebook, then the totals.
+    fn write_totals(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, c) in self.codebooks.iter().enumerate() {
             writeln!(
                 f,

@@ -107,36 +107,13 @@ pub fn finetune(args: &FinetuneArgs) -> CliResult<()> {
             args.quiet,
         )?;
     }
-    let sgd = Sgd {
-        lr: args.lr,
-        momentum: args.momentum,
-        weight_decay: args.weight_decay,
-        schedule: LrSchedule::Cosine {
-            epochs: args.epochs,
-        },
-    };
-    let mut states: Vec<SgdState<f32>> = Vec::new();
-    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
-    for epoch in 0..args.epochs {
-        let loss = train_epoch(
-            &mut saved.network,
-            &train,
-            &sgd,
-            epoch,
-            &mut states,
-            &mut rng,
-            args,
-        )?;
-        eprintln!("epoch {}: mean loss {loss:.4}", epoch + 1);
-        let stage = format!("epoch {}", epoch + 1);
-        record(
-            &mut history,
-            &stage,
-            &saved.network,
-            test.as_ref(),
-            args.quiet,
-        )?;
-    }
+    train_epochs(
+        &mut saved.network,
+        &train,
+        test.as_ref(),
+        args,
+        &mut history,
+    )?;
     saved.network.round_scales()?;
     saved.save(&args.output)?;
     print_history(&history);
@@ -148,6 +125,33 @@ pub fn finetune(args: &FinetuneArgs) -> CliResult<()> {
         args.output.display(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// `args.epochs` epochs of SGD (cosine schedule), the test accuracy recorded after each.
+fn train_epochs(
+    network: &mut Network<f32>,
+    train: &Images,
+    test: Option<&Images>,
+    args: &FinetuneArgs,
+    history: &mut Vec<Stage>,
+) -> CliResult<()> {
+    let sgd = Sgd {
+        lr: args.lr,
+        momentum: args.momentum,
+        weight_decay: args.weight_decay,
+        schedule: LrSchedule::Cosine {
+            epochs: args.epochs,
+        },
+    };
+    let mut states: Vec<SgdState<f32>> = Vec::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    for epoch in 0..args.epochs {
+        let loss = train_epoch(network, train, &sgd, epoch, &mut states, &mut rng, args)?;
+        eprintln!("epoch {}: mean loss {loss:.4}", epoch + 1);
+        let stage = format!("epoch {}", epoch + 1);
+        record(history, &stage, network, test, args.quiet)?;
+    }
     Ok(())
 }
 
