@@ -201,7 +201,8 @@ fn idx_labels(path: &Path, n: usize) -> CliResult<Vec<usize>> {
     Ok(idx.data.into_iter().map(usize::from).collect())
 }
 
-fn has_extension(path: &Path, ext: &str) -> bool {
+/// Whether `path` ends in `.ext` (any case).
+pub fn has_extension(path: &Path, ext: &str) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case(ext))

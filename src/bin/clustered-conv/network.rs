@@ -11,16 +11,14 @@ use clustered_conv::CompressionConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{s, Array2, ArrayView4, Axis};
 
-use crate::dataset_args::{usage, CliResult, Images};
+use crate::dataset_args::{has_extension, usage, CliResult, Images};
 
 /// Images per forward pass when evaluating.
 pub const EVAL_BATCH: usize = 256;
 
 /// Whether `path` names an ONNX file (by its extension).
 pub fn is_onnx(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    has_extension(path, "onnx")
 }
 
 /// A runnable network from an ONNX file or a compressed-network file.
