@@ -264,8 +264,8 @@ impl Network<f32> {
     }
 }
 
-/// `Ok` when `names` has one distinct name per layer.
-fn check_names(names: &[String], layers: usize) -> Result<()> {
+/// `Ok` when `names` has one distinct name per layer (ONNX export checks the same).
+pub(super) fn check_names(names: &[String], layers: usize) -> Result<()> {
     if names.len() != layers {
         return Err(Error::InvalidModel {
             what: format!("{} layer names for {layers} layers", names.len()),

@@ -210,15 +210,10 @@ fn float(name: &str, value: f32) -> AttributeProto {
 /// Checks that `names` has one entry per layer, all distinct and non-empty (they name the
 /// nodes and their weights).
 pub(super) fn check_names(names: &[String], layers: usize) -> Result<()> {
-    let unique: std::collections::HashSet<&String> = names.iter().collect();
-    if names.len() != layers || unique.len() != layers || names.iter().any(String::is_empty) {
+    super::super::network_file::check_names(names, layers)?;
+    if names.iter().any(String::is_empty) {
         return Err(Error::InvalidModel {
-            what: format!(
-                "ONNX export needs one distinct, non-empty name per layer: {layers} layers, {} \
-                 names ({} distinct)",
-                names.len(),
-                unique.len()
-            ),
+            what: "ONNX export needs a non-empty name for every layer".into(),
         });
     }
     Ok(())
