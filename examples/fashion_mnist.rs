@@ -1,28 +1,37 @@
 //! The flagship job: train a small VGG-style CNN on Fashion-MNIST, compress its 3×3 kernels
 //! into one shared codebook at several settings, fine-tune each (assignments frozen; centroids,
-//! scales, batch norm and classifier trained), and report accuracy, compression and inference
-//! time in one table — printed, and written as CSV and JSON (and, with the `safetensors`
-//! feature, the trained and compressed models) under `--out`.
+//! scales, batch norm and classifier trained, distilled from the dense network), and report
+//! accuracy, compression and inference time in one table — printed, and written as CSV and
+//! JSON (and, with the `safetensors` feature, the trained and compressed models) under `--out`.
 //!
 //! Data: `--data DIR`, else `$FASHION_MNIST_DIR`, else the Debian package
 //! `dataset-fashion-mnist`, else the 6,000 / 1,000-image slice vendored in this repository.
 //!
 //! Run: `cargo run --release --features safetensors,data --example fashion_mnist -- [--quick]
-//! [--data DIR] [--epochs N] [--finetune-epochs N] [--configs C256,C64,C16,C16N]
-//! [--train-limit N] [--out DIR] [--seed N]`.
+//! [--data DIR] [--epochs N] [--batch N] [--configs C64,C64N-TIC4] [--seeds N]
+//! [--finetune-epochs N] [--finetune-images N] [--finetune-lr LR] [--no-distill]
+//! [--no-weighted] [--ablation] [--cluster-first] [--train-limit N] [--load-dense FILE]
+//! [--out DIR] [--seed N]`.
 //!
 //! Settings: `C<K>` = shared codebook of K centroids with f16 scales; `C<K>N` = no scales
 //! (raw kernels clustered); a `-TIC2`/`-TIC4`/`-TIC8` suffix adds flip/rotation invariance.
+//!
+//! The compression stage (clustering, batch-norm recalibration, fine-tuning) runs `--seeds`
+//! times per setting on the same dense network, with different k-means and shuffling seeds,
+//! and the summary gives the mean and the range. `--ablation` runs every setting four times
+//! more: distillation on/off × importance-weighted k-means on/off.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clustered_conv::data::{FashionMnist, LabelledImages, FASHION_MNIST_MEAN_STD};
-use clustered_conv::nn::{random_crop_flip, Layer, LrSchedule, Network, Sgd, SgdState};
+use clustered_conv::nn::{
+    random_crop_flip, Distillation, Layer, LrSchedule, Network, Sgd, SgdState,
+};
 use clustered_conv::{CompressionConfig, KernelCodebook, ScaleScheme, Symmetry};
 use indicatif::{ProgressBar, ProgressStyle};
-use ndarray::Array4;
+use ndarray::{Array2, Array4};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -33,8 +42,6 @@ mod flagship;
 use flagship::build_network;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
-
-const BATCH: usize = 64;
 
 /// One compression setting of the table.
 #[derive(Clone, Debug)]
@@ -72,6 +79,31 @@ fn parse_setting(spec: &str, seed: u64) -> Res<Setting> {
     })
 }
 
+/// How the compression stage runs: the choices the ablation switches.
+#[derive(Clone, Debug)]
+struct Recipe {
+    /// Mini-batch size of training and fine-tuning.
+    batch: usize,
+    finetune_epochs: usize,
+    finetune_images: usize,
+    finetune_lr: f64,
+    /// Soft targets from the dense network during fine-tuning (`None`: labels only).
+    distill: Option<Distillation>,
+    /// k-means weighted by each kernel's gradient-squared importance.
+    weighted: bool,
+    /// The first layer (1 input channel, 32 kernels) stays dense: its kernels are few (1.2 KB)
+    /// and unlike all the others, and clustering them costs accuracy.
+    keep_first_dense: bool,
+}
+
+impl Recipe {
+    /// The row label's suffix in the ablation: which of the two choices are on.
+    fn label(&self) -> String {
+        let on = |b: bool| if b { '+' } else { '-' };
+        format!(" {}KD {}W", on(self.distill.is_some()), on(self.weighted))
+    }
+}
+
 /// A progress bar over one epoch's batches (hidden when stderr is not a terminal).
 fn batch_bar(len: usize, label: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
@@ -84,13 +116,16 @@ fn batch_bar(len: usize, label: &str) -> ProgressBar {
     bar
 }
 
-/// SGD over shuffled, augmented mini-batches; prints the test accuracy after every epoch.
+/// SGD over shuffled, augmented mini-batches of `batch` images; with a teacher, each step's
+/// loss is distilled from the teacher's logits on the same augmented images. Prints the
+/// test accuracy after every epoch but the last.
+#[allow(clippy::too_many_arguments)]
 fn train(
     net: &mut Network<f32>,
     data: &FashionMnist,
-    epochs: usize,
-    images_per_epoch: usize,
+    (epochs, images_per_epoch, batch): (usize, usize, usize),
     sgd: &Sgd,
+    teacher: Option<(&Network<f32>, &Distillation)>,
     seed: u64,
     label: &str,
 ) -> Res<()> {
@@ -98,16 +133,30 @@ fn train(
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut order: Vec<usize> = (0..data.train.len()).collect();
     let mut states: Vec<SgdState<f32>> = Vec::new();
-    let batches = images_per_epoch.min(data.train.len()) / BATCH;
+    let batches = images_per_epoch.min(data.train.len()) / batch;
     for epoch in 0..epochs {
         order.shuffle(&mut rng);
         let start = Instant::now();
         let bar = batch_bar(batches, &format!("{label} epoch {}/{epochs}", epoch + 1));
         let mut total = 0.0;
-        for (b, rows) in order.chunks_exact(BATCH).take(batches).enumerate() {
+        for (b, rows) in order.chunks_exact(batch).take(batches).enumerate() {
             let (x, labels) = data.train.batch(rows, mean, std)?;
             let x = random_crop_flip(x.view(), 2, -mean / std, &mut rng);
-            total += net.train_step(x.view(), &labels, sgd, epoch, &mut states)?;
+            total += match teacher {
+                Some((teacher, kd)) => {
+                    let soft = teacher.forward(x.view())?;
+                    net.train_step_distill(
+                        x.view(),
+                        &labels,
+                        soft.view(),
+                        kd,
+                        sgd,
+                        epoch,
+                        &mut states,
+                    )?
+                }
+                None => net.train_step(x.view(), &labels, sgd, epoch, &mut states)?,
+            };
             bar.inc(1);
             if b % 10 == 0 {
                 bar.set_message(format!(
@@ -118,12 +167,19 @@ fn train(
             }
         }
         bar.finish_and_clear();
-        let acc = accuracy(net, &data.test)?;
+        // The last epoch's accuracy is the table's (measured by the caller): not twice.
+        let acc = if epoch + 1 < epochs {
+            format!(
+                ", test accuracy {:.2} %",
+                100.0 * accuracy(net, &data.test)?
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "{label} epoch {}/{epochs}: loss {:.3}, test accuracy {:.2} % ({:.0} s)",
+            "{label} epoch {}/{epochs}: loss {:.3}{acc} ({:.0} s)",
             epoch + 1,
             total / batches.max(1) as f64,
-            100.0 * acc,
             start.elapsed().as_secs_f64()
         );
     }
@@ -137,18 +193,38 @@ fn accuracy(net: &Network<f32>, data: &LabelledImages) -> Res<f64> {
     Ok(net.accuracy(x.view(), &labels, 500)?)
 }
 
-/// Batch-norm statistics re-estimated on 32 batches of training images (no augmentation).
-fn recalibrate(net: &mut Network<f32>, train: &LabelledImages, seed: u64) -> Res<()> {
+/// `count` batches of 64 shuffled training images (no augmentation) with their labels.
+fn sample_batches(
+    train: &LabelledImages,
+    count: usize,
+    seed: u64,
+) -> Res<Vec<(Array4<f32>, Vec<usize>)>> {
     let (mean, std) = FASHION_MNIST_MEAN_STD;
     let mut rows: Vec<usize> = (0..train.len()).collect();
     rows.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    let batches: Vec<Array4<f32>> = rows
-        .chunks_exact(BATCH)
-        .take(32)
-        .map(|r| train.batch(r, mean, std).map(|(x, _)| x))
-        .collect::<Result<_, _>>()?;
-    net.recalibrate_batch_norm(batches.iter().map(|b| b.view()))?;
+    Ok(rows
+        .chunks_exact(64)
+        .take(count)
+        .map(|r| train.batch(r, mean, std))
+        .collect::<Result<_, _>>()?)
+}
+
+/// Batch-norm statistics re-estimated on 32 batches of training images (no augmentation).
+fn recalibrate(net: &mut Network<f32>, train: &LabelledImages, seed: u64) -> Res<()> {
+    let batches = sample_batches(train, 32, seed)?;
+    net.recalibrate_batch_norm(batches.iter().map(|(x, _)| x.view()))?;
     Ok(())
+}
+
+/// Each kernel's gradient-squared importance on 32 batches of 64 training images, per layer
+/// (what the weighted k-means weighs the kernels by).
+fn importance(
+    net: &Network<f32>,
+    train: &LabelledImages,
+    seed: u64,
+) -> Res<Vec<Option<Array2<f64>>>> {
+    let batches = sample_batches(train, 32, seed)?;
+    Ok(net.kernel_importance(batches.iter().map(|(x, l)| (x.view(), l.as_slice())))?)
 }
 
 /// Test accuracy and the wall time of that evaluation (batches of 500 images).
@@ -162,6 +238,7 @@ fn timed_accuracy(net: &Network<f32>, data: &LabelledImages) -> Res<(f64, f64)> 
 #[derive(Debug, serde::Serialize)]
 struct Row {
     model: String,
+    seed: u64,
     accuracy: f64,
     after_clustering: Option<f64>,
     after_recalibration: Option<f64>,
@@ -209,8 +286,20 @@ fn ratios(net: &Network<f32>, setting: &Setting) -> (f64, f64) {
     )
 }
 
-fn main() -> Res<()> {
-    let args: Vec<String> = std::env::args().collect();
+/// Everything `main` reads from the command line.
+struct Options {
+    quick: bool,
+    seed: u64,
+    seeds: u64,
+    epochs: usize,
+    settings: Vec<Setting>,
+    recipe: Recipe,
+    ablation: bool,
+    load_dense: Option<PathBuf>,
+    out_dir: PathBuf,
+}
+
+fn parse_options(args: &[String]) -> Res<Options> {
     let flag = |name: &str| args.iter().any(|a| a == name);
     let arg = |name: &str| {
         args.iter()
@@ -220,6 +309,45 @@ fn main() -> Res<()> {
     };
     let quick = flag("--quick");
     let seed: u64 = arg("--seed").map_or(Ok(2018), |v| v.parse())?;
+    let recipe = Recipe {
+        batch: arg("--batch").map_or(Ok(64), |v| v.parse())?,
+        finetune_epochs: arg("--finetune-epochs").map_or(Ok(1), |v| v.parse())?,
+        finetune_images: arg("--finetune-images")
+            .map_or(Ok(if quick { 6000 } else { 20_000 }), |v| v.parse())?,
+        finetune_lr: arg("--finetune-lr").map_or(Ok(0.003), |v| v.parse())?,
+        distill: (!flag("--no-distill")).then(Distillation::default),
+        weighted: !flag("--no-weighted"),
+        keep_first_dense: !flag("--cluster-first"),
+    };
+    if recipe.batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
+    Ok(Options {
+        quick,
+        seed,
+        seeds: arg("--seeds").map_or(Ok(1), |v| v.parse())?,
+        epochs: arg("--epochs").map_or(Ok(if quick { 3 } else { 5 }), |v| v.parse())?,
+        settings: arg("--configs")
+            .unwrap_or_else(|| "C64,C64N-TIC4".to_string())
+            .split(',')
+            .map(|s| parse_setting(s.trim(), seed))
+            .collect::<Res<_>>()?,
+        recipe,
+        ablation: flag("--ablation"),
+        load_dense: arg("--load-dense").map(PathBuf::from),
+        out_dir: PathBuf::from(arg("--out").unwrap_or_else(|| "target/fashion_mnist".into())),
+    })
+}
+
+/// The data the options ask for: `--data`, the environment or the vendored slice, cut to
+/// `--train-limit` (and, with `--quick`, to 6,000 / 2,000 images).
+fn load_data(args: &[String], quick: bool) -> Res<FashionMnist> {
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     // The slice vendored in this repository: used when the real data is not installed.
     let vendored = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist-slice");
     let explicit = arg("--data").map(PathBuf::from);
@@ -234,136 +362,224 @@ fn main() -> Res<()> {
     if quick {
         data.test = data.test.truncated(2000);
     }
-    let epochs: usize = arg("--epochs").map_or(Ok(if quick { 3 } else { 5 }), |v| v.parse())?;
-    let finetune: usize = arg("--finetune-epochs").map_or(Ok(1), |v| v.parse())?;
-    // The first layer (1 input channel, 32 kernels) stays dense unless asked: its kernels are
-    // few (1.2 KB) and unlike all the others, and clustering them costs accuracy.
-    let keep_first_dense = !flag("--cluster-first");
-    let finetune_lr: f64 = arg("--finetune-lr").map_or(Ok(0.003), |v| v.parse())?;
-    let finetune_images: usize =
-        arg("--finetune-images").map_or(Ok(if quick { 6000 } else { 20_000 }), |v| v.parse())?;
-    let default_configs = if quick {
-        "C64,C64N-TIC4"
-    } else {
-        "C256,C64-TIC4,C64N-TIC4"
-    };
-    let settings: Vec<Setting> = arg("--configs")
-        .unwrap_or_else(|| default_configs.to_string())
-        .split(',')
-        .map(|s| parse_setting(s.trim(), seed))
-        .collect::<Res<_>>()?;
-    let out_dir = PathBuf::from(arg("--out").unwrap_or_else(|| "target/fashion_mnist".into()));
-    std::fs::create_dir_all(&out_dir)?;
-    println!(
-        "data: {} ({} train / {} test images); {epochs} epochs, then per setting {finetune} \
-         fine-tuning epoch(s) of {} images; {} rayon threads",
-        data.source.dir().display(),
-        data.train.len(),
-        data.test.len(),
-        finetune_images.min(data.train.len()),
-        rayon::current_num_threads()
-    );
+    Ok(data)
+}
 
-    let total = Instant::now();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+/// The dense baseline: trained (SGD, momentum 0.9, lr 0.05 · batch/64, cosine, weight decay
+/// 5e-4, random crop + flip), or loaded with `--load-dense`. Returns it with its row.
+fn dense_stage(opts: &Options, data: &FashionMnist) -> Res<(Network<f32>, Row)> {
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let mut net = build_network(&mut rng)?;
     let sgd = Sgd {
-        lr: 0.05,
+        lr: 0.05 * opts.recipe.batch as f64 / 64.0,
         momentum: 0.9,
         weight_decay: 5e-4,
-        schedule: LrSchedule::Cosine { epochs },
+        schedule: LrSchedule::Cosine {
+            epochs: opts.epochs,
+        },
     };
     let t = Instant::now();
-    match arg("--load-dense") {
+    match &opts.load_dense {
         #[cfg(feature = "safetensors")]
-        Some(path) => save::load_into(&mut net, std::path::Path::new(&path))?,
+        Some(path) => save::load_into(&mut net, path)?,
         #[cfg(not(feature = "safetensors"))]
         Some(_) => return Err("--load-dense needs the `safetensors` feature".into()),
-        None => train(&mut net, &data, epochs, usize::MAX, &sgd, seed + 1, "train")?,
+        None => {
+            let shape = (opts.epochs, usize::MAX, opts.recipe.batch);
+            train(&mut net, data, shape, &sgd, None, opts.seed + 1, "train")?
+        }
     }
     let train_s = t.elapsed().as_secs_f64();
-    let (dense_acc, dense_time) = timed_accuracy(&net, &data.test)?;
+    let (accuracy, inference_s) = timed_accuracy(&net, &data.test)?;
     #[cfg(feature = "safetensors")]
-    save::save(&net, &out_dir.join("dense.safetensors"), None)?;
-    let mut rows = vec![Row {
+    save::save(&net, &opts.out_dir.join("dense.safetensors"), None)?;
+    let row = Row {
         model: "dense".into(),
-        accuracy: dense_acc,
+        seed: opts.seed,
+        accuracy,
         after_clustering: None,
         after_recalibration: None,
         ratio_3x3: 1.0,
         ratio_model: 1.0,
-        inference_s: dense_time,
+        inference_s,
         speedup: 1.0,
         train_s,
-    }];
-    for setting in &settings {
-        let t = Instant::now();
-        let mut compressed = if keep_first_dense {
-            net.compress_where(&setting.config, |_, c| c.in_channels() > 1)?
-        } else {
-            net.compress(&setting.config)?
-        };
-        let after = accuracy(&compressed, &data.test)?;
-        recalibrate(&mut compressed, &data.train, seed + 3)?;
-        let recalibrated = accuracy(&compressed, &data.test)?;
-        let ft = Sgd {
-            lr: finetune_lr,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            schedule: LrSchedule::Cosine { epochs: finetune },
-        };
-        let label = format!("fine-tune {}", setting.name);
-        train(
-            &mut compressed,
-            &data,
-            finetune,
-            finetune_images,
-            &ft,
-            seed + 2,
-            &label,
-        )?;
-        let train_s = t.elapsed().as_secs_f64();
-        compressed.round_scales()?;
-        let (acc, time) = timed_accuracy(&compressed, &data.test)?;
-        let (ratio_3x3, ratio_model) = ratios(&compressed, setting);
-        #[cfg(feature = "safetensors")]
-        save::save(
-            &compressed,
-            &out_dir.join(format!("{}.safetensors", setting.name)),
-            Some(setting.config.codebook.check()?.scale_scheme()),
-        )?;
-        rows.push(Row {
-            model: setting.name.clone(),
-            accuracy: acc,
-            after_clustering: Some(after),
-            after_recalibration: Some(recalibrated),
-            ratio_3x3,
-            ratio_model,
-            inference_s: time,
-            speedup: dense_time / time,
-            train_s,
-        });
+    };
+    Ok((net, row))
+}
+
+/// Clusters `dense` at `setting` (k-means seeded with `seed`), recalibrates batch norm,
+/// fine-tunes with `recipe`, rounds the scales to f16 and measures the result.
+fn compression_stage(
+    dense: &Network<f32>,
+    dense_inference_s: f64,
+    data: &FashionMnist,
+    (setting, recipe, name): (&Setting, &Recipe, &str),
+    seed: u64,
+    out_dir: &Path,
+) -> Res<Row> {
+    let t = Instant::now();
+    let mut config = setting.config.clone();
+    config.codebook = config.codebook.seed(seed);
+    let select =
+        |_: usize, c: &clustered_conv::Conv2d<f32>| !recipe.keep_first_dense || c.in_channels() > 1;
+    let mut compressed = if recipe.weighted {
+        let weights = importance(dense, &data.train, seed + 4)?;
+        dense.compress_where_weighted(&config, select, &weights)?
+    } else {
+        dense.compress_where(&config, select)?
+    };
+    let after = accuracy(&compressed, &data.test)?;
+    recalibrate(&mut compressed, &data.train, seed + 3)?;
+    let recalibrated = accuracy(&compressed, &data.test)?;
+    let ft = Sgd {
+        lr: recipe.finetune_lr * recipe.batch as f64 / 64.0,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        schedule: LrSchedule::Cosine {
+            epochs: recipe.finetune_epochs,
+        },
+    };
+    let shape = (recipe.finetune_epochs, recipe.finetune_images, recipe.batch);
+    let teacher = recipe.distill.as_ref().map(|kd| (dense, kd));
+    let label = format!("fine-tune {name} (seed {seed})");
+    train(&mut compressed, data, shape, &ft, teacher, seed + 2, &label)?;
+    let train_s = t.elapsed().as_secs_f64();
+    compressed.round_scales()?;
+    let (acc, time) = timed_accuracy(&compressed, &data.test)?;
+    let (ratio_3x3, ratio_model) = ratios(&compressed, setting);
+    #[cfg(feature = "safetensors")]
+    save::save(
+        &compressed,
+        &out_dir.join(format!("{}-seed{seed}.safetensors", name.replace(' ', ""))),
+        Some(config.codebook.check()?.scale_scheme()),
+    )?;
+    #[cfg(not(feature = "safetensors"))]
+    let _ = out_dir;
+    Ok(Row {
+        model: name.to_string(),
+        seed,
+        accuracy: acc,
+        after_clustering: Some(after),
+        after_recalibration: Some(recalibrated),
+        ratio_3x3,
+        ratio_model,
+        inference_s: time,
+        speedup: dense_inference_s / time,
+        train_s,
+    })
+}
+
+/// The recipes each setting runs with: the chosen one, or with `--ablation` all four
+/// combinations of distillation and weighted k-means (labelled `±KD ±W`).
+fn recipes(opts: &Options) -> Vec<(Recipe, String)> {
+    if !opts.ablation {
+        return vec![(opts.recipe.clone(), String::new())];
     }
-    print_and_write(&rows, &out_dir)?;
+    let mut out = Vec::new();
+    for distill in [false, true] {
+        for weighted in [false, true] {
+            let recipe = Recipe {
+                distill: distill.then(Distillation::default),
+                weighted,
+                ..opts.recipe.clone()
+            };
+            let label = recipe.label();
+            out.push((recipe, label));
+        }
+    }
+    out
+}
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let opts = parse_options(&args)?;
+    let data = load_data(&args, opts.quick)?;
+    std::fs::create_dir_all(&opts.out_dir)?;
+    let r = &opts.recipe;
+    println!(
+        "data: {} ({} train / {} test images); {} epochs of batch {}, then per setting and \
+         seed {} fine-tuning epoch(s) of {} images (distillation {}, weighted k-means {}); \
+         {} seed(s); {} rayon threads",
+        data.source.dir().display(),
+        data.train.len(),
+        data.test.len(),
+        opts.epochs,
+        r.batch,
+        r.finetune_epochs,
+        r.finetune_images.min(data.train.len()),
+        if r.distill.is_some() { "on" } else { "off" },
+        if r.weighted { "on" } else { "off" },
+        opts.seeds,
+        rayon::current_num_threads()
+    );
+    let total = Instant::now();
+    let (net, dense_row) = dense_stage(&opts, &data)?;
+    let dense_time = dense_row.inference_s;
+    let mut rows = vec![dense_row];
+    for setting in &opts.settings {
+        for (recipe, label) in recipes(&opts) {
+            let name = format!("{}{label}", setting.name);
+            for s in 0..opts.seeds {
+                let seed = opts.seed + 100 * s;
+                let stage = (setting, &recipe, name.as_str());
+                let row = compression_stage(&net, dense_time, &data, stage, seed, &opts.out_dir)?;
+                rows.push(row);
+            }
+        }
+    }
+    print_and_write(&rows, &opts.out_dir)?;
+    print_spread(&rows);
     println!(
         "total wall time {:.0} s; results in {}",
         total.elapsed().as_secs_f64(),
-        out_dir.display()
+        opts.out_dir.display()
     );
     Ok(())
+}
+
+/// Per model: the mean test accuracy over its seeds, its range, and the mean loss against
+/// the dense row.
+fn print_spread(rows: &[Row]) {
+    let dense = rows[0].accuracy;
+    println!("\n| model | seeds | mean accuracy | range | mean loss vs dense |");
+    println!("|---|---|---|---|---|");
+    let mut names: Vec<&str> = Vec::new();
+    for r in &rows[1..] {
+        if !names.contains(&r.model.as_str()) {
+            names.push(&r.model);
+        }
+    }
+    for name in names {
+        let acc: Vec<f64> = rows[1..]
+            .iter()
+            .filter(|r| r.model == name)
+            .map(|r| 100.0 * r.accuracy)
+            .collect();
+        let mean = acc.iter().sum::<f64>() / acc.len() as f64;
+        let (lo, hi) = acc
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), &a| (l.min(a), h.max(a)));
+        println!(
+            "| {name} | {} | {mean:.2} % | {lo:.2}–{hi:.2} % | {:.2} points |",
+            acc.len(),
+            100.0 * dense - mean
+        );
+    }
 }
 
 fn print_and_write(rows: &[Row], out_dir: &std::path::Path) -> Res<()> {
     let pct = |v: f64| format!("{:.2} %", 100.0 * v);
     println!(
-        "\n| model | test accuracy | right after clustering | + BN recalibration | 3×3 ratio \
+        "\n| model | seed | test accuracy | right after clustering | + BN recalibration | 3×3 ratio \
          (§2.1) | model ratio | test-set inference | speed-up | train / fine-tune time |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {:.1}× | {:.1}× | {:.2} s | {:.2}× | {:.0} s |",
+            "| {} | {} | {} | {} | {} | {:.1}× | {:.1}× | {:.2} s | {:.2}× | {:.0} s |",
             r.model,
+            r.seed,
             pct(r.accuracy),
             r.after_clustering.map_or("–".into(), pct),
             r.after_recalibration.map_or("–".into(), pct),
@@ -377,15 +593,16 @@ fn print_and_write(rows: &[Row], out_dir: &std::path::Path) -> Res<()> {
     let mut csv = std::fs::File::create(out_dir.join("results.csv"))?;
     writeln!(
         csv,
-        "model,accuracy,after_clustering,after_recalibration,ratio_3x3,ratio_model,inference_s,\
+        "model,seed,accuracy,after_clustering,after_recalibration,ratio_3x3,ratio_model,inference_s,\
          speedup,train_s"
     )?;
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
     for r in rows {
         writeln!(
             csv,
-            "{},{:.4},{},{},{:.3},{:.3},{:.4},{:.3},{:.1}",
+            "{},{},{:.4},{},{},{:.3},{:.3},{:.4},{:.3},{:.1}",
             r.model,
+            r.seed,
             r.accuracy,
             opt(r.after_clustering),
             opt(r.after_recalibration),
