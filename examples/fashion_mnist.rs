@@ -119,7 +119,6 @@ fn batch_bar(len: usize, label: &str) -> ProgressBar {
 /// SGD over shuffled, augmented mini-batches of `batch` images; with a teacher, each step's
 /// loss is distilled from the teacher's logits on the same augmented images. Prints the
 /// test accuracy after every epoch but the last.
-#[allow(clippy::too_many_arguments)]
 fn train(
     net: &mut Network<f32>,
     data: &FashionMnist,
@@ -299,14 +298,17 @@ struct Options {
     out_dir: PathBuf,
 }
 
+/// The value after `name` on the command line, if any.
+fn arg_value(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
 fn parse_options(args: &[String]) -> Res<Options> {
     let flag = |name: &str| args.iter().any(|a| a == name);
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let arg = |name: &str| arg_value(args, name);
     let quick = flag("--quick");
     let seed: u64 = arg("--seed").map_or(Ok(2018), |v| v.parse())?;
     let recipe = Recipe {
@@ -342,12 +344,7 @@ fn parse_options(args: &[String]) -> Res<Options> {
 /// The data the options ask for: `--data`, the environment or the vendored slice, cut to
 /// `--train-limit` (and, with `--quick`, to 6,000 / 2,000 images).
 fn load_data(args: &[String], quick: bool) -> Res<FashionMnist> {
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let arg = |name: &str| arg_value(args, name);
     // The slice vendored in this repository: used when the real data is not installed.
     let vendored = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist-slice");
     let explicit = arg("--data").map(PathBuf::from);
