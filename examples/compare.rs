@@ -33,6 +33,11 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use serde_json::{json, Value};
 
+/// mimalloc, not glibc's allocator: it keeps the training step's large freed buffers for
+/// reuse instead of returning them to the system and page-faulting them back (README).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "common/flagship.rs"]
 mod flagship;
 #[path = "common/layers.rs"]

@@ -22,6 +22,11 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+/// mimalloc, not glibc's allocator: it keeps the training step's large freed buffers for
+/// reuse instead of returning them to the system and page-faulting them back (README).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 const BATCH: usize = 128;

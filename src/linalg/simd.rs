@@ -49,3 +49,24 @@ impl<K: Kernel> WithSimd for Dispatch<K> {
         self.0.run(simd)
     }
 }
+
+/// Runs `work` compiled for the CPU's vector instruction set: plain Rust loops that the
+/// compiler vectorises once they are inlined (hence `#[inline(always)]` on every closure
+/// passed here and on the helpers they call) into the dispatched function. No fused
+/// multiply-adds are formed, so every instruction set gives the same bits.
+#[inline(always)]
+pub(crate) fn vectorised<R>(work: impl FnOnce() -> R) -> R {
+    Kernels::detect().dispatch(Vectorised(work))
+}
+
+/// The [`Kernel`] of [`vectorised`].
+struct Vectorised<W>(W);
+
+impl<R, W: FnOnce() -> R> Kernel for Vectorised<W> {
+    type Output = R;
+
+    #[inline(always)]
+    fn run<S: Simd>(self, _: S) -> R {
+        (self.0)()
+    }
+}

@@ -8,6 +8,7 @@ use ndarray::{Array1, Array4, ArrayView4, Zip};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::linalg::simd::vectorised;
 use crate::linalg::Real;
 
 /// Interleaved partial sums per plane: they break the chain of dependent f64 additions (one
@@ -124,6 +125,15 @@ fn lane_sum<A: Copy>(a: &[A], f: impl Fn(A) -> f64) -> f64 {
     s.iter().sum()
 }
 
+/// [`lane_sum`] of one plane, vectorised.
+#[inline(never)]
+fn plane_sum<F: Real>(plane: &[F], f: impl Fn(F) -> f64) -> f64 {
+    vectorised(
+        #[inline(always)]
+        || lane_sum(plane, f),
+    )
+}
+
 /// The gradient through the ReLU (when `RELU`) and `x̂` of one element, as f64, from its
 /// output gradient `g` and stored value `x` (`x̂ = (x − μ)·s`; the forward pass's operations,
 /// so its values bit for bit). The ReLU passes `g` unless `γ·x̂ + β ≤ 0`, as
@@ -142,10 +152,15 @@ fn through<F: Real, const RELU: bool>(g: F, x: F, [m, s, gamma, beta]: [F; 4]) -
 /// `(Σ g, Σ g·x̂)` of one plane, `g` taken through the ReLU (when `RELU`).
 #[inline(never)]
 fn plane_sums<F: Real, const RELU: bool>(g: &[F], x: &[F], p: [F; 4]) -> (f64, f64) {
-    lane_sums(g, x, |gv, xv| {
-        let (gm, xh) = through::<F, RELU>(gv, xv, p);
-        (gm, gm * xh)
-    })
+    vectorised(
+        #[inline(always)]
+        || {
+            lane_sums(g, x, |gv, xv| {
+                let (gm, xh) = through::<F, RELU>(gv, xv, p);
+                (gm, gm * xh)
+            })
+        },
+    )
 }
 
 /// The input gradient of one plane, in place over its output gradient `g`:
@@ -157,16 +172,24 @@ fn plane_input_grad<F: Real, const RELU: bool>(
     p: [F; 4],
     [k, mg, mgx]: [f64; 3],
 ) {
-    for (gv, &xv) in g.iter_mut().zip(x) {
-        let (gm, xh) = through::<F, RELU>(*gv, xv, p);
-        *gv = F::from_f64_lossy(k * (gm - mg - xh * mgx));
-    }
+    vectorised(
+        #[inline(always)]
+        || {
+            for (gv, &xv) in g.iter_mut().zip(x) {
+                let (gm, xh) = through::<F, RELU>(*gv, xv, p);
+                *gv = F::from_f64_lossy(k * (gm - mg - xh * mgx));
+            }
+        },
+    )
 }
 
 /// `activate` over one plane, appended to `out` (no zero-filling).
 #[inline(never)]
 fn plane_forward<F: Real, const RELU: bool>(out: &mut Vec<F>, x: &[F], p: [F; 4]) {
-    out.extend(x.iter().map(|&v| activate::<F, RELU>(v, p)));
+    vectorised(
+        #[inline(always)]
+        || out.extend(x.iter().map(|&v| activate::<F, RELU>(v, p))),
+    )
 }
 
 impl<F: Real> BatchNorm2d<F> {
@@ -253,11 +276,11 @@ impl<F: Real> BatchNorm2d<F> {
             .into_par_iter()
             .map(|c| {
                 let sum = (0..n)
-                    .map(|b| lane_sum(plane(b, c), |v| v.to_f64_exact()))
+                    .map(|b| plane_sum(plane(b, c), |v| v.to_f64_exact()))
                     .sum::<f64>();
                 let m = sum / count as f64;
                 let squares = (0..n)
-                    .map(|b| lane_sum(plane(b, c), |v| (v.to_f64_exact() - m).powi(2)))
+                    .map(|b| plane_sum(plane(b, c), |v| (v.to_f64_exact() - m).powi(2)))
                     .sum::<f64>();
                 (m, squares / count as f64)
             })

@@ -4,6 +4,7 @@ use ndarray::{Array4, ArrayView4};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::linalg::simd::vectorised;
 use crate::linalg::Real;
 
 /// Largest window side whose offsets fit the compact argmax: `kernel²` offsets must fit in
@@ -113,6 +114,19 @@ impl PoolArgmax {
     }
 }
 
+/// The largest of `values` and its index, the first one on ties (as
+/// [`MaxPool2d::window_max`] has it), as selects rather than branches.
+#[inline(always)]
+fn first_max<F: Real>(values: [F; 4]) -> (usize, F) {
+    let (mut best, mut value) = (0, values[0]);
+    for (q, &v) in values.iter().enumerate().skip(1) {
+        let better = v > value;
+        best = if better { q } else { best };
+        value = if better { v } else { value };
+    }
+    (best, value)
+}
+
 impl MaxPool2d {
     /// Output height and width for an `h × w` input: `⌊(h + 2p − k) / s⌋ + 1` and
     /// `⌊(w + 2p − k) / s⌋ + 1`.
@@ -190,7 +204,24 @@ impl MaxPool2d {
         mut emit: impl FnMut(usize, usize, F),
     ) {
         let mut i = 0;
-        if self.padding == 0 {
+        if (self.kernel, self.stride, self.padding) == (2, 2, 0) {
+            // The common 2×2 / 2 pool: two rows at a time, the four candidates compared
+            // without branches (a maximum's position is unpredictable), vectorised.
+            vectorised(
+                #[inline(always)]
+                || {
+                    for oy in 0..oh {
+                        let top = &plane[2 * oy * w..][..2 * ow];
+                        let bottom = &plane[(2 * oy + 1) * w..][..2 * ow];
+                        for (t, b) in top.chunks_exact(2).zip(bottom.chunks_exact(2)) {
+                            let (best, v) = first_max([t[0], t[1], b[0], b[1]]);
+                            emit(i, best, v);
+                            i += 1;
+                        }
+                    }
+                },
+            );
+        } else if self.padding == 0 {
             for oy in 0..oh {
                 for ox in 0..ow {
                     let (best, v) = self.window_max(plane, w, oy, ox);

@@ -27,6 +27,12 @@ use clustered_conv::{
 use dataset_args::{usage, CliResult};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// mimalloc keeps freed memory for reuse, where glibc's allocator hands the large per-step
+/// buffers of fine-tuning back to the system and takes page faults on every step (measured on
+/// the flagship's training step: 15× fewer page faults, a third less time; README).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "clustered-conv",

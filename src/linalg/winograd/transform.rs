@@ -7,33 +7,10 @@
 
 use ndarray::{ArrayView1, ArrayView4, ArrayViewMut3, Axis};
 
-use pulp::Simd;
-
 use super::{Band, TileRow, M, N};
 use crate::geometry::ConvShape;
-use crate::linalg::simd::{Kernel, Kernels};
+use crate::linalg::simd::vectorised;
 use crate::linalg::Real;
-
-/// Runs `work` compiled for the CPU's vector instruction set: the transforms are plain Rust
-/// loops that the compiler vectorises once they are inlined (hence `#[inline(always)]` on
-/// every closure passed here and on the helpers they call) into the dispatched function. No
-/// fused multiply-adds are formed, so every instruction set gives the same bits.
-#[inline(always)]
-fn vectorised(work: impl FnOnce()) {
-    Kernels::detect().dispatch(Vectorised(work));
-}
-
-/// The [`Kernel`] of [`vectorised`].
-struct Vectorised<W>(W);
-
-impl<W: FnOnce()> Kernel for Vectorised<W> {
-    type Output = ();
-
-    #[inline(always)]
-    fn run<S: Simd>(self, _: S) {
-        (self.0)();
-    }
-}
 
 /// `Bᵀ d` for one column (or row) `d` of six values.
 #[inline(always)]
