@@ -325,8 +325,7 @@ fn parse_options(args: &[String]) -> Res<Options> {
     let recipe = Recipe {
         batch: arg("--batch").map_or(Ok(64), |v| v.parse())?,
         finetune_epochs: arg("--finetune-epochs").map_or(Ok(1), |v| v.parse())?,
-        finetune_images: arg("--finetune-images")
-            .map_or(Ok(10_000), |v| v.parse())?,
+        finetune_images: arg("--finetune-images").map_or(Ok(10_000), |v| v.parse())?,
         finetune_lr: arg("--finetune-lr").map_or(Ok(0.003), |v| v.parse())?,
         distill: (!flag("--no-distill")).then(Distillation::default),
         weighted: !flag("--no-weighted"),

@@ -3,7 +3,7 @@
 //! is invalid), never panic.
 //!
 //! Run with overflow checks on: `.ci/run` runs this file in the test profile
-//! (`cargo test --all-features --test hostile`) besides the release run of every test.
+//! (`cargo test --test hostile`) besides the release run of every test.
 
 use clustered_conv::{
     compress, ClusteredConv2d, CodebookScope, CompressedLayer, CompressedNetwork,
