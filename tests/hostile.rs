@@ -2,8 +2,10 @@
 //! beyond the codebook and mismatched shapes. Every call must return (an error where the input
 //! is invalid), never panic.
 //!
-//! Run with overflow checks on: `.ci/run` runs this file in the test profile
-//! (`cargo test --test hostile`) besides the release run of every test.
+//! The release run of every test (the README's test command, which CI runs) includes this
+//! file. After changing size arithmetic, run it with overflow checks on as well, where a
+//! wrapped size panics instead of passing silently: `cargo test --test hostile` (the test
+//! profile; CI leaves it out, since its debug build of every dependency took 162 s).
 
 use clustered_conv::{
     compress, ClusteredConv2d, CodebookScope, CompressedLayer, CompressedNetwork,
