@@ -29,7 +29,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 /// mimalloc keeps freed memory for reuse, where glibc's allocator hands the large per-step
 /// buffers of fine-tuning back to the system and takes page faults on every step (measured on
-/// the flagship's training step: 15× fewer page faults, a third less time; README).
+/// the flagship's training step: 476,798 → 15,299 page faults, 2.09 → 0.30 s of system time
+/// per benchmark run; README).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
