@@ -314,7 +314,7 @@ fn load_flagship(dir: &Path) -> Res<Network<f32>> {
         match layer {
             Layer::Conv(c) => {
                 let w = read_npy4(&dir.join(format!("conv{convs}.npy")))?;
-                *c = Conv2d::new(w, None, c.geometry())?;
+                *c = Conv2d::new(w, None, c.geometry())?.with_algorithm(c.algorithm())?;
                 convs += 1;
             }
             Layer::Linear(lin) => {

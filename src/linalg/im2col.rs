@@ -215,10 +215,15 @@ fn im2col_shifted_planes<F: Real>(img: &[F], s: &ConvShape, col: &mut [F]) {
             let from = (js as isize + offset) as usize;
             dst[js..je].copy_from_slice(&src[from..from + (je - js)]);
         }
+        // The wrapped border columns (as many as the padding) are zeroed column by column:
+        // a `fill` per output row was a libc `memset` call per row, 3 % of a training step.
         let (ox0, ox1) = valid_columns(w, dx);
-        for out_row in dst[start..end].chunks_exact_mut(w) {
-            out_row[..ox0].fill(F::zero());
-            out_row[ox1..].fill(F::zero());
+        for j in (0..ox0).chain(ox1..w) {
+            dst[start..end]
+                .iter_mut()
+                .skip(j)
+                .step_by(w)
+                .for_each(|v| *v = F::zero());
         }
     }
 }

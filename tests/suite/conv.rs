@@ -363,3 +363,74 @@ fn same_width_stride_1_fast_path_forward_and_adjoints() {
         }
     }
 }
+
+/// ∂L/∂x of `L = ⟨conv(x), go⟩` by its definition: every output gradient scattered back onto
+/// the inputs its window read, seven nested loops (the transpose of `naive_conv`).
+fn naive_input_grad(
+    x_dim: [usize; 4],
+    w: &Array4<f64>,
+    go: &Array4<f64>,
+    g: &ConvGeometry,
+) -> Array4<f64> {
+    let [n, cin, h, wd] = x_dim;
+    let (cout, _, kh, kw) = w.dim();
+    let (_, _, oh, ow) = go.dim();
+    let clustered_conv::Padding { top, left, .. } = g.padding;
+    let mut gx = Array4::<f64>::zeros((n, cin, h, wd));
+    for b in 0..n {
+        for o in 0..cout {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for i in 0..cin {
+                        for ki in 0..kh {
+                            for kj in 0..kw {
+                                let iy =
+                                    (oy * g.stride.0 + ki * g.dilation.0) as isize - top as isize;
+                                let ix =
+                                    (ox * g.stride.1 + kj * g.dilation.1) as isize - left as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < wd {
+                                    gx[[b, i, iy as usize, ix as usize]] +=
+                                        go[[b, o, oy, ox]] * w[[o, i, ki, kj]];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    gx
+}
+
+/// Layers with 16 or more input channels take their input gradient as the im2col forward of
+/// `grad_out` with the rotated, transposed weight (stride 1, dilation 1); the others through
+/// col2im. Both against the definition, over random kernels, paddings (asymmetric, up to and
+/// beyond the kernel size) and map sizes.
+#[test]
+fn input_gradient_equals_the_definition_on_wide_layers() {
+    let mut r = rng(31);
+    for case in 0..60 {
+        let mut p = random_problem(
+            &mut r,
+            (4, 5),
+            5,
+            11,
+            (if case % 4 == 0 { 2 } else { 1 }, 1),
+        );
+        p.cin = r.random_range(16..=19);
+        let x = random4(&mut r, (p.n, p.cin, p.input.0, p.input.1));
+        let w = random4(&mut r, (p.cout, p.cin, p.kernel.0, p.kernel.1));
+        let conv = Conv2d::new(w.clone(), None, p.g).unwrap();
+        let y = conv.forward(x.view()).unwrap();
+        let go = random4(&mut r, y.dim());
+        let grads = conv.backward(x.view(), go.view()).unwrap();
+        let reference = naive_input_grad(dims(&x), &w, &go, &p.g);
+        assert!(
+            worst_violation(&grads.input, &reference, 1e-12, 1e-12) <= 1.0,
+            "case {case}: kernel {:?}, input {:?}, {:?}",
+            p.kernel,
+            p.input,
+            p.g
+        );
+    }
+}
