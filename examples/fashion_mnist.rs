@@ -18,7 +18,8 @@
 //! recalibration (the table's two middle columns, otherwise "–").
 //!
 //! Settings: `C<K>` = shared codebook of K centroids with f16 scales; `C<K>N` = no scales
-//! (raw kernels clustered); a `-TIC2`/`-TIC4`/`-TIC8` suffix adds flip/rotation invariance.
+//! (raw kernels clustered); a `-TIC2`/`-TIC4`/`-TIC8` suffix adds flip/rotation invariance;
+//! a final `-L` gives each clustered layer its own codebook (e.g. `C32-L`, `C32N-TIC4-L`).
 //!
 //! The compression stage (clustering, batch-norm recalibration, fine-tuning) runs `--seeds`
 //! times per setting on the same dense network, with different k-means and shuffling seeds,
@@ -33,7 +34,7 @@ use clustered_conv::data::{FashionMnist, LabelledImages, FASHION_MNIST_MEAN_STD}
 use clustered_conv::nn::{
     random_crop_flip, Distillation, Layer, LrSchedule, Network, Sgd, SgdState,
 };
-use clustered_conv::{CompressionConfig, KernelCodebook, ScaleScheme, Symmetry};
+use clustered_conv::{CodebookScope, CompressionConfig, KernelCodebook, ScaleScheme, Symmetry};
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array2, Array4};
 use rand::seq::SliceRandom;
@@ -59,13 +60,19 @@ struct Setting {
     config: CompressionConfig,
 }
 
+/// A setting's name: `C<K>`, `N` for no scales, `-TIC<2|4|8>` for transform-invariant
+/// clustering, `-L` for one codebook per layer instead of one for the network.
 fn parse_setting(spec: &str, seed: u64) -> Res<Setting> {
-    let (base, symmetry) = match spec.split_once("-TIC") {
+    let (spec_base, scope) = match spec.strip_suffix("-L") {
+        Some(b) => (b, CodebookScope::PerLayer),
+        None => (spec, CodebookScope::Shared),
+    };
+    let (base, symmetry) = match spec_base.split_once("-TIC") {
         Some((b, "2")) => (b, Symmetry::Flip),
         Some((b, "4")) => (b, Symmetry::Flips),
         Some((b, "8")) => (b, Symmetry::Dihedral),
         Some(_) => return Err(format!("unknown TIC suffix in {spec:?}").into()),
-        None => (spec, Symmetry::Identity),
+        None => (spec_base, Symmetry::Identity),
     };
     let body = base
         .strip_prefix('C')
@@ -83,6 +90,7 @@ fn parse_setting(spec: &str, seed: u64) -> Res<Setting> {
                 .seed(seed)
                 .n_init(2)
                 .max_iter(100),
+            scope,
             ..CompressionConfig::default()
         },
     })
@@ -228,11 +236,7 @@ fn recalibrate(net: &mut Network<f32>, train: &LabelledImages, seed: u64) -> Res
 
 /// Each kernel's gradient-squared importance on 32 batches of 64 training images, per layer
 /// (what the weighted k-means weighs the kernels by).
-fn importance(
-    net: &Network<f32>,
-    train: &LabelledImages,
-    seed: u64,
-) -> Res<Vec<Option<Array2<f64>>>> {
+fn importance(net: &Network<f32>, train: &LabelledImages, seed: u64) -> Res<KernelWeights> {
     let batches = sample_batches(train, 32, seed)?;
     Ok(net.kernel_importance(batches.iter().map(|(x, l)| (x.view(), l.as_slice())))?)
 }
@@ -417,14 +421,19 @@ fn dense_stage(opts: &Options, data: &FashionMnist) -> Res<(Network<f32>, Row)> 
     Ok((net, row))
 }
 
-/// Clusters `dense` at `setting` (k-means seeded with `seed`), recalibrates batch norm,
-/// fine-tunes with `recipe`, rounds the scales to f16 and measures the result.
+/// Each layer's kernel importance ([`Network::kernel_importance`]; `None` for layers without
+/// 3×3 kernels), the weights of weighted k-means.
+type KernelWeights = Vec<Option<Array2<f64>>>;
+
+/// Clusters `dense` at `setting` (k-means seeded with `seed`, weighted by `importance` when
+/// the recipe says so), recalibrates batch norm, fine-tunes with `recipe`, rounds the scales
+/// to f16 and measures the result.
 fn compression_stage(
     dense: &Network<f32>,
     dense_inference_s: f64,
     data: &FashionMnist,
     (setting, recipe, name): (&Setting, &Recipe, &str),
-    seed: u64,
+    (seed, importance): (u64, &KernelWeights),
     out_dir: &Path,
 ) -> Res<Row> {
     let t = Instant::now();
@@ -433,8 +442,7 @@ fn compression_stage(
     let select =
         |_: usize, c: &clustered_conv::Conv2d<f32>| !recipe.keep_first_dense || c.in_channels() > 1;
     let mut compressed = if recipe.weighted {
-        let weights = importance(dense, &data.train, seed + 4)?;
-        dense.compress_where_weighted(&config, select, &weights)?
+        dense.compress_where_weighted(&config, select, importance)?
     } else {
         dense.compress_where(&config, select)?
     };
@@ -533,13 +541,24 @@ fn main() -> Res<()> {
     let (net, dense_row) = dense_stage(&opts, &data)?;
     let dense_time = dense_row.inference_s;
     let mut rows = vec![dense_row];
+    let seeds: Vec<u64> = (0..opts.seeds).map(|s| opts.seed + 100 * s).collect();
+    // The importance depends on the dense network and the seed only: computed once per seed
+    // and shared by every setting and ablation variant (each computation takes about 5 s).
+    let weighted = opts.recipe.weighted || opts.ablation;
+    let importances = seeds
+        .iter()
+        .map(|&seed| match weighted {
+            true => importance(&net, &data.train, seed + 4),
+            false => Ok(KernelWeights::new()),
+        })
+        .collect::<Res<Vec<_>>>()?;
     for setting in &opts.settings {
         for (recipe, label) in recipes(&opts) {
             let name = format!("{}{label}", setting.name);
-            for s in 0..opts.seeds {
-                let seed = opts.seed + 100 * s;
+            for (&seed, weights) in seeds.iter().zip(&importances) {
                 let stage = (setting, &recipe, name.as_str());
-                let row = compression_stage(&net, dense_time, &data, stage, seed, &opts.out_dir)?;
+                let seeded = (seed, weights);
+                let row = compression_stage(&net, dense_time, &data, stage, seeded, &opts.out_dir)?;
                 rows.push(row);
             }
         }
