@@ -249,10 +249,12 @@ pub struct LayerMemory {
     /// The dense weight the layer stands for, `Cout·Cin·kh·kw` values of `F` (not held).
     pub dense_weight_bytes: usize,
     /// [`ForwardStrategy::Winograd`] (0 when the layer cannot run it: a kernel other than
-    /// 3×3, stride or dilation other than 1): the transformed codebook it computes at the
-    /// start of each call and drops at its end, `36·K·S` values of `F` (the dense route's
-    /// Winograd input gradient computes the same amount for the rotated kernels). Not held
-    /// between calls, so not in [`LayerMemory::total_bytes`].
+    /// 3×3, stride or dilation other than 1): the transformed codebook it reads, `36·K·S`
+    /// values of `F` (the Winograd input gradient reads as much again for the rotated
+    /// kernels). The codebook holds it, once for every layer that shares it, from the first
+    /// Winograd call until its centroids change
+    /// ([`KernelCodebook::winograd_cache_bytes`]), so it is not in
+    /// [`LayerMemory::total_bytes`].
     pub winograd_codebook_bytes: usize,
     /// [`ForwardStrategy::Winograd`]: the operand block each worker fills per GEMM, 32 to 64
     /// rows of `Cin` values of `F` (about 64 KiB; `Cout` columns for the input gradient).

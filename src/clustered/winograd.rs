@@ -10,12 +10,12 @@
 //! GEMMs ask for them: neither the dense weight nor the transformed weight (4× the dense one)
 //! ever exists.
 //!
-//! `Û` is computed at the start of each call, in `f64` and rounded once to `F`, so it is
-//! never stale when fine-tuning moves the centroids. Measured (f32, 2-core EPYC): about
-//! 0.12 µs per stored index at K·S ≤ 256 and 0.28 µs at K·S = 2048, i.e. ≤ 0.2 % of a batch-8
-//! forward of the strategy table's layers for K ≤ 256 without symmetry, but 0.5–3 % with
-//! TIC8 at K = 256, and more at batch 1, where `Auto` mostly runs a sharing strategy (a
-//! cache kept with the codebook and invalidated by `set_centroids` would remove it).
+//! `Û` is cached with the codebook (`KernelCodebook::winograd_table`): computed on the first
+//! Winograd call in `f64` and rounded once to `F`, shared by every layer of the codebook, and
+//! emptied by `set_centroids`, so it is never stale when fine-tuning moves the centroids.
+//! Computing it took (f32, 2-core EPYC) about 0.12 µs per stored index at K·S ≤ 256 and
+//! 0.28 µs at K·S = 2048: 0.5–3 % of a batch-8 forward with TIC8 at K = 256, when it was
+//! computed per call.
 //!
 //! The input gradient (stride 1, padding ≤ 2) is the Winograd forward of the output gradient
 //! with the adjoint operand: kernel `(i, o)` is kernel `(o, i)` rotated by 180°, so the
@@ -33,8 +33,8 @@ use crate::linalg::{
     backward_input_winograd, forward_winograd, Real, WinogradOperand, WinogradTile,
 };
 
-/// The Winograd variant the clustered strategy runs.
-const TILE: WinogradTile = WinogradTile::F4;
+/// The Winograd variant the clustered strategy runs: the one of the codebook's cached tables.
+const TILE: WinogradTile = crate::codebook::WINOGRAD_TILE;
 /// Budget of one operand block (`rows × Cin` values), in bytes.
 const OPERAND_BYTES: usize = 64 << 10;
 /// Fewest and most rows of an operand block.
@@ -64,28 +64,20 @@ pub(crate) fn codebook_bytes<F>(limit: usize) -> usize {
 }
 
 /// `Û_v = G k_v Gᵀ` of every decoded kernel `k_v` of a 3×3 codebook (or of its 180° rotation,
-/// for the adjoint), as `positions` tables of `K·S` values: `values[ξ·K·S + v]`.
-pub(crate) struct TransformedCodebook<F> {
-    values: Vec<F>,
+/// for the adjoint), as `positions` tables of `K·S` values: `values[ξ·K·S + v]`, borrowed
+/// from the codebook's cache.
+pub(crate) struct TransformedCodebook<'a, F> {
+    values: &'a [F],
     limit: usize,
 }
 
-impl<F: Real> TransformedCodebook<F> {
-    /// Transforms every decoded kernel of `codebook` (3×3), rotated by 180° when `rotated`;
-    /// computed in `f64`, rounded once to `F`.
-    pub(crate) fn new(codebook: &KernelCodebook<F>, rotated: bool) -> Self {
-        debug_assert_eq!(codebook.kernel_size(), (3, 3));
-        let limit = codebook.index_limit();
-        let mut values = vec![F::zero(); TILE.positions() * limit];
-        for (v, kernel) in codebook.decoded_kernels().chunks_exact(9).enumerate() {
-            // Rotation by 180° of a row-major 3×3 kernel reverses its nine values.
-            let g: [f64; 9] =
-                std::array::from_fn(|k| kernel[if rotated { 8 - k } else { k }].to_f64_exact());
-            for (xi, u) in TILE.kernel_transform(&g).into_iter().enumerate() {
-                values[xi * limit + v] = F::from_f64_lossy(u);
-            }
+impl<'a, F: Real> TransformedCodebook<'a, F> {
+    /// The cached table of `codebook` (3×3), rotated by 180° when `rotated`.
+    pub(crate) fn new(codebook: &'a KernelCodebook<F>, rotated: bool) -> Self {
+        Self {
+            values: codebook.winograd_table(rotated),
+            limit: codebook.index_limit(),
         }
-        Self { values, limit }
     }
 
     /// `Û_ξ[v]` for every stored index `v`.
@@ -96,7 +88,7 @@ impl<F: Real> TransformedCodebook<F> {
 
 /// The left operand `U_ξ` of a clustered layer's Winograd GEMMs, built block by block.
 pub(crate) struct ClusteredOperand<'a, F> {
-    table: &'a TransformedCodebook<F>,
+    table: &'a TransformedCodebook<'a, F>,
     indices: &'a IndexStore,
     /// Row-major `(Cout, Cin)`; `None` for a layer without scales (every scale 1).
     scales: Option<&'a [F]>,

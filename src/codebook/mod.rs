@@ -14,6 +14,7 @@ mod scale;
 mod set;
 mod stats;
 mod symmetry;
+mod winograd_table;
 
 use ndarray::{Array2, Array3, Array4, ArrayView2, ArrayView4};
 use rayon::prelude::*;
@@ -27,6 +28,7 @@ pub use scale::{FixedBits, ScaleScheme, ScaleStorage};
 pub use set::Codebooks;
 pub use stats::{compression_ratio, Usage};
 pub use symmetry::Symmetry;
+pub(crate) use winograd_table::TABLE_TILE as WINOGRAD_TILE;
 
 pub(crate) use scale::l2_scale;
 pub(crate) use stats::bits_for;
@@ -58,6 +60,9 @@ pub struct KernelCodebook<F> {
     centroids: Array3<F>,
     symmetry: Symmetry,
     scale_scheme: ScaleScheme,
+    /// The Winograd transform of the decoded kernels, computed on first use and emptied by
+    /// [`KernelCodebook::set_centroids`].
+    winograd: winograd_table::WinogradTables<F>,
 }
 
 /// The stored form of one weight tensor: an index per kernel and, with
@@ -111,6 +116,7 @@ impl<F: Real> KernelCodebook<F> {
             centroids: centroids.as_standard_layout().into_owned(),
             symmetry,
             scale_scheme: ScaleScheme::default(),
+            winograd: Default::default(),
         })
     }
 
@@ -128,6 +134,7 @@ impl<F: Real> KernelCodebook<F> {
         }
         check_finite(&centroids)?;
         self.centroids = centroids.as_standard_layout().into_owned();
+        self.winograd = Default::default();
         Ok(())
     }
 
@@ -180,6 +187,21 @@ impl<F: Real> KernelCodebook<F> {
     /// [`Indices::bits_in_memory`](crate::Indices::bits_in_memory).
     pub fn packed_index_bits(&self) -> u32 {
         bits_for(self.index_limit())
+    }
+
+    /// `Û_v = G Φ_t(μ_c) Gᵀ` (Winograd F(4×4, 3×3)) of every stored index `v` of a 3×3
+    /// codebook, or of the kernels rotated by 180° when `rotated`: 36 tables of `K·S` values,
+    /// `[ξ·K·S + v]`. Computed on first use and kept until the centroids change.
+    pub(crate) fn winograd_table(&self, rotated: bool) -> &[F] {
+        debug_assert_eq!(self.kernel_size(), (3, 3));
+        self.winograd.get(rotated, || self.decoded_kernels())
+    }
+
+    /// Bytes of the Winograd tables this codebook holds now (0 until a clustered layer runs
+    /// [`ForwardStrategy::Winograd`](crate::ForwardStrategy::Winograd) with it; 36 values of
+    /// `F` per stored index and per direction after).
+    pub fn winograd_cache_bytes(&self) -> usize {
+        self.winograd.bytes()
     }
 
     /// Every stored index decoded to its kernel `Φ_t(μ_c)` (without scale): a row-major

@@ -375,6 +375,7 @@ impl ValidCodebookParams {
             centroids,
             symmetry: self.symmetry,
             scale_scheme: self.scale_scheme,
+            winograd: Default::default(),
         };
         Ok(CodebookFit {
             assignments: prepared.assignments(&km.labels, &remap),

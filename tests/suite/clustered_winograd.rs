@@ -411,3 +411,60 @@ fn memory_reports_the_winograd_working_set() {
         (0, 0)
     );
 }
+
+/// The transformed codebook is cached with the codebook and emptied by `set_centroids`: after
+/// new centroids, the Winograd forward and the input gradient follow them (against the
+/// definition with the new reconstructed weight), never the stale table.
+#[test]
+fn the_cached_transformed_codebook_follows_new_centroids() {
+    let mut both_tables = 0;
+    for seed in 0..24 {
+        // Inputs of 12–20 per side at batch 2–3: the dense route then often runs the input
+        // gradient through Winograd too, which fills the rotated table.
+        let mut c = random_case_sized(2000 + seed, 2..=3, 12..=20);
+        let k_s = c.codebook.index_limit();
+        assert_eq!(c.codebook.winograd_cache_bytes(), 0, "seed {seed}");
+        let run = |c: &Case| {
+            let y = c
+                .layer
+                .forward_with(&c.codebook, c.x.view(), ForwardStrategy::Winograd)
+                .unwrap();
+            let w = dense_weight(&c.layer, &c.codebook);
+            let naive = naive_conv(c.x.view(), w.view(), c.layer.bias(), &c.g);
+            assert!(
+                worst_violation(&y, &naive, 1e-12, 1e-12) <= 1.0,
+                "seed {seed}"
+            );
+            let grads = c
+                .layer
+                .backward_with(&c.codebook, c.x.view(), y.view(), BackwardRoute::Dense)
+                .unwrap();
+            // ⟨conv(x), y⟩ = ⟨x, ∂/∂x⟩ for L = ⟨conv(x) − bias, y⟩.
+            let no_bias = naive_conv(c.x.view(), w.view(), None, &c.g);
+            let (lhs, rhs) = ((&no_bias * &y).sum(), (&c.x * &grads.input).sum());
+            assert!(
+                (lhs - rhs).abs() <= 1e-10 * (1.0 + lhs.abs()),
+                "seed {seed}"
+            );
+        };
+        run(&c);
+        let held = c.codebook.winograd_cache_bytes();
+        assert!(
+            held == 36 * k_s * 8 || held == 2 * 36 * k_s * 8,
+            "seed {seed}"
+        );
+        both_tables += usize::from(held == 2 * 36 * k_s * 8);
+        let mut r = rng(1000 + seed);
+        let moved = c
+            .codebook
+            .centroids()
+            .mapv(|v| v + r.random_range(-0.5..0.5));
+        c.codebook.set_centroids(moved).unwrap();
+        assert_eq!(c.codebook.winograd_cache_bytes(), 0, "seed {seed}");
+        run(&c);
+    }
+    assert!(
+        both_tables >= 6,
+        "the rotated table was used in {both_tables} of 24 cases"
+    );
+}
