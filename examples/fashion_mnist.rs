@@ -547,9 +547,12 @@ fn main() -> Res<()> {
     let weighted = opts.recipe.weighted || opts.ablation;
     let importances = seeds
         .iter()
-        .map(|&seed| match weighted {
-            true => importance(&net, &data.train, seed + 4),
-            false => Ok(KernelWeights::new()),
+        .map(|&seed| {
+            if weighted {
+                importance(&net, &data.train, seed + 4)
+            } else {
+                Ok(KernelWeights::new())
+            }
         })
         .collect::<Res<Vec<_>>>()?;
     for setting in &opts.settings {

@@ -265,8 +265,8 @@ pub(crate) struct ConvShape {
 
 impl ConvShape {
     /// The call of the adjoint (transposed) convolution: `grad_out`'s sizes in, the input's
-    /// out, channels swapped; kernel, stride, padding and dilation as they are (the Winograd
-    /// input gradient changes the padding itself).
+    /// out, channels swapped; kernel, stride, padding and dilation as they are
+    /// ([`ConvShape::adjoint`] sets the padding of the stride-1 input gradient).
     pub fn transposed(&self) -> ConvShape {
         ConvShape {
             cin: self.cout,
@@ -277,6 +277,22 @@ impl ConvShape {
             ow: self.w,
             ..*self
         }
+    }
+
+    /// The input gradient of a stride-1, dilation-1 call as a correlation of `grad_out` with
+    /// the rotated, transposed kernel: the [`ConvShape::transposed`] call with padding
+    /// `k − 1 − p`. `None` for other strides or dilations, and for padding of at least the
+    /// kernel size (the adjoint's padding would be negative).
+    pub fn adjoint(&self) -> Option<ConvShape> {
+        let fits = self.stride == (1, 1)
+            && self.dilation == (1, 1)
+            && self.pad_top < self.kh
+            && self.pad_left < self.kw;
+        fits.then(|| ConvShape {
+            pad_top: self.kh - 1 - self.pad_top,
+            pad_left: self.kw - 1 - self.pad_left,
+            ..self.transposed()
+        })
     }
 
     /// Output positions per image.

@@ -30,9 +30,9 @@ use crate::geometry::{ConvGeometry, ConvShape};
 use crate::linalg::{backward_weight_winograd, Real};
 
 use crate::linalg::{
-    add_bias, adjoint_fits, backward_input_winograd, channel_sums, col2im_tile, dims4,
-    forward_tile_positions, forward_winograd, gemm, image, matrix_mut, output_tiles, patch_matrix,
-    tile_positions, WinogradWeight,
+    add_bias, adjoint_fits, adjoint_weight, backward_input_winograd, channel_sums, col2im_tile,
+    dims4, forward_tile_positions, forward_winograd, gemm, image, matrix_mut, output_tiles,
+    patch_matrix, tile_positions, WinogradWeight,
 };
 
 /// Most partial weight-gradient buffers kept at once (bounds memory; fixed, so the reduction
@@ -418,12 +418,7 @@ pub(crate) fn forward_im2col<F: Real>(
 /// [`backward_input`] is one GEMM already), and at least [`MIN_ADJOINT_IN_CHANNELS`] input
 /// channels (the adjoint's GEMM has `Cin` rows).
 fn im2col_adjoint_fits(s: &ConvShape) -> bool {
-    s.cin >= MIN_ADJOINT_IN_CHANNELS
-        && s.stride == (1, 1)
-        && s.dilation == (1, 1)
-        && s.pad_top < s.kh
-        && s.pad_left < s.kw
-        && !s.is_pointwise_identity()
+    s.cin >= MIN_ADJOINT_IN_CHANNELS && !s.is_pointwise_identity() && s.adjoint().is_some()
 }
 
 /// Fewest input channels for [`backward_input_adjoint`]. Measured on the flagship's layers
@@ -441,18 +436,13 @@ fn backward_input_adjoint<F: Real>(
     go: ArrayView4<F>,
     s: &ConvShape,
 ) -> Array4<F> {
-    let (cout, cin, kh, kw) = weight.dim();
-    let taps = kh * kw;
-    let rotated = Array2::from_shape_fn((cin, cout * taps), |(i, j)| {
-        let (o, r, c) = (j / taps, (j / kw) % kh, j % kw);
-        weight[[o, i, kh - 1 - r, kw - 1 - c]]
-    });
-    let adjoint = ConvShape {
-        pad_top: kh - 1 - s.pad_top,
-        pad_left: kw - 1 - s.pad_left,
-        ..s.transposed()
-    };
-    forward_im2col(go, rotated.view(), None, &adjoint)
+    let rotated = adjoint_weight(weight);
+    let w2 = rotated
+        .view()
+        .into_shape_with_order((s.cin, rotated.len() / s.cin.max(1)))
+        .expect("a fresh array is in standard layout");
+    let adjoint = s.adjoint().expect("callers check im2col_adjoint_fits");
+    forward_im2col(go, w2, None, &adjoint)
 }
 
 /// ∂L/∂x: per image, `W2ᵀ · grad_out` tile by tile, scattered back by col2im.

@@ -23,7 +23,7 @@ pub use scalar::Real;
 pub(crate) use stencil::{
     correlate_add, correlate_kernel_grad, correlate_transpose_add, extract_patches,
 };
-pub(crate) use tiles::{add_bias, channel_sums, dims4, image, output_tiles};
+pub(crate) use tiles::{add_bias, adjoint_weight, channel_sums, dims4, image, output_tiles};
 pub(crate) use winograd::{
     adjoint_fits, backward_input_winograd, backward_weight_winograd, forward_winograd,
     WinogradOperand, WinogradTile, WinogradWeight,

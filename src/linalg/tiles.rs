@@ -1,7 +1,7 @@
 //! How NCHW activations are cut into per-task pieces: images as flat slices, output tiles of
 //! positions, per-channel reductions.
 
-use ndarray::{Array1, ArrayView1, ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis};
+use ndarray::{Array1, Array4, ArrayView1, ArrayView4, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
 use super::Real;
@@ -64,4 +64,14 @@ pub(crate) fn add_bias<F: Real>(mut out: ArrayViewMut2<'_, F>, bias: Option<&Arr
             row += bo;
         }
     }
+}
+
+/// The weight of the input-gradient correlation of an OIHW `weight`: kernel `(i, o)` is
+/// kernel `(o, i)` rotated by 180°, `W'[i, o, r, c] = W[o, i, kh−1−r, kw−1−c]` (`Cin` outputs,
+/// `Cout` inputs; run with [`ConvShape::adjoint`](crate::geometry::ConvShape::adjoint)).
+pub(crate) fn adjoint_weight<F: Copy>(weight: ArrayView4<F>) -> Array4<F> {
+    let (cout, cin, kh, kw) = weight.dim();
+    Array4::from_shape_fn((cin, cout, kh, kw), |(i, o, r, c)| {
+        weight[[o, i, kh - 1 - r, kw - 1 - c]]
+    })
 }

@@ -24,7 +24,7 @@ use std::ops::Range;
 use ndarray::{Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
-use super::{gemm, matrix_mut, Real};
+use super::{adjoint_weight, gemm, matrix_mut, Real};
 use crate::geometry::ConvShape;
 
 mod grad;
@@ -105,11 +105,7 @@ impl<F: Real> WinogradWeight<F> {
     /// The transformed weight of the input-gradient convolution: kernel `(i, o)` is kernel
     /// `(o, i)` of the OIHW `weight` rotated by 180° (so `Cin` outputs and `Cout` inputs).
     pub(crate) fn adjoint(weight: ArrayView4<F>) -> Self {
-        let (cout, cin, _, _) = weight.dim();
-        let rotated = Array4::from_shape_fn((cin, cout, 3, 3), |(i, o, r, c)| {
-            weight[[o, i, 2 - r, 2 - c]]
-        });
-        Self::new(rotated.view())
+        Self::new(adjoint_weight(weight).view())
     }
 }
 
@@ -254,9 +250,9 @@ pub(crate) fn forward_winograd<F: Real, W: WinogradOperand<F>>(
 }
 
 /// True when [`backward_input_winograd`] can run the input gradient of this stride-1 3×3 call:
-/// the adjoint's padding `2 − p` must not be negative.
+/// the adjoint's padding `2 − p` must not be negative ([`ConvShape::adjoint`]).
 pub(crate) fn adjoint_fits(s: &ConvShape) -> bool {
-    s.pad_top <= 2 && s.pad_left <= 2
+    s.adjoint().is_some()
 }
 
 /// ∂L/∂x of a stride-1, dilation-1 3×3 correlation (padding ≤ 2, see [`adjoint_fits`]): the
@@ -267,12 +263,7 @@ pub(crate) fn backward_input_winograd<F: Real, W: WinogradOperand<F>>(
     u_adj: &W,
     s: &ConvShape,
 ) -> Array4<F> {
-    debug_assert!(adjoint_fits(s));
-    let adjoint = ConvShape {
-        pad_top: 2 - s.pad_top,
-        pad_left: 2 - s.pad_left,
-        ..s.transposed()
-    };
+    let adjoint = s.adjoint().expect("callers check adjoint_fits");
     forward_winograd(grad_out, u_adj, None, &adjoint)
 }
 
