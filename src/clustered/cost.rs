@@ -2,6 +2,7 @@
 
 use super::ForwardStrategy;
 use crate::geometry::ConvShape;
+use crate::linalg::winograd_has_enough_tiles;
 
 /// The arithmetic of one strategy, per image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,11 @@ pub struct LayerCost {
     /// `36·T·Cout·Cin` GEMM MACs over the `T = ⌈OH/4⌉·⌈OW/4⌉` tiles, and `36·T·(Cin + Cout)`
     /// transformed values (input and output transforms) as adds.
     pub winograd: Option<StrategyWork>,
+    /// Whether the map has enough 4×4 tiles per image for its channel count for Winograd to
+    /// pay at all: (tiles per image) × min(Cin, Cout) ≥ 2048 with at least 16 channels each
+    /// way, the measured rule of the dense `Conv2d`'s `ConvAlgorithm::Auto`. `Auto` runs
+    /// Winograd only where it holds.
+    pub winograd_tiles_pay: bool,
 }
 
 /// Single-thread costs in nanoseconds per operation, fitted by least squares to the
@@ -142,6 +148,7 @@ impl LayerCost {
                         adds: 36 * tiles * (s.cin + s.cout) as u64,
                     }
                 }),
+            winograd_tiles_pay: winograd_has_enough_tiles(s),
         }
     }
 
@@ -205,7 +212,8 @@ impl LayerCost {
     /// rebuild of its weight). A sharing strategy is eligible when the input side's
     /// prediction is below 90 % of dense (the output side instead of the input side when its
     /// operation-count estimate is lower: layers with many more input than output channels).
-    /// Winograd runs when the call can run it, its prediction is below dense and, if a sharing
+    /// Winograd runs when the call can run it, the map has enough tiles
+    /// ([`LayerCost::winograd_tiles_pay`]), its prediction is below dense and, if a sharing
     /// strategy is eligible, below that strategy's prediction; else the eligible sharing
     /// strategy, else dense.
     pub fn cheapest(&self) -> ForwardStrategy {
@@ -217,7 +225,10 @@ impl LayerCost {
             / (self.batch as f64 * self.dense_macs as f64 * ns_per_op::DENSE_MAC);
         let dense = 1.0 + rebuild;
         let sharing_eligible = sharing < CLUSTERED_THRESHOLD * dense;
-        let winograd = self.predicted_winograd_ratio().unwrap_or(f64::INFINITY);
+        let winograd = self
+            .predicted_winograd_ratio()
+            .filter(|_| self.winograd_tiles_pay)
+            .unwrap_or(f64::INFINITY);
         if winograd < dense && !(sharing_eligible && sharing <= winograd) {
             ForwardStrategy::Winograd
         } else if !sharing_eligible {

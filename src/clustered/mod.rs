@@ -18,9 +18,10 @@
 //!   the oracle the other two are tested against, and the fallback when sharing cannot win.
 //! - [`ForwardStrategy::Winograd`]: Winograd F(4×4, 3×3) (3×3 codebooks, stride 1, dilation
 //!   1, any padding): the transformed codebook `Û_v = G K_v Gᵀ` (36 values per stored index)
-//!   is computed once per call, and each block of the 36 GEMMs' left operand is filled with
-//!   `s_ji · Û_{l(j,i)}` as the GEMM needs it. 2.25 multiplies per output per kernel instead
-//!   of 9, and neither the dense weight nor the transformed weight is ever built.
+//!   is computed on the codebook's first Winograd call and cached with it, and each block of
+//!   the 36 GEMMs' left operand is filled with `s_ji · Û_{l(j,i)}` as the GEMM needs it. 2.25
+//!   multiplies per output per kernel instead of 9, and neither the dense weight nor the
+//!   transformed weight is ever built.
 //! - [`ForwardStrategy::Auto`]: the cheapest of these under the cost model of
 //!   [`ClusteredConv2d::cost`] (see [`LayerCost::cheapest`]).
 //!

@@ -32,7 +32,7 @@ use crate::linalg::{backward_weight_winograd, Real};
 use crate::linalg::{
     add_bias, adjoint_fits, adjoint_weight, backward_input_winograd, channel_sums, col2im_tile,
     dims4, forward_tile_positions, forward_winograd, gemm, image, matrix_mut, output_tiles,
-    patch_matrix, tile_positions, WinogradWeight,
+    patch_matrix, tile_positions, winograd_has_enough_tiles, WinogradWeight,
 };
 
 /// Most partial weight-gradient buffers kept at once (bounds memory; fixed, so the reduction
@@ -233,7 +233,9 @@ impl<F: Real> Conv2d<F> {
     fn runs_winograd(&self, s: &ConvShape) -> bool {
         match self.plan.algorithm {
             ConvAlgorithm::Winograd => true,
-            ConvAlgorithm::Auto => self.winograd_obstacle().is_none() && auto_prefers_winograd(s),
+            ConvAlgorithm::Auto => {
+                self.winograd_obstacle().is_none() && winograd_has_enough_tiles(s)
+            }
             _ => false,
         }
     }
@@ -372,21 +374,6 @@ impl<F: Real> Conv2d<F> {
         })
     }
 }
-
-/// The measured rule of [`ConvAlgorithm::Auto`] for a call that can run Winograd: enough
-/// 4×4 output tiles per image times channels for the transforms (linear in the channels) to
-/// pay off against the 4× fewer multiplies of the GEMMs (quadratic). See
-/// [`ConvAlgorithm::Auto`] for the measurements.
-fn auto_prefers_winograd(s: &ConvShape) -> bool {
-    let tiles = s.oh.div_ceil(4) * s.ow.div_ceil(4);
-    let channels = s.cin.min(s.cout);
-    channels >= MIN_WINOGRAD_CHANNELS && tiles * channels >= MIN_WINOGRAD_TILE_CHANNELS
-}
-
-/// Fewest input and output channels for which `Auto` runs Winograd.
-const MIN_WINOGRAD_CHANNELS: usize = 16;
-/// Least (tiles per image) × min(Cin, Cout) for which `Auto` runs Winograd.
-const MIN_WINOGRAD_TILE_CHANNELS: usize = 2048;
 
 /// Dense forward: `w2` is the weight as (Cout, Cin·kh·kw).
 pub(crate) fn forward_im2col<F: Real>(

@@ -26,5 +26,5 @@ pub(crate) use stencil::{
 pub(crate) use tiles::{add_bias, adjoint_weight, channel_sums, dims4, image, output_tiles};
 pub(crate) use winograd::{
     adjoint_fits, backward_input_winograd, backward_weight_winograd, forward_winograd,
-    WinogradOperand, WinogradTile, WinogradWeight,
+    winograd_has_enough_tiles, WinogradOperand, WinogradTile, WinogradWeight,
 };

@@ -50,6 +50,24 @@ const BLOCK_BYTES: usize = 1 << 18;
 /// micro-kernels (64 measured up to 1.4× faster than 16 on 512@7, no slower elsewhere).
 const MIN_BLOCK_TILES: usize = 64;
 
+/// Whether a call that can run Winograd has enough 4×4 output tiles per image for its channel
+/// count: (tiles per image) × min(Cin, Cout) ≥ 2048, with at least 16 channels each way. The
+/// transforms cost work linear in the channels and the GEMMs save work quadratic in them, so
+/// narrow layers on small maps lose. Measured by a sweep of dense forward passes (f32, batch 8,
+/// pad 1, Cin = Cout from 8 to 512, maps 4–56, 1 thread): Winograd was 1.25–3.2× faster than
+/// im2col above the line and 0.57–1.0× below it. `Conv2d`'s `Auto` uses it as its rule, and the
+/// clustered layer's `Auto` as a precondition of its own cost model.
+pub(crate) fn winograd_has_enough_tiles(s: &ConvShape) -> bool {
+    let tiles = s.oh.div_ceil(M) * s.ow.div_ceil(M);
+    let channels = s.cin.min(s.cout);
+    channels >= MIN_WINOGRAD_CHANNELS && tiles * channels >= MIN_WINOGRAD_TILE_CHANNELS
+}
+
+/// Fewest input and output channels for which `Auto` runs Winograd.
+const MIN_WINOGRAD_CHANNELS: usize = 16;
+/// Least (tiles per image) × min(Cin, Cout) for which `Auto` runs Winograd.
+const MIN_WINOGRAD_TILE_CHANNELS: usize = 2048;
+
 /// The Winograd variant F(m×m, 3×3) a call runs: the output tile side `m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum WinogradTile {

@@ -307,13 +307,24 @@ fn auto_picks_sharing_when_it_is_cheap_and_dense_when_it_is_not() {
         ForwardStrategy::InputSide
     );
     // Every kernel its own centroid: nothing is shared, Winograd wins where the call allows
-    // it (3×3, stride 1), dense elsewhere.
+    // it (3×3, stride 1) and the map has enough tiles (64 tiles of 4×4 · 64 channels ≥ 2048),
+    // dense elsewhere.
     let unique_indices = Array2::from_shape_fn((64, 64), |(o, i)| (o * 64 + i) as u32);
     let unique = ClusteredConv2d::<f32>::new(unique_indices.clone(), None, None, g).unwrap();
     assert_eq!(
-        unique.auto_strategy(&codebook, [8, 64, 16, 16]).unwrap(),
+        unique.auto_strategy(&codebook, [8, 64, 32, 32]).unwrap(),
         ForwardStrategy::Winograd
     );
+    // 16 tiles · 64 channels = 1024: too few tiles for the transforms to pay, at any batch
+    // (the flagship's 64@14 layer ran Winograd at 1.6× dense's time at batch 500).
+    for batch in [8, 500] {
+        assert_eq!(
+            unique
+                .auto_strategy(&codebook, [batch, 64, 16, 16])
+                .unwrap(),
+            ForwardStrategy::Dense
+        );
+    }
     let strided = ClusteredConv2d::<f32>::new(unique_indices, None, None, g.stride(2, 2)).unwrap();
     assert_eq!(
         strided.auto_strategy(&codebook, [8, 64, 16, 16]).unwrap(),
