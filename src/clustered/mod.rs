@@ -803,8 +803,9 @@ impl<F: Real> ClusteredConv2d<F> {
     /// The dense route of [`ClusteredConv2d::backward_with`]: the dense weight gradient
     /// (im2col), folded into centroid and scale gradients. The input gradient runs through
     /// Winograd with the clustered adjoint operand when the call allows it (3×3, stride 1,
-    /// dilation 1, padding ≤ 2) and the cost model predicts that adjoint convolution faster
-    /// than dense, else through the rebuilt dense weight.
+    /// dilation 1, padding ≤ 2), the map has enough tiles ([`LayerCost::winograd_tiles_pay`])
+    /// and the cost model predicts that adjoint convolution faster than dense, else through the
+    /// rebuilt dense weight.
     fn backward_dense(
         &self,
         codebook: &KernelCodebook<F>,
@@ -812,11 +813,11 @@ impl<F: Real> ClusteredConv2d<F> {
         grad_out: ArrayView4<F>,
         s: &ConvShape,
     ) -> Result<ClusteredGrads<F>> {
+        let adjoint = adjoint_cost(s);
         let (input, weight, bias) = if winograd::obstacle(codebook.kernel_size(), s).is_none()
             && adjoint_fits(s)
-            && adjoint_cost(s)
-                .predicted_winograd_ratio()
-                .is_some_and(|r| r < 1.0)
+            && adjoint.winograd_tiles_pay
+            && adjoint.predicted_winograd_ratio().is_some_and(|r| r < 1.0)
         {
             let x = x.as_standard_layout();
             let go = grad_out.as_standard_layout();
