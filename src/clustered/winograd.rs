@@ -29,6 +29,7 @@ use super::indices::{IndexStore, NarrowIter};
 use super::scales::ScaleStore;
 use crate::codebook::KernelCodebook;
 use crate::geometry::ConvShape;
+use crate::linalg::simd::vectorised;
 use crate::linalg::{
     backward_input_winograd, forward_winograd, Real, WinogradOperand, WinogradTile,
 };
@@ -136,15 +137,17 @@ impl<F: Real> WinogradOperand<F> for ClusteredOperand<'_, F> {
             scratch.resize(len, F::zero());
         }
         let out = &mut scratch[..len];
-        let table = self.table.position(xi);
-        if self.adjoint {
-            self.fill_adjoint(table, rows.clone(), out);
-        } else {
-            for (o, dst) in rows.clone().zip(out.chunks_exact_mut(cols)) {
-                let scales = self.scales.map(|s| &s[o * cols..][..cols]);
-                fill(self.indices.row(o, 0..cols), scales, table, dst, 1);
+        let table = PositionTable::new(self.table.position(xi));
+        vectorised(|| {
+            if self.adjoint {
+                self.fill_adjoint(&table, rows.clone(), out);
+            } else {
+                for (o, dst) in rows.clone().zip(out.chunks_exact_mut(cols)) {
+                    let scales = self.scales.map(|s| &s[o * cols..][..cols]);
+                    fill(self.indices.row(o, 0..cols), scales, &table, dst, 1);
+                }
             }
-        }
+        });
         ArrayView2::from_shape((rows.len(), cols), &scratch[..len]).expect("rows × Cin values")
     }
 }
@@ -153,7 +156,8 @@ impl<F: Real> ClusteredOperand<'_, F> {
     /// Rows `rows` (input channels `i`) of the adjoint operand into `out` (`rows × Cout`):
     /// one output channel `o` at a time, its kernels `(o, i)` read in order and written down
     /// column `o`.
-    fn fill_adjoint(&self, table: &[F], rows: Range<usize>, out: &mut [F]) {
+    #[inline(always)]
+    fn fill_adjoint(&self, table: &PositionTable<'_, F>, rows: Range<usize>, out: &mut [F]) {
         let (cout, cin) = self.indices.dim();
         for o in 0..cout {
             let scales = self.scales.map(|s| &s[o * cin..][..cin][rows.clone()]);
@@ -168,32 +172,77 @@ impl<F: Real> ClusteredOperand<'_, F> {
     }
 }
 
+/// One position's table `Û_ξ[v]`, also copied into 256 entries when it has at most 256: a
+/// `u8` index then needs no bounds check, and the fill loop runs without a branch per value
+/// (which took most of its time).
+struct PositionTable<'a, F> {
+    values: &'a [F],
+    padded: Option<[F; 256]>,
+}
+
+impl<'a, F: Real> PositionTable<'a, F> {
+    fn new(values: &'a [F]) -> Self {
+        let padded = (values.len() <= 256).then(|| {
+            let mut padded = [F::zero(); 256];
+            padded[..values.len()].copy_from_slice(values);
+            padded
+        });
+        Self { values, padded }
+    }
+}
+
 /// `dst[k·step] = scales[k] · table[indices[k]]` (scale 1 without scales), for the narrow
-/// index type of the layer.
-#[inline]
+/// index type of the layer (indices are below the table's length: the layer checked them
+/// against the codebook).
+#[inline(always)]
 fn fill<F: Real>(
     indices: NarrowIter<'_>,
     scales: Option<&[F]>,
-    table: &[F],
+    table: &PositionTable<'_, F>,
     dst: &mut [F],
     step: usize,
 ) {
-    match indices {
-        NarrowIter::U8(it) => fill_typed(it.as_slice(), scales, table, dst, step),
-        NarrowIter::U16(it) => fill_typed(it.as_slice(), scales, table, dst, step),
-        NarrowIter::U32(it) => fill_typed(it.as_slice(), scales, table, dst, step),
+    let values = table.values;
+    match (indices, &table.padded) {
+        (NarrowIter::U8(it), Some(padded)) => {
+            fill_typed(it.as_slice(), scales, |v| padded[usize::from(v)], dst, step)
+        }
+        (NarrowIter::U8(it), None) => {
+            fill_typed(it.as_slice(), scales, |v| values[usize::from(v)], dst, step)
+        }
+        (NarrowIter::U16(it), _) => {
+            fill_typed(it.as_slice(), scales, |v| values[usize::from(v)], dst, step)
+        }
+        (NarrowIter::U32(it), _) => {
+            fill_typed(it.as_slice(), scales, |v| values[v as usize], dst, step)
+        }
     }
 }
 
 #[inline(always)]
-fn fill_typed<F: Real, I: Copy + Into<u64>>(
+fn fill_typed<F: Real, I: Copy>(
     indices: &[I],
     scales: Option<&[F]>,
-    table: &[F],
+    at: impl Fn(I) -> F,
     dst: &mut [F],
     step: usize,
 ) {
-    let at = |v: I| table[v.into() as usize];
+    if step == 1 {
+        // Contiguous rows (the forward operand): plain zips the compiler can vectorise.
+        match scales {
+            Some(scales) => {
+                for ((d, &v), &s) in dst.iter_mut().zip(indices).zip(scales) {
+                    *d = s * at(v);
+                }
+            }
+            None => {
+                for (d, &v) in dst.iter_mut().zip(indices) {
+                    *d = at(v);
+                }
+            }
+        }
+        return;
+    }
     let dst = dst.iter_mut().step_by(step);
     match scales {
         Some(scales) => {

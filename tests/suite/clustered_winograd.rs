@@ -52,6 +52,16 @@ fn random_case_sized(
     batch: std::ops::RangeInclusive<usize>,
     side: std::ops::RangeInclusive<usize>,
 ) -> Case {
+    random_case_wide(seed, batch, side, 1..=9)
+}
+
+/// [`random_case_sized`] with the input and output channels drawn from `channels`.
+fn random_case_wide(
+    seed: u64,
+    batch: std::ops::RangeInclusive<usize>,
+    side: std::ops::RangeInclusive<usize>,
+    channels: std::ops::RangeInclusive<usize>,
+) -> Case {
     let mut r = rng(seed);
     let symmetry = SYMMETRIES[(seed % 4) as usize];
     let scales = [ScaleKind::None, ScaleKind::Full, ScaleKind::Half][(seed / 4 % 3) as usize];
@@ -59,8 +69,8 @@ fn random_case_sized(
     loop {
         let (n, cin, cout) = (
             r.random_range(batch.clone()),
-            r.random_range(1..=9),
-            r.random_range(1..=9),
+            r.random_range(channels.clone()),
+            r.random_range(channels.clone()),
         );
         let (h, w) = (r.random_range(side.clone()), r.random_range(side.clone()));
         let g = ConvGeometry::default().padding_asymmetric(Padding {
@@ -419,9 +429,10 @@ fn memory_reports_the_winograd_working_set() {
 fn the_cached_transformed_codebook_follows_new_centroids() {
     let mut both_tables = 0;
     for seed in 0..24 {
-        // Inputs of 12–20 per side at batch 2–3: the dense route then often runs the input
-        // gradient through Winograd too, which fills the rotated table.
-        let mut c = random_case_sized(2000 + seed, 2..=3, 12..=20);
+        // 32–36 channels and inputs of 32–36 per side (at least 64 output tiles): enough tiles
+        // for the dense route to run the input gradient through Winograd too, which fills the
+        // rotated table.
+        let mut c = random_case_wide(2000 + seed, 2..=2, 32..=36, 32..=36);
         let k_s = c.codebook.index_limit();
         assert_eq!(c.codebook.winograd_cache_bytes(), 0, "seed {seed}");
         let run = |c: &Case| {
