@@ -18,10 +18,10 @@
 //!   the oracle the other two are tested against, and the fallback when sharing cannot win.
 //! - [`ForwardStrategy::Winograd`]: Winograd F(4×4, 3×3) (3×3 codebooks, stride 1, dilation
 //!   1, any padding): the transformed codebook `Û_v = G K_v Gᵀ` (36 values per stored index)
-//!   is computed on the codebook's first Winograd call and cached with it, and each block of
-//!   the 36 GEMMs' left operand is filled with `s_ji · Û_{l(j,i)}` as the GEMM needs it. 2.25
-//!   multiplies per output per kernel instead of 9, and neither the dense weight nor the
-//!   transformed weight is ever built.
+//!   is computed on the codebook's first Winograd call and cached with it, and the 36 GEMMs'
+//!   left operand is filled with `s_ji · Û_{l(j,i)}`: whole, once per call, up to 4 MiB, else
+//!   block by block as the GEMMs need it. 2.25 multiplies per output per kernel instead of 9;
+//!   the dense weight is never built.
 //! - [`ForwardStrategy::Auto`]: the cheapest of these under the cost model of
 //!   [`ClusteredConv2d::cost`] (see [`LayerCost::cheapest`]).
 //!
@@ -257,10 +257,12 @@ pub struct LayerMemory {
     /// ([`KernelCodebook::winograd_cache_bytes`]), so it is not in
     /// [`LayerMemory::total_bytes`].
     pub winograd_codebook_bytes: usize,
-    /// [`ForwardStrategy::Winograd`]: the operand block each worker fills per GEMM, 32 to 64
-    /// rows of `Cin` values of `F` (about 64 KiB; `Cout` columns for the input gradient).
-    /// Per worker and per call, beside the transformed input and products of a block of
-    /// tiles that every Winograd convolution uses; 0 when the layer cannot run Winograd.
+    /// [`ForwardStrategy::Winograd`]: the GEMM operand a call builds from the indices,
+    /// scales and transformed codebook. Up to 4 MiB it is the whole operand (`36·Cout·Cin`
+    /// values of `F`, about 170 × 170 channels in `f32`), built once per call; above, one
+    /// block of 32 to 64 rows of `Cin` values (about 64 KiB) per worker. Freed when the call
+    /// returns, beside the transformed input and products of a block of tiles that every
+    /// Winograd convolution uses; 0 when the layer cannot run Winograd.
     pub winograd_operand_bytes: usize,
 }
 
@@ -479,7 +481,7 @@ impl<F: Real> ClusteredConv2d<F> {
                 0
             },
             winograd_operand_bytes: if winograd {
-                winograd::operand_rows::<F>(cin) * cin * size
+                winograd::operand_bytes::<F>(cout, cin)
             } else {
                 0
             },

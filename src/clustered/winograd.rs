@@ -6,9 +6,12 @@
 //! `v = c + K·t` its stored index and `Û_v = G Φ_t(μ_c) Gᵀ` (36 values). [`TransformedCodebook`]
 //! holds `Û` for every stored index, position by position (`[ξ][v]`: one position's table is
 //! `K·S` values, a few KiB that stay in L1 while a block is filled). The operand
-//! ([`ClusteredOperand`]) fills `rows × Cin` blocks of `U_ξ` with `s_oi · Û_ξ[l(o, i)]` as the
-//! GEMMs ask for them: neither the dense weight nor the transformed weight (4× the dense one)
-//! ever exists.
+//! ([`ClusteredOperand`]) fills `U_ξ` with `s_oi · Û_ξ[l(o, i)]`: whole, once per call, when
+//! all 36 positions fit 4 MiB (layers up to about 170 × 170 channels in `f32`; filled block by
+//! block, every block of tiles refilled it, which cost 7–30 % over a dense layer's stored
+//! transformed weight), else in `rows × Cin` blocks as the GEMMs ask for them. The dense
+//! weight never exists, and the transformed weight (4× the dense one) only within a call and
+//! within 4 MiB.
 //!
 //! `Û` is cached with the codebook (`KernelCodebook::winograd_table`): computed on the first
 //! Winograd call in `f64` and rounded once to `F`, shared by every layer of the codebook, and
@@ -31,8 +34,9 @@ use crate::codebook::KernelCodebook;
 use crate::geometry::ConvShape;
 use crate::linalg::simd::vectorised;
 use crate::linalg::{
-    backward_input_winograd, forward_winograd, Real, WinogradOperand, WinogradTile,
+    backward_input_winograd, forward_winograd, Real, WinogradOperand, WinogradTile, WinogradWeight,
 };
+use rayon::prelude::*;
 
 /// The Winograd variant the clustered strategy runs: the one of the codebook's cached tables.
 const TILE: WinogradTile = crate::codebook::WINOGRAD_TILE;
@@ -40,6 +44,12 @@ const TILE: WinogradTile = crate::codebook::WINOGRAD_TILE;
 const OPERAND_BYTES: usize = 64 << 10;
 /// Fewest and most rows of an operand block.
 const OPERAND_ROWS: (usize, usize) = (32, 64);
+/// Largest whole operand (`36·Cout·Cin` values) a call builds once for all its blocks of
+/// tiles. Built block by block instead, every block of at least 64 tiles refills all of it:
+/// one gather per 64 multiply-adds, and the GEMMs run on 32–64-row slices. Up to 4 MiB (about
+/// 170 × 170 channels in `f32`) the call holds it whole, like a dense layer's stored
+/// transformed weight, and frees it on return.
+const WHOLE_OPERAND_BYTES: usize = 4 << 20;
 
 /// Why a call of this shape cannot run Winograd F(4×4, 3×3), or `None` when it can.
 pub(crate) fn obstacle(kernel: (usize, usize), s: &ConvShape) -> Option<&'static str> {
@@ -57,6 +67,17 @@ pub(crate) fn obstacle(kernel: (usize, usize), s: &ConvShape) -> Option<&'static
 /// Rows per operand block for `cols` columns: about [`OPERAND_BYTES`], 32 to 64 rows.
 pub(crate) fn operand_rows<F>(cols: usize) -> usize {
     (OPERAND_BYTES / (cols.max(1) * std::mem::size_of::<F>())).clamp(OPERAND_ROWS.0, OPERAND_ROWS.1)
+}
+
+/// Bytes of the operand a call of a `cout × cin` operand builds: the whole operand when it
+/// fits [`WHOLE_OPERAND_BYTES`] (once per call), else one block per worker.
+pub(crate) fn operand_bytes<F>(cout: usize, cin: usize) -> usize {
+    let whole = TILE.positions() * cout * cin * std::mem::size_of::<F>();
+    if whole <= WHOLE_OPERAND_BYTES {
+        whole
+    } else {
+        operand_rows::<F>(cin) * cin * std::mem::size_of::<F>()
+    }
 }
 
 /// Bytes of a transformed codebook of `limit` stored indices (`K·S`) of `F`.
@@ -136,7 +157,15 @@ impl<F: Real> WinogradOperand<F> for ClusteredOperand<'_, F> {
         if scratch.len() < len {
             scratch.resize(len, F::zero());
         }
-        let out = &mut scratch[..len];
+        self.fill_rows(xi, rows.clone(), &mut scratch[..len]);
+        ArrayView2::from_shape((rows.len(), cols), &scratch[..len]).expect("rows × Cin values")
+    }
+}
+
+impl<F: Real> ClusteredOperand<'_, F> {
+    /// Rows `rows` of `U_ξ` into `out` (`rows × in_channels()`, row-major).
+    fn fill_rows(&self, xi: usize, rows: Range<usize>, out: &mut [F]) {
+        let cols = self.in_channels();
         let table = PositionTable::new(self.table.position(xi));
         vectorised(|| {
             if self.adjoint {
@@ -148,11 +177,21 @@ impl<F: Real> WinogradOperand<F> for ClusteredOperand<'_, F> {
                 }
             }
         });
-        ArrayView2::from_shape((rows.len(), cols), &scratch[..len]).expect("rows × Cin values")
     }
-}
 
-impl<F: Real> ClusteredOperand<'_, F> {
+    /// The whole operand, all 36 positions, when it fits [`WHOLE_OPERAND_BYTES`]: the same
+    /// values as the blocks, built once per call (positions in parallel).
+    fn whole(&self) -> Option<WinogradWeight<F>> {
+        let (rows, cols) = (self.out_channels(), self.in_channels());
+        if operand_bytes::<F>(rows, cols) != TILE.positions() * rows * cols * size_of::<F>() {
+            return None;
+        }
+        let mut u = vec![F::zero(); TILE.positions() * rows * cols];
+        u.par_chunks_mut((rows * cols).max(1))
+            .enumerate()
+            .for_each(|(xi, position)| self.fill_rows(xi, 0..rows, position));
+        Some(WinogradWeight::from_positions(u, rows, cols))
+    }
     /// Rows `rows` (input channels `i`) of the adjoint operand into `out` (`rows × Cout`):
     /// one output channel `o` at a time, its kernels `(o, i)` read in order and written down
     /// column `o`.
@@ -275,7 +314,10 @@ pub(crate) fn forward<F: Real>(
         scales: scales.map(|sc| sc.as_slice_in(&mut wide)),
         adjoint: false,
     };
-    forward_winograd(x, &operand, bias, s)
+    match operand.whole() {
+        Some(whole) => forward_winograd(x, &whole, bias, s),
+        None => forward_winograd(x, &operand, bias, s),
+    }
 }
 
 /// ∂L/∂x of a 3×3, stride-1, dilation-1 call with padding ≤ 2 (`linalg::adjoint_fits`),
@@ -295,5 +337,8 @@ pub(crate) fn backward_input<F: Real>(
         scales: scales.map(|sc| sc.as_slice_in(&mut wide)),
         adjoint: true,
     };
-    backward_input_winograd(grad_out, &operand, s)
+    match operand.whole() {
+        Some(whole) => backward_input_winograd(grad_out, &whole, s),
+        None => backward_input_winograd(grad_out, &operand, s),
+    }
 }

@@ -120,6 +120,13 @@ impl<F: Real> WinogradWeight<F> {
         Self { u, cout, cin }
     }
 
+    /// A transformed weight already laid out as 36 row-major `Cout × Cin` matrices
+    /// (`u[(ξ·Cout + o)·Cin + i]`).
+    pub(crate) fn from_positions(u: Vec<F>, cout: usize, cin: usize) -> Self {
+        debug_assert_eq!(u.len(), XI * cout * cin);
+        Self { u, cout, cin }
+    }
+
     /// The transformed weight of the input-gradient convolution: kernel `(i, o)` is kernel
     /// `(o, i)` of the OIHW `weight` rotated by 180° (so `Cin` outputs and `Cout` inputs).
     pub(crate) fn adjoint(weight: ArrayView4<F>) -> Self {
@@ -128,8 +135,8 @@ impl<F: Real> WinogradWeight<F> {
 }
 
 /// Where the 36 GEMMs take their left operand `U_ξ` (`Cout × Cin`) from: a stored transformed
-/// weight ([`WinogradWeight`]), or blocks built on the fly (a clustered layer builds them from
-/// its indices, scales and transformed codebook, so no weight-sized tensor ever exists).
+/// weight ([`WinogradWeight`]), or blocks built on the fly (a clustered layer too wide to hold
+/// its whole operand builds them from its indices, scales and transformed codebook).
 pub(crate) trait WinogradOperand<F>: Sync {
     /// The variant the operand was transformed for.
     fn tile(&self) -> WinogradTile;

@@ -479,3 +479,46 @@ fn the_cached_transformed_codebook_follows_new_centroids() {
         "the rotated table was used in {both_tables} of 24 cases"
     );
 }
+
+/// A layer whose whole Winograd operand (36·Cout·Cin values) passes the 4 MiB a call builds at
+/// once runs block by block: forward and input gradient still equal the definition.
+#[test]
+fn wide_layers_build_the_operand_block_by_block() {
+    let mut r = rng(77);
+    let g = ConvGeometry::default().padding(1, 1);
+    // 36 · 128 · 130 · 8 bytes = 4.8 MB in f64.
+    let (codebook, layer) = random_layer(
+        &mut r,
+        (130, 128),
+        Symmetry::Dihedral,
+        ScaleKind::Full,
+        false,
+        g,
+    );
+    let m = layer.memory(&codebook);
+    assert_eq!(m.winograd_operand_bytes, 64 * 128 * 8, "one 64-row block");
+    // 16×16 maps at batch 2: enough tiles that the dense route's input gradient runs
+    // Winograd with the adjoint operand too.
+    let x = random4(&mut r, (2, 128, 16, 16));
+    let w = dense_weight(&layer, &codebook);
+    let y = layer
+        .forward_with(&codebook, x.view(), ForwardStrategy::Winograd)
+        .unwrap();
+    let naive = naive_conv(x.view(), w.view(), layer.bias(), &g);
+    assert!(worst_violation(&y, &naive, 1e-12, 1e-12) <= 1.0);
+    let before = codebook.winograd_cache_bytes();
+    let grads = layer
+        .backward_with(&codebook, x.view(), y.view(), BackwardRoute::Dense)
+        .unwrap();
+    assert!(
+        codebook.winograd_cache_bytes() > before,
+        "the input gradient ran through Winograd (it filled the rotated table)"
+    );
+    // ⟨conv(x), y⟩ = ⟨x, ∂/∂x⟩ for L = ⟨conv(x) − bias, y⟩.
+    let no_bias = naive_conv(x.view(), w.view(), None, &g);
+    let (lhs, rhs) = ((&no_bias * &y).sum(), (&x * &grads.input).sum());
+    assert!(
+        (lhs - rhs).abs() <= 1e-10 * (1.0 + lhs.abs()),
+        "{lhs} vs {rhs}"
+    );
+}
