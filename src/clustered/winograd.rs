@@ -69,10 +69,15 @@ pub(crate) fn operand_rows<F>(cols: usize) -> usize {
     (OPERAND_BYTES / (cols.max(1) * std::mem::size_of::<F>())).clamp(OPERAND_ROWS.0, OPERAND_ROWS.1)
 }
 
+/// Bytes of the whole operand of a `cout × cin` operand: 36 positions of `cout × cin` values.
+fn whole_operand_bytes<F>(cout: usize, cin: usize) -> usize {
+    TILE.positions() * cout * cin * std::mem::size_of::<F>()
+}
+
 /// Bytes of the operand a call of a `cout × cin` operand builds: the whole operand when it
 /// fits [`WHOLE_OPERAND_BYTES`] (once per call), else one block per worker.
 pub(crate) fn operand_bytes<F>(cout: usize, cin: usize) -> usize {
-    let whole = TILE.positions() * cout * cin * std::mem::size_of::<F>();
+    let whole = whole_operand_bytes::<F>(cout, cin);
     if whole <= WHOLE_OPERAND_BYTES {
         whole
     } else {
@@ -183,7 +188,7 @@ impl<F: Real> ClusteredOperand<'_, F> {
     /// values as the blocks, built once per call (positions in parallel).
     fn whole(&self) -> Option<WinogradWeight<F>> {
         let (rows, cols) = (self.out_channels(), self.in_channels());
-        if operand_bytes::<F>(rows, cols) != TILE.positions() * rows * cols * size_of::<F>() {
+        if whole_operand_bytes::<F>(rows, cols) > WHOLE_OPERAND_BYTES {
             return None;
         }
         let mut u = vec![F::zero(); TILE.positions() * rows * cols];
@@ -192,6 +197,7 @@ impl<F: Real> ClusteredOperand<'_, F> {
             .for_each(|(xi, position)| self.fill_rows(xi, 0..rows, position));
         Some(WinogradWeight::from_positions(u, rows, cols))
     }
+
     /// Rows `rows` (input channels `i`) of the adjoint operand into `out` (`rows × Cout`):
     /// one output channel `o` at a time, its kernels `(o, i)` read in order and written down
     /// column `o`.
@@ -212,8 +218,7 @@ impl<F: Real> ClusteredOperand<'_, F> {
 }
 
 /// One position's table `Û_ξ[v]`, also copied into 256 entries when it has at most 256: a
-/// `u8` index then needs no bounds check, and the fill loop runs without a branch per value
-/// (which took most of its time).
+/// `u8` index then needs no bounds check, and the fill loop runs without a branch per value.
 struct PositionTable<'a, F> {
     values: &'a [F],
     padded: Option<[F; 256]>,
