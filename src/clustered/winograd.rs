@@ -272,22 +272,22 @@ fn fill_typed<F: Real, I: Copy>(
     step: usize,
 ) {
     if step == 1 {
-        // Contiguous rows (the forward operand): plain zips the compiler can vectorise.
-        match scales {
-            Some(scales) => {
-                for ((d, &v), &s) in dst.iter_mut().zip(indices).zip(scales) {
-                    *d = s * at(v);
-                }
-            }
-            None => {
-                for (d, &v) in dst.iter_mut().zip(indices) {
-                    *d = at(v);
-                }
-            }
-        }
-        return;
+        // Contiguous rows (the forward operand): a plain slice iterator the compiler can
+        // vectorise.
+        assign(dst.iter_mut(), indices, scales, at);
+    } else {
+        assign(dst.iter_mut().step_by(step), indices, scales, at);
     }
-    let dst = dst.iter_mut().step_by(step);
+}
+
+/// `d = scale · at(index)` along `dst`, `indices` and `scales` (scale 1 without scales).
+#[inline(always)]
+fn assign<'a, F: Real + 'a, I: Copy>(
+    dst: impl Iterator<Item = &'a mut F>,
+    indices: &[I],
+    scales: Option<&[F]>,
+    at: impl Fn(I) -> F,
+) {
     match scales {
         Some(scales) => {
             for ((d, &v), &s) in dst.zip(indices).zip(scales) {
