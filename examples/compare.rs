@@ -346,11 +346,11 @@ fn bench_train(data: &Path, p: Protocol) -> Res<Value> {
     };
     let mut states: Vec<SgdState<f32>> = Vec::new();
     let losses = (0..TRAIN_CHECK_STEPS)
-        .map(|_| net.train_step(x.view(), &labels, &sgd, 0, &mut states))
+        .map(|_| net.train_step(x.view(), &labels, &sgd, 0.0, &mut states))
         .collect::<Result<Vec<f64>, _>>()?;
     let mut failed = None;
     let (ms, runs) = p.median_ms(|| {
-        if let Err(e) = net.train_step(x.view(), &labels, &sgd, 0, &mut states) {
+        if let Err(e) = net.train_step(x.view(), &labels, &sgd, 0.0, &mut states) {
             failed = Some(e);
         }
     });

@@ -95,9 +95,12 @@ fn train_epoch(
     )?);
     bar.set_message(format!("{}", epoch + 1));
     let (mean, std) = FASHION_MNIST_MEAN_STD;
-    for rows in batches {
+    let steps = batches.len();
+    for (b, rows) in batches.into_iter().enumerate() {
         let (x, labels) = train.batch(rows, mean, std)?;
-        net.train_step(x.view(), &labels, sgd, epoch, states)?;
+        // The cosine learning rate changes every step, not once per epoch.
+        let position = epoch as f64 + b as f64 / steps as f64;
+        net.train_step(x.view(), &labels, sgd, position, states)?;
         bar.inc(1);
     }
     bar.finish_and_clear();

@@ -2,6 +2,7 @@
 
 use ndarray::{ArrayView2, ArrayView4};
 
+use super::optim::check_epoch;
 use super::{distillation_loss, Distillation, Network, Sgd, SgdState};
 use crate::error::{Error, Result};
 use crate::linalg::Real;
@@ -34,8 +35,8 @@ impl<F: Real> Network<F> {
     /// let sgd = Sgd { lr: 0.1, momentum: 0.9, weight_decay: 0.0, schedule: LrSchedule::Constant };
     /// let mut states: Vec<SgdState<f64>> = Vec::new();
     /// let kd = Distillation::default();
-    /// let first = student.train_step_distill(x.view(), &labels, teacher_logits.view(), &kd, &sgd, 0, &mut states)?;
-    /// let second = student.train_step_distill(x.view(), &labels, teacher_logits.view(), &kd, &sgd, 0, &mut states)?;
+    /// let first = student.train_step_distill(x.view(), &labels, teacher_logits.view(), &kd, &sgd, 0.0, &mut states)?;
+    /// let second = student.train_step_distill(x.view(), &labels, teacher_logits.view(), &kd, &sgd, 0.0, &mut states)?;
     /// assert!(second < first);
     /// # Ok::<(), clustered_conv::Error>(())
     /// ```
@@ -47,11 +48,12 @@ impl<F: Real> Network<F> {
         teacher_logits: ArrayView2<F>,
         distillation: &Distillation,
         sgd: &Sgd,
-        epoch: usize,
+        epoch: f64,
         states: &mut Vec<SgdState<F>>,
     ) -> Result<f64> {
         // Checked before the forward pass, so bad settings leave batch-norm statistics alone.
         distillation.check()?;
+        check_epoch(epoch)?;
         let n = x.dim().0;
         if teacher_logits.nrows() != n || labels.len() != n {
             return Err(Error::ShapeMismatch {

@@ -3,6 +3,7 @@
 use ndarray::{Array2, Array3, Array4, ArrayD, ArrayView2, ArrayView4, Ix2, Ix4, IxDyn};
 
 use super::graph::{Arity, ValueGrads, Values, Wiring};
+use super::optim::check_epoch;
 use super::{
     relu, softmax_cross_entropy, AvgPool2d, BatchNorm2d, BatchNormTape, GlobalAvgPool, Linear,
     MaxPool2d, PoolArgmax, Sgd, SgdState,
@@ -65,8 +66,8 @@ pub enum Layer<F> {
 /// let x = Array4::from_shape_fn((4, 1, 4, 4), |(n, _, y, x)| (n + y * x) as f64 * 0.1);
 /// let sgd = Sgd { lr: 0.1, momentum: 0.9, weight_decay: 0.0, schedule: LrSchedule::Constant };
 /// let mut states: Vec<SgdState<f64>> = Vec::new();
-/// let first = net.train_step(x.view(), &[0, 1, 2, 0], &sgd, 0, &mut states)?;
-/// let second = net.train_step(x.view(), &[0, 1, 2, 0], &sgd, 0, &mut states)?;
+/// let first = net.train_step(x.view(), &[0, 1, 2, 0], &sgd, 0.0, &mut states)?;
+/// let second = net.train_step(x.view(), &[0, 1, 2, 0], &sgd, 0.0, &mut states)?;
 /// assert!(second < first);
 /// # Ok::<(), clustered_conv::Error>(())
 /// ```
@@ -500,18 +501,20 @@ impl<F: Real> Network<F> {
         })
     }
 
-    /// Applies one SGD step to every parameter; `states` holds one momentum buffer per
-    /// parameter (start with an empty vector).
+    /// Applies one SGD step to every parameter at training position `epoch` (in epochs; see
+    /// [`Sgd::lr_at`]); `states` holds one momentum buffer per parameter (start with an empty
+    /// vector).
     ///
     /// # Errors
-    /// Gradients from another network.
+    /// Gradients from another network; an `epoch` that is negative or not finite.
     pub fn sgd_step(
         &mut self,
         grads: &Gradients<F>,
         sgd: &Sgd,
-        epoch: usize,
+        epoch: f64,
         states: &mut Vec<SgdState<F>>,
     ) -> Result<()> {
+        check_epoch(epoch)?;
         let mut param = 0;
         let mut step = |p: ndarray::ArrayViewMutD<F>, g: ndarray::ArrayViewD<F>| -> Result<()> {
             if states.len() <= param {
@@ -584,18 +587,22 @@ impl<F: Real> Network<F> {
         Ok(())
     }
 
-    /// Forward, softmax cross-entropy, backward and one SGD step; returns the batch loss.
+    /// Forward, softmax cross-entropy, backward and one SGD step at training position `epoch`
+    /// (in epochs: `e + b / batches` before batch `b` of epoch `e` for a learning rate that
+    /// changes every step, see [`Sgd::lr_at`]); returns the batch loss.
     ///
     /// # Errors
-    /// As the steps it runs.
+    /// As the steps it runs; an `epoch` that is negative or not finite is refused before the
+    /// forward pass, so batch-norm statistics stay as they were.
     pub fn train_step(
         &mut self,
         x: ArrayView4<F>,
         labels: &[usize],
         sgd: &Sgd,
-        epoch: usize,
+        epoch: f64,
         states: &mut Vec<SgdState<F>>,
     ) -> Result<f64> {
+        check_epoch(epoch)?;
         let (logits, tape) = self.forward_train(x)?;
         let (loss, grad) = softmax_cross_entropy(logits.view(), labels)?;
         let grads = self.backward(&tape, grad)?;

@@ -5,7 +5,8 @@ use ndarray::{ArrayD, ArrayViewD, ArrayViewMutD, Zip};
 use crate::error::{Error, Result};
 use crate::linalg::Real;
 
-/// How the learning rate changes over epochs.
+/// How the learning rate changes over training, as a function of the position in epochs
+/// (see [`Sgd::lr_at`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum LrSchedule {
     /// Constant.
@@ -17,7 +18,9 @@ pub enum LrSchedule {
         /// Factor applied at each milestone.
         gamma: f64,
     },
-    /// Cosine annealing from the base rate to 0 over `epochs`.
+    /// Cosine annealing from the base rate to 0 over `epochs`. Given whole epochs it changes
+    /// once per epoch (PyTorch's `CosineAnnealingLR` stepped per epoch, which never reaches
+    /// 0); given the fraction of the epoch done, it anneals every step and ends at 0.
     Cosine {
         /// Total epochs.
         epochs: usize,
@@ -51,33 +54,49 @@ impl<F> Default for SgdState<F> {
 }
 
 impl Sgd {
-    /// The learning rate during `epoch` (0-based).
-    pub fn lr_at(&self, epoch: usize) -> f64 {
+    /// The learning rate at `epoch`, the position in training counted in epochs from 0: a
+    /// whole number for a rate that changes once per epoch, or the epoch's index plus the
+    /// fraction of it done (`e + b / batches` before batch `b`) for a rate that changes every
+    /// step.
+    ///
+    /// ```
+    /// use clustered_conv::nn::{LrSchedule, Sgd};
+    ///
+    /// let sgd = Sgd { lr: 0.1, momentum: 0.9, weight_decay: 0.0, schedule: LrSchedule::Cosine { epochs: 2 } };
+    /// assert_eq!(sgd.lr_at(0.0), 0.1);
+    /// assert!((sgd.lr_at(1.0) - 0.05).abs() < 1e-15); // half way
+    /// assert!(sgd.lr_at(1.5) < sgd.lr_at(1.0)); // within the second epoch
+    /// assert!(sgd.lr_at(2.0).abs() < 1e-15);
+    /// ```
+    pub fn lr_at(&self, epoch: f64) -> f64 {
         match &self.schedule {
             LrSchedule::Constant => self.lr,
             LrSchedule::Step { milestones, gamma } => {
-                self.lr * gamma.powi(milestones.iter().filter(|&&m| epoch >= m).count() as i32)
+                let passed = milestones.iter().filter(|&&m| epoch >= m as f64).count();
+                self.lr * gamma.powi(passed as i32)
             }
             LrSchedule::Cosine { epochs } => {
-                let t = (epoch as f64 / (*epochs).max(1) as f64).min(1.0);
+                let t = (epoch / (*epochs).max(1) as f64).min(1.0);
                 self.lr * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
             }
         }
     }
 
-    /// Updates `param` in place from `grad` during `epoch`.
+    /// Updates `param` in place from `grad` at position `epoch` (see [`Sgd::lr_at`]).
     ///
     /// # Errors
-    /// A gradient whose shape differs from the parameter's, or a momentum buffer (in `state`)
-    /// from a parameter of another shape.
+    /// [`Error::InvalidParameter`] for an `epoch` that is negative or not finite; a gradient
+    /// whose shape differs from the parameter's, or a momentum buffer (in `state`) from a
+    /// parameter of another shape. Nothing changes on error.
     pub fn step<F: Real>(
         &self,
-        epoch: usize,
+        epoch: f64,
         param: ArrayViewMutD<F>,
         grad: ArrayViewD<F>,
         state: &mut SgdState<F>,
     ) -> Result<()> {
         let mut param = param;
+        check_epoch(epoch)?;
         if param.shape() != grad.shape() {
             return Err(Error::ShapeMismatch {
                 what: "gradient vs parameter",
@@ -120,5 +139,18 @@ impl Sgd {
         }
         state.velocity = velocity;
         Ok(())
+    }
+}
+
+/// Refuses a training position (in epochs) that is negative or not finite.
+pub(crate) fn check_epoch(epoch: f64) -> Result<()> {
+    if epoch.is_finite() && epoch >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidParameter {
+            name: "epoch",
+            value: epoch,
+            expected: "a finite position in epochs ≥ 0",
+        })
     }
 }

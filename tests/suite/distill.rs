@@ -249,9 +249,19 @@ fn train_step_distill_with_alpha_zero_is_train_step() {
     let (mut sa, mut sb): (Vec<SgdState<f64>>, Vec<SgdState<f64>>) = (Vec::new(), Vec::new());
     let hard = Distillation::new(4.0, 0.0);
     for _ in 0..3 {
-        let la = a.train_step(x.view(), &labels, &sgd(), 0, &mut sa).unwrap();
+        let la = a
+            .train_step(x.view(), &labels, &sgd(), 0.0, &mut sa)
+            .unwrap();
         let lb = b
-            .train_step_distill(x.view(), &labels, teacher.view(), &hard, &sgd(), 0, &mut sb)
+            .train_step_distill(
+                x.view(),
+                &labels,
+                teacher.view(),
+                &hard,
+                &sgd(),
+                0.0,
+                &mut sb,
+            )
             .unwrap();
         assert_eq!(la.to_bits(), lb.to_bits());
     }
@@ -274,7 +284,7 @@ fn train_step_distill_pulls_the_student_towards_the_teacher() {
             teacher.view(),
             &soft,
             &sgd(),
-            0,
+            0.0,
             &mut states,
         )
         .unwrap();
@@ -287,7 +297,7 @@ fn train_step_distill_pulls_the_student_towards_the_teacher() {
                 teacher.view(),
                 &soft,
                 &sgd(),
-                0,
+                0.0,
                 &mut states,
             )
             .unwrap();
@@ -302,7 +312,7 @@ fn train_step_distill_pulls_the_student_towards_the_teacher() {
             teacher.view(),
             &soft,
             &sgd(),
-            0,
+            0.0,
             &mut states,
         )
         .unwrap_err();
@@ -314,11 +324,28 @@ fn train_step_distill_pulls_the_student_towards_the_teacher() {
             teacher.view(),
             &Distillation::new(0.0, 1.0),
             &sgd(),
-            0,
+            0.0,
             &mut states,
         )
         .unwrap_err();
     assert!(matches!(e, Error::InvalidParameter { .. }));
+    let kd = Distillation::default();
+    let e = student
+        .train_step_distill(
+            x.view(),
+            &labels,
+            teacher.view(),
+            &kd,
+            &sgd(),
+            -1.0,
+            &mut states,
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidParameter { name: "epoch", .. }));
+    let e = student
+        .train_step(x.view(), &labels, &sgd(), f64::NAN, &mut states)
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidParameter { name: "epoch", .. }));
     assert_eq!(student, before);
 }
 

@@ -204,16 +204,18 @@ fn sgd_matches_pytorch_update_rule() {
     let g = ArrayD::from_shape_vec(IxDyn(&[2]), vec![0.5, 0.5]).unwrap();
     let mut state = SgdState::default();
     // Step 1: d = g + λp = (0.51, 0.48); v = d; p −= 0.1·v.
-    sgd.step(0, p.view_mut(), g.view(), &mut state).unwrap();
+    sgd.step(0.0, p.view_mut(), g.view(), &mut state).unwrap();
     assert!((p[0] - (1.0 - 0.051)).abs() < 1e-15 && (p[1] - (-2.0 - 0.048)).abs() < 1e-15);
     // Step 2: d = g + λp; v = 0.9·v + d.
     let d0 = 0.5 + 0.01 * p[0];
     let v0 = 0.9 * 0.51 + d0;
     let before = p[0];
-    sgd.step(0, p.view_mut(), g.view(), &mut state).unwrap();
+    sgd.step(0.0, p.view_mut(), g.view(), &mut state).unwrap();
     assert!((p[0] - (before - 0.1 * v0)).abs() < 1e-15);
     let wrong = ArrayD::from_shape_vec(IxDyn(&[3]), vec![0.0; 3]).unwrap();
-    assert!(sgd.step(0, p.view_mut(), wrong.view(), &mut state).is_err());
+    assert!(sgd
+        .step(0.0, p.view_mut(), wrong.view(), &mut state)
+        .is_err());
 }
 
 #[test]
@@ -227,16 +229,49 @@ fn learning_rate_schedules() {
             gamma: 0.1,
         },
     };
-    assert_eq!(step.lr_at(0), 5e-3);
-    assert!((step.lr_at(150) - 5e-4).abs() < 1e-18);
-    assert!((step.lr_at(299) - 5e-5).abs() < 1e-18);
+    assert_eq!(step.lr_at(0.0), 5e-3);
+    assert_eq!(step.lr_at(149.99), 5e-3);
+    assert!((step.lr_at(150.0) - 5e-4).abs() < 1e-18);
+    assert!((step.lr_at(299.0) - 5e-5).abs() < 1e-18);
     let cosine = Sgd {
         schedule: LrSchedule::Cosine { epochs: 10 },
         ..step
     };
-    assert_eq!(cosine.lr_at(0), 5e-3);
-    assert!((cosine.lr_at(5) - 2.5e-3).abs() < 1e-15);
-    assert!(cosine.lr_at(10).abs() < 1e-18);
+    assert_eq!(cosine.lr_at(0.0), 5e-3);
+    assert!((cosine.lr_at(5.0) - 2.5e-3).abs() < 1e-15);
+    assert!(cosine.lr_at(10.0).abs() < 1e-18);
+    // Within an epoch (per-step annealing): 0.5·(1 + cos(π·t)) by hand at t = 0.25 and 0.95.
+    let quarter = 5e-3 * 0.5 * (1.0 + std::f64::consts::FRAC_1_SQRT_2);
+    assert!((cosine.lr_at(2.5) - quarter).abs() < 1e-15);
+    let late = 5e-3 * 0.5 * (1.0 + (0.95 * std::f64::consts::PI).cos());
+    assert!((cosine.lr_at(9.5) - late).abs() < 1e-15);
+    assert!(cosine.lr_at(9.5) < cosine.lr_at(9.0) && cosine.lr_at(9.5) > 0.0);
+}
+
+#[test]
+fn sgd_refuses_a_negative_or_non_finite_position_and_changes_nothing() {
+    let sgd = Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        schedule: LrSchedule::Cosine { epochs: 3 },
+    };
+    let mut p = ArrayD::from_shape_vec(IxDyn(&[2]), vec![1.0f64, -2.0]).unwrap();
+    let g = ArrayD::from_shape_vec(IxDyn(&[2]), vec![0.5, 0.5]).unwrap();
+    let mut state = SgdState::default();
+    for bad in [-0.5, f64::NAN, f64::INFINITY] {
+        let err = sgd.step(bad, p.view_mut(), g.view(), &mut state);
+        assert!(
+            matches!(
+                err,
+                Err(clustered_conv::Error::InvalidParameter { name: "epoch", .. })
+            ),
+            "{bad}: {err:?}"
+        );
+    }
+    assert_eq!(p.as_slice().unwrap(), &[1.0, -2.0]);
+    sgd.step(0.5, p.view_mut(), g.view(), &mut state).unwrap();
+    assert!(p[0] < 1.0);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -500,12 +535,12 @@ fn fine_tuning_keeps_assignments_and_at_most_k_distinct_kernels() {
     };
     let mut states = Vec::new();
     let first = net
-        .train_step(x.view(), &labels, &sgd, 0, &mut states)
+        .train_step(x.view(), &labels, &sgd, 0.0, &mut states)
         .unwrap();
     let mut last = first;
     for _ in 0..30 {
         last = net
-            .train_step(x.view(), &labels, &sgd, 0, &mut states)
+            .train_step(x.view(), &labels, &sgd, 0.0, &mut states)
             .unwrap();
     }
     assert!(last < first * 0.5, "loss {first} → {last}");
@@ -670,7 +705,7 @@ fn sgd_updates_half_scales_in_place_and_holds_them_as_f_until_rounded() {
         weight_decay: 0.0,
         schedule: LrSchedule::Constant,
     };
-    net.sgd_step(&grads, &sgd, 0, &mut Vec::new()).unwrap();
+    net.sgd_step(&grads, &sgd, 0.0, &mut Vec::new()).unwrap();
     let Layer::Clustered { layer, .. } = &net.layers[4] else {
         panic!("clustered")
     };
@@ -740,7 +775,7 @@ fn a_missing_codebook_or_foreign_gradients_are_errors_not_panics() {
     other.layers.swap(0, 1);
     assert!(matches!(
         other
-            .sgd_step(&grads, &sgd, 0, &mut Vec::new())
+            .sgd_step(&grads, &sgd, 0.0, &mut Vec::new())
             .unwrap_err(),
         Error::LayerMismatch {
             what: "the gradients",
@@ -752,7 +787,7 @@ fn a_missing_codebook_or_foreign_gradients_are_errors_not_panics() {
     let mut fewer = grads.clone();
     fewer.layers.pop();
     assert!(matches!(
-        net.clone().sgd_step(&fewer, &sgd, 0, &mut Vec::new()),
+        net.clone().sgd_step(&fewer, &sgd, 0.0, &mut Vec::new()),
         Err(Error::ShapeMismatch { .. })
     ));
 }

@@ -423,7 +423,7 @@ fn training_steps_are_bit_identical_on_one_and_two_threads() {
             let mut states: Vec<SgdState<f32>> = Vec::new();
             let losses: Vec<f64> = (0..3)
                 .map(|_| {
-                    n.train_step(x.view(), &labels, &sgd, 0, &mut states)
+                    n.train_step(x.view(), &labels, &sgd, 0.0, &mut states)
                         .unwrap()
                 })
                 .collect();

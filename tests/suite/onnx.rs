@@ -274,7 +274,7 @@ fn fine_tuning_an_imported_compressed_resnet_recovers_its_accuracy() {
     };
     let mut states = Vec::new();
     for (x, y) in &batches {
-        net.train_step(x.view(), y, &sgd, 0, &mut states).unwrap();
+        net.train_step(x.view(), y, &sgd, 0.0, &mut states).unwrap();
     }
     net.round_scales().unwrap();
     let tuned = accuracy(&net);

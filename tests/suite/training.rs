@@ -93,7 +93,8 @@ fn train_from(
         let rows = &order[(step % per_epoch) * batch..][..batch];
         let (x, labels) = data.batch(rows, mean, std).unwrap();
         let x = random_crop_flip(x.view(), 2, -mean / std, &mut rng);
-        let epoch = step / per_epoch;
+        // Whole epochs: the learning rate changes once per epoch.
+        let epoch = (step / per_epoch) as f64;
         let loss = match teacher {
             Some(teacher) => {
                 let soft = teacher.forward(x.view()).unwrap();
