@@ -36,7 +36,7 @@ use clustered_conv::nn::{
 };
 use clustered_conv::{CodebookScope, CompressionConfig, KernelCodebook, ScaleScheme, Symmetry};
 use indicatif::{ProgressBar, ProgressStyle};
-use ndarray::{Array2, Array4, ArrayView2, ArrayView4};
+use ndarray::{Array2, Array4};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -141,14 +141,6 @@ fn batch_bar(len: usize, label: &str) -> ProgressBar {
     bar
 }
 
-/// What a training step's loss compares the logits with.
-enum Targets<'a> {
-    /// The labels, smoothed by `ε` (0: plain cross-entropy).
-    Labels(f64),
-    /// The labels and a teacher's logits on the same augmented images, distilled.
-    Teacher(&'a Network<f32>, &'a Distillation),
-}
-
 /// SGD over shuffled, augmented mini-batches of `batch` images; with a teacher, each step's
 /// loss is distilled from the teacher's logits on the same augmented images. Prints the
 /// test accuracy after every epoch but the last.
@@ -157,7 +149,7 @@ fn train(
     data: &FashionMnist,
     (epochs, images_per_epoch, batch): (usize, usize, usize),
     sgd: &Sgd,
-    targets: Targets,
+    teacher: Option<(&Network<f32>, &Distillation)>,
     (seed, label, diagnostics): (u64, &str, bool),
 ) -> Res<()> {
     let (mean, std) = FASHION_MNIST_MEAN_STD;
@@ -173,26 +165,20 @@ fn train(
         for (b, rows) in order.chunks_exact(batch).take(batches).enumerate() {
             let (x, labels) = data.train.batch(rows, mean, std)?;
             let x = random_crop_flip(x.view(), 2, -mean / std, &mut rng);
-            // The cosine learning rate anneals every step, down to 0 at the end.
-            let position = epoch as f64 + b as f64 / batches as f64;
-            total += match targets {
-                Targets::Teacher(teacher, kd) => {
+            total += match teacher {
+                Some((teacher, kd)) => {
                     let soft = teacher.forward(x.view())?;
-                    let step = (sgd, position, &mut states);
-                    distilled_step(net, (x.view(), &labels), soft.view(), kd, step)?
+                    net.train_step_distill(
+                        x.view(),
+                        &labels,
+                        soft.view(),
+                        kd,
+                        sgd,
+                        epoch as f64,
+                        &mut states,
+                    )?
                 }
-                // Label smoothing is distillation from a uniform teacher (all logits equal)
-                // at T = 1 with α = ε: (1 − ε)·CE(labels) + ε·KL(uniform ‖ p), the same
-                // gradient as the cross-entropy against the smoothed labels.
-                Targets::Labels(eps) if eps > 0.0 => {
-                    let uniform = Array2::<f32>::zeros((labels.len(), 10));
-                    let kd = Distillation::new(1.0, eps);
-                    let step = (sgd, position, &mut states);
-                    distilled_step(net, (x.view(), &labels), uniform.view(), &kd, step)?
-                }
-                Targets::Labels(_) => {
-                    net.train_step(x.view(), &labels, sgd, position, &mut states)?
-                }
+                None => net.train_step(x.view(), &labels, sgd, epoch as f64, &mut states)?,
             };
             bar.inc(1);
             if b % 10 == 0 {
@@ -325,24 +311,11 @@ struct Options {
     seed: u64,
     seeds: u64,
     epochs: usize,
-    /// Label smoothing ε of the dense training (0: plain cross-entropy).
-    label_smoothing: f64,
     settings: Vec<Setting>,
     recipe: Recipe,
     ablation: bool,
     load_dense: Option<PathBuf>,
     out_dir: PathBuf,
-}
-
-/// One distilled SGD step ([`Network::train_step_distill`]); the batch loss.
-fn distilled_step(
-    net: &mut Network<f32>,
-    (x, labels): (ArrayView4<f32>, &[usize]),
-    soft: ArrayView2<f32>,
-    kd: &Distillation,
-    (sgd, position, states): (&Sgd, f64, &mut Vec<SgdState<f32>>),
-) -> Res<f64> {
-    Ok(net.train_step_distill(x, labels, soft, kd, sgd, position, states)?)
 }
 
 /// The value after `name` on the command line, if any.
@@ -375,7 +348,6 @@ fn parse_options(args: &[String]) -> Res<Options> {
         quick,
         seed,
         seeds: arg("--seeds").map_or(Ok(if quick { 1 } else { 2 }), |v| v.parse())?,
-        label_smoothing: arg("--label-smoothing").map_or(Ok(0.0), |v| v.parse())?,
         epochs: arg("--epochs").map_or(Ok(if quick { 3 } else { 5 }), |v| v.parse())?,
         settings: arg("--configs")
             .unwrap_or_else(|| "C64,C64N-TIC4".to_string())
@@ -432,8 +404,7 @@ fn dense_stage(opts: &Options, data: &FashionMnist) -> Res<(Network<f32>, Row)> 
         None => {
             let shape = (opts.epochs, usize::MAX, opts.recipe.batch);
             let run = (opts.seed + 1, "train", opts.recipe.diagnostics);
-            let targets = Targets::Labels(opts.label_smoothing);
-            train(&mut net, data, shape, &sgd, targets, run)?
+            train(&mut net, data, shape, &sgd, None, run)?
         }
     }
     let train_s = t.elapsed().as_secs_f64();
@@ -498,13 +469,10 @@ fn compression_stage(
         },
     };
     let shape = (recipe.finetune_epochs, recipe.finetune_images, recipe.batch);
-    let targets = match &recipe.distill {
-        Some(kd) => Targets::Teacher(dense, kd),
-        None => Targets::Labels(0.0),
-    };
+    let teacher = recipe.distill.as_ref().map(|kd| (dense, kd));
     let label = format!("fine-tune {name} (seed {seed})");
     let run = (seed + 2, label.as_str(), recipe.diagnostics);
-    train(&mut compressed, data, shape, &ft, targets, run)?;
+    train(&mut compressed, data, shape, &ft, teacher, run)?;
     let train_s = t.elapsed().as_secs_f64();
     compressed.round_scales()?;
     let (acc, time) = timed_accuracy(&compressed, &data.test)?;

@@ -95,12 +95,9 @@ fn train_epoch(
     )?);
     bar.set_message(format!("{}", epoch + 1));
     let (mean, std) = FASHION_MNIST_MEAN_STD;
-    let steps = batches.len();
-    for (b, rows) in batches.into_iter().enumerate() {
+    for rows in batches {
         let (x, labels) = train.batch(rows, mean, std)?;
-        // The cosine learning rate changes every step, not once per epoch.
-        let position = epoch as f64 + b as f64 / steps as f64;
-        net.train_step(x.view(), &labels, sgd, position, states)?;
+        net.train_step(x.view(), &labels, sgd, epoch as f64, states)?;
         bar.inc(1);
     }
     bar.finish_and_clear();

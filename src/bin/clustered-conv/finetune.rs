@@ -201,13 +201,10 @@ fn train_epoch(
     let progress = bar(order.len() as u64, "images", args.quiet);
     progress.set_message(format!("epoch {}/{}", epoch + 1, args.epochs));
     let mut total = 0.0;
-    let batches = order.len().div_ceil(args.batch).max(1);
-    for (b, rows) in order.chunks(args.batch).enumerate() {
+    for rows in order.chunks(args.batch) {
         let x = train.images.select(Axis(0), rows);
         let y: Vec<usize> = rows.iter().map(|&r| labels[r]).collect();
-        // The learning rate changes every step (see `Sgd::lr_at`).
-        let position = epoch as f64 + b as f64 / batches as f64;
-        total += net.train_step(x.view(), &y, sgd, position, states)? * rows.len() as f64;
+        total += net.train_step(x.view(), &y, sgd, epoch as f64, states)? * rows.len() as f64;
         progress.inc(rows.len() as u64);
     }
     progress.finish_and_clear();
