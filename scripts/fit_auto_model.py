@@ -3,13 +3,17 @@
 
 Runs the `strategy_table` example (VGG-16/ResNet-18 3×3 shapes) over K = 16, 64, 256,
 random-normal and skewed weights, batch 1 and 8, on the thread counts given, and fits by
-least squares, each time relative to the dense `Conv2d` (column `conv`):
+least squares, the input side relative to the dense `Conv2d` (column `conv`) and Winograd
+relative to the clustered dense route (column `dense`, the time `Auto` weighs it against):
 
     input side:  input / conv    ≈ A·ρ·w + B·w + C / Cout
-    Winograd:    winograd / min(conv, dense) ≈ φ·(D + E·16·max(1/(N·T), 1/64) + F·Cin/512)
+    Winograd:    winograd / dense ≈ φ·(D + E·16·b + F·Cin/512)
 
 where ρ = ΣV/(Cout·Cin), w the input side's padding factor, Cout clamped to 64–512, φ the
-Winograd tile waste (16·T / (OH·OW), T = ⌈OH/4⌉·⌈OW/4⌉ tiles per image) and N the batch.
+Winograd tile waste (16·T / (OH·OW), T = ⌈OH/4⌉·⌈OW/4⌉ tiles per image), N the batch and
+b the operand builds per tile: 1/(N·T) when the whole operand (36·C·C f32 values) fits
+4 MiB and is built once per call, else max(1/(N·T), 1/64), once per block of at most 64
+tiles.
 Prints the coefficients, the r.m.s. relative errors, and, per measured row, Auto's time
 relative to the fastest strategy (the `auto/best` column), flagging rows above 1.10.
 
@@ -82,6 +86,13 @@ def fit(x, y):
     return coef, float(np.sqrt(np.mean(((pred - y) / y) ** 2)))
 
 
+def operand_builds_per_tile(r):
+    """Operand builds per tile of a Winograd call: once per call when the whole operand
+    (36·C·C f32 values) fits 4 MiB, else once per block of at most 64 tiles."""
+    per_call = 1 / (r["tiles"] * r["batch"])
+    return per_call if 36 * r["c"] * r["c"] * 4 <= 4 << 20 else max(per_call, 1 / 64)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", default="1,2")
@@ -106,9 +117,10 @@ def main():
     print(f"input side: A = {coef[0]:.3f}, B = {coef[1]:.3f}, C = {coef[2]:.2f}; "
           f"r.m.s. relative error {rms:.1%}")
 
-    x = np.array([[r["phi"], r["phi"] * 16 * max(1 / (r["tiles"] * r["batch"]), 1 / 64),
+    x = np.array([[r["phi"], r["phi"] * 16 * operand_builds_per_tile(r),
                    r["phi"] * r["c"] / 512] for r in rows])
-    y = np.array([r["winograd"] / min(r["conv"], r["dense"]) for r in rows])
+    # Relative to the clustered dense route, the time `Auto` compares Winograd with.
+    y = np.array([r["winograd"] / r["dense"] for r in rows])
     coef, rms = fit(x, y)
     print(f"Winograd: D = {coef[0]:.3f}, E = {coef[1]:.3f}, F = {coef[2]:.3f}; "
           f"r.m.s. relative error {rms:.1%}")

@@ -53,6 +53,10 @@ pub struct LayerCost {
     /// way, the measured rule of the dense `Conv2d`'s `ConvAlgorithm::Auto`. `Auto` runs
     /// Winograd only where it holds.
     pub winograd_tiles_pay: bool,
+    /// Whether the Winograd strategy builds its whole operand (`36·Cout·Cin` values) once per
+    /// call, which it does up to 4 MiB in `f32` (about 170 × 170 channels); wider layers
+    /// rebuild 32–64-row operand blocks for every block of at most 64 tiles.
+    pub winograd_whole_operand: bool,
 }
 
 /// Single-thread costs in nanoseconds per operation, fitted by least squares to the
@@ -92,20 +96,26 @@ mod ratio_fit {
     pub const COUT_RANGE: (f64, f64) = (64.0, 512.0);
 }
 
-/// Winograd's time relative to dense, fitted by least squares to 72 measured rows
-/// (`scripts/fit_auto_model.py`: `strategy_table`'s `winograd` column over the faster of its
-/// `conv` and `dense` columns, VGG-16/ResNet-18 shapes, normal weights, K = 16, 64 and 256,
-/// batch 8 on 2 threads and batch 1 on 1 and 2 threads): `ratio ≈ φ·(D + E·16·max(1/(N·T), 1/64) + F·Cin/512)`, with `T` the 4×4 tiles
-/// per image, `N` the batch and `φ = 16·T/(OH·OW)` the tiles' waste factor. The terms stand
-/// for the 36 GEMMs with the transforms, the operand blocks rebuilt for every block of at most
-/// 64 tiles (a call with few tiles pays them over few tiles), and the transformed input of
-/// a block outgrowing the L2 cache at wide layers. The r.m.s. relative error is 22 %, much of
-/// it the noise of a shared machine. On these rows and 24 more (batch 8, 1 thread), `Auto`
-/// with this model ran a strategy at most 1.10× the fastest one's time on 87 of 96 rows.
+/// Winograd's time relative to the clustered dense route (weight rebuild and depth-blocked
+/// im2col, what `Auto` weighs it against), fitted by least squares to 192 measured rows
+/// (`scripts/fit_auto_model.py`: `strategy_table`'s `winograd` over its `dense` column,
+/// VGG-16/ResNet-18 shapes, skewed and normal weights, K = 16, 64 and 256, batch 8 and 1 on 1
+/// and 2 threads): `ratio ≈ φ·(D + E·16·b + F·Cin/512)`, with `T` the 4×4 tiles per image,
+/// `N` the batch, `φ = 16·T/(OH·OW)` the tiles' waste factor and `b` the operand builds per
+/// tile: `1/(N·T)` when the whole operand fits 4 MiB and is built once per call, else
+/// `max(1/(N·T), 1/64)`, once per block of at most 64 tiles. The terms stand for the 36
+/// GEMMs with the transforms, the operand builds, and the channel depth (negative: the dense
+/// route's depth blocks cost more passes over the output as layers widen). The r.m.s.
+/// relative error is 32 %, much of it the noise of a shared machine (the same dense
+/// `Conv2d` measured up to 2× apart on rows that differ only in the weights' kind). Replayed
+/// on those measurements, `Auto` with this model runs a strategy more than 1.10× the fastest
+/// one's time on 19 of the 96 batch-8 rows (37 of 192 in all); the previous model, fitted
+/// against the faster of the dense `Conv2d` and the dense route before the whole operand was
+/// built once, did on 24 (39).
 mod winograd_fit {
-    pub const D: f64 = 0.623;
-    pub const E: f64 = 0.371;
-    pub const F: f64 = 0.183;
+    pub const D: f64 = 0.710;
+    pub const E: f64 = 0.091;
+    pub const F: f64 = -0.173;
 }
 
 /// `Auto` runs a clustered strategy only when its predicted time is below this fraction of
@@ -149,6 +159,7 @@ impl LayerCost {
                     }
                 }),
             winograd_tiles_pay: winograd_has_enough_tiles(s),
+            winograd_whole_operand: super::winograd::builds_whole_operand::<f32>(s.cout, s.cin),
         }
     }
 
@@ -176,8 +187,9 @@ impl LayerCost {
                     * (self.output_side.conv_macs as f64 * OUTPUT_CONV_MAC
                         + self.output_side.adds as f64 * OUTPUT_ADD)
             }
+            // The ratio is fitted against the dense route, weight rebuild included.
             ForwardStrategy::Winograd => match self.predicted_winograd_ratio() {
-                Some(ratio) => ratio * images * self.dense_macs as f64 * DENSE_MAC,
+                Some(ratio) => ratio * self.estimated_seconds(ForwardStrategy::Dense) * 1e9,
                 None => return f64::INFINITY,
             },
             ForwardStrategy::Auto => return self.estimated_seconds(self.cheapest()),
@@ -203,7 +215,13 @@ impl LayerCost {
         let pairs = self.input_side.adds / self.out_positions;
         let tiles = (w.conv_macs / (36 * pairs)) as f64;
         let waste = 16.0 * tiles / self.out_positions as f64;
-        let per_tile = (1.0 / (self.batch as f64 * tiles)).max(1.0 / 64.0);
+        // The operand is built once per call (whole), or once per block of at most 64 tiles.
+        let per_call = 1.0 / (self.batch as f64 * tiles);
+        let per_tile = if self.winograd_whole_operand {
+            per_call
+        } else {
+            per_call.max(1.0 / 64.0)
+        };
         let cin = self.in_channels as f64;
         Some(waste * (D + E * 16.0 * per_tile + F * cin / 512.0))
     }
@@ -228,7 +246,7 @@ impl LayerCost {
         let winograd = self
             .predicted_winograd_ratio()
             .filter(|_| self.winograd_tiles_pay)
-            .unwrap_or(f64::INFINITY);
+            .map_or(f64::INFINITY, |ratio| ratio * dense);
         if winograd < dense && !(sharing_eligible && sharing <= winograd) {
             ForwardStrategy::Winograd
         } else if !sharing_eligible {

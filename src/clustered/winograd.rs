@@ -74,12 +74,16 @@ fn whole_operand_bytes<F>(cout: usize, cin: usize) -> usize {
     TILE.positions() * cout * cin * std::mem::size_of::<F>()
 }
 
+/// Whether a call builds the whole `cout × cin` operand once ([`WHOLE_OPERAND_BYTES`]).
+pub(crate) fn builds_whole_operand<F>(cout: usize, cin: usize) -> bool {
+    whole_operand_bytes::<F>(cout, cin) <= WHOLE_OPERAND_BYTES
+}
+
 /// Bytes of the operand a call of a `cout × cin` operand builds: the whole operand when it
 /// fits [`WHOLE_OPERAND_BYTES`] (once per call), else one block per worker.
 pub(crate) fn operand_bytes<F>(cout: usize, cin: usize) -> usize {
-    let whole = whole_operand_bytes::<F>(cout, cin);
-    if whole <= WHOLE_OPERAND_BYTES {
-        whole
+    if builds_whole_operand::<F>(cout, cin) {
+        whole_operand_bytes::<F>(cout, cin)
     } else {
         operand_rows::<F>(cin) * cin * std::mem::size_of::<F>()
     }
@@ -188,7 +192,7 @@ impl<F: Real> ClusteredOperand<'_, F> {
     /// values as the blocks, built once per call (positions in parallel).
     fn whole(&self) -> Option<WinogradWeight<F>> {
         let (rows, cols) = (self.out_channels(), self.in_channels());
-        if whole_operand_bytes::<F>(rows, cols) > WHOLE_OPERAND_BYTES {
+        if !builds_whole_operand::<F>(rows, cols) {
             return None;
         }
         let mut u = vec![F::zero(); TILE.positions() * rows * cols];
