@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, ConvShape};
-use crate::linalg::{backward_weight_winograd, Real};
+use crate::linalg::{backward_weight_winograd, par_zeros, Real};
 
 use crate::linalg::{
     add_bias, adjoint_fits, adjoint_weight, backward_input_winograd, channel_sums, col2im_tile,
@@ -386,7 +386,7 @@ pub(crate) fn forward_im2col<F: Real>(
     let x = x.view();
     let positions = s.out_positions();
     let tile = forward_tile_positions::<F>(s);
-    let mut out = Array3::<F>::zeros((s.batch, s.cout, positions));
+    let mut out: Array3<F> = par_zeros((s.batch, s.cout, positions));
     output_tiles(out.view_mut(), tile)
         .into_par_iter()
         .for_each_init(Vec::new, |buf, (n, p0, mut out_tile)| {
@@ -440,7 +440,7 @@ pub(crate) fn backward_input<F: Real>(
 ) -> Array4<F> {
     let positions = s.out_positions();
     let tile = tile_positions::<F>(s);
-    let mut gx = Array4::<F>::zeros((s.batch, s.cin, s.h, s.w));
+    let mut gx: Array4<F> = par_zeros((s.batch, s.cin, s.h, s.w));
     gx.outer_iter_mut()
         .into_par_iter()
         .enumerate()

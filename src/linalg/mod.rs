@@ -15,6 +15,7 @@ mod stencil;
 mod taps;
 mod tiles;
 mod winograd;
+mod zeros;
 
 pub use engine::Engine;
 pub(crate) use gemm::{gemm, matrix_mut};
@@ -28,3 +29,4 @@ pub(crate) use winograd::{
     adjoint_fits, backward_input_winograd, backward_weight_winograd, forward_winograd,
     winograd_has_enough_tiles, WinogradOperand, WinogradTile, WinogradWeight,
 };
+pub(crate) use zeros::par_zeros;

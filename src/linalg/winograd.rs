@@ -24,7 +24,7 @@ use std::ops::Range;
 use ndarray::{Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
-use super::{adjoint_weight, gemm, matrix_mut, Real};
+use super::{adjoint_weight, gemm, matrix_mut, par_zeros, Real};
 use crate::geometry::ConvShape;
 
 mod grad;
@@ -231,7 +231,7 @@ pub(crate) fn forward_winograd<F: Real, W: WinogradOperand<F>>(
     debug_assert_eq!(u.tile(), WinogradTile::F4);
     let x = x.as_standard_layout();
     let x = x.view();
-    let mut out = Array4::<F>::zeros((s.batch, s.cout, s.oh, s.ow));
+    let mut out: Array4<F> = par_zeros((s.batch, s.cout, s.oh, s.ow));
     let rows = block_tile_rows::<F>(s);
     let mut bands: Vec<Band<'_, F>> = Vec::new();
     for (n, image) in out.outer_iter_mut().enumerate() {

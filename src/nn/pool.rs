@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::linalg::simd::vectorised;
-use crate::linalg::Real;
+use crate::linalg::{par_zeros, Real};
 
 /// Largest window side whose offsets fit the compact argmax: `kernel²` offsets must fit in
 /// a `u16` (one byte per output up to 16×16, two bytes above).
@@ -249,7 +249,7 @@ impl MaxPool2d {
         let (oh, ow) = self.output_size(h, w)?;
         let x = x.as_standard_layout();
         let input = x.as_slice().expect("standard layout");
-        let mut y = Array4::<F>::zeros((n, c, oh, ow));
+        let mut y: Array4<F> = par_zeros((n, c, oh, ow));
         if let Some(out) = y.as_slice_mut().filter(|o| !o.is_empty()) {
             out.par_chunks_mut(oh * ow)
                 .zip(input.par_chunks(h * w))
@@ -277,13 +277,13 @@ impl MaxPool2d {
         }
         let x = x.as_standard_layout();
         let input = x.as_slice().expect("standard layout");
-        let mut y = Array4::<F>::zeros((n, c, oh, ow));
+        let mut y: Array4<F> = par_zeros((n, c, oh, ow));
         let offsets = if self.kernel * self.kernel <= 1 << 8 {
-            let mut at = Array4::<u8>::zeros((n, c, oh, ow));
+            let mut at: Array4<u8> = par_zeros((n, c, oh, ow));
             self.record(input, (h, w), &mut y, &mut at, |o| o as u8); // o < kernel² ≤ 256
             Offsets::Narrow(at)
         } else {
-            let mut at = Array4::<u16>::zeros((n, c, oh, ow));
+            let mut at: Array4<u16> = par_zeros((n, c, oh, ow));
             self.record(input, (h, w), &mut y, &mut at, |o| o as u16); // o < kernel² ≤ 65,536
             Offsets::Wide(at)
         };
@@ -420,7 +420,7 @@ impl MaxPool2d {
         (oh, ow): (usize, usize),
         at: impl Fn(usize, usize, usize) -> usize + Sync,
     ) -> Array4<F> {
-        let mut gx = Array4::<F>::zeros((n, c, h, w));
+        let mut gx: Array4<F> = par_zeros((n, c, h, w));
         let g = grad_out.as_slice().expect("standard layout");
         // The padded window's corner is `padding` rows and columns before the unpadded one;
         // the maximum is an input position, so `corner + at − shift` does not underflow.
