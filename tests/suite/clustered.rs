@@ -336,6 +336,29 @@ fn auto_picks_sharing_when_it_is_cheap_and_dense_when_it_is_not() {
             < cost.estimated_seconds(ForwardStrategy::InputSide)
     );
     assert_eq!(cost.batch, 1);
+    assert!(cost.winograd_whole_operand);
+}
+
+#[test]
+fn auto_runs_winograd_on_wide_layers_that_share_nothing() {
+    // ResNet 256@14 at K = 256 with every input channel seeing all 256 centroids: the
+    // `Dense` route (weight rebuild, depth-blocked im2col) measured 1.95× Winograd's time
+    // (batch 8, 2 threads), where the model fitted against the dense `Conv2d` picked it.
+    let g = ConvGeometry::default().padding(1, 1);
+    let codebook =
+        KernelCodebook::from_centroids(Array3::<f32>::ones((256, 3, 3)), Symmetry::Identity)
+            .unwrap();
+    // o·7 + i mod 256: 7 is odd, so every input channel meets all 256 indices.
+    let indices = Array2::from_shape_fn((256, 256), |(o, i)| ((o * 7 + i) % 256) as u32);
+    let layer = ClusteredConv2d::<f32>::new(indices, None, None, g).unwrap();
+    let cost = layer.cost(&codebook, (14, 14)).unwrap();
+    assert_eq!(cost.sum_v, 256 * 256);
+    // 36·256·256 f32 values are 9 MiB: built block by block, not once per call.
+    assert!(!cost.winograd_whole_operand);
+    assert_eq!(
+        layer.auto_strategy(&codebook, [8, 256, 14, 14]).unwrap(),
+        ForwardStrategy::Winograd
+    );
 }
 
 /// L = Σ y ⊙ G.
