@@ -34,7 +34,8 @@ use crate::codebook::KernelCodebook;
 use crate::geometry::ConvShape;
 use crate::linalg::simd::vectorised;
 use crate::linalg::{
-    backward_input_winograd, forward_winograd, Real, WinogradOperand, WinogradTile, WinogradWeight,
+    backward_input_winograd, forward_winograd, par_zeros_vec, Real, WinogradOperand, WinogradTile,
+    WinogradWeight,
 };
 use rayon::prelude::*;
 
@@ -195,7 +196,7 @@ impl<F: Real> ClusteredOperand<'_, F> {
         if !builds_whole_operand::<F>(rows, cols) {
             return None;
         }
-        let mut u = vec![F::zero(); TILE.positions() * rows * cols];
+        let mut u = par_zeros_vec(TILE.positions() * rows * cols);
         u.par_chunks_mut((rows * cols).max(1))
             .enumerate()
             .for_each(|(xi, position)| self.fill_rows(xi, 0..rows, position));

@@ -29,4 +29,4 @@ pub(crate) use winograd::{
     adjoint_fits, backward_input_winograd, backward_weight_winograd, forward_winograd,
     winograd_has_enough_tiles, WinogradOperand, WinogradTile, WinogradWeight,
 };
-pub(crate) use zeros::par_zeros;
+pub(crate) use zeros::{par_zeros, par_zeros_vec};

@@ -18,13 +18,18 @@ where
     Sh: IntoDimension,
 {
     let dim = shape.into_dimension();
-    let len = dim.size();
+    let values = par_zeros_vec(dim.size());
+    Array::from_shape_vec(dim, values).expect("one value per element of the shape")
+}
+
+/// `len` zeros, filled by all rayon workers when they are many (see [`par_zeros`]).
+pub(crate) fn par_zeros_vec<A: Zero + Clone + Send + Sync>(len: usize) -> Vec<A> {
     if len < PARALLEL_FILL_ELEMENTS {
-        return Array::zeros(dim);
+        return vec![A::zero(); len];
     }
     let mut values = Vec::with_capacity(len);
     values.par_extend((0..len).into_par_iter().map(|_| A::zero()));
-    Array::from_shape_vec(dim, values).expect("one value per element of the shape")
+    values
 }
 
 #[cfg(test)]
@@ -42,5 +47,10 @@ mod tests {
         let a = par_zeros::<u8, _>((4, 100, 200));
         assert_eq!(a.len(), 80_000);
         assert!(a.iter().all(|&v| v == 0));
+        for len in [0, 5, 1 << 17] {
+            let v = par_zeros_vec::<f64>(len);
+            assert_eq!(v.len(), len);
+            assert!(v.iter().all(|&x| x == 0.0));
+        }
     }
 }
