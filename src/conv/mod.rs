@@ -31,8 +31,8 @@ use crate::linalg::{backward_weight_winograd, par_zeros, Real};
 
 use crate::linalg::{
     add_bias, adjoint_fits, adjoint_weight, backward_input_winograd, channel_sums, col2im_tile,
-    dims4, forward_tile_positions, forward_winograd, gemm, image, matrix_mut, output_tiles,
-    patch_matrix, tile_positions, winograd_has_enough_tiles, WinogradWeight,
+    dense_winograd_pays, dims4, forward_tile_positions, forward_winograd, gemm, image, matrix_mut,
+    output_tiles, patch_matrix, tile_positions, WinogradWeight,
 };
 
 /// Most partial weight-gradient buffers kept at once (bounds memory; fixed, so the reduction
@@ -121,16 +121,18 @@ impl<F: PartialEq> PartialEq for Conv2d<F> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum ConvAlgorithm {
-    /// The layer chooses, per call: Winograd where the geometry allows it and the map has
-    /// enough tiles for its channel count — (4×4 tiles per image) × min(Cin, Cout) ≥ 2048
-    /// with at least 16 channels each way — else im2col. The same choice drives the
-    /// backward pass. The threshold comes from a sweep of forward passes (f32, batch 8, pad 1,
-    /// Cin = Cout from 8 to 512, maps 4–56, 1 thread, CPU time, `examples/winograd_vs_im2col.rs`
-    /// for the side-by-side check): Winograd was 1.25–3.2× faster than im2col above it (e.g.
-    /// 64@28 1.8×, 128@28 1.95×, 256@14 1.44×, 512@7 1.3×) and 0.57–1.0× below it (e.g.
-    /// 128@7 0.71×, 256@8 0.69×, 512@4 0.91×); 128@14 sits on it at 0.89×. At the flagship
-    /// example's layers (32–128 channels at 28–7, batch 64–128) it stays im2col: its
-    /// backward there measured 0.68–0.99× of im2col's.
+    /// The layer chooses, per call: Winograd where the geometry allows it and the call has
+    /// enough tiles for its channel count, else im2col. The same choice drives the backward
+    /// pass. Winograd runs when the call has at least 8 output tiles of 4×4 (batch × tiles per
+    /// image) and either both channel counts are at least 128, or (4×4 tiles per image) ×
+    /// min(Cin, Cout) ≥ 2048 with at least 16 channels each way. Measured by a sweep of
+    /// forward passes (f32, pad 1, Cin = Cout from 16 to 512, maps 4–28, batch 1, 8 and 64, 1
+    /// and 2 threads; `examples/winograd_vs_im2col.rs` for the side-by-side check): above the
+    /// line Winograd ran at 0.92–3.0× im2col's speed (e.g. 64@28 1.1–1.9×, 128@28 1.45–2.3×,
+    /// 256@8 1.5–1.8× and 512@4 1.4–1.5× at batch 8); with 4 tiles or fewer (512@7, 256@8 and
+    /// 512@4 at batch 1) at 0.31–1.01×, and on narrow layers with small maps (16–64 channels
+    /// at 4–8) mostly below 1×. At the flagship example's layers (32–128 channels at 28–7,
+    /// batch 64–128) it stays im2col: its backward there measured 0.68–0.99× of im2col's.
     #[default]
     Auto,
     /// Tiled im2col + GEMM (any geometry).
@@ -233,9 +235,7 @@ impl<F: Real> Conv2d<F> {
     fn runs_winograd(&self, s: &ConvShape) -> bool {
         match self.plan.algorithm {
             ConvAlgorithm::Winograd => true,
-            ConvAlgorithm::Auto => {
-                self.winograd_obstacle().is_none() && winograd_has_enough_tiles(s)
-            }
+            ConvAlgorithm::Auto => self.winograd_obstacle().is_none() && dense_winograd_pays(s),
             _ => false,
         }
     }

@@ -67,6 +67,24 @@ pub(crate) fn winograd_has_enough_tiles(s: &ConvShape) -> bool {
 const MIN_WINOGRAD_CHANNELS: usize = 16;
 /// Least (tiles per image) × min(Cin, Cout) for which `Auto` runs Winograd.
 const MIN_WINOGRAD_TILE_CHANNELS: usize = 2048;
+/// Channels (each way) from which the dense `Conv2d` runs Winograd on small maps too.
+const WIDE_WINOGRAD_CHANNELS: usize = 128;
+/// Fewest 4×4 tiles in a whole call (batch × tiles per image) for which the dense `Conv2d`
+/// runs Winograd: below it each of the 36 GEMMs has a handful of columns.
+const MIN_WINOGRAD_CALL_TILES: usize = 8;
+
+/// Whether the dense `Conv2d`'s `Auto` runs Winograd on this call: [`winograd_has_enough_tiles`],
+/// or at least [`WIDE_WINOGRAD_CHANNELS`] channels each way on a map of any size, and in
+/// both cases at least [`MIN_WINOGRAD_CALL_TILES`] tiles in the call. Measured with the
+/// faster transforms (f32, pad 1, Cin = Cout from 16 to 512, maps 4–28, batch 1, 8 and 64,
+/// 1 and 2 threads, best of 2, this 2-vCPU Xeon): with ≥ 128 channels and ≥ 8 tiles Winograd
+/// ran at 0.92–3.0× im2col's speed (256@7–8 and 512@4 at batch 8: 1.42–1.88× and 1.44–1.53×);
+/// with 4 tiles or fewer (512@7, 256@8 and 512@4 at batch 1) at 0.31–1.01×.
+pub(crate) fn dense_winograd_pays(s: &ConvShape) -> bool {
+    let tiles = s.oh.div_ceil(M) * s.ow.div_ceil(M);
+    let wide = s.cin.min(s.cout) >= WIDE_WINOGRAD_CHANNELS;
+    (wide || winograd_has_enough_tiles(s)) && s.batch * tiles >= MIN_WINOGRAD_CALL_TILES
+}
 
 /// The Winograd variant F(m×m, 3×3) a call runs: the output tile side `m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

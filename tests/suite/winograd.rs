@@ -355,14 +355,20 @@ fn winograd_backward_is_bit_identical_on_any_thread_count() {
 #[test]
 fn auto_follows_the_measured_rule() {
     let mut r = rng(81);
-    // (Cin = Cout, map, expected algorithm): 64@28 has 49 tiles × 64 = 3136; 64@14 has
-    // 16 × 64 = 1024; 8@56 has fewer than 16 channels.
-    for (c, hw, want) in [
-        (64, 28, ConvAlgorithm::Winograd),
-        (64, 14, ConvAlgorithm::Im2col),
-        (8, 56, ConvAlgorithm::Im2col),
+    // (Cin = Cout, map, batch, expected algorithm): 64@28 has 49 tiles × 64 = 3136; 64@14 has
+    // 16 × 64 = 1024; 8@56 has fewer than 16 channels; 128@8 and 256@4 at batch 8 have 128 or
+    // more channels and 32 and 8 tiles in the call; 512@7 at batch 1 passes the tiles ×
+    // channels line (4 × 512) but has only 4 tiles in the call.
+    for (c, hw, batch, want) in [
+        (64, 28, 1, ConvAlgorithm::Winograd),
+        (64, 14, 1, ConvAlgorithm::Im2col),
+        (8, 56, 1, ConvAlgorithm::Im2col),
+        (128, 8, 8, ConvAlgorithm::Winograd),
+        (256, 4, 8, ConvAlgorithm::Winograd),
+        (128, 4, 4, ConvAlgorithm::Im2col),
+        (512, 7, 1, ConvAlgorithm::Im2col),
     ] {
-        let x = random4(&mut r, (1, c, hw, hw)).mapv(|v| v as f32);
+        let x = random4(&mut r, (batch, c, hw, hw)).mapv(|v| v as f32);
         let weight = random4(&mut r, (c, c, 3, 3)).mapv(|v| v as f32 * 0.1);
         let g = ConvGeometry::default().padding(1, 1);
         let run = |a| {

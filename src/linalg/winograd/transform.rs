@@ -134,7 +134,8 @@ fn narrow_mut<F, const K: usize>(mut dst: [&mut [F]; K], range: Range<usize>) ->
 /// Scratch of the transforms, reused across the blocks a worker runs.
 #[derive(Default)]
 pub(super) struct TransformScratch<F> {
-    /// Six zero-padded input rows of one band, then their column transform.
+    /// Input: one zero image row, then the column transform of a band's six rows. Gradient:
+    /// four zero-padded gradient rows, then their transform.
     rows: Vec<F>,
     /// 36 streams over the block's tiles (input: column-transformed values per tile
     /// position; output: the row transform, then the 16 output positions).
@@ -144,9 +145,9 @@ pub(super) struct TransformScratch<F> {
 /// Input transform of a block of bands, every input channel, into `V`
 /// (`v[(ξ·Cin + i)·tiles + t]`, tiles in band order); zeros outside the image.
 ///
-/// Per channel and band, the six input rows are copied (zero-padded), `Bᵀ` runs down their
-/// columns (vectorised over the band's width), and each transformed row is split into the six
-/// column streams of its tiles. Then `B` runs along the streams, vectorised over the block.
+/// Per channel and band, `Bᵀ` runs down the columns of the six input rows, read in place
+/// (vectorised over the band's width), and each transformed row is split into the six column
+/// streams of its tiles. Then `B` runs along the streams, vectorised over the block.
 pub(super) fn transform_block<F: Real>(
     x: &ArrayView4<F>,
     s: &ConvShape,
@@ -313,8 +314,7 @@ fn store_band_rows<F: Real>(
         .as_slice_mut()
         .expect("a band of a fresh output is contiguous");
     for (k2, out_row) in out.chunks_exact_mut(ow).enumerate().take(rows) {
-        let [c0, c1, c2, c3]: [&[F]; M] =
-            narrow(streams(out_t, M * k2, 1, tiles), t0..t0 + tw);
+        let [c0, c1, c2, c3]: [&[F]; M] = narrow(streams(out_t, M * k2, 1, tiles), t0..t0 + tw);
         let mut quads = out_row.chunks_exact_mut(M);
         for ((((quad, &a), &b), &c), &d) in quads.by_ref().zip(c0).zip(c1).zip(c2).zip(c3) {
             quad.copy_from_slice(&[a + bias, b + bias, c + bias, d + bias]);
