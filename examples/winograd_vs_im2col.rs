@@ -20,6 +20,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
+/// mimalloc, as in training: glibc's allocator returns the Winograd weight gradient's large
+/// `36·Cout·Cin` buffer to the system and page-faults it back on every backward (README).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "common/layers.rs"]
 mod layers;
 

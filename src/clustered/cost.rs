@@ -50,8 +50,9 @@ pub struct LayerCost {
     pub winograd: Option<StrategyWork>,
     /// Whether the map has enough 4×4 tiles per image for its channel count for Winograd to
     /// pay at all: (tiles per image) × min(Cin, Cout) ≥ 2048 with at least 16 channels each
-    /// way, the measured rule of the dense `Conv2d`'s `ConvAlgorithm::Auto`. `Auto` runs
-    /// Winograd only where it holds.
+    /// way, the rule the dense `Conv2d`'s `ConvAlgorithm::Auto` measured first (the dense
+    /// layer has since widened its own to ≥ 128-channel layers on small maps; the clustered
+    /// cost model was fitted with this one). `Auto` runs Winograd only where it holds.
     pub winograd_tiles_pay: bool,
     /// Whether the Winograd strategy builds its whole operand (`36·Cout·Cin` values) once per
     /// call, which it does up to 4 MiB in `f32` (about 170 × 170 channels); wider layers
