@@ -48,7 +48,7 @@ pub(super) fn output_1d<F: Real>(m: [F; N]) -> [F; M] {
 #[inline(always)]
 fn input_streams<F: Real>(src: [&[F]; N], dst: [&mut [F]; N]) {
     let len = dst[0].len();
-    let src = truncate(src, len);
+    let src = narrow(src, 0..len);
     let [d0, d1, d2, d3, d4, d5] = dst;
     let (d1, d2, d3, d4, d5) = (
         &mut d1[..len],
@@ -69,7 +69,7 @@ fn input_streams<F: Real>(src: [&[F]; N], dst: [&mut [F]; N]) {
 #[inline(always)]
 fn output_streams<F: Real>(src: [&[F]; N], dst: [&mut [F]; M]) {
     let len = dst[0].len();
-    let src = truncate(src, len);
+    let src = narrow(src, 0..len);
     let [d0, d1, d2, d3] = dst;
     let (d1, d2, d3) = (&mut d1[..len], &mut d2[..len], &mut d3[..len]);
     for t in 0..len {
@@ -94,7 +94,7 @@ fn streams_mut<F, const K: usize>(
 
 /// The `K` streams of length `len` of `buf`, `stride` streams apart, from stream `first`.
 ///
-/// This and [`truncate`] fill their arrays in a loop: `std::array::from_fn` and `map` were
+/// This and [`narrow`] fill their arrays in a loop: `std::array::from_fn` and `map` were
 /// not inlined here, and their calls took about 8 % of a transform's instructions.
 #[inline(always)]
 fn streams<F, const K: usize>(buf: &[F], first: usize, stride: usize, len: usize) -> [&[F]; K] {
@@ -104,12 +104,6 @@ fn streams<F, const K: usize>(buf: &[F], first: usize, stride: usize, len: usize
         *slot = &buf[start..start + len];
     }
     out
-}
-
-/// The first `len` values of each of `K` slices.
-#[inline(always)]
-fn truncate<F, const K: usize>(src: [&[F]; K], len: usize) -> [&[F]; K] {
-    narrow(src, 0..len)
 }
 
 /// The values `range` of each of `K` slices.
@@ -347,7 +341,7 @@ pub(super) fn grad_1d<F: Real>(y: [F; M]) -> [F; N] {
 #[inline(always)]
 fn grad_streams<F: Real>(src: [&[F]; M], dst: [&mut [F]; N]) {
     let len = dst[0].len();
-    let src = truncate(src, len);
+    let src = narrow(src, 0..len);
     let [d0, d1, d2, d3, d4, d5] = dst;
     let (d1, d2, d3, d4, d5) = (
         &mut d1[..len],
@@ -443,7 +437,7 @@ fn gt_1d<F: Real>(u: [F; N]) -> [F; 3] {
 #[inline(always)]
 fn gt_streams<F: Real>(src: [&[F]; N], dst: [&mut [F]; 3]) {
     let len = dst[0].len();
-    let src = truncate(src, len);
+    let src = narrow(src, 0..len);
     let [d0, d1, d2] = dst;
     let (d1, d2) = (&mut d1[..len], &mut d2[..len]);
     for t in 0..len {
