@@ -128,7 +128,7 @@ pub enum ConvAlgorithm {
     /// min(Cin, Cout) ≥ 2048 with at least 16 channels each way. Measured by a sweep of
     /// forward passes (f32, pad 1, Cin = Cout from 16 to 512, maps 4–28, batch 1, 8 and 64, 1
     /// and 2 threads; `examples/winograd_vs_im2col.rs` for the side-by-side check): above the
-    /// line Winograd ran at 0.92–3.0× im2col's speed (e.g. 64@28 1.1–1.9×, 128@28 1.45–2.3×,
+    /// line Winograd ran at 0.92–3.0× im2col's speed (e.g. 64@28 1.1–1.9×, 128@28 1.4–2.3×,
     /// 256@8 1.5–1.8× and 512@4 1.4–1.5× at batch 8); with 4 tiles or fewer (512@7, 256@8 and
     /// 512@4 at batch 1) at 0.31–1.01×, and on narrow layers with small maps (16–64 channels
     /// at 4–8) mostly below 1×. At the flagship example's layers (32–128 channels at 28–7,

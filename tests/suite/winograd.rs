@@ -357,8 +357,8 @@ fn auto_follows_the_measured_rule() {
     let mut r = rng(81);
     // (Cin = Cout, map, batch, expected algorithm): 64@28 has 49 tiles × 64 = 3136; 64@14 has
     // 16 × 64 = 1024; 8@56 has fewer than 16 channels; 128@8 and 256@4 at batch 8 have 128 or
-    // more channels and 32 and 8 tiles in the call; 512@7 at batch 1 passes the tiles ×
-    // channels line (4 × 512) but has only 4 tiles in the call.
+    // more channels and 32 and 8 tiles in the call, 128@4 at batch 4 only 4; 512@7 at batch 1
+    // passes the tiles × channels line (4 × 512) but has only 4 tiles in the call.
     for (c, hw, batch, want) in [
         (64, 28, 1, ConvAlgorithm::Winograd),
         (64, 14, 1, ConvAlgorithm::Im2col),
