@@ -17,9 +17,20 @@ tiles.
 Prints the coefficients, the r.m.s. relative errors, and, per measured row, Auto's time
 relative to the fastest strategy (the `auto/best` column), flagging rows above 1.10.
 
-Usage: python3 scripts/fit_auto_model.py [--threads 1,2] [--reps 5] [--from FILE]
-  --from FILE  refit from a saved measurement file (written to target/auto-model.txt) instead
-               of measuring again. Needs numpy.
+Then replays `Auto`'s Winograd decision with the refitted coefficients under each tile gate
+(`old`: tiles per image × min(Cin, Cout) ≥ 2048; `dense`: the dense `Conv2d`'s rule, which
+also admits ≥ 128 channels each way on any map with ≥ 8 tiles in the call) on the measured
+times, and prints how often each gate's pick is more than 1.10× the fastest strategy. The
+replay takes the sharing prediction as the input side's (the table has no ΣU); rows whose
+measured pick was not Winograd keep it when the replay does not pick Winograd.
+
+The coefficients in cost.rs come from the last step: a grid search of (D, E, F) under the
+`dense` gate that minimises the replayed mean auto/best. Given several measurement files, it
+searches each and replays the winner on the others (held-out check).
+
+Usage: python3 scripts/fit_auto_model.py [--threads 1,2] [--reps 5] [--from FILE[,FILE...]]
+  --from FILES  refit from saved measurement files (each run writes target/auto-model.txt;
+                copy it aside between runs) instead of measuring again. Needs numpy.
 """
 import argparse
 import math
@@ -93,27 +104,109 @@ def operand_builds_per_tile(r):
     return per_call if 36 * r["c"] * r["c"] * 4 <= 4 << 20 else max(per_call, 1 / 64)
 
 
+def winograd_ratio(r, coef):
+    """The fitted Winograd-over-dense-route ratio of a row."""
+    d, e, f = coef
+    return r["phi"] * (d + e * 16 * operand_builds_per_tile(r) + f * r["c"] / 512)
+
+
+def gate(r, name):
+    """Whether a tile gate admits Winograd on a row (Cin = Cout = c)."""
+    enough = r["c"] >= 16 and r["tiles"] * r["c"] >= 2048
+    if name == "old":
+        return enough
+    return (enough or r["c"] >= 128) and r["batch"] * r["tiles"] >= 8
+
+
+def replay(rows, input_coef, wino_coef, gate_name):
+    """Auto's pick per row under a gate (the cost model's `cheapest`, sharing as the input
+    side) and its measured time over the fastest strategy's."""
+    a, b, c_ = input_coef
+    ratios = []
+    for r in rows:
+        pos = r["hw"] * r["hw"]
+        dense = 1 + 0.3 / (r["batch"] * pos * 0.036 / 1.75)
+        sharing = a * r["ΣV/CC"] * r["pad"] + b * r["pad"] + c_ / min(max(r["c"], 64), 512)
+        eligible = sharing < 0.9 * dense
+        wino = winograd_ratio(r, wino_coef) * dense if gate(r, gate_name) else math.inf
+        if wino < dense and not (eligible and sharing <= wino):
+            pick = "winograd"
+        elif r["auto_pick"] != "Winograd":
+            pick = r["auto_pick"].lower().replace("side", "")
+        else:
+            pick = "input" if eligible else "dense"
+        best = min(r[k] for k in ("dense", "input", "output", "winograd") if not math.isnan(r[k]))
+        ratios.append((r[pick] / best, pick, r))
+    return ratios
+
+
+def print_replay(rows, input_coef, wino_coef):
+    for name in ("old", "dense"):
+        ratios = replay(rows, input_coef, wino_coef, name)
+        over = [x for x in ratios if x[0] > 1.10]
+        mean = float(np.mean([x[0] for x in ratios]))
+        print(f"replay, gate {name}: mean auto/best {mean:.3f}; above 1.10 on {len(over)} of "
+              f"{len(ratios)} rows; worst {max(x[0] for x in ratios):.2f}")
+        for ratio, pick, r in sorted(over, key=lambda x: -x[0]):
+            print(f"    {r['net']} {r['shape']:>7} K={r['K']:<3} b{r['batch']} t{r['threads']} "
+                  f"{r['weights']:<6}: {pick:<8} {ratio:.2f}")
+
+
+def replay_score(rows, input_coef, wino_coef, gate_name="dense"):
+    """Mean replayed auto/best and the number of rows above 1.10."""
+    ratios = [x[0] for x in replay(rows, input_coef, wino_coef, gate_name)]
+    return float(np.mean(ratios)), sum(r > 1.10 for r in ratios)
+
+
+def search(rows, input_coef):
+    """(D, E, F) minimising the replayed mean auto/best under the `dense` gate."""
+    grid = [(d, e, f) for d in np.arange(0.45, 0.7125, 0.025)
+            for e in (0.2, 0.3, 0.4, 0.5, 0.7, 1.0, 1.5)
+            for f in np.arange(-0.3, 0.125, 0.05)]
+    return min(grid, key=lambda c: replay_score(rows, input_coef, c))
+
+
+def print_search(sets, input_coef):
+    for i, rows in enumerate(sets):
+        best = search(rows, input_coef)
+        mean, over = replay_score(rows, input_coef, best)
+        print(f"search on set {i + 1}: D = {best[0]:.3f}, E = {best[1]:.2f}, F = {best[2]:.2f}; "
+              f"mean auto/best {mean:.3f}, above 1.10 on {over} of {len(rows)}")
+        for j, other in enumerate(sets):
+            if j != i:
+                mean, over = replay_score(other, input_coef, best)
+                print(f"    replayed on set {j + 1}: mean {mean:.3f}, above 1.10 on {over} "
+                      f"of {len(other)}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--from", dest="source")
     args = ap.parse_args()
+    sets = []
     if args.source:
-        with open(args.source) as f:
-            lines = [l.rstrip("\n") for l in f if l.strip()]
+        lines = []
+        for path in args.source.split(","):
+            with open(path) as f:
+                chunk = [l.rstrip("\n") for l in f if l.strip()]
+            sets.append(parse(chunk))
+            lines += chunk
     else:
         lines = measure([int(t) for t in args.threads.split(",")], args.reps)
         os.makedirs(os.path.join(ROOT, "target"), exist_ok=True)
         with open(os.path.join(ROOT, "target", "auto-model.txt"), "w") as f:
             f.write("\n".join(lines) + "\n")
     rows = parse(lines)
+    sets = sets or [rows]
     print(f"rows: {len(rows)}")
 
     x = np.array([[r["ΣV/CC"] * r["pad"], r["pad"], 1.0 / min(max(r["c"], 64), 512)]
                   for r in rows])
     y = np.array([r["input"] / r["conv"] for r in rows])
     coef, rms = fit(x[~np.isnan(y)], y[~np.isnan(y)])
+    input_coef = coef
     print(f"input side: A = {coef[0]:.3f}, B = {coef[1]:.3f}, C = {coef[2]:.2f}; "
           f"r.m.s. relative error {rms:.1%}")
 
@@ -121,7 +214,8 @@ def main():
                    r["phi"] * r["c"] / 512] for r in rows])
     # Relative to the clustered dense route, the time `Auto` compares Winograd with.
     y = np.array([r["winograd"] / r["dense"] for r in rows])
-    coef, rms = fit(x, y)
+    wino_coef, rms = fit(x, y)
+    coef = wino_coef
     print(f"Winograd: D = {coef[0]:.3f}, E = {coef[1]:.3f}, F = {coef[2]:.3f}; "
           f"r.m.s. relative error {rms:.1%}")
 
@@ -132,6 +226,9 @@ def main():
         print(f"  {r['net']} {r['shape']:>7} K={r['K']:<3} b{r['batch']} t{r['threads']} "
               f"{r['weights']:<6}: Auto ran {r['auto_pick']:<10} best {r['best']:<8} "
               f"{r['auto/best']:.2f}{flag}")
+    print_replay(rows, input_coef, wino_coef)
+    # The input-side model in cost.rs (the search keeps it and fits Winograd's).
+    print_search(sets, (1.199, 0.506, -12.52))
 
 
 if __name__ == "__main__":
