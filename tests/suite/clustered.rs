@@ -339,18 +339,24 @@ fn auto_picks_sharing_when_it_is_cheap_and_dense_when_it_is_not() {
     assert!(cost.winograd_whole_operand);
 }
 
+/// A 256-channel 3×3 layer (pad 1) over a codebook of 256 centroids in which every input
+/// channel meets all 256 indices (o·7 + i mod 256: 7 is odd), so no work is shared.
+fn wide_layer_sharing_nothing() -> (KernelCodebook<f32>, ClusteredConv2d<f32>) {
+    let g = ConvGeometry::default().padding(1, 1);
+    let codebook =
+        KernelCodebook::from_centroids(Array3::<f32>::ones((256, 3, 3)), Symmetry::Identity)
+            .unwrap();
+    let indices = Array2::from_shape_fn((256, 256), |(o, i)| ((o * 7 + i) % 256) as u32);
+    let layer = ClusteredConv2d::<f32>::new(indices, None, None, g).unwrap();
+    (codebook, layer)
+}
+
 #[test]
 fn auto_runs_winograd_on_wide_layers_that_share_nothing() {
     // ResNet 256@14 at K = 256 with every input channel seeing all 256 centroids: the
     // `Dense` route (weight rebuild, depth-blocked im2col) measured 1.95× Winograd's time
     // (batch 8, 2 threads), where the model fitted against the dense `Conv2d` picked it.
-    let g = ConvGeometry::default().padding(1, 1);
-    let codebook =
-        KernelCodebook::from_centroids(Array3::<f32>::ones((256, 3, 3)), Symmetry::Identity)
-            .unwrap();
-    // o·7 + i mod 256: 7 is odd, so every input channel meets all 256 indices.
-    let indices = Array2::from_shape_fn((256, 256), |(o, i)| ((o * 7 + i) % 256) as u32);
-    let layer = ClusteredConv2d::<f32>::new(indices, None, None, g).unwrap();
+    let (codebook, layer) = wide_layer_sharing_nothing();
     let cost = layer.cost(&codebook, (14, 14)).unwrap();
     assert_eq!(cost.sum_v, 256 * 256);
     // 36·256·256 f32 values are 9 MiB: built block by block, not once per call.
@@ -364,15 +370,11 @@ fn auto_runs_winograd_on_wide_layers_that_share_nothing() {
 #[test]
 fn auto_runs_winograd_on_wide_layers_with_small_maps_only_with_enough_tiles() {
     // VGG 256@8 at K = 256: 4 tiles per image · 256 channels is below the old 2048 line, but
-    // at batch 8 (32 tiles in the call) Winograd measured 1.0–1.5× faster than the `Dense`
-    // route this model picked before (strategy_table, 1 and 2 threads). At batch 1 the call
-    // has 4 tiles: each of the 36 GEMMs would have 4 columns.
-    let g = ConvGeometry::default().padding(1, 1);
-    let codebook =
-        KernelCodebook::from_centroids(Array3::<f32>::ones((256, 3, 3)), Symmetry::Identity)
-            .unwrap();
-    let indices = Array2::from_shape_fn((256, 256), |(o, i)| ((o * 7 + i) % 256) as u32);
-    let layer = ClusteredConv2d::<f32>::new(indices, None, None, g).unwrap();
+    // at batch 8 (32 tiles in the call) the `Dense` route this model picked before took
+    // 1.13–1.29× Winograd's time on 1 thread (strategy_table; on 2 threads the two were
+    // within 10 %). At batch 1 the call has 4 tiles: each of the 36 GEMMs would have 4
+    // columns.
+    let (codebook, layer) = wide_layer_sharing_nothing();
     assert_eq!(
         layer.auto_strategy(&codebook, [8, 256, 8, 8]).unwrap(),
         ForwardStrategy::Winograd
