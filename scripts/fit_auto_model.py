@@ -35,6 +35,7 @@ Usage: python3 scripts/fit_auto_model.py [--threads 1,2] [--reps 5] [--from FILE
 import argparse
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -111,11 +112,24 @@ def winograd_ratio(r, coef):
 
 
 def gate(r, name):
-    """Whether a tile gate admits Winograd on a row (Cin = Cout = c)."""
+    """Whether a tile gate admits Winograd on a row (Cin = Cout = c): `dense` mirrors
+    `winograd_pays` in src/linalg/winograd.rs, `old` its first line alone."""
     enough = r["c"] >= 16 and r["tiles"] * r["c"] >= 2048
     if name == "old":
         return enough
     return (enough or r["c"] >= 128) and r["batch"] * r["tiles"] >= 8
+
+
+def model_constants():
+    """The `f64` constants of src/clustered/cost.rs by name (`DENSE_MAC`, `A`, …, `D`,
+    `CLUSTERED_THRESHOLD`), so that the replay follows the committed model."""
+    with open(os.path.join(ROOT, "src", "clustered", "cost.rs")) as f:
+        text = f.read()
+    found = re.findall(r"const (\w+): f64 = ([-0-9.e /*+]+);", text)
+    return {name: float(eval(expr, {"__builtins__": {}})) for name, expr in found}
+
+
+MODEL = model_constants()
 
 
 def replay(rows, input_coef, wino_coef, gate_name):
@@ -125,9 +139,9 @@ def replay(rows, input_coef, wino_coef, gate_name):
     ratios = []
     for r in rows:
         pos = r["hw"] * r["hw"]
-        dense = 1 + 0.3 / (r["batch"] * pos * 0.036 / 1.75)
+        dense = 1 + MODEL["DENSE_RECONSTRUCT"] / (r["batch"] * pos * MODEL["DENSE_MAC"])
         sharing = a * r["ΣV/CC"] * r["pad"] + b * r["pad"] + c_ / min(max(r["c"], 64), 512)
-        eligible = sharing < 0.9 * dense
+        eligible = sharing < MODEL["CLUSTERED_THRESHOLD"] * dense
         wino = winograd_ratio(r, wino_coef) * dense if gate(r, gate_name) else math.inf
         if wino < dense and not (eligible and sharing <= wino):
             pick = "winograd"
@@ -205,9 +219,9 @@ def main():
     x = np.array([[r["ΣV/CC"] * r["pad"], r["pad"], 1.0 / min(max(r["c"], 64), 512)]
                   for r in rows])
     y = np.array([r["input"] / r["conv"] for r in rows])
-    coef, rms = fit(x[~np.isnan(y)], y[~np.isnan(y)])
-    input_coef = coef
-    print(f"input side: A = {coef[0]:.3f}, B = {coef[1]:.3f}, C = {coef[2]:.2f}; "
+    input_coef, rms = fit(x[~np.isnan(y)], y[~np.isnan(y)])
+    a, b, c = input_coef
+    print(f"input side: A = {a:.3f}, B = {b:.3f}, C = {c:.2f}; "
           f"r.m.s. relative error {rms:.1%}")
 
     x = np.array([[r["phi"], r["phi"] * 16 * operand_builds_per_tile(r),
@@ -215,8 +229,8 @@ def main():
     # Relative to the clustered dense route, the time `Auto` compares Winograd with.
     y = np.array([r["winograd"] / r["dense"] for r in rows])
     wino_coef, rms = fit(x, y)
-    coef = wino_coef
-    print(f"Winograd: D = {coef[0]:.3f}, E = {coef[1]:.3f}, F = {coef[2]:.3f}; "
+    d, e, f = wino_coef
+    print(f"Winograd: D = {d:.3f}, E = {e:.3f}, F = {f:.3f}; "
           f"r.m.s. relative error {rms:.1%}")
 
     worst = sorted(rows, key=lambda r: -r["auto/best"])
@@ -228,7 +242,7 @@ def main():
               f"{r['auto/best']:.2f}{flag}")
     print_replay(rows, input_coef, wino_coef)
     # The input-side model in cost.rs (the search keeps it and fits Winograd's).
-    print_search(sets, (1.199, 0.506, -12.52))
+    print_search(sets, (MODEL["A"], MODEL["B"], MODEL["C"]))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 use super::ForwardStrategy;
 use crate::geometry::ConvShape;
-use crate::linalg::dense_winograd_pays;
+use crate::linalg::winograd_pays;
 
 /// The arithmetic of one strategy, per image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +160,7 @@ impl LayerCost {
                         adds: 36 * tiles * (s.cin + s.cout) as u64,
                     }
                 }),
-            winograd_tiles_pay: dense_winograd_pays(s),
+            winograd_tiles_pay: winograd_pays(s),
             winograd_whole_operand: super::winograd::builds_whole_operand::<f32>(s.cout, s.cin),
         }
     }

@@ -31,8 +31,8 @@ use crate::linalg::{backward_weight_winograd, par_zeros, Real};
 
 use crate::linalg::{
     add_bias, adjoint_fits, adjoint_weight, backward_input_winograd, channel_sums, col2im_tile,
-    dense_winograd_pays, dims4, forward_tile_positions, forward_winograd, gemm, image, matrix_mut,
-    output_tiles, patch_matrix, tile_positions, WinogradWeight,
+    dims4, forward_tile_positions, forward_winograd, gemm, image, matrix_mut, output_tiles,
+    patch_matrix, tile_positions, winograd_pays, WinogradWeight,
 };
 
 /// Most partial weight-gradient buffers kept at once (bounds memory; fixed, so the reduction
@@ -235,7 +235,7 @@ impl<F: Real> Conv2d<F> {
     fn runs_winograd(&self, s: &ConvShape) -> bool {
         match self.plan.algorithm {
             ConvAlgorithm::Winograd => true,
-            ConvAlgorithm::Auto => self.winograd_obstacle().is_none() && dense_winograd_pays(s),
+            ConvAlgorithm::Auto => self.winograd_obstacle().is_none() && winograd_pays(s),
             _ => false,
         }
     }

@@ -26,7 +26,7 @@ pub(crate) use stencil::{
 };
 pub(crate) use tiles::{add_bias, adjoint_weight, channel_sums, dims4, image, output_tiles};
 pub(crate) use winograd::{
-    adjoint_fits, backward_input_winograd, backward_weight_winograd, dense_winograd_pays,
-    forward_winograd, WinogradOperand, WinogradTile, WinogradWeight,
+    adjoint_fits, backward_input_winograd, backward_weight_winograd, forward_winograd,
+    winograd_pays, WinogradOperand, WinogradTile, WinogradWeight,
 };
 pub(crate) use zeros::{par_zeros, par_zeros_vec};

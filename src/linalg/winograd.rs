@@ -55,9 +55,8 @@ const MIN_BLOCK_TILES: usize = 64;
 /// transforms cost work linear in the channels and the GEMMs save work quadratic in them, so
 /// narrow layers on small maps lose. Measured by a sweep of dense forward passes (f32, batch 8,
 /// pad 1, Cin = Cout from 8 to 512, maps 4–56, 1 thread): Winograd was 1.25–3.2× faster than
-/// im2col above the line and 0.57–1.0× below it. `Conv2d`'s `Auto` uses it as its rule, and the
-/// clustered layer's `Auto` as a precondition of its own cost model.
-pub(crate) fn winograd_has_enough_tiles(s: &ConvShape) -> bool {
+/// im2col above the line and 0.57–1.0× below it. The first line of [`winograd_pays`].
+fn winograd_has_enough_tiles(s: &ConvShape) -> bool {
     let tiles = s.oh.div_ceil(M) * s.ow.div_ceil(M);
     let channels = s.cin.min(s.cout);
     channels >= MIN_WINOGRAD_CHANNELS && tiles * channels >= MIN_WINOGRAD_TILE_CHANNELS
@@ -67,20 +66,22 @@ pub(crate) fn winograd_has_enough_tiles(s: &ConvShape) -> bool {
 const MIN_WINOGRAD_CHANNELS: usize = 16;
 /// Least (tiles per image) × min(Cin, Cout) for which `Auto` runs Winograd.
 const MIN_WINOGRAD_TILE_CHANNELS: usize = 2048;
-/// Channels (each way) from which the dense `Conv2d` runs Winograd on small maps too.
+/// Channels (each way) from which `Auto` runs Winograd on small maps too.
 const WIDE_WINOGRAD_CHANNELS: usize = 128;
-/// Fewest 4×4 tiles in a whole call (batch × tiles per image) for which the dense `Conv2d`
-/// runs Winograd: below it each of the 36 GEMMs has a handful of columns.
+/// Fewest 4×4 tiles in a whole call (batch × tiles per image) for which `Auto` runs
+/// Winograd: below it each of the 36 GEMMs has a handful of columns.
 const MIN_WINOGRAD_CALL_TILES: usize = 8;
 
-/// Whether the dense `Conv2d`'s `Auto` runs Winograd on this call: [`winograd_has_enough_tiles`],
-/// or at least [`WIDE_WINOGRAD_CHANNELS`] channels each way on a map of any size, and in
-/// both cases at least [`MIN_WINOGRAD_CALL_TILES`] tiles in the call. Measured with the
+/// Whether `Auto` may run Winograd on this call: [`winograd_has_enough_tiles`], or at least
+/// [`WIDE_WINOGRAD_CHANNELS`] channels each way on a map of any size, and in both cases at
+/// least [`MIN_WINOGRAD_CALL_TILES`] tiles in the call. The dense `Conv2d`'s rule, and the
+/// clustered layer's precondition for its cost model (`LayerCost::winograd_tiles_pay`).
+/// Measured with the
 /// faster transforms (f32, pad 1, Cin = Cout from 16 to 512, maps 4–28, batch 1, 8 and 64,
 /// 1 and 2 threads, best of 2, this 2-vCPU Xeon): with ≥ 128 channels and ≥ 8 tiles Winograd
 /// ran at 0.92–3.0× im2col's speed (256@7–8 and 512@4 at batch 8: 1.42–1.88× and 1.44–1.53×);
 /// with 4 tiles or fewer (512@7, 256@8 and 512@4 at batch 1) at 0.31–1.01×.
-pub(crate) fn dense_winograd_pays(s: &ConvShape) -> bool {
+pub(crate) fn winograd_pays(s: &ConvShape) -> bool {
     let tiles = s.oh.div_ceil(M) * s.ow.div_ceil(M);
     let wide = s.cin.min(s.cout) >= WIDE_WINOGRAD_CHANNELS;
     (wide || winograd_has_enough_tiles(s)) && s.batch * tiles >= MIN_WINOGRAD_CALL_TILES
