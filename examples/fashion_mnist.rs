@@ -312,7 +312,8 @@ struct Options {
     seed: u64,
     seeds: u64,
     epochs: usize,
-    /// Peak lr of the dense training (cosine).
+    /// Peak lr of the dense training (cosine), as given: `--lr` is not scaled by the batch
+    /// (unlike `--finetune-lr`, which is stated for batch 64). Default 0.05 · batch/64.
     lr: f64,
     settings: Vec<Setting>,
     recipe: Recipe,
@@ -394,7 +395,7 @@ fn load_data(args: &[String], quick: bool) -> Res<FashionMnist> {
     Ok(data)
 }
 
-/// The dense baseline: trained (SGD, momentum 0.9, lr 0.05 · batch/64, cosine, weight decay
+/// The dense baseline: trained (SGD, momentum 0.9, peak lr `--lr`, cosine, weight decay
 /// 5e-4, random crop + flip), or loaded with `--load-dense`. Returns it with its row.
 fn dense_stage(opts: &Options, data: &FashionMnist) -> Res<(Network<f32>, Row)> {
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
