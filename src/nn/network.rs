@@ -506,7 +506,8 @@ impl<F: Real> Network<F> {
     /// vector).
     ///
     /// # Errors
-    /// Gradients from another network; an `epoch` that is negative or not finite.
+    /// Gradients from another network; an `epoch` that is negative or not finite; settings
+    /// that [`Sgd::check`] refuses. Nothing changes on these errors.
     pub fn sgd_step(
         &mut self,
         grads: &Gradients<F>,
@@ -515,6 +516,7 @@ impl<F: Real> Network<F> {
         states: &mut Vec<SgdState<F>>,
     ) -> Result<()> {
         check_epoch(epoch)?;
+        sgd.check()?;
         let mut param = 0;
         let mut step = |p: ndarray::ArrayViewMutD<F>, g: ndarray::ArrayViewD<F>| -> Result<()> {
             if states.len() <= param {

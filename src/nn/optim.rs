@@ -82,12 +82,50 @@ impl Sgd {
         }
     }
 
+    /// Checks the settings as PyTorch's `SGD` does, and also refuses what is not finite: the
+    /// learning rate, momentum and weight decay must be finite and ≥ 0, as must a step
+    /// schedule's `gamma`. A negative or NaN rate would otherwise train into NaN weights that
+    /// fail only later, far from the cause.
+    ///
+    /// ```
+    /// use clustered_conv::nn::{LrSchedule, Sgd};
+    ///
+    /// let mut sgd = Sgd { lr: 0.05, momentum: 0.9, weight_decay: 5e-4, schedule: LrSchedule::Constant };
+    /// assert!(sgd.check().is_ok());
+    /// sgd.lr = -0.05;
+    /// assert!(sgd.check().is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidParameter`] naming the first setting out of range.
+    pub fn check(&self) -> Result<()> {
+        let gamma = match &self.schedule {
+            LrSchedule::Step { gamma, .. } => *gamma,
+            LrSchedule::Constant | LrSchedule::Cosine { .. } => 1.0,
+        };
+        let settings = [
+            ("lr", self.lr),
+            ("momentum", self.momentum),
+            ("weight_decay", self.weight_decay),
+            ("gamma", gamma),
+        ];
+        match settings.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
+            Some(&(name, value)) => Err(Error::InvalidParameter {
+                name,
+                value,
+                expected: "a finite value ≥ 0",
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Updates `param` in place from `grad` at position `epoch` (see [`Sgd::lr_at`]).
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for an `epoch` that is negative or not finite; a gradient
-    /// whose shape differs from the parameter's, or a momentum buffer (in `state`) from a
-    /// parameter of another shape. Nothing changes on error.
+    /// [`Error::InvalidParameter`] for an `epoch` that is negative or not finite, or for
+    /// settings [`Sgd::check`] refuses; a gradient whose shape differs from the parameter's,
+    /// or a momentum buffer (in `state`) from a parameter of another shape. Nothing changes
+    /// on error.
     pub fn step<F: Real>(
         &self,
         epoch: f64,
@@ -97,6 +135,7 @@ impl Sgd {
     ) -> Result<()> {
         let mut param = param;
         check_epoch(epoch)?;
+        self.check()?;
         if param.shape() != grad.shape() {
             return Err(Error::ShapeMismatch {
                 what: "gradient vs parameter",

@@ -274,6 +274,86 @@ fn sgd_refuses_a_negative_or_non_finite_position_and_changes_nothing() {
     assert!(p[0] < 1.0);
 }
 
+#[test]
+fn sgd_refuses_bad_settings_and_changes_nothing() {
+    let good = Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        schedule: LrSchedule::Step {
+            milestones: vec![1],
+            gamma: 0.1,
+        },
+    };
+    let mut bad_settings = Vec::new();
+    for bad in [-0.1, f64::NAN, f64::INFINITY] {
+        bad_settings.push((
+            "lr",
+            Sgd {
+                lr: bad,
+                ..good.clone()
+            },
+        ));
+        bad_settings.push((
+            "momentum",
+            Sgd {
+                momentum: bad,
+                ..good.clone()
+            },
+        ));
+        bad_settings.push((
+            "weight_decay",
+            Sgd {
+                weight_decay: bad,
+                ..good.clone()
+            },
+        ));
+        let schedule = LrSchedule::Step {
+            milestones: vec![1],
+            gamma: bad,
+        };
+        bad_settings.push((
+            "gamma",
+            Sgd {
+                schedule,
+                ..good.clone()
+            },
+        ));
+    }
+    let mut r = rng(95);
+    let mut net = small_network(&mut r);
+    let x = random4(&mut r, (3, 2, 4, 4));
+    let (logits, tape) = net.forward_train(x.view()).unwrap();
+    let (_, grad) = softmax_cross_entropy(logits.view(), &[0, 3, 4]).unwrap();
+    let grads = net.backward(&tape, grad).unwrap();
+    let before = net.clone();
+    let mut states = Vec::new();
+    for (name, sgd) in &bad_settings {
+        let err = net.sgd_step(&grads, sgd, 0.0, &mut states);
+        assert!(
+            matches!(&err, Err(clustered_conv::Error::InvalidParameter { name: n, .. }) if n == name),
+            "{name}: {err:?}"
+        );
+        let mut p = ArrayD::from_elem(IxDyn(&[2]), 1.0f64);
+        let g = ArrayD::from_elem(IxDyn(&[2]), 0.5f64);
+        assert!(sgd
+            .step(0.0, p.view_mut(), g.view(), &mut SgdState::default())
+            .is_err());
+        assert_eq!(p, ArrayD::from_elem(IxDyn(&[2]), 1.0));
+    }
+    assert!(net == before && states.is_empty());
+    // A zero rate is valid (PyTorch allows it) and leaves the weights as they were.
+    let frozen = Sgd {
+        lr: 0.0,
+        weight_decay: 0.0,
+        ..good.clone()
+    };
+    net.sgd_step(&grads, &frozen, 0.0, &mut states).unwrap();
+    assert!(net == before && !states.is_empty());
+    net.sgd_step(&grads, &good, 0.0, &mut states).unwrap();
+    assert!(net != before);
+}
+
 // ---------------------------------------------------------------------------------------
 // The network container
 
