@@ -78,9 +78,9 @@ const MIN_WINOGRAD_CALL_TILES: usize = 8;
 /// clustered layer's precondition for its cost model (`LayerCost::winograd_tiles_pay`).
 /// Measured with the faster transforms (f32, pad 1, Cin = Cout from 16 to 512, maps 4–28,
 /// batch 1, 8 and 64, 1 and 2 threads, best of 2, this 2-vCPU Xeon): with ≥ 128 channels
-/// and ≥ 8 tiles Winograd
-/// ran at 0.92–3.0× im2col's speed (256@7–8 and 512@4 at batch 8: 1.42–1.88× and 1.44–1.53×);
-/// with 4 tiles or fewer (512@7, 256@8 and 512@4 at batch 1) at 0.31–1.01×.
+/// and ≥ 8 tiles Winograd ran at 0.92–3.0× im2col's speed (256@7–8 and 512@4 at batch 8:
+/// 1.42–1.88× and 1.44–1.53×); with 4 tiles or fewer (512@7, 256@8 and 512@4 at batch 1) at
+/// 0.31–1.01×.
 pub(crate) fn winograd_pays(s: &ConvShape) -> bool {
     let tiles = s.oh.div_ceil(M) * s.ow.div_ceil(M);
     let wide = s.cin.min(s.cout) >= WIDE_WINOGRAD_CHANNELS;

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::linalg::simd::vectorised;
-use crate::linalg::Real;
+use crate::linalg::{par_zeros_vec, Real};
 
 /// Interleaved partial sums per plane: they break the chain of dependent f64 additions (one
 /// per element otherwise) and vectorise; the order they are added in is fixed.
@@ -245,7 +245,7 @@ impl<F: Real> BatchNorm2d<F> {
         let (channels, hw) = (dim.1, dim.2 * dim.3);
         let x = x.as_standard_layout();
         let xs = x.as_slice().expect("standard layout");
-        let mut out: Vec<F> = crate::linalg::par_zeros_vec(xs.len());
+        let mut out: Vec<F> = par_zeros_vec(xs.len());
         if hw > 0 {
             out.par_chunks_mut(hw)
                 .zip(xs.par_chunks(hw))
