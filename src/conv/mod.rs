@@ -15,6 +15,12 @@
 //! rotated, transposed kernels and padding `2 − p`, and the weight gradient is computed in the
 //! Winograd domain (36 GEMMs per block of tiles, then `Gᵀ dU G`).
 //!
+//! 3×3, stride-1, dilation-1 layers can also run the direct kernels on zero-padded planes
+//! ([`ConvAlgorithm::Direct`]): no patch matrix, each tap reads the padded input at a
+//! constant offset. Their input gradient is the same kernel on the output gradient with the
+//! rotated, transposed weight, and their weight gradient sums `grad_out · shifted input` in
+//! registers over a sub-batch of images.
+//!
 //! # Determinism
 //! Every output element is produced by exactly one task with a fixed summation order, and
 //! weight gradients are reduced over a fixed number of fixed-size groups in group order, so
@@ -27,7 +33,9 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::geometry::{ConvGeometry, ConvShape};
-use crate::linalg::{backward_weight_winograd, par_zeros, Real};
+use crate::linalg::{
+    backward_weight_direct, backward_weight_winograd, direct_fits, forward_direct, par_zeros, Real,
+};
 
 use crate::linalg::{
     add_bias, adjoint_fits, adjoint_weight, backward_input_winograd, channel_sums, col2im_tile,
@@ -109,21 +117,28 @@ impl<F: PartialEq> PartialEq for Conv2d<F> {
 ///     .with_algorithm(ConvAlgorithm::Im2col)?;
 /// let winograd = Conv2d::new(weight, Some(Array1::zeros(4)), same)?
 ///     .with_algorithm(ConvAlgorithm::Winograd)?;
+/// let direct = winograd.clone().with_algorithm(ConvAlgorithm::Direct)?;
 /// let x = Array4::<f64>::ones((1, 2, 9, 7));
-/// let (a, b) = (im2col.forward(x.view())?, winograd.forward(x.view())?);
+/// let (a, b, c) = (im2col.forward(x.view())?, winograd.forward(x.view())?, direct.forward(x.view())?);
 /// assert!(a.iter().zip(b.iter()).all(|(p, q)| (p - q).abs() < 1e-12));
+/// assert!(a.iter().zip(c.iter()).all(|(p, q)| (p - q).abs() < 1e-12));
 ///
-/// // Winograd needs a 3×3 kernel, stride 1 and dilation 1.
+/// // Winograd and the direct kernels need a 3×3 kernel, stride 1 and dilation 1.
 /// let strided = Conv2d::new(Array4::<f64>::zeros((4, 2, 3, 3)), None, same.stride(2, 2))?;
-/// assert!(strided.with_algorithm(ConvAlgorithm::Winograd).is_err());
+/// assert!(strided.clone().with_algorithm(ConvAlgorithm::Winograd).is_err());
+/// assert!(strided.with_algorithm(ConvAlgorithm::Direct).is_err());
 /// # Ok::<(), clustered_conv::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum ConvAlgorithm {
     /// The layer chooses, per call: Winograd where the geometry allows it and the call has
-    /// enough tiles for its channel count, else im2col. The same choice drives the backward
-    /// pass. Winograd runs when the call has at least 8 output tiles of 4×4 (batch × tiles per
+    /// enough tiles for its channel count; else, on other 3×3, stride-1, dilation-1 layers of
+    /// at most 64 channels each way and at least 128 output positions per image, the direct
+    /// kernels ([`ConvAlgorithm::Direct`]); else im2col. The same choice drives the backward
+    /// pass.
+    ///
+    /// Winograd runs when the call has at least 8 output tiles of 4×4 (batch × tiles per
     /// image) and either both channel counts are at least 128, or (4×4 tiles per image) ×
     /// min(Cin, Cout) ≥ 2048 with at least 16 channels each way. Measured by a sweep of
     /// forward passes (f32, pad 1, Cin = Cout from 16 to 512, maps 4–28, batch 1, 8 and 64, 1
@@ -132,7 +147,10 @@ pub enum ConvAlgorithm {
     /// 256@8 1.5–1.8× and 512@4 1.4–1.5× at batch 8); with 4 tiles or fewer (512@7, 256@8 and
     /// 512@4 at batch 1) at 0.31–1.01×, and on narrow layers with small maps (16–64 channels
     /// at 4–8) mostly below 1×. At the flagship example's layers (32–128 channels at 28–7,
-    /// batch 64–128) it stays im2col: its backward there measured 0.68–0.99× of im2col's.
+    /// batch 64–128) it does not run: its backward there measured 0.68–0.99× of im2col's.
+    /// Their 32–64-channel layers at 28×28 and 14×14 run the direct kernels instead: the
+    /// flagship's training step (batch 64, 2 threads, interleaved) took 0.93–0.95× the time it
+    /// takes with every layer on im2col.
     #[default]
     Auto,
     /// Tiled im2col + GEMM (any geometry).
@@ -140,6 +158,18 @@ pub enum ConvAlgorithm {
     /// Winograd F(4×4, 3×3): 3×3 kernels, stride 1, dilation 1, any padding. About 4× fewer
     /// multiplies than im2col; in `f32` the relative L2 error against an exact convolution is
     /// a few 1e-6 (im2col's: a few 1e-7).
+    Winograd,
+    /// Direct convolution on zero-padded planes: 3×3 kernels, stride 1, dilation 1, any
+    /// padding. The same multiplies as im2col, with no patch matrix: each tap reads the padded
+    /// input at a constant offset, straight into vector registers.
+    Direct,
+}
+
+/// How one call computes its convolution and its gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Im2col,
+    Direct,
     Winograd,
 }
 
@@ -197,13 +227,21 @@ impl<F: Real> Conv2d<F> {
     /// [`ConvAlgorithm::Auto`]). See [`ConvAlgorithm`] for an example.
     ///
     /// # Errors
-    /// [`Error::Unsupported`] for [`ConvAlgorithm::Winograd`] on a layer whose kernel is not
-    /// 3×3 or whose stride or dilation is not 1.
+    /// [`Error::Unsupported`] for [`ConvAlgorithm::Winograd`] or [`ConvAlgorithm::Direct`] on
+    /// a layer whose kernel is not 3×3 or whose stride or dilation is not 1.
     pub fn with_algorithm(mut self, algorithm: ConvAlgorithm) -> Result<Self> {
         if algorithm == ConvAlgorithm::Winograd {
             if let Some(reason) = self.winograd_obstacle() {
                 return Err(Error::Unsupported {
                     what: "ConvAlgorithm::Winograd on this layer",
+                    reason,
+                });
+            }
+        }
+        if algorithm == ConvAlgorithm::Direct {
+            if let Some(reason) = self.direct_obstacle() {
+                return Err(Error::Unsupported {
+                    what: "ConvAlgorithm::Direct on this layer",
                     reason,
                 });
             }
@@ -230,13 +268,30 @@ impl<F: Real> Conv2d<F> {
         }
     }
 
-    /// Whether this call runs Winograd: always when asked for (the builder checked the
-    /// geometry), and under `Auto` by the measured rule documented on [`ConvAlgorithm::Auto`].
-    fn runs_winograd(&self, s: &ConvShape) -> bool {
+    /// Why this layer cannot run the direct kernels, or `None` when it can.
+    fn direct_obstacle(&self) -> Option<&'static str> {
+        if self.kernel_size() != (3, 3) {
+            Some("the direct convolution needs a 3×3 kernel; use Im2col or Auto")
+        } else if self.geometry.stride != (1, 1) {
+            Some("the direct convolution needs stride 1; use Im2col or Auto")
+        } else if self.geometry.dilation != (1, 1) {
+            Some("the direct convolution needs dilation 1; use Im2col or Auto")
+        } else {
+            None
+        }
+    }
+
+    /// How this call runs: as asked for (the builder checked the geometry), and under `Auto`
+    /// by the measured rule documented on [`ConvAlgorithm::Auto`].
+    fn route(&self, s: &ConvShape) -> Route {
         match self.plan.algorithm {
-            ConvAlgorithm::Winograd => true,
-            ConvAlgorithm::Auto => self.winograd_obstacle().is_none() && winograd_pays(s),
-            _ => false,
+            ConvAlgorithm::Winograd => Route::Winograd,
+            ConvAlgorithm::Direct => Route::Direct,
+            ConvAlgorithm::Auto if self.winograd_obstacle().is_none() && winograd_pays(s) => {
+                Route::Winograd
+            }
+            ConvAlgorithm::Auto if direct_fits(s) && direct_pays(s) => Route::Direct,
+            _ => Route::Im2col,
         }
     }
 
@@ -318,20 +373,18 @@ impl<F: Real> Conv2d<F> {
     /// Channel mismatch, zero sizes, or a kernel larger than the padded input.
     pub fn forward(&self, x: ArrayView4<F>) -> Result<Array4<F>> {
         let s = self.resolve(dims4(&x))?;
-        if self.runs_winograd(&s) {
-            let u = self
-                .plan
-                .winograd
-                .get_or_init(|| WinogradWeight::new(self.weight.view()));
-            let bias = self.bias.as_ref().map(|b| b.view());
-            return Ok(forward_winograd(x, u, bias, &s));
-        }
-        Ok(forward_im2col(
-            x,
-            self.weight_matrix(),
-            self.bias.as_ref().map(|b| b.view()),
-            &s,
-        ))
+        let bias = self.bias.as_ref().map(|b| b.view());
+        Ok(match self.route(&s) {
+            Route::Winograd => {
+                let u = self
+                    .plan
+                    .winograd
+                    .get_or_init(|| WinogradWeight::new(self.weight.view()));
+                forward_winograd(x, u, bias, &s)
+            }
+            Route::Direct => forward_direct(x, self.weight.view(), bias, &s),
+            Route::Im2col => forward_im2col(x, self.weight_matrix(), bias, &s),
+        })
     }
 
     /// Backward pass: gradients of the loss with respect to the input, weight and bias given
@@ -348,23 +401,24 @@ impl<F: Real> Conv2d<F> {
         let w2 = self.weight_matrix();
         let x = x.as_standard_layout();
         let go = grad_out.as_standard_layout();
-        let input = if self.runs_winograd(&s) && adjoint_fits(&s) {
+        let route = self.route(&s);
+        let input = if route == Route::Winograd && adjoint_fits(&s) {
             let u = self
                 .plan
                 .winograd_adjoint
                 .get_or_init(|| WinogradWeight::adjoint(self.weight.view()));
             backward_input_winograd(go.view(), u, &s)
         } else if im2col_adjoint_fits(&s) {
-            backward_input_adjoint(self.weight.view(), go.view(), &s)
+            backward_input_adjoint(self.weight.view(), go.view(), &s, route == Route::Direct)
         } else {
             backward_input(w2, go.view(), &s)
         };
-        let weight = if self.runs_winograd(&s) {
-            backward_weight_winograd(x.view(), go.view(), &s)
-        } else {
-            backward_weight(x.view(), go.view(), &s)
+        let weight = match route {
+            Route::Winograd => backward_weight_winograd(x.view(), go.view(), &s),
+            Route::Direct => backward_weight_direct(x.view(), go.view(), &s),
+            Route::Im2col => backward_weight(x.view(), go.view(), &s)
                 .into_shape_with_order(self.weight.raw_dim())
-                .expect("gradient has the weight's element count")
+                .expect("gradient has the weight's element count"),
         };
         let bias = self.bias.as_ref().map(|_| channel_sums(go.view()));
         Ok(Conv2dGrads {
@@ -373,6 +427,26 @@ impl<F: Real> Conv2d<F> {
             bias,
         })
     }
+}
+
+/// Most channels (each way) for which `Auto` runs the direct kernels: wider layers re-read a
+/// block's packed weight (`Cin·9·8` values) from the L2 cache at every register tile.
+/// Measured side by side with im2col (batch 64, 2 threads, best of 9, f32, pad 1): at 128@16
+/// the direct forward took 1.03–1.06× im2col's time and its weight gradient 1.12–1.19×; at
+/// 256@8 1.37× and 1.34–1.47×.
+const MAX_DIRECT_CHANNELS: usize = 64;
+
+/// Fewest output positions per image for which `Auto` runs the direct kernels: on smaller maps
+/// the two garbage columns of each padded row are a large share of the work (22 % at 7×7).
+/// On the flagship's 64→128 layer at 7×7 (same measurements) the direct forward took 1.09×
+/// im2col's time and its weight gradient 1.30×.
+const MIN_DIRECT_POSITIONS: usize = 128;
+
+/// Whether `Auto` runs a call that [`direct_fits`] through the direct kernels (when it does
+/// not run Winograd): at most [`MAX_DIRECT_CHANNELS`] channels each way and at least
+/// [`MIN_DIRECT_POSITIONS`] output positions per image.
+fn direct_pays(s: &ConvShape) -> bool {
+    s.cin.max(s.cout) <= MAX_DIRECT_CHANNELS && s.out_positions() >= MIN_DIRECT_POSITIONS
 }
 
 /// Dense forward: `w2` is the weight as (Cout, Cin·kh·kw).
@@ -422,13 +496,17 @@ fn backward_input_adjoint<F: Real>(
     weight: ArrayView4<F>,
     go: ArrayView4<F>,
     s: &ConvShape,
+    direct: bool,
 ) -> Array4<F> {
     let rotated = adjoint_weight(weight);
+    let adjoint = s.adjoint().expect("callers check im2col_adjoint_fits");
+    if direct && direct_fits(&adjoint) {
+        return forward_direct(go, rotated.view(), None, &adjoint);
+    }
     let w2 = rotated
         .view()
         .into_shape_with_order((s.cin, rotated.len() / s.cin.max(1)))
         .expect("a fresh array is in standard layout");
-    let adjoint = s.adjoint().expect("callers check im2col_adjoint_fits");
     forward_im2col(go, w2, None, &adjoint)
 }
 

@@ -37,6 +37,8 @@ pub trait Engine: faer::traits::ComplexField + Copy + Send + Sync + 'static {
     ) -> Self::Lanes<S>;
     /// `a + b`.
     fn add_lanes<S: Simd>(simd: S, a: Self::Lanes<S>, b: Self::Lanes<S>) -> Self::Lanes<S>;
+    /// The sum of the lanes of `a` (in the instruction set's fixed order).
+    fn reduce_lanes<S: Simd>(simd: S, a: Self::Lanes<S>) -> Self;
     /// The whole vectors of a slice, and the remaining head-aligned tail.
     fn as_lanes<S: Simd>(x: &[Self]) -> (&[Self::Lanes<S>], &[Self]);
     /// Mutable [`Real::as_lanes`].
@@ -44,7 +46,16 @@ pub trait Engine: faer::traits::ComplexField + Copy + Send + Sync + 'static {
 }
 
 macro_rules! lanes_impl {
-    ($ty:ty, $v:ident, $splat:ident, $madd:ident, $add:ident, $as:ident, $as_mut:ident) => {
+    (
+        $ty:ty,
+        $v:ident,
+        $splat:ident,
+        $madd:ident,
+        $add:ident,
+        $reduce:ident,
+        $as:ident,
+        $as_mut:ident
+    ) => {
         type Lanes<S: Simd> = S::$v;
         #[inline(always)]
         fn splat<S: Simd>(simd: S, v: Self) -> S::$v {
@@ -57,6 +68,10 @@ macro_rules! lanes_impl {
         #[inline(always)]
         fn add_lanes<S: Simd>(simd: S, a: S::$v, b: S::$v) -> S::$v {
             simd.$add(a, b)
+        }
+        #[inline(always)]
+        fn reduce_lanes<S: Simd>(simd: S, a: S::$v) -> Self {
+            simd.$reduce(a)
         }
         #[inline(always)]
         fn as_lanes<S: Simd>(x: &[Self]) -> (&[S::$v], &[Self]) {
@@ -76,6 +91,7 @@ impl Engine for f32 {
         splat_f32s,
         mul_add_e_f32s,
         add_f32s,
+        reduce_sum_f32s,
         as_simd_f32s,
         as_mut_simd_f32s
     );
@@ -88,6 +104,7 @@ impl Engine for f64 {
         splat_f64s,
         mul_add_e_f64s,
         add_f64s,
+        reduce_sum_f64s,
         as_simd_f64s,
         as_mut_simd_f64s
     );

@@ -6,6 +6,7 @@
 //! import from this module and never from each other's internals (checked by
 //! `tests/suite/layering.rs`).
 
+mod direct;
 mod engine;
 mod gemm;
 mod im2col;
@@ -17,6 +18,7 @@ mod tiles;
 mod winograd;
 mod zeros;
 
+pub(crate) use direct::{backward_weight_direct, direct_fits, forward_direct};
 pub use engine::Engine;
 pub(crate) use gemm::{gemm, matrix_mut};
 pub(crate) use im2col::{col2im_tile, forward_tile_positions, patch_matrix, tile_positions};

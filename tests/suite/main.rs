@@ -14,6 +14,7 @@ mod common;
 mod compress;
 mod conv;
 mod data;
+mod direct;
 mod distill;
 mod format;
 mod graph;

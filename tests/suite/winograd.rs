@@ -1,41 +1,11 @@
 //! Dense Winograd F(4×4, 3×3) forward (`ConvAlgorithm::Winograd`) against the direct
 //! definition of the correlation, in f64 and f32, on any thread count.
 
-use crate::common::{in_pool, naive_conv, random4, rng, worst_violation};
+use crate::common::{in_pool, naive_conv, random4, random_3x3_case, rng, worst_violation};
 use clustered_conv::{Conv2d, ConvAlgorithm, ConvGeometry, Error, Padding};
 use ndarray::{Array1, Array4};
 use ndarray_rand::rand_distr::Normal;
 use ndarray_rand::RandomExt;
-use rand::Rng;
-
-/// A random 3×3, stride-1 layer with 1–9 channels each way, padding 0–2 per side
-/// (asymmetric), an input of 1–13 per side, batch 1–3, with or without a bias.
-fn random_case(seed: u64) -> (Array4<f64>, Array4<f64>, Option<Array1<f64>>, ConvGeometry) {
-    let mut r = rng(seed);
-    loop {
-        let (n, cin, cout) = (
-            r.random_range(1..=3),
-            r.random_range(1..=9),
-            r.random_range(1..=9),
-        );
-        let (h, w) = (r.random_range(1..=13), r.random_range(1..=13));
-        let g = ConvGeometry::default().padding_asymmetric(Padding {
-            top: r.random_range(0..=2),
-            bottom: r.random_range(0..=2),
-            left: r.random_range(0..=2),
-            right: r.random_range(0..=2),
-        });
-        if g.output_size((h, w), (3, 3)).is_err() {
-            continue;
-        }
-        let x = random4(&mut r, (n, cin, h, w));
-        let weight = random4(&mut r, (cout, cin, 3, 3));
-        let bias = r
-            .random_bool(0.5)
-            .then(|| Array1::from_shape_fn(cout, |_| r.random_range(-1.0..1.0)));
-        return (x, weight, bias, g);
-    }
-}
 
 fn winograd(weight: Array4<f64>, bias: Option<Array1<f64>>, g: ConvGeometry) -> Conv2d<f64> {
     Conv2d::new(weight, bias, g)
@@ -48,7 +18,7 @@ fn winograd(weight: Array4<f64>, bias: Option<Array1<f64>>, g: ConvGeometry) -> 
 fn f64_winograd_matches_naive_on_random_geometry() {
     let mut shapes_with_partial_tiles = 0;
     for seed in 0..300 {
-        let (x, weight, bias, g) = random_case(seed);
+        let (x, weight, bias, g) = random_3x3_case(seed);
         let want = naive_conv(x.view(), weight.view(), bias.as_ref(), &g);
         let conv = winograd(weight, bias, g);
         let got = conv.forward(x.view()).unwrap();
@@ -143,7 +113,7 @@ fn bit_identical_on_one_and_two_threads() {
 
 #[test]
 fn params_mut_invalidates_the_transformed_weight() {
-    let (x, weight, bias, g) = random_case(5);
+    let (x, weight, bias, g) = random_3x3_case(5);
     let mut conv = winograd(weight, bias, g);
     let _ = conv.forward(x.view()).unwrap();
     let shape = conv.output_shape(dims(&x)).unwrap();
@@ -215,7 +185,7 @@ fn winograd_and_im2col_agree_in_f64_on_a_larger_layer() {
 #[test]
 fn f64_winograd_gradients_match_im2col() {
     for seed in 0..200 {
-        let (x, weight, bias, g) = random_case(seed);
+        let (x, weight, bias, g) = random_3x3_case(seed);
         let dense = Conv2d::new(weight.clone(), bias.clone(), g)
             .unwrap()
             .with_algorithm(ConvAlgorithm::Im2col)
@@ -350,22 +320,28 @@ fn winograd_backward_is_bit_identical_on_any_thread_count() {
     }
 }
 
-/// `Auto` runs Winograd where tiles × channels pass the measured threshold, and im2col
-/// elsewhere (f32 outputs of the two differ in the last bits, so the choice is visible).
+/// `Auto` runs Winograd where tiles × channels pass the measured threshold, the direct
+/// kernels on the other 3×3 layers of at most 64 channels and 128 positions or more, and
+/// im2col elsewhere (f32 outputs
+/// of the three differ in the last bits, so the choice is visible).
 #[test]
 fn auto_follows_the_measured_rule() {
     let mut r = rng(81);
     // (Cin = Cout, map, batch, expected algorithm): 64@28 has 49 tiles × 64 = 3136; 64@14 has
-    // 16 × 64 = 1024; 8@56 has fewer than 16 channels; 128@8 and 256@4 at batch 8 have 128 or
-    // more channels and 32 and 8 tiles in the call, 128@4 at batch 4 only 4; 512@7 at batch 1
-    // passes the tiles × channels line (4 × 512) but has only 4 tiles in the call.
+    // 16 × 64 = 1024; 24@56 has 196 tiles but 24 channels (and 196 × 24 = 4704 tiles ×
+    // channels: Winograd); 128@8 and 256@4 at batch 8 have 128 or more channels and 32 and 8
+    // tiles in the call, 128@4 at batch 4 only 4; 512@7 at batch 1 passes the tiles × channels
+    // line (4 × 512) but has only 4 tiles in the call; 96@16 has 16 × 96 = 1536 and more than
+    // 64 channels; 64@7 has 4 × 64 = 256 and only 49 positions.
     for (c, hw, batch, want) in [
         (64, 28, 1, ConvAlgorithm::Winograd),
-        (64, 14, 1, ConvAlgorithm::Im2col),
-        (8, 56, 1, ConvAlgorithm::Im2col),
+        (64, 14, 1, ConvAlgorithm::Direct),
+        (24, 56, 1, ConvAlgorithm::Winograd),
         (128, 8, 8, ConvAlgorithm::Winograd),
         (256, 4, 8, ConvAlgorithm::Winograd),
         (128, 4, 4, ConvAlgorithm::Im2col),
+        (96, 16, 1, ConvAlgorithm::Im2col),
+        (64, 7, 2, ConvAlgorithm::Im2col),
         (512, 7, 1, ConvAlgorithm::Im2col),
     ] {
         let x = random4(&mut r, (batch, c, hw, hw)).mapv(|v| v as f32);
@@ -378,25 +354,29 @@ fn auto_follows_the_measured_rule() {
                 .unwrap();
             conv.forward(x.view()).unwrap()
         };
-        let (auto, wino, im2col) = (
-            run(ConvAlgorithm::Auto),
-            run(ConvAlgorithm::Winograd),
-            run(ConvAlgorithm::Im2col),
-        );
+        let algorithms = [
+            ConvAlgorithm::Winograd,
+            ConvAlgorithm::Direct,
+            ConvAlgorithm::Im2col,
+        ];
+        let outputs: Vec<_> = algorithms.iter().map(|&a| run(a)).collect();
         let same = |a: &Array4<f32>, b: &Array4<f32>| {
             a.iter()
                 .zip(b.iter())
                 .all(|(p, q)| p.to_bits() == q.to_bits())
         };
+        let expected = algorithms.iter().position(|&a| a == want).unwrap();
+        for (i, other) in outputs.iter().enumerate() {
+            assert!(
+                i == expected || !same(other, &outputs[expected]),
+                "{c}@{hw}: {want:?} and {:?} must be distinguishable",
+                algorithms[i]
+            );
+        }
+        let auto = run(ConvAlgorithm::Auto);
         assert!(
-            !same(&wino, &im2col),
-            "{c}@{hw}: the two algorithms must be distinguishable"
+            same(&auto, &outputs[expected]),
+            "{c}@{hw}: Auto should run {want:?}"
         );
-        let expected = if want == ConvAlgorithm::Winograd {
-            &wino
-        } else {
-            &im2col
-        };
-        assert!(same(&auto, expected), "{c}@{hw}: Auto should run {want:?}");
     }
 }

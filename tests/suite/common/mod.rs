@@ -163,3 +163,32 @@ pub fn numeric_grad<D: ndarray::Dimension>(
     }
     g
 }
+
+/// A random 3×3, stride-1 layer with 1–9 channels each way, padding 0–2 per side
+/// (asymmetric), an input of 1–13 per side, batch 1–3, with or without a bias.
+pub fn random_3x3_case(seed: u64) -> (Array4<f64>, Array4<f64>, Option<Array1<f64>>, ConvGeometry) {
+    let mut r = rng(seed);
+    loop {
+        let (n, cin, cout) = (
+            r.random_range(1..=3),
+            r.random_range(1..=9),
+            r.random_range(1..=9),
+        );
+        let (h, w) = (r.random_range(1..=13), r.random_range(1..=13));
+        let g = ConvGeometry::default().padding_asymmetric(Padding {
+            top: r.random_range(0..=2),
+            bottom: r.random_range(0..=2),
+            left: r.random_range(0..=2),
+            right: r.random_range(0..=2),
+        });
+        if g.output_size((h, w), (3, 3)).is_err() {
+            continue;
+        }
+        let x = random4(&mut r, (n, cin, h, w));
+        let weight = random4(&mut r, (cout, cin, 3, 3));
+        let bias = r
+            .random_bool(0.5)
+            .then(|| Array1::from_shape_fn(cout, |_| r.random_range(-1.0..1.0)));
+        return (x, weight, bias, g);
+    }
+}
