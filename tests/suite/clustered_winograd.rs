@@ -2,10 +2,11 @@
 //! and the transformed codebook) and the dense backward route's Winograd input gradient,
 //! against the direct definition of the correlation of the reconstructed dense weight.
 
-use crate::common::{in_pool, naive_conv, paper_transform, random4, rng, worst_violation};
+use crate::common::{
+    in_pool, naive_conv, paper_transform, random4, random_padding_0_to_2, rng, worst_violation,
+};
 use clustered_conv::{
-    BackwardRoute, ClusteredConv2d, ConvGeometry, Error, ForwardStrategy, KernelCodebook, Padding,
-    Symmetry,
+    BackwardRoute, ClusteredConv2d, ConvGeometry, Error, ForwardStrategy, KernelCodebook, Symmetry,
 };
 use ndarray::{Array1, Array2, Array3, Array4};
 use ndarray_rand::rand_distr::Normal;
@@ -73,12 +74,7 @@ fn random_case_wide(
             r.random_range(channels.clone()),
         );
         let (h, w) = (r.random_range(side.clone()), r.random_range(side.clone()));
-        let g = ConvGeometry::default().padding_asymmetric(Padding {
-            top: r.random_range(0..=2),
-            bottom: r.random_range(0..=2),
-            left: r.random_range(0..=2),
-            right: r.random_range(0..=2),
-        });
+        let g = random_padding_0_to_2(&mut r);
         if g.output_size((h, w), (3, 3)).is_err() {
             continue;
         }

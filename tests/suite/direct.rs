@@ -1,9 +1,10 @@
 //! The direct 3×3 convolution on padded planes (`ConvAlgorithm::Direct`): forward and both
-//! gradients against the definition, im2col and finite differences, in f64; bit-identical on
-//! any thread count in f32; the geometry it needs; and `Auto`'s choice of it.
+//! gradients against the definition and im2col, in f64; bit-identical on
+//! any thread count in f32. The geometry it needs and `Auto`'s choice of it are tested with
+//! Winograd's (`winograd.rs`), and so is its weight gradient against finite differences.
 
 use crate::common::{in_pool, naive_conv, random4, random_3x3_case, rng, worst_violation};
-use clustered_conv::{Conv2d, ConvAlgorithm, ConvGeometry, Error, Padding};
+use clustered_conv::{Conv2d, ConvAlgorithm, ConvGeometry};
 use ndarray::{Array1, Array4};
 
 fn with(
@@ -70,39 +71,6 @@ fn f64_direct_gradients_match_im2col() {
     }
 }
 
-/// The direct weight gradient against central finite differences of `L = Σ y ⊙ go`
-/// (asymmetric padding, a map narrower than a vector).
-#[test]
-fn direct_weight_gradient_matches_finite_differences() {
-    let mut r = rng(79);
-    let g = ConvGeometry::default().padding_asymmetric(Padding {
-        top: 0,
-        bottom: 2,
-        left: 2,
-        right: 1,
-    });
-    let x = random4(&mut r, (2, 3, 7, 10));
-    let weight = random4(&mut r, (2, 3, 3, 3));
-    let conv = with(ConvAlgorithm::Direct, weight.clone(), None, g);
-    let go = output_gradient(&conv, &x, 80);
-    let analytic = conv.backward(x.view(), go.view()).unwrap().weight;
-    let loss = |w: &Array4<f64>| {
-        let c = with(ConvAlgorithm::Direct, w.clone(), None, g);
-        (&c.forward(x.view()).unwrap() * &go).sum()
-    };
-    let h = 1e-5;
-    for (idx, &a) in analytic.indexed_iter() {
-        let (mut plus, mut minus) = (weight.clone(), weight.clone());
-        plus[idx] += h;
-        minus[idx] -= h;
-        let numeric = (loss(&plus) - loss(&minus)) / (2.0 * h);
-        assert!(
-            (numeric - a).abs() < 1e-7 * (1.0 + a.abs()),
-            "{idx:?}: {numeric} vs {a}"
-        );
-    }
-}
-
 /// Forward and both gradients are bit-identical on 1, 2 and 3 threads: many images (several
 /// weight-gradient groups), and one image (its channel blocks split into tasks).
 #[test]
@@ -129,27 +97,5 @@ fn direct_is_bit_identical_on_any_thread_count() {
             assert_eq!(bits(&one.1.input), bits(&other.1.input));
             assert_eq!(bits(&one.1.weight), bits(&other.1.weight));
         }
-    }
-}
-
-#[test]
-fn direct_needs_a_3x3_kernel_stride_1_and_dilation_1() {
-    let same = ConvGeometry::default().padding(1, 1);
-    let cases = [
-        ((2, 3, 5, 5), same, "3×3 kernel"),
-        ((2, 3, 1, 3), same, "3×3 kernel"),
-        ((2, 3, 3, 3), same.stride(2, 1), "stride 1"),
-        ((2, 3, 3, 3), same.dilation(1, 2), "dilation 1"),
-    ];
-    for (shape, g, why) in cases {
-        let conv = Conv2d::new(Array4::<f32>::zeros(shape), None, g).unwrap();
-        match conv.clone().with_algorithm(ConvAlgorithm::Direct) {
-            Err(e @ Error::Unsupported { .. }) => {
-                assert!(e.to_string().contains(why), "{e}");
-                assert!(e.to_string().contains("Direct"), "{e}");
-            }
-            other => panic!("{shape:?} {g:?}: expected Unsupported, got {other:?}"),
-        }
-        assert_eq!(conv.algorithm(), ConvAlgorithm::Auto);
     }
 }

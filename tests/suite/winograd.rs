@@ -1,7 +1,10 @@
 //! Dense Winograd F(4×4, 3×3) forward (`ConvAlgorithm::Winograd`) against the direct
 //! definition of the correlation, in f64 and f32, on any thread count.
 
-use crate::common::{in_pool, naive_conv, random4, random_3x3_case, rng, worst_violation};
+use crate::common::{
+    assert_gradient_by_finite_differences, assert_weight_gradient_by_finite_differences, in_pool,
+    naive_conv, random4, random_3x3_case, rng, worst_violation,
+};
 use clustered_conv::{Conv2d, ConvAlgorithm, ConvGeometry, Error, Padding};
 use ndarray::{Array1, Array4};
 use ndarray_rand::rand_distr::Normal;
@@ -137,25 +140,36 @@ fn params_mut_invalidates_the_transformed_weight() {
     assert!(worst_violation(&copy.forward(x.view()).unwrap(), &want, 1e-12, 1e-12) <= 1.0);
 }
 
+/// Winograd and the direct kernels need a 3×3 kernel, stride 1 and dilation 1: anything else
+/// is an error naming the algorithm and the requirement, and the layer keeps its algorithm.
 #[test]
 fn unsupported_geometry_is_an_error() {
     let same = ConvGeometry::default().padding(1, 1);
     let cases = [
         ((2, 3, 5, 5), same, "3×3 kernel"),
         ((2, 3, 3, 1), same, "3×3 kernel"),
+        ((2, 3, 1, 3), same, "3×3 kernel"),
         ((2, 3, 3, 3), same.stride(1, 2), "stride 1"),
+        ((2, 3, 3, 3), same.stride(2, 1), "stride 1"),
         ((2, 3, 3, 3), same.dilation(2, 1), "dilation 1"),
+        ((2, 3, 3, 3), same.dilation(1, 2), "dilation 1"),
     ];
     for (shape, g, why) in cases {
         let conv = Conv2d::new(Array4::<f32>::zeros(shape), None, g).unwrap();
-        match conv.clone().with_algorithm(ConvAlgorithm::Winograd) {
-            Err(e @ Error::Unsupported { .. }) => {
-                assert!(e.to_string().contains(why), "{e}");
+        for (algorithm, name) in [
+            (ConvAlgorithm::Winograd, "Winograd"),
+            (ConvAlgorithm::Direct, "Direct"),
+        ] {
+            match conv.clone().with_algorithm(algorithm) {
+                Err(e @ Error::Unsupported { .. }) => {
+                    let message = e.to_string();
+                    assert!(message.contains(why) && message.contains(name), "{e}");
+                }
+                other => panic!("{shape:?} {g:?} {name}: expected Unsupported, got {other:?}"),
             }
-            other => panic!("{shape:?} {g:?}: expected Unsupported, got {other:?}"),
         }
+        assert_eq!(conv.algorithm(), ConvAlgorithm::Auto);
         // The other algorithms stay available.
-        let conv = conv.with_algorithm(ConvAlgorithm::Auto).unwrap();
         let conv = conv.with_algorithm(ConvAlgorithm::Im2col).unwrap();
         assert_eq!(conv.algorithm(), ConvAlgorithm::Im2col);
     }
@@ -220,17 +234,7 @@ fn winograd_input_gradient_matches_finite_differences() {
     let go = random4(&mut r, (shape[0], shape[1], shape[2], shape[3]));
     let loss = |x: &Array4<f64>| (&conv.forward(x.view()).unwrap() * &go).sum();
     let analytic = conv.backward(x.view(), go.view()).unwrap().input;
-    let h = 1e-5;
-    for (idx, &a) in analytic.indexed_iter() {
-        let (mut plus, mut minus) = (x.clone(), x.clone());
-        plus[idx] += h;
-        minus[idx] -= h;
-        let numeric = (loss(&plus) - loss(&minus)) / (2.0 * h);
-        assert!(
-            (numeric - a).abs() < 1e-7 * (1.0 + a.abs()),
-            "{idx:?}: {numeric} vs {a}"
-        );
-    }
+    assert_gradient_by_finite_differences(&analytic, &x, loss);
 }
 
 /// With padding above 2 the adjoint would need negative padding: the input gradient falls
@@ -255,10 +259,11 @@ fn dims(x: &Array4<f64>) -> [usize; 4] {
     [n, c, h, w]
 }
 
-/// The Winograd-domain weight gradient against central finite differences of `L = Σ y ⊙ go`
-/// (partial tiles on both axes, asymmetric padding).
+/// The Winograd-domain and the direct weight gradients against central finite differences of
+/// `L = Σ y ⊙ go` (partial tiles on both axes, a map narrower than a vector, asymmetric
+/// padding).
 #[test]
-fn winograd_weight_gradient_matches_finite_differences() {
+fn winograd_and_direct_weight_gradients_match_finite_differences() {
     let mut r = rng(79);
     let g = ConvGeometry::default().padding_asymmetric(Padding {
         top: 0,
@@ -268,24 +273,18 @@ fn winograd_weight_gradient_matches_finite_differences() {
     });
     let x = random4(&mut r, (2, 3, 7, 10));
     let weight = random4(&mut r, (2, 3, 3, 3));
-    let conv = winograd(weight.clone(), None, g);
-    let shape = conv.output_shape(dims(&x)).unwrap();
+    let shape = winograd(weight.clone(), None, g)
+        .output_shape(dims(&x))
+        .unwrap();
     let go = random4(&mut r, (shape[0], shape[1], shape[2], shape[3]));
-    let analytic = conv.backward(x.view(), go.view()).unwrap().weight;
-    let loss = |w: &Array4<f64>| {
-        let c = winograd(w.clone(), None, g);
-        (&c.forward(x.view()).unwrap() * &go).sum()
-    };
-    let h = 1e-5;
-    for (idx, &a) in analytic.indexed_iter() {
-        let (mut plus, mut minus) = (weight.clone(), weight.clone());
-        plus[idx] += h;
-        minus[idx] -= h;
-        let numeric = (loss(&plus) - loss(&minus)) / (2.0 * h);
-        assert!(
-            (numeric - a).abs() < 1e-7 * (1.0 + a.abs()),
-            "{idx:?}: {numeric} vs {a}"
-        );
+    for algorithm in [ConvAlgorithm::Winograd, ConvAlgorithm::Direct] {
+        let make = |w| {
+            Conv2d::new(w, None, g)
+                .unwrap()
+                .with_algorithm(algorithm)
+                .unwrap()
+        };
+        assert_weight_gradient_by_finite_differences(make, &x, &weight, &go);
     }
 }
 

@@ -1,7 +1,7 @@
 //! Shared test helpers: an obviously-correct direct convolution and seeded random data.
 #![allow(dead_code)]
 
-use clustered_conv::{ConvGeometry, Padding};
+use clustered_conv::{Conv2d, ConvGeometry, Padding};
 use ndarray::{Array1, Array4, ArrayView4};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -175,12 +175,7 @@ pub fn random_3x3_case(seed: u64) -> (Array4<f64>, Array4<f64>, Option<Array1<f6
             r.random_range(1..=9),
         );
         let (h, w) = (r.random_range(1..=13), r.random_range(1..=13));
-        let g = ConvGeometry::default().padding_asymmetric(Padding {
-            top: r.random_range(0..=2),
-            bottom: r.random_range(0..=2),
-            left: r.random_range(0..=2),
-            right: r.random_range(0..=2),
-        });
+        let g = random_padding_0_to_2(&mut r);
         if g.output_size((h, w), (3, 3)).is_err() {
             continue;
         }
@@ -191,4 +186,50 @@ pub fn random_3x3_case(seed: u64) -> (Array4<f64>, Array4<f64>, Option<Array1<f6
             .then(|| Array1::from_shape_fn(cout, |_| r.random_range(-1.0..1.0)));
         return (x, weight, bias, g);
     }
+}
+
+/// A geometry with a random padding of 0–2 on each side (asymmetric), stride and dilation 1.
+pub fn random_padding_0_to_2(r: &mut ChaCha8Rng) -> ConvGeometry {
+    ConvGeometry::default().padding_asymmetric(Padding {
+        top: r.random_range(0..=2),
+        bottom: r.random_range(0..=2),
+        left: r.random_range(0..=2),
+        right: r.random_range(0..=2),
+    })
+}
+
+/// Checks `analytic`, the gradient of `loss` at `at`, against central finite differences
+/// (step 1e-5, tolerance 1e-7 relative).
+pub fn assert_gradient_by_finite_differences(
+    analytic: &Array4<f64>,
+    at: &Array4<f64>,
+    loss: impl Fn(&Array4<f64>) -> f64,
+) {
+    let h = 1e-5;
+    for (idx, &a) in analytic.indexed_iter() {
+        let (mut plus, mut minus) = (at.clone(), at.clone());
+        plus[idx] += h;
+        minus[idx] -= h;
+        let numeric = (loss(&plus) - loss(&minus)) / (2.0 * h);
+        assert!(
+            (numeric - a).abs() < 1e-7 * (1.0 + a.abs()),
+            "{idx:?}: {numeric} vs {a}"
+        );
+    }
+}
+
+/// Checks the weight gradient of the layer `make` builds against central finite differences
+/// of `L = Σ y ⊙ go`.
+pub fn assert_weight_gradient_by_finite_differences(
+    make: impl Fn(Array4<f64>) -> Conv2d<f64>,
+    x: &Array4<f64>,
+    weight: &Array4<f64>,
+    go: &Array4<f64>,
+) {
+    let analytic = make(weight.clone())
+        .backward(x.view(), go.view())
+        .unwrap()
+        .weight;
+    let loss = |w: &Array4<f64>| (&make(w.clone()).forward(x.view()).unwrap() * go).sum();
+    assert_gradient_by_finite_differences(&analytic, weight, loss);
 }
