@@ -128,6 +128,16 @@ proptest! {
             let (a, b) = (wino.forward(x.view()), conv.forward(x.view()));
             prop_assert_eq!(a.is_ok(), b.is_ok());
         }
+        // The direct kernels likewise, forward and backward.
+        if let Ok(direct) = conv.clone().with_algorithm(ConvAlgorithm::Direct) {
+            prop_assert!(wd.2 == 3 && wd.3 == 3 && g.stride == (1, 1) && g.dilation == (1, 1));
+            let (a, b) = (direct.forward(x.view()), conv.forward(x.view()));
+            prop_assert_eq!(a.is_ok(), b.is_ok());
+            if let Ok(y) = a {
+                let go = Array4::<f32>::ones(y.raw_dim());
+                prop_assert!(direct.backward(x.view(), go.view()).is_ok());
+            }
+        }
         match conv.forward(x.view()) {
             Ok(y) => {
                 prop_assert_eq!(&y.shape()[..2], &[xd.0, wd.0]);
