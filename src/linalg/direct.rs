@@ -581,8 +581,11 @@ mod tests {
     }
 
     /// Shapes `(batch, cin, cout, h, w, pad)`: channel counts off every block size, maps
-    /// narrower than a vector, padding 0–2, one image and several.
-    const SHAPES: [(usize, usize, usize, usize, usize, usize); 7] = [
+    /// narrower than a vector, padding 0–4 (above 2, stacked images share only two of their
+    /// zero rows), one image and several.
+    const SHAPES: [(usize, usize, usize, usize, usize, usize); 9] = [
+        (3, 2, 4, 5, 4, 3),
+        (2, 3, 7, 3, 6, 4),
         (1, 1, 1, 3, 3, 0),
         (2, 3, 5, 7, 6, 1),
         (1, 4, 9, 4, 11, 1),
