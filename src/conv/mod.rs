@@ -230,21 +230,13 @@ impl<F: Real> Conv2d<F> {
     /// [`Error::Unsupported`] for [`ConvAlgorithm::Winograd`] or [`ConvAlgorithm::Direct`] on
     /// a layer whose kernel is not 3×3 or whose stride or dilation is not 1.
     pub fn with_algorithm(mut self, algorithm: ConvAlgorithm) -> Result<Self> {
-        if algorithm == ConvAlgorithm::Winograd {
-            if let Some(reason) = self.winograd_obstacle() {
-                return Err(Error::Unsupported {
-                    what: "ConvAlgorithm::Winograd on this layer",
-                    reason,
-                });
-            }
-        }
-        if algorithm == ConvAlgorithm::Direct {
-            if let Some(reason) = self.direct_obstacle() {
-                return Err(Error::Unsupported {
-                    what: "ConvAlgorithm::Direct on this layer",
-                    reason,
-                });
-            }
+        let what = match algorithm {
+            ConvAlgorithm::Winograd => Some("ConvAlgorithm::Winograd (F(4×4, 3×3)) on this layer"),
+            ConvAlgorithm::Direct => Some("ConvAlgorithm::Direct on this layer"),
+            _ => None,
+        };
+        if let (Some(what), Some(reason)) = (what, self.three_by_three_obstacle()) {
+            return Err(Error::Unsupported { what, reason });
         }
         self.plan.algorithm = algorithm;
         Ok(self)
@@ -255,27 +247,15 @@ impl<F: Real> Conv2d<F> {
         self.plan.algorithm
     }
 
-    /// Why this layer cannot run Winograd F(4×4, 3×3), or `None` when it can.
-    fn winograd_obstacle(&self) -> Option<&'static str> {
+    /// Why this layer cannot run Winograd F(4×4, 3×3) or the direct kernels, which need the
+    /// same geometry, or `None` when it can.
+    fn three_by_three_obstacle(&self) -> Option<&'static str> {
         if self.kernel_size() != (3, 3) {
-            Some("Winograd F(4×4, 3×3) needs a 3×3 kernel; use Im2col or Auto")
+            Some("it needs a 3×3 kernel; use Im2col or Auto")
         } else if self.geometry.stride != (1, 1) {
-            Some("Winograd F(4×4, 3×3) needs stride 1; use Im2col or Auto")
+            Some("it needs stride 1; use Im2col or Auto")
         } else if self.geometry.dilation != (1, 1) {
-            Some("Winograd F(4×4, 3×3) needs dilation 1; use Im2col or Auto")
-        } else {
-            None
-        }
-    }
-
-    /// Why this layer cannot run the direct kernels, or `None` when it can.
-    fn direct_obstacle(&self) -> Option<&'static str> {
-        if self.kernel_size() != (3, 3) {
-            Some("the direct convolution needs a 3×3 kernel; use Im2col or Auto")
-        } else if self.geometry.stride != (1, 1) {
-            Some("the direct convolution needs stride 1; use Im2col or Auto")
-        } else if self.geometry.dilation != (1, 1) {
-            Some("the direct convolution needs dilation 1; use Im2col or Auto")
+            Some("it needs dilation 1; use Im2col or Auto")
         } else {
             None
         }
@@ -287,7 +267,7 @@ impl<F: Real> Conv2d<F> {
         match self.plan.algorithm {
             ConvAlgorithm::Winograd => Route::Winograd,
             ConvAlgorithm::Direct => Route::Direct,
-            ConvAlgorithm::Auto if self.winograd_obstacle().is_none() && winograd_pays(s) => {
+            ConvAlgorithm::Auto if self.three_by_three_obstacle().is_none() && winograd_pays(s) => {
                 Route::Winograd
             }
             ConvAlgorithm::Auto if direct_fits(s) && direct_pays(s) => Route::Direct,
